@@ -1,0 +1,3 @@
+"""edgenode: a local-first edge database node over libSQL."""
+
+__version__ = "0.1.0"
