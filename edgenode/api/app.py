@@ -1,0 +1,138 @@
+"""The Starlette application of a node: wiring of database, components, middleware and routes."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute, Route
+from starlette.types import Scope
+
+from edgenode.api import openapi, rest
+from edgenode.api.errors import ApiError, api_error_handler, database_error_handler, http_error_handler
+from edgenode.api.middleware import AuthMiddleware, BodyLimitMiddleware, MetricsMiddleware
+from edgenode.auth import Authenticator
+from edgenode.config import Settings
+from edgenode.database import Database, DatabaseError
+from edgenode.metrics import NodeMetrics
+from edgenode.migrations import LibsqlTarget
+from edgenode.migrations import status as migration_status
+
+log = logging.getLogger(__name__)
+
+
+class Component(Protocol):
+    """A part of the node with routes and a lifecycle: vector indexes, Hrana, the sync scheduler."""
+
+    name: str
+
+    def routes(self) -> list[BaseRoute]: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def not_ready_reason(self) -> str | None: ...
+
+
+class Node:
+    """What request handlers reach through `request.app.state.node`."""
+
+    def __init__(self, settings: Settings, db: Database, metrics: NodeMetrics, components: list[Component]) -> None:
+        self.settings = settings
+        self.db = db
+        self.metrics = metrics
+        self.components = components
+        self.started_at = time.monotonic()
+
+    def not_ready_reason(self) -> str | None:
+        if not getattr(self.db, "started", False):
+            return "database is not open yet"
+        for component in self.components:
+            reason = component.not_ready_reason()
+            if reason:
+                return f"{component.name}: {reason}"
+        return None
+
+    async def wait_fresh(self, min_frame: int | None, max_staleness_ms: int | None) -> None:
+        waiter = getattr(self.db, "wait_fresh", None)
+        if waiter is not None:
+            await waiter(min_frame, max_staleness_ms)
+
+    async def migration_status(self) -> list[dict[str, Any]]:
+        runner = getattr(self.db, "migration_status", None)
+        if runner is not None:
+            return await runner()
+        writer = getattr(self.db, "_writer", None)
+        if writer is None:
+            return []
+        sql_dir = getattr(self.db, "sql_dir", None)
+        return await writer.run(lambda conn: migration_status(LibsqlTarget(conn), sql_dir))
+
+
+def create_app(
+    settings: Settings,
+    db: Database,
+    *,
+    components: list[Component] | None = None,
+    authenticator: Authenticator | None = None,
+    extra_operations: list[openapi.Operation] | None = None,
+) -> Starlette:
+    components = components or []
+    metrics = NodeMetrics()
+    node = Node(settings, db, metrics, components)
+    authenticator = authenticator or Authenticator.from_settings(
+        settings.auth_token, settings.read_token, settings.jwt_key_file
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await db.start()
+        started: list[Component] = []
+        try:
+            for component in components:
+                await component.start()
+                started.append(component)
+            yield
+        finally:
+            for component in reversed(started):
+                try:
+                    await component.stop()
+                except Exception:
+                    log.exception("stopping %s failed", component.name)
+            await db.stop()
+
+    routes: list[BaseRoute] = list(rest.ROUTES)
+    for component in components:
+        routes.extend(component.routes())
+    labels = {id(r.endpoint): r.path for r in routes if isinstance(r, Route)}
+
+    def route_label(scope: Scope) -> str:
+        endpoint = scope.get("endpoint")
+        return labels.get(id(endpoint), "unmatched") if endpoint is not None else "unmatched"
+
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[
+            Middleware(MetricsMiddleware, metrics=metrics, route_label=route_label),
+            Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+            Middleware(AuthMiddleware, authenticator=authenticator),
+        ],
+        exception_handlers={
+            ApiError: api_error_handler,
+            DatabaseError: database_error_handler,
+            HTTPException: http_error_handler,
+        },
+    )
+    app.state.node = node
+    app.state.openapi = openapi.build(extra_operations)
+    return app

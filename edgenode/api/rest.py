@@ -1,0 +1,117 @@
+"""REST routes: health, readiness, status, SQL reads and writes, metrics."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from edgenode.api import schemas
+from edgenode.api.errors import ApiError, JSONResponse, decode
+from edgenode.api.middleware import ACCESS_KEY
+from edgenode.auth import Access
+from edgenode.versions import versions
+
+if TYPE_CHECKING:
+    from edgenode.api.app import Node
+
+
+def node(request: Request) -> Node:
+    return request.app.state.node
+
+
+def require_write(request: Request) -> None:
+    access: Access = request.scope.get(ACCESS_KEY, Access.READ)
+    if not access.can_write:
+        raise ApiError(403, "forbidden", "this token is read-only; writes need the read-write token")
+
+
+def encode(value: msgspec.Struct, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(value), status_code=status, media_type="application/json")
+
+
+async def health(_: Request) -> Response:
+    return encode(schemas.HealthResponse(status="ok"))
+
+
+async def ready(request: Request) -> Response:
+    reason = node(request).not_ready_reason()
+    if reason:
+        return encode(schemas.ReadyResponse(status="not_ready", reason=reason), 503)
+    return encode(schemas.ReadyResponse(status="ready"))
+
+
+async def status(request: Request) -> Response:
+    n = node(request)
+    return encode(
+        schemas.StatusResponse(
+            role=n.db.role,
+            database=n.db.status(),
+            migrations=await n.migration_status(),
+            versions=versions(),
+            uptime_seconds=round(time.monotonic() - n.started_at, 3),
+            components={c.name: c.status() for c in n.components},
+        )
+    )
+
+
+async def query(request: Request) -> Response:
+    body = decode(await request.body(), schemas.QueryRequest)
+    n = node(request)
+    await n.wait_fresh(body.min_frame, body.max_staleness_ms)
+    start = time.perf_counter()
+    result = await n.db.read(body.sql, body.params)
+    elapsed = time.perf_counter() - start
+    n.metrics.query_duration.labels("read").observe(elapsed)
+    return encode(
+        schemas.QueryResponse(
+            columns=result.columns, rows=result.rows, elapsed_ms=round(elapsed * 1000, 3), decltypes=result.decltypes
+        )
+    )
+
+
+async def execute(request: Request) -> Response:
+    require_write(request)
+    body = decode(await request.body(), schemas.ExecuteRequest)
+    n = node(request)
+    start = time.perf_counter()
+    results = await n.db.write([(s.sql, s.params) for s in body.statements])
+    elapsed = time.perf_counter() - start
+    n.metrics.query_duration.labels("write").observe(elapsed)
+    position: dict[str, Any] = n.db.position() if hasattr(n.db, "position") else {}
+    return encode(
+        schemas.ExecuteResponse(
+            results=[schemas.ExecResult(r.rows_affected, r.last_insert_rowid) for r in results],
+            elapsed_ms=round(elapsed * 1000, 3),
+            generation=position.get("generation"),
+            frame=position.get("frame"),
+        )
+    )
+
+
+async def metrics(request: Request) -> Response:
+    n = node(request)
+    database = n.db.status()
+    n.metrics.db_size.set(database.get("size_bytes", 0))
+    n.metrics.wal_size.set(database.get("wal_bytes", 0))
+    return Response(generate_latest(n.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(request.app.state.openapi)
+
+
+ROUTES = [
+    Route("/health", health, methods=["GET"]),
+    Route("/ready", ready, methods=["GET"]),
+    Route("/api/v1/status", status, methods=["GET"]),
+    Route("/api/v1/query", query, methods=["POST"]),
+    Route("/api/v1/execute", execute, methods=["POST"]),
+    Route("/metrics", metrics, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
+]

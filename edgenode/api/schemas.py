@@ -1,0 +1,75 @@
+"""Request and response bodies of the REST API, as msgspec types (also the source of /openapi.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+# A parameter: null, number, string, or {"base64": "..."} for a blob.
+Param = Any
+Params = list[Param] | dict[str, Param] | None
+
+
+class QueryRequest(msgspec.Struct, forbid_unknown_fields=True):
+    sql: str
+    params: Params = None
+    # Freshness bounds for replica nodes: wait (bounded) until the replica reaches them.
+    min_frame: int | None = None
+    max_staleness_ms: int | None = None
+
+
+class QueryResponse(msgspec.Struct):
+    columns: list[str]
+    rows: list[list[Any]]
+    elapsed_ms: float
+    decltypes: list[str | None] = []
+
+
+class Statement(msgspec.Struct, forbid_unknown_fields=True):
+    sql: str
+    params: Params = None
+
+
+class ExecuteRequest(msgspec.Struct, forbid_unknown_fields=True):
+    statements: list[Statement]
+
+
+class ExecResult(msgspec.Struct):
+    rows_affected: int
+    last_insert_rowid: int | None
+
+
+class ExecuteResponse(msgspec.Struct):
+    results: list[ExecResult]
+    elapsed_ms: float
+    # Where the write is visible (replica mode): a later read can demand `min_frame`.
+    generation: int | None = None
+    frame: int | None = None
+
+
+class ErrorBody(msgspec.Struct):
+    code: str
+    message: str
+
+
+class ErrorResponse(msgspec.Struct):
+    error: ErrorBody
+
+
+class HealthResponse(msgspec.Struct):
+    status: str
+
+
+class ReadyResponse(msgspec.Struct):
+    status: str
+    reason: str | None = None
+
+
+class StatusResponse(msgspec.Struct):
+    role: str
+    database: dict[str, Any]
+    migrations: list[dict[str, Any]]
+    versions: dict[str, str]
+    uptime_seconds: float
+    components: dict[str, Any] = {}

@@ -1,0 +1,45 @@
+"""`edgenode serve`: run a node (standalone, or a replica when a primary is configured)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+import click
+import uvicorn
+
+from edgenode.cli import settings_options
+from edgenode.config import Settings
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: Settings) -> None:
+    if not is_loopback(settings.host) and not (settings.auth_token or settings.jwt_key_file):
+        raise click.UsageError(
+            f"refusing to listen on {settings.host} without a token: anyone who can reach it could read and write. "
+            "Set --auth-token / EDGENODE_AUTH_TOKEN (or --jwt-key-file), or bind 127.0.0.1."
+        )
+
+
+def build_app(settings: Settings):
+    from edgenode.node import build_node_app
+
+    return build_node_app(settings)
+
+
+@click.command()
+@settings_options
+def serve(settings: Settings) -> None:
+    """Run the node: REST API, Hrana and vector search over the local database."""
+    check_exposure(settings)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = build_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)

@@ -1,0 +1,54 @@
+"""Assembles a node from settings: the database for its mode, its components, the app."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+from starlette.applications import Starlette
+
+from edgenode.api import create_app
+from edgenode.api.app import Component
+from edgenode.config import Settings
+from edgenode.database import Database, LocalDatabase
+from edgenode.pragmas import select_profile
+
+log = logging.getLogger(__name__)
+
+# Components are optional modules: each has `component(settings, db) -> Component`.
+COMPONENT_FACTORIES: tuple[str, ...] = ()
+
+
+def open_database(settings: Settings) -> Database:
+    profile = select_profile(settings.profile, data_dir=settings.data_path)
+    if settings.is_replica:
+        from edgenode.replica import ReplicaDatabase  # type: ignore[import-not-found]
+
+        return ReplicaDatabase(settings, profile)
+    return LocalDatabase(
+        settings.data_path,
+        profile,
+        readers=settings.read_connections,
+        migrate=settings.migrate,
+        max_rows=settings.max_rows,
+        timeout_ms=settings.query_timeout_ms,
+    )
+
+
+def load_components(settings: Settings, db: Database) -> list[Component]:
+    components: list[Any] = []
+    for module_name in COMPONENT_FACTORIES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                continue
+            raise
+        components.append(module.component(settings, db))
+    return components
+
+
+def build_node_app(settings: Settings) -> Starlette:
+    db = open_database(settings)
+    return create_app(settings, db, components=load_components(settings, db))
