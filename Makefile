@@ -1,0 +1,43 @@
+# `make dev` and `make test` are the README's quick start: each sets up everything it needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+JS := tests/js/node_modules/.installed-stamp
+
+.PHONY: setup dev serve test lint bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@
+
+$(JS): tests/js/package.json
+	cd tests/js && npm install --no-audit --no-fund --loglevel=error
+	touch $@
+
+setup: $(STAMP)
+
+# The node on its embedded default: a standalone local libSQL file under ./.edgenode.
+dev: setup
+	$(BIN)/edgenode serve
+
+serve: setup
+	$(BIN)/edgenode serve
+
+lint: setup
+	$(BIN)/ruff check edgenode tests bench
+	$(BIN)/ruff format --check edgenode tests bench
+
+test: setup $(JS) lint
+	$(BIN)/pytest
+
+bench-quick: setup
+	$(BIN)/python -m bench --quick
+
+bench: setup
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) tests/js/node_modules .edgenode

@@ -1,0 +1,44 @@
+"""The command line: help everywhere, safe defaults, status and version."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.procs import Proc
+
+
+def edgenode(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgenode", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("command", ["serve", "migrate", "status", "version"])
+def test_every_command_has_help(command: str) -> None:
+    run = edgenode(command, "--help")
+    assert run.returncode == 0 and "Usage:" in run.stdout
+
+
+def test_version_names_the_engines() -> None:
+    out = edgenode("version").stdout
+    assert "edgenode 0.1.0" in out and "libsql 0.1." in out and "apsw" in out
+
+
+def test_serve_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:
+    run = edgenode("serve", "--data-dir", str(tmp_path), "--host", "0.0.0.0", "--port", "1")
+    assert run.returncode == 2 and "without a token" in run.stderr
+
+
+def test_status_prints_a_human_summary(node: Proc) -> None:
+    from tests.conftest import RO
+
+    run = edgenode("status", "--url", node.url, "--read-token", RO)
+    assert run.returncode == 0, run.stderr
+    assert "role        standalone" in run.stdout and "migrations" in run.stdout
+
+
+def test_status_says_when_no_node_answers() -> None:
+    run = edgenode("status", "--url", "http://127.0.0.1:9")
+    assert run.returncode == 1 and "no node answering" in run.stderr
