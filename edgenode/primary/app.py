@@ -1,0 +1,343 @@
+"""The primary's HTTP app: the libSQL sync endpoints, Hrana, health and metrics.
+
+Sync endpoints never answer 500: the clients do not retry it and parse its body as JSON. Anything
+unexpected there becomes 503, which they retry with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
+
+from edgenode.auth import Access, Authenticator, AuthError
+from edgenode.config import Settings
+from edgenode.primary.generations import (
+    LOCK_TIMEOUT,
+    CheckpointNeeded,
+    Frames,
+    Gone,
+    NotFound,
+    PrimaryStore,
+)
+from edgenode.primary.rwlock import LockTimeout
+
+log = logging.getLogger("edgenode.primary")
+
+MAX_WAIT_MS = 30_000
+EXPORT_CHUNK = 1 << 20
+
+
+class CheckpointNeededBody(msgspec.Struct):
+    status: str
+    generation: int
+    max_frame_no: int
+    baton: None = None
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    # Exactly "application/json": the JS client compares the content type byte for byte.
+    return Response(msgspec.json.encode(body), status_code=status, media_type="application/json")
+
+
+def error_response(status: int, message: str) -> Response:
+    return json_response({"error": message}, status)
+
+
+class Metrics:
+    def __init__(self, store: PrimaryStore) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.frames_served = Counter("edgenode_primary_frames_served", "WAL frames served to pulls", registry=r)
+        self.bytes_exported = Counter("edgenode_primary_bytes_exported", "Bytes of /export bodies sent", registry=r)
+        self.sync_requests = Counter(
+            "edgenode_primary_sync_requests", "Sync endpoint requests", ["endpoint", "status"], registry=r
+        )
+        self.push_conflicts = Counter("edgenode_primary_push_conflicts", "Pushes answered with conflict", registry=r)
+        self.hrana_requests = Counter(
+            "edgenode_primary_hrana_requests", "Hrana requests by endpoint", ["endpoint"], registry=r
+        )
+        self.hrana_errors = Counter(
+            "edgenode_primary_hrana_errors", "Hrana statement errors by code", ["code"], registry=r
+        )
+        generation = Gauge("edgenode_primary_generation", "Current generation", registry=r)
+        generation.set_function(lambda: store.generation)
+        rollovers = Gauge("edgenode_primary_rollovers", "Generation rollovers since start", registry=r)
+        rollovers.set_function(lambda: store.stats["rollovers"])
+
+
+class CommitNotifier:
+    """Wakes async waiters when a commit lands (the hook for long-polling pulls).
+
+    Listeners are called from whatever thread committed, so the wake-up hops onto the loop."""
+
+    def __init__(self) -> None:
+        self.latest: tuple[int, int] = (0, 0)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event = asyncio.Event()
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def on_commit(self, generation: int, frames: int) -> None:
+        self.latest = (generation, frames)
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, seconds: float) -> None:
+        """Return after the next commit or after `seconds`."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), seconds)
+
+
+class ExportResponse(Response):
+    """Streams a generation's base file while holding the shared lock, released on any exit,
+    including a client that goes away mid-body (a rollover must not wait on a dead download)."""
+
+    def __init__(self, store: PrimaryStore, generation: int, metrics: Metrics) -> None:
+        super().__init__(media_type="application/octet-stream")
+        self.store = store
+        self.generation = generation
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        store = self.store
+        try:
+            await asyncio.to_thread(store.lock.acquire_shared, LOCK_TIMEOUT)
+        except LockTimeout as exc:
+            await error_response(503, str(exc))(scope, receive, send)
+            return
+        try:
+            try:
+                size = store.export_size(self.generation)
+            except NotFound as exc:
+                status = 410 if self.generation < store.generation else 404
+                await error_response(status, str(exc))(scope, receive, send)
+                return
+            fd = await asyncio.to_thread(os.open, store.db_path, os.O_RDONLY)
+            try:
+                headers = [(b"content-type", b"application/octet-stream"), (b"content-length", str(size).encode())]
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                offset = 0
+                while offset < size:
+                    chunk = await asyncio.to_thread(os.pread, fd, min(EXPORT_CHUNK, size - offset), offset)
+                    if not chunk:
+                        break
+                    offset += len(chunk)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": offset < size})
+                    self.metrics.bytes_exported.inc(len(chunk))
+                if offset < size:
+                    raise OSError(f"database file shrank while exporting ({offset} of {size} bytes)")
+            finally:
+                os.close(fd)
+        finally:
+            store.lock.release_shared()
+
+
+def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Starlette:
+    store = store or PrimaryStore(
+        Path(settings.data_dir),
+        generation_max_frames=settings.generation_max_frames,
+        keep_generations=settings.keep_generations,
+    )
+    authenticator = Authenticator.from_settings(settings.auth_token, settings.read_token, settings.jwt_key_file)
+    metrics = Metrics(store)
+    notifier = CommitNotifier()
+    store.add_commit_listener(notifier.on_commit)
+
+    def authorize(request: Request, write: bool = False) -> Access | Response:
+        try:
+            access = authenticator.check(request.headers.get("authorization"))
+        except AuthError as exc:
+            return error_response(401, str(exc))
+        if write and not access.can_write:
+            return error_response(403, "this token is read-only")
+        return access
+
+    def sync_endpoint(
+        name: str, write: bool = False
+    ) -> Callable[[Callable[[Request], Awaitable[Response]]], Callable[[Request], Awaitable[Response]]]:
+        def wrap(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+            async def endpoint(request: Request) -> Response:
+                denied = authorize(request, write)
+                if isinstance(denied, Response):
+                    response = denied
+                else:
+                    try:
+                        response = await handler(request)
+                    except LockTimeout as exc:
+                        response = error_response(503, str(exc))
+                    except (ValueError, KeyError) as exc:
+                        response = error_response(400, str(exc))
+                    except Exception as exc:
+                        log.exception("%s failed", name)
+                        response = error_response(503, f"temporarily unavailable: {exc}")
+                metrics.sync_requests.labels(name, str(response.status_code)).inc()
+                return response
+
+            return endpoint
+
+        return wrap
+
+    def path_ints(request: Request, *names: str) -> list[int]:
+        try:
+            values = [int(request.path_params[n]) for n in names]
+        except ValueError as exc:
+            raise ValueError("generation and frame numbers must be integers") from exc
+        if any(v < 0 or v >= 2**32 for v in values):
+            raise ValueError("generation and frame numbers are unsigned 32-bit integers")
+        return values
+
+    async def health(request: Request) -> Response:
+        return json_response({"status": "ok", "generation": store.generation})
+
+    @sync_endpoint("info")
+    async def info(request: Request) -> Response:
+        return json_response(store.info())
+
+    async def export(request: Request) -> Response:
+        denied = authorize(request)
+        if isinstance(denied, Response):
+            return denied
+        try:
+            (generation,) = path_ints(request, "generation")
+        except ValueError as exc:
+            return error_response(400, str(exc))
+        metrics.sync_requests.labels("export", "200").inc()
+        return ExportResponse(store, generation, metrics)
+
+    @sync_endpoint("pull")
+    async def pull(request: Request) -> Response:
+        generation, start, end = path_ints(request, "generation", "start", "end")
+        if start < 1 or end <= start:
+            raise ValueError(f"bad frame range [{start}, {end})")
+        wait_ms = min(int(request.query_params.get("wait_ms", "0") or 0), MAX_WAIT_MS)
+        deadline = asyncio.get_running_loop().time() + wait_ms / 1000
+        while True:
+            result = await asyncio.to_thread(store.pull, generation, start, end)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if not (isinstance(result, CheckpointNeeded) and result.generation == generation and remaining > 0):
+                break
+            # Long-poll (not part of the client protocol): wait for the next commit, then look again.
+            await notifier.wait(remaining)
+        if isinstance(result, Frames):
+            metrics.frames_served.inc(result.last - result.first + 1)
+            return Response(result.data, media_type="application/octet-stream")
+        if isinstance(result, CheckpointNeeded):
+            return json_response(CheckpointNeededBody("checkpoint_needed", result.generation, result.max_frame_no), 400)
+        assert isinstance(result, Gone)
+        return error_response(410, result.reason)
+
+    @sync_endpoint("push", write=True)
+    async def push(request: Request) -> Response:
+        generation, start, end = path_ints(request, "generation", "start", "end")
+        body = await request.body()
+        reply = await asyncio.to_thread(store.push, generation, start, end, request.path_params.get("baton"), body)
+        if reply.status == "conflict":
+            metrics.push_conflicts.inc()
+        return json_response(reply)
+
+    @sync_endpoint("rollover", write=True)
+    async def rollover(request: Request) -> Response:
+        await asyncio.to_thread(store.rollover, True)
+        return json_response({"generation": store.generation})
+
+    async def metrics_endpoint(request: Request) -> Response:
+        denied = authorize(request)
+        if isinstance(denied, Response):
+            return denied
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    routes: list[BaseRoute] = [
+        Route("/health", health),
+        Route("/info", info),
+        Route("/export/{generation}", export),
+        Route("/sync/{generation}/{start}/{end}", pull, methods=["GET"]),
+        Route("/sync/{generation}/{start}/{end}", push, methods=["POST"]),
+        Route("/sync/{generation}/{start}/{end}/{baton}", push, methods=["POST"]),
+        Route("/rollover", rollover, methods=["POST"]),
+        Route("/metrics", metrics_endpoint),
+    ]
+    closers: list[Callable[[], None]] = []
+    routes.extend(hrana_routes(store, settings, authenticator, metrics, closers))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        notifier.bind(asyncio.get_running_loop())
+        await asyncio.to_thread(store.open)
+        if settings.migrate:
+            await asyncio.to_thread(apply_migrations, store)
+        log.info("primary serving generation %d from %s", store.generation, store.db_path)
+        try:
+            yield
+        finally:
+            for close in closers:
+                await asyncio.to_thread(close)
+            await asyncio.to_thread(store.close)
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.store = store
+    app.state.metrics = metrics
+    app.state.notifier = notifier
+    return app
+
+
+def apply_migrations(store: PrimaryStore) -> None:
+    try:
+        from edgenode.migrations import ApswTarget, run_migrations
+    except ImportError:
+        log.warning("edgenode.migrations is not available; skipping migrations")
+        return
+    conn = store.connect()
+    try:
+        with store.lock.shared(LOCK_TIMEOUT):
+            report = run_migrations(ApswTarget(conn))
+        for label in report.applied:
+            log.info("applied migration %s", label)
+    finally:
+        conn.close()
+
+
+def hrana_routes(
+    store: PrimaryStore,
+    settings: Settings,
+    authenticator: Authenticator,
+    metrics: Metrics,
+    closers: list[Callable[[], None]],
+) -> list[BaseRoute]:
+    try:
+        from edgenode.hrana.server import HranaServer
+    except ImportError:
+        log.warning("edgenode.hrana.server is not available yet; Hrana endpoints are off")
+        return []
+    from edgenode.primary.backend import PrimaryBackend
+
+    def authenticate(request: Request) -> Access:
+        return authenticator.check(request.headers.get("authorization"))
+
+    server = HranaServer(
+        PrimaryBackend(store),
+        authenticate,
+        idle_timeout=settings.stream_idle_timeout,
+        transaction_timeout=settings.transaction_timeout,
+        on_request=lambda endpoint: metrics.hrana_requests.labels(endpoint).inc(),
+        on_error=lambda code: metrics.hrana_errors.labels(code).inc(),
+    )
+    closers.append(server.close)
+    return list(server.routes())

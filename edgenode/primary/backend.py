@@ -1,0 +1,193 @@
+"""The primary's Hrana backend: one apsw connection per stream over the primary database.
+
+Each session holds the store's shared lock while a statement runs and for as long as its
+connection is inside a transaction, so a rollover or push (exclusive) never checkpoints or
+appends under an open transaction; the Hrana server's transaction timeout bounds that wait.
+An authorizer refuses what would break the generation invariant (checkpoints, journal mode,
+autocheckpoint) and ATTACH; read-only sessions also run with `query_only`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import apsw
+import apsw.ext
+
+from edgenode.auth import Access
+from edgenode.hrana.backend import Backend, Col, DescribeResult, HranaError, Session, StmtResult, Value
+from edgenode.hrana.sql import hrana_error_from_sqlite, is_begin_readonly, single_statement, strip_named_arg_prefixes
+from edgenode.primary.generations import LOCK_TIMEOUT, PrimaryStore
+from edgenode.primary.rwlock import LockTimeout
+
+# Setting these would checkpoint behind the generation's back or stop WAL frame N being sync frame N.
+_GUARDED_PRAGMAS = {"wal_checkpoint", "wal_autocheckpoint", "journal_mode", "locking_mode", "page_size", "query_only"}
+_INSERT = re.compile(r"^\s*(?:INSERT|REPLACE)\b", re.IGNORECASE)
+_WITH_INSERT = re.compile(r"^\s*WITH\b.*\b(?:INSERT|REPLACE)\s+(?:OR\s+\w+\s+)?INTO\b", re.IGNORECASE | re.DOTALL)
+
+
+def _is_insert(sql: str) -> bool:
+    return bool(_INSERT.match(sql) or _WITH_INSERT.match(sql))
+
+
+class PrimarySession(Session):
+    def __init__(self, store: PrimaryStore, access: Access) -> None:
+        self.store = store
+        self.read_only = not access.can_write
+        self.conn: apsw.Connection | None = store.connect()
+        self._internal = False
+        self._readonly_txn = False
+        self._holds_lock = False
+        self.conn.authorizer = self._authorize
+        if self.read_only:
+            self._set_query_only(True)
+
+    def _authorize(self, op: int, p1: str | None, p2: str | None, dbname: str | None, trigger: str | None) -> int:
+        if self._internal:
+            return apsw.SQLITE_OK
+        if op == apsw.SQLITE_ATTACH or op == apsw.SQLITE_DETACH:
+            return apsw.SQLITE_DENY
+        if op == apsw.SQLITE_PRAGMA and p1 and p1.lower() in _GUARDED_PRAGMAS:
+            if p1.lower() == "wal_checkpoint" or p2 is not None:
+                return apsw.SQLITE_DENY
+        return apsw.SQLITE_OK
+
+    def _set_query_only(self, on: bool) -> None:
+        assert self.conn is not None
+        self._internal = True
+        try:
+            self.conn.execute(f"PRAGMA query_only={1 if on else 0}")
+        finally:
+            self._internal = False
+
+    # -- locking -----------------------------------------------------------------------------
+
+    def _enter(self) -> apsw.Connection:
+        if self.conn is None:
+            raise HranaError("the stream is closed", "STREAM_CLOSED")
+        if not self._holds_lock:
+            try:
+                self.store.lock.acquire_shared(LOCK_TIMEOUT)
+            except LockTimeout as exc:
+                raise HranaError(str(exc), "SQLITE_BUSY") from exc
+            self._holds_lock = True
+        return self.conn
+
+    def _leave(self) -> None:
+        conn = self.conn
+        if conn is not None and not conn.in_transaction:
+            if self._readonly_txn:
+                self._readonly_txn = False
+                if not self.read_only:
+                    self._set_query_only(False)
+            if self._holds_lock:
+                self._holds_lock = False
+                self.store.lock.release_shared()
+
+    # -- Session -----------------------------------------------------------------------------
+
+    def execute(self, sql: str, args: list[Value] | dict[str, Value], want_rows: bool) -> StmtResult:
+        statement = single_statement(sql)
+        conn = self._enter()
+        started = time.perf_counter()
+        try:
+            if is_begin_readonly(statement):
+                if conn.in_transaction:
+                    raise HranaError("cannot start a transaction within a transaction", "SQLITE_UNKNOWN")
+                conn.execute("BEGIN DEFERRED")
+                self._readonly_txn = True
+                self._set_query_only(True)
+                return StmtResult([], [], 0, None)
+            bindings: Any = strip_named_arg_prefixes(args) if isinstance(args, dict) else args
+            cursor = conn.cursor()
+            description: list[tuple[str, str | None]] = []
+
+            def trace(cur: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
+                description[:] = cur.get_description()
+                return True
+
+            cursor.exec_trace = trace
+            before = conn.total_changes()
+            rows: list[list[Value]] = []
+            read = 0
+            for row in cursor.execute(statement, bindings):
+                read += 1
+                if want_rows:
+                    rows.append(list(row))
+            changed = conn.total_changes() != before
+            affected = conn.changes() if changed else 0
+            rowid = conn.last_insert_rowid() if changed and _is_insert(statement) else None
+            return StmtResult(
+                cols=[Col(name, decltype) for name, decltype in description],
+                rows=rows,
+                affected_row_count=affected,
+                last_insert_rowid=rowid,
+                rows_read=read,
+                rows_written=affected,
+                query_duration_ms=(time.perf_counter() - started) * 1000,
+            )
+        except HranaError:
+            raise
+        except apsw.Error as exc:
+            raise hrana_error_from_sqlite(exc) from exc
+        except (TypeError, OverflowError) as exc:
+            raise HranaError(str(exc), "ARGS_INVALID") from exc
+        finally:
+            self._leave()
+
+    def describe(self, sql: str) -> DescribeResult:
+        statement = single_statement(sql)
+        if is_begin_readonly(statement):
+            return DescribeResult([], [], False, True)
+        conn = self._enter()
+        try:
+            info = apsw.ext.query_info(conn, statement)
+        except apsw.Error as exc:
+            raise hrana_error_from_sqlite(exc) from exc
+        finally:
+            self._leave()
+        params = list(info.bindings_names or [None] * info.bindings_count)
+        return DescribeResult(
+            params=params,
+            cols=[Col(name, decltype) for name, decltype in (info.description or ())],
+            is_explain=bool(info.is_explain),
+            is_readonly=bool(info.is_readonly),
+        )
+
+    def sequence(self, sql: str) -> None:
+        conn = self._enter()
+        try:
+            for _ in conn.execute(sql):
+                pass
+        except apsw.Error as exc:
+            raise hrana_error_from_sqlite(exc) from exc
+        finally:
+            self._leave()
+
+    def is_autocommit(self) -> bool:
+        return self.conn is None or not self.conn.in_transaction
+
+    def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except apsw.Error:
+            pass
+        finally:
+            conn.close()
+            if self._holds_lock:
+                self._holds_lock = False
+                self.store.lock.release_shared()
+
+
+class PrimaryBackend(Backend):
+    def __init__(self, store: PrimaryStore) -> None:
+        self.store = store
+
+    def open_session(self, access: Access) -> Session:
+        return PrimarySession(self.store, access)

@@ -1,0 +1,47 @@
+"""`edgenode primary` (serve a local primary) and `edgenode token` (mint JWTs for it)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from edgenode.cli import settings_options
+from edgenode.config import Settings
+
+
+@click.command()
+@settings_options
+def primary(settings: Settings) -> None:
+    """Run a local libSQL primary that embedded replicas sync from (like `turso dev`)."""
+    import uvicorn
+
+    from edgenode.primary.app import create_app
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and not (
+        settings.auth_token or settings.read_token or settings.jwt_key_file
+    ):
+        raise click.UsageError("binding a non-loopback address needs --auth-token, --read-token or --jwt-key-file")
+    app = create_app(settings)
+    # uvicorn turns SIGTERM/SIGINT into a graceful shutdown, which runs the app's lifespan exit.
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+@click.command()
+@click.option("--data-dir", envvar="EDGENODE_DATA_DIR", default="./.edgenode", show_default=True, type=click.Path())
+@click.option("--access", type=click.Choice(["ro", "rw"]), default="rw", show_default=True)
+@click.option("--ttl", type=int, default=None, help="Seconds until the token expires (default: never).")
+def token(data_dir: str, access: str, ttl: int | None) -> None:
+    """Print a JWT for the primary; creates DATA_DIR/jwt_{private,public}.pem on first use.
+
+    Start the primary with --jwt-key-file DATA_DIR/jwt_public.pem to accept these tokens."""
+    from edgenode.auth import Access, generate_keypair, mint_token
+
+    directory = Path(data_dir)
+    private_path = directory / "jwt_private.pem"
+    if not private_path.exists():
+        _, public_path = generate_keypair(directory)
+        click.echo(f"created key pair; start the primary with --jwt-key-file {public_path}", err=True)
+    click.echo(mint_token(private_path.read_bytes(), Access(access), ttl))

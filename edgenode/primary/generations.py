@@ -1,0 +1,505 @@
+"""The primary's on-disk state: one SQLite database in WAL mode, numbered generations, archives.
+
+Layout under the data directory:
+  primary.db (+ -wal, -shm)   the live database; the main file is the current generation's base
+  primary-state.json          {"generation": G, "rollover_to": G+1 | null}
+  generations/G.frames        the committed frames of finished generation G (raw WAL frames)
+
+Every connection runs with `wal_autocheckpoint=0` and `SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE`, so within
+a generation nothing but a rollover ever writes the main file and WAL frame N is sync frame N.
+
+Crash safety (kill -9 at any point):
+- writes and pushes: SQLite's own WAL recovery decides what is committed; pushed frames are
+  appended with valid salts and checksums, so a torn push is an uncommitted tail SQLite ignores.
+- rollover: archive the frames (temp file, fsync, rename), then record the intent
+  (`rollover_to`), then checkpoint(TRUNCATE), then record the new generation. A restart that finds
+  an intent finishes the checkpoint, which is idempotent, before serving anything.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import apsw
+import msgspec
+
+from edgenode.primary.rwlock import RWLock
+from edgenode.primary.wal import (
+    FRAME_SIZE,
+    PAGE_SIZE,
+    WAL_HEADER_SIZE,
+    WalError,
+    WalHeader,
+    WalReader,
+    encode_frames,
+    split_frames,
+)
+
+log = logging.getLogger("edgenode.primary")
+
+DB_NAME = "primary.db"
+STATE_NAME = "primary-state.json"
+ARCHIVE_DIR = "generations"
+# A response may run past the asked range to end on a commit frame, up to this many frames; only a
+# transaction larger than this is served in pieces that do not end on a commit frame.
+MAX_FRAMES_PER_RESPONSE = 4096
+LOCK_TIMEOUT = 10.0
+PENDING_PUSH_TTL = 60.0
+
+
+class State(msgspec.Struct):
+    generation: int
+    rollover_to: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Frames:
+    data: bytes
+    first: int
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointNeeded:
+    """Nothing (more) to serve in the asked generation: the client's 400 answer."""
+
+    generation: int
+    max_frame_no: int
+
+
+@dataclass(frozen=True, slots=True)
+class Gone:
+    """The asked generation or position cannot be served: 410, the replica must re-bootstrap."""
+
+    reason: str
+
+
+class NotFound(Exception):
+    pass
+
+
+class PushReply(msgspec.Struct):
+    status: str
+    generation: int
+    max_frame_no: int
+    baton: str | None
+
+
+@dataclass(slots=True)
+class _PendingPush:
+    baton: str
+    generation: int
+    first: int
+    data: bytes
+    expires: float
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+class PrimaryStore:
+    """Owns the database files; every method is synchronous and meant for worker threads."""
+
+    def __init__(self, data_dir: Path, *, generation_max_frames: int = 2000, keep_generations: int = 8) -> None:
+        self.data_dir = data_dir
+        self.db_path = data_dir / DB_NAME
+        self.wal_path = data_dir / (DB_NAME + "-wal")
+        self.shm_path = data_dir / (DB_NAME + "-shm")
+        self.state_path = data_dir / STATE_NAME
+        self.archive_dir = data_dir / ARCHIVE_DIR
+        self.generation_max_frames = generation_max_frames
+        self.keep_generations = keep_generations
+        self.lock = RWLock()
+        self._reader = WalReader(self.wal_path)
+        self._reader_mutex = threading.Lock()
+        self._state = State(generation=1)
+        self._control: apsw.Connection | None = None
+        self._commit_listeners: list[Callable[[int, int], None]] = []
+        self._archive_commits: dict[int, list[int]] = {}
+        self._pending: _PendingPush | None = None
+        self._rollover_wanted = threading.Event()
+        self._stop = threading.Event()
+        self._rollover_thread: threading.Thread | None = None
+        self.stats = {"rollovers": 0, "push_conflicts": 0, "pushes": 0}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def open(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.archive_dir.mkdir(exist_ok=True)
+        fresh = not self.db_path.exists() or self.db_path.stat().st_size == 0
+        if fresh:
+            self._create()
+        self._control = self.connect()
+        page_size = self._control.execute("PRAGMA page_size").fetchall()[0][0]
+        if page_size != PAGE_SIZE:
+            raise RuntimeError(f"{self.db_path} has page size {page_size}; the sync protocol needs {PAGE_SIZE}")
+        if self.state_path.exists():
+            self._state = msgspec.json.decode(self.state_path.read_bytes(), type=State)
+        else:
+            # A database without our state (first start, or one brought from elsewhere): its WAL
+            # is folded into the main file so that file can be generation 1's base.
+            self._checkpoint_truncate()
+            self._write_state(State(generation=1))
+        if self._state.rollover_to is not None:
+            log.warning("finishing the rollover to generation %d interrupted by a crash", self._state.rollover_to)
+            self._checkpoint_truncate()
+            self._write_state(State(generation=self._state.rollover_to))
+        with self._reader_mutex:
+            self._reader.reset()
+            self._reader.refresh()
+        self._rollover_thread = threading.Thread(target=self._rollover_loop, name="rollover", daemon=True)
+        self._rollover_thread.start()
+        self._maybe_want_rollover(self.committed_frames())
+
+    def _create(self) -> None:
+        for suffix in ("-wal", "-shm"):
+            Path(str(self.db_path) + suffix).unlink(missing_ok=True)
+        conn = apsw.Connection(str(self.db_path))
+        conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
+        # journal_mode=WAL on an empty database writes page 1 to the main file, so even an empty
+        # primary exports a valid one-page database.
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+        fsync_dir(self.data_dir)
+        self.state_path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._rollover_wanted.set()
+        if self._rollover_thread:
+            self._rollover_thread.join(timeout=LOCK_TIMEOUT + 5)
+        if self._control:
+            self._control.close()
+            self._control = None
+
+    def connect(self) -> apsw.Connection:
+        """A connection that never checkpoints and reports its commits to this store."""
+        conn = apsw.Connection(str(self.db_path))
+        conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+        conn.setbusytimeout(5000)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        # FULL: a commit is fsynced before it is acknowledged, so no acknowledged write is lost.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.set_wal_hook(self._wal_hook)
+        return conn
+
+    def _wal_hook(self, conn: apsw.Connection, dbname: str, pages: int) -> int:
+        self._notify(pages)
+        return apsw.SQLITE_OK
+
+    def add_commit_listener(self, listener: Callable[[int, int], None]) -> None:
+        """Called as listener(generation, frames_in_wal) after each commit, from the committing thread."""
+        self._commit_listeners.append(listener)
+
+    def _notify(self, frames: int) -> None:
+        for listener in self._commit_listeners:
+            try:
+                listener(self._state.generation, frames)
+            except Exception:
+                log.exception("commit listener failed")
+        self._maybe_want_rollover(frames)
+
+    def _maybe_want_rollover(self, frames: int) -> None:
+        if frames >= self.generation_max_frames:
+            self._rollover_wanted.set()
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        return self._state.generation
+
+    def _write_state(self, state: State) -> None:
+        atomic_write(self.state_path, msgspec.json.encode(state))
+        self._state = state
+
+    def _refresh(self) -> tuple[int, list[int]]:
+        with self._reader_mutex:
+            state = self._reader.refresh()
+            return state.committed, state.commits
+
+    def committed_frames(self) -> int:
+        """Frames of the current generation verified as committed."""
+        return self._refresh()[0]
+
+    def info(self) -> dict[str, int]:
+        return {"current_generation": self.generation}
+
+    # -- pull ------------------------------------------------------------------------------------
+
+    def pull(self, generation: int, start: int, end: int) -> Frames | CheckpointNeeded | Gone:
+        with self.lock.shared(LOCK_TIMEOUT):
+            current = self.generation
+            if generation == current:
+                committed, commits = self._refresh()
+                if start > committed + 1:
+                    return Gone(f"replica is at frame {start - 1} of generation {generation}, beyond this primary")
+                if start == committed + 1:
+                    return CheckpointNeeded(current, committed)
+                last = self._last_frame(commits, start, end)
+                return Frames(self._reader.read_frames(start, last), start, last)
+            if generation < current and generation >= 1:
+                commits = self._load_archive_commits(generation)
+                if commits is None:
+                    return Gone(f"generation {generation} is no longer kept; bootstrap again")
+                committed = commits[-1] if commits else 0
+                if start > committed + 1:
+                    return Gone(f"replica is at frame {start - 1} of generation {generation}, beyond this primary")
+                if start == committed + 1:
+                    return CheckpointNeeded(current, committed)
+                last = self._last_frame(commits, start, end)
+                return Frames(self._read_archive(generation, start, last), start, last)
+            return Gone(f"generation {generation} does not exist on this primary (current is {current})")
+
+    @staticmethod
+    def _last_frame(commits: list[int], start: int, end: int) -> int:
+        """The last frame to serve for [start, end): the last commit frame in range, else the end of
+        the transaction that covers start (when not too large), else end - 1."""
+        i = bisect.bisect_right(commits, end - 1) - 1
+        if i >= 0 and commits[i] >= start:
+            return commits[i]
+        j = bisect.bisect_left(commits, start)
+        if j < len(commits) and commits[j] - start < MAX_FRAMES_PER_RESPONSE:
+            return commits[j]
+        return min(end - 1, commits[j]) if j < len(commits) else end - 1
+
+    def _archive_path(self, generation: int) -> Path:
+        return self.archive_dir / f"{generation:010d}.frames"
+
+    def _load_archive_commits(self, generation: int) -> list[int] | None:
+        cached = self._archive_commits.get(generation)
+        if cached is not None:
+            return cached
+        path = self._archive_path(generation)
+        if not path.exists():
+            return None
+        commits: list[int] = []
+        with open(path, "rb") as f:
+            frame_no = 0
+            while header := f.read(8):
+                frame_no += 1
+                if int.from_bytes(header[4:8], "big"):
+                    commits.append(frame_no)
+                f.seek(FRAME_SIZE - 8, os.SEEK_CUR)
+        self._archive_commits[generation] = commits
+        return commits
+
+    def _read_archive(self, generation: int, start: int, last: int) -> bytes:
+        with open(self._archive_path(generation), "rb") as f:
+            f.seek((start - 1) * FRAME_SIZE)
+            return f.read((last - start + 1) * FRAME_SIZE)
+
+    # -- export ----------------------------------------------------------------------------------
+
+    def export_size(self, generation: int) -> int:
+        """Bytes of generation's base file; the caller holds the shared lock while it streams it."""
+        if generation != self.generation:
+            raise NotFound(f"generation {generation} cannot be exported (current is {self.generation})")
+        return self.db_path.stat().st_size
+
+    # -- push ------------------------------------------------------------------------------------
+
+    def push(self, generation: int, start: int, end: int, baton: str | None, body: bytes) -> PushReply:
+        """Apply an offline replica's WAL frames [start, end) if they continue this primary exactly."""
+        count = end - start
+        if start < 1 or count <= 0 or len(body) != count * FRAME_SIZE:
+            raise ValueError(f"push body of {len(body)} bytes does not hold frames [{start}, {end})")
+        with self.lock.exclusive(LOCK_TIMEOUT):
+            self.stats["pushes"] += 1
+            current = self.generation
+            committed, _ = self._refresh()
+            pending = self._pending
+            if pending and (pending.expires < time.monotonic() or pending.generation != current):
+                pending = self._pending = None
+            if pending and baton == pending.baton and start == pending.first + len(pending.data) // FRAME_SIZE:
+                first, data = pending.first, pending.data + body
+            else:
+                first, data = start, body
+            if generation != current:
+                return self._conflict(current, committed)
+            if first <= committed:
+                # A retried push whose frames the primary already has is fine; anything else diverged.
+                known = min(committed, first + len(data) // FRAME_SIZE - 1)
+                ours = self._reader.read_frames(first, known)
+                if not _same_frames(ours, data[: len(ours)]):
+                    return self._conflict(current, committed)
+                data = data[len(ours) :]
+                first = known + 1
+                if not data:
+                    return PushReply("ok", current, end - 1, None)
+            if first != committed + 1:
+                return self._conflict(current, committed)
+            frames = split_frames(data)
+            if any(pgno == 0 for pgno, _ in frames):
+                raise ValueError("push contains a frame for page 0")
+            last_commit = max((i for i, (_, size) in enumerate(frames) if size), default=-1)
+            if last_commit >= 0:
+                self._append(data[: (last_commit + 1) * FRAME_SIZE], committed + last_commit + 1)
+            rest = data[(last_commit + 1) * FRAME_SIZE :]
+            if rest:
+                self._pending = _PendingPush(
+                    secrets.token_urlsafe(16),
+                    current,
+                    committed + last_commit + 2,
+                    rest,
+                    time.monotonic() + PENDING_PUSH_TTL,
+                )
+                return PushReply("ok", current, end - 1, self._pending.baton)
+            self._pending = None
+            return PushReply("ok", current, end - 1, None)
+
+    def _conflict(self, generation: int, committed: int) -> PushReply:
+        self.stats["push_conflicts"] += 1
+        self._pending = None
+        return PushReply("conflict", generation, committed, None)
+
+    def _append(self, frames: bytes, expect_committed: int) -> None:
+        """Append whole committed transactions to the WAL as if SQLite had written them.
+
+        Runs under the exclusive lock, so no connection is inside a transaction. The frames get
+        this WAL's salts and running checksum; then the shared-memory index header is zeroed,
+        which makes the next reader run SQLite's WAL recovery and adopt them.
+        """
+        with self._reader_mutex:
+            state = self._reader.refresh()
+            header, checksum, committed = state.header, state.checksum, state.committed
+            fd = os.open(self.wal_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                if header is None:
+                    if committed != 0:
+                        raise WalError("WAL header vanished with committed frames")
+                    header, raw_header = WalHeader.new(secrets.randbits(32), secrets.randbits(32))
+                    os.pwrite(fd, raw_header, 0)
+                    checksum = header.checksum
+                data, _ = encode_frames(frames, header, checksum)
+                os.pwrite(fd, data, WAL_HEADER_SIZE + committed * FRAME_SIZE)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            fd = os.open(self.shm_path, os.O_RDWR)
+            try:
+                os.pwrite(fd, bytes(96), 0)
+            finally:
+                os.close(fd)
+        assert self._control is not None
+        # Starting a read transaction runs the recovery now, under our lock, not in a later request.
+        self._control.execute("SELECT count(*) FROM sqlite_schema").fetchall()
+        now = self.committed_frames()
+        if now != expect_committed:
+            raise WalError(f"pushed frames not adopted: WAL commits end at {now}, expected {expect_committed}")
+        self._notify(now)
+
+    # -- rollover --------------------------------------------------------------------------------
+
+    def rollover(self, force: bool = False, timeout: float = LOCK_TIMEOUT) -> bool:
+        """Start a new generation (when forced, or when the current one is full). True if it did."""
+        with self.lock.exclusive(timeout):
+            committed, _ = self._refresh()
+            if not force and committed < self.generation_max_frames:
+                return False
+            generation = self.generation
+            archive = self._archive_path(generation)
+            tmp = archive.with_name(archive.name + ".tmp")
+            with open(tmp, "wb") as out:
+                if committed:
+                    with open(self.wal_path, "rb") as f:
+                        f.seek(WAL_HEADER_SIZE)
+                        remaining = committed * FRAME_SIZE
+                        while remaining:
+                            chunk = f.read(min(remaining, 1 << 20))
+                            if not chunk:
+                                raise WalError("WAL shorter than its verified frames")
+                            out.write(chunk)
+                            remaining -= len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, archive)
+            fsync_dir(self.archive_dir)
+            self._write_state(State(generation=generation, rollover_to=generation + 1))
+            self._checkpoint_truncate()
+            self._write_state(State(generation=generation + 1))
+            self._pending = None
+            with self._reader_mutex:
+                self._reader.reset()
+            self.stats["rollovers"] += 1
+            self._prune()
+            log.info(
+                "generation %d finished with %d frames; now serving generation %d",
+                generation,
+                committed,
+                generation + 1,
+            )
+        self._notify(0)
+        return True
+
+    def _checkpoint_truncate(self) -> None:
+        assert self._control is not None
+        for attempt in range(200):
+            busy, _, _ = self._control.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0]
+            if busy == 0 and (not self.wal_path.exists() or self.wal_path.stat().st_size == 0):
+                return
+            time.sleep(min(0.005 * (attempt + 1), 0.1))
+        raise WalError("checkpoint(TRUNCATE) stayed busy")
+
+    def _prune(self) -> None:
+        oldest_kept = self.generation - self.keep_generations
+        for path in self.archive_dir.glob("*.frames"):
+            try:
+                generation = int(path.stem)
+            except ValueError:
+                continue
+            if generation < oldest_kept:
+                path.unlink(missing_ok=True)
+                self._archive_commits.pop(generation, None)
+        for path in self.archive_dir.glob("*.tmp"):
+            path.unlink(missing_ok=True)
+
+    def _rollover_loop(self) -> None:
+        while not self._stop.is_set():
+            self._rollover_wanted.wait()
+            if self._stop.is_set():
+                return
+            self._rollover_wanted.clear()
+            try:
+                self.rollover(force=False)
+            except Exception:
+                log.exception("rollover failed; will retry")
+                time.sleep(1.0)
+                self._rollover_wanted.set()
+
+
+def _same_frames(a: bytes, b: bytes) -> bool:
+    """Same page numbers, commit sizes and pages (salts and checksums differ between WALs)."""
+    if len(a) != len(b):
+        return False
+    for off in range(0, len(a), FRAME_SIZE):
+        if a[off : off + 8] != b[off : off + 8] or a[off + 24 : off + FRAME_SIZE] != b[off + 24 : off + FRAME_SIZE]:
+            return False
+    return True
