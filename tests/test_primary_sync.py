@@ -1,0 +1,253 @@
+"""`edgenode primary` against real PyPI `libsql` 0.1.x embedded replicas, over loopback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import libsql
+import pytest
+
+from edgenode.primary.client import HranaClientError, execute
+from edgenode.primary.wal import FRAME_SIZE
+from tests.procs import ROOT, Proc, start
+
+TOKEN = "test-rw-token"
+READ_TOKEN = "test-ro-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def start_primary(tmp_path: Path, *extra: str, name: str = "primary") -> Proc:
+    args = ["primary", "--data-dir", str(tmp_path / "primary"), "--auth-token", TOKEN, "--read-token", READ_TOKEN]
+    return start([*args, *extra], tmp_path, name)
+
+
+@pytest.fixture
+def primary(tmp_path: Path) -> Iterator[Proc]:
+    proc = start_primary(tmp_path)
+    yield proc
+    proc.stop()
+
+
+def replica(url: str, path: Path, token: str = TOKEN, **kwargs: object) -> libsql.Connection:
+    conn = libsql.connect(str(path), sync_url=url, auth_token=token, **kwargs)
+    conn.sync()
+    return conn
+
+
+def write(url: str, *statements: str | tuple[str, list[object]]) -> None:
+    execute(url, list(statements), TOKEN, transaction=True)
+
+
+def rows(url: str, sql: str) -> list[tuple[object, ...]]:
+    return execute(url, [sql], TOKEN)[0]
+
+
+def test_fresh_replica_bootstraps_and_reads_what_the_primary_has(primary: Proc, tmp_path: Path) -> None:
+    write(primary.url, "CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)", "INSERT INTO kv(v) VALUES ('a'), ('b')")
+    conn = replica(primary.url, tmp_path / "r.db")
+    assert conn.execute("SELECT v FROM kv ORDER BY k").fetchall() == [("a",), ("b",)]
+    # The sql/ migrations ran on the primary before anything was served.
+    assert conn.execute("SELECT count(*) FROM _edgenode_migrations").fetchall()[0][0] >= 1
+
+
+def test_rows_written_on_the_primary_appear_after_sync(primary: Proc, tmp_path: Path) -> None:
+    write(primary.url, "CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)")
+    conn = replica(primary.url, tmp_path / "r.db")
+    assert conn.execute("SELECT count(*) FROM kv").fetchall() == [(0,)]
+    for i in range(5):
+        write(primary.url, ("INSERT INTO kv(v) VALUES (?)", [f"row{i}"]))
+    conn.sync()
+    assert conn.execute("SELECT count(*) FROM kv").fetchall() == [(5,)]
+
+
+def test_writes_through_a_replica_are_delegated_and_visible_locally(primary: Proc, tmp_path: Path) -> None:
+    conn = replica(primary.url, tmp_path / "r.db")
+    conn.execute("CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)")
+    conn.execute("INSERT INTO notes(body) VALUES (?)", ("via replica",))
+    conn.commit()
+    assert conn.execute("SELECT body FROM notes").fetchall() == [("via replica",)]
+    assert rows(primary.url, "SELECT body FROM notes") == [("via replica",)]
+
+
+def test_a_multi_megabyte_transaction_arrives_intact(primary: Proc, tmp_path: Path) -> None:
+    write(primary.url, "CREATE TABLE blobs(id INTEGER PRIMARY KEY, data BLOB)")
+    conn = replica(primary.url, tmp_path / "r.db")
+    statements = [("INSERT INTO blobs(data) VALUES (randomblob(?))", [100_000]) for _ in range(60)]
+    write(primary.url, *statements)  # about 6 MB, ~1,500 frames in one transaction
+    conn.sync()
+    local = conn.execute("SELECT count(*), sum(length(data)), sum(hex(substr(data, 1, 4)) != '') FROM blobs")
+    assert local.fetchall() == [(60, 6_000_000, 60)]
+    assert conn.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+    digest = "SELECT group_concat(hex(substr(data, 99990, 8)), ',') FROM blobs ORDER BY id"
+    assert conn.execute(digest).fetchall()[0][0] == rows(primary.url, digest)[0][0]
+
+
+def test_pulls_end_on_commit_frames_and_report_checkpoint_needed(primary: Proc) -> None:
+    write(primary.url, "CREATE TABLE t(x)", *[("INSERT INTO t VALUES (randomblob(20000))", []) for _ in range(3)])
+    write(primary.url, "INSERT INTO t VALUES (1)")
+    response = httpx.get(f"{primary.url}/sync/1/1/3", headers=AUTH)
+    assert response.status_code == 200
+    body = response.content
+    assert len(body) % FRAME_SIZE == 0 and body
+    assert int.from_bytes(body[-FRAME_SIZE + 4 : -FRAME_SIZE + 8], "big") > 0
+    frame = 1
+    while (r := httpx.get(f"{primary.url}/sync/1/{frame}/{frame + 128}", headers=AUTH)).status_code == 200:
+        frame += len(r.content) // FRAME_SIZE
+    assert r.status_code == 400
+    assert r.json() == {"status": "checkpoint_needed", "generation": 1, "max_frame_no": frame - 1, "baton": None}
+
+
+def test_an_old_replica_crosses_generation_rollovers(primary: Proc, tmp_path: Path) -> None:
+    write(primary.url, "CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)", "INSERT INTO kv(v) VALUES ('g1')")
+    conn = replica(primary.url, tmp_path / "r.db")
+    write(primary.url, "INSERT INTO kv(v) VALUES ('g1-late')")
+    assert httpx.post(f"{primary.url}/rollover", headers=AUTH).json() == {"generation": 2}
+    write(primary.url, "INSERT INTO kv(v) VALUES ('g2')")
+    assert httpx.post(f"{primary.url}/rollover", headers=AUTH).json() == {"generation": 3}
+    write(primary.url, "INSERT INTO kv(v) VALUES ('g3')")
+    conn.sync()
+    assert [r[0] for r in conn.execute("SELECT v FROM kv ORDER BY k").fetchall()] == ["g1", "g1-late", "g2", "g3"]
+    assert conn.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+
+
+def test_a_fresh_replica_bootstraps_from_a_later_non_empty_generation(primary: Proc, tmp_path: Path) -> None:
+    write(primary.url, "CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)", "INSERT INTO kv(v) VALUES ('one')")
+    httpx.post(f"{primary.url}/rollover", headers=AUTH).raise_for_status()
+    write(primary.url, "INSERT INTO kv(v) VALUES ('two')")
+    assert httpx.get(f"{primary.url}/info", headers=AUTH).json() == {"current_generation": 2}
+    conn = replica(primary.url, tmp_path / "fresh.db")
+    assert conn.execute("SELECT v FROM kv ORDER BY k").fetchall() == [("one",), ("two",)]
+    conn.execute("INSERT INTO kv(v) VALUES ('three')")
+    conn.commit()
+    assert conn.execute("SELECT count(*) FROM kv").fetchall() == [(3,)]
+
+
+def test_generations_roll_over_by_size_and_replicas_follow(tmp_path: Path) -> None:
+    proc = start_primary(tmp_path, "--generation-max-frames", "60", "--no-migrate")
+    try:
+        write(proc.url, "CREATE TABLE t(id INTEGER PRIMARY KEY, data BLOB)")
+        conn = replica(proc.url, tmp_path / "r.db")
+        for _ in range(12):
+            write(proc.url, *[("INSERT INTO t(data) VALUES (randomblob(3000))", []) for _ in range(10)])
+            conn.sync()
+        generation = httpx.get(f"{proc.url}/info", headers=AUTH).json()["current_generation"]
+        assert generation >= 3
+        assert conn.execute("SELECT count(*) FROM t").fetchall() == [(120,)]
+    finally:
+        proc.stop()
+
+
+def test_a_replica_behind_the_kept_generations_gets_410(tmp_path: Path) -> None:
+    proc = start_primary(tmp_path, "--keep-generations", "1", "--no-migrate")
+    try:
+        write(proc.url, "CREATE TABLE t(x)")
+        for _ in range(3):
+            httpx.post(f"{proc.url}/rollover", headers=AUTH).raise_for_status()
+        assert httpx.get(f"{proc.url}/sync/1/1/129", headers=AUTH).status_code == 410
+        assert httpx.get(f"{proc.url}/sync/3/1/129", headers=AUTH).status_code == 400
+        assert httpx.get(f"{proc.url}/export/1", headers=AUTH).status_code == 410
+    finally:
+        proc.stop()
+
+
+def test_offline_push_is_applied_and_a_push_after_the_primary_moved_on_is_a_conflict(
+    primary: Proc, tmp_path: Path
+) -> None:
+    write(primary.url, "CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)")
+    offline = replica(primary.url, tmp_path / "offline.db", offline=True)
+    offline.execute("INSERT INTO kv(v) VALUES ('offline write')")
+    offline.execute("INSERT INTO kv(v) SELECT hex(randomblob(2000)) FROM kv")
+    offline.commit()
+    offline.sync()
+    assert rows(primary.url, "SELECT count(*) FROM kv") == [(2,)]
+    assert rows(primary.url, "SELECT v FROM kv ORDER BY k LIMIT 1") == [("offline write",)]
+    assert rows(primary.url, "PRAGMA quick_check") == [("ok",)]
+    # Another replica sees the pushed rows by pulling.
+    other = replica(primary.url, tmp_path / "other.db")
+    assert other.execute("SELECT count(*) FROM kv").fetchall() == [(2,)]
+
+    stale = replica(primary.url, tmp_path / "stale.db", offline=True)
+    write(primary.url, "INSERT INTO kv(v) VALUES ('primary moved on')")
+    stale.execute("INSERT INTO kv(v) VALUES ('diverged')")
+    stale.commit()
+    with pytest.raises(Exception, match="conflict"):
+        stale.sync()
+    assert rows(primary.url, "SELECT count(*) FROM kv WHERE v = 'diverged'") == [(0,)]
+    metrics = httpx.get(f"{primary.url}/metrics", headers=AUTH).text
+    assert "edgenode_primary_push_conflicts_total 1.0" in metrics
+
+
+def test_a_wrong_token_is_refused_with_401_json(primary: Proc, tmp_path: Path) -> None:
+    response = httpx.get(f"{primary.url}/info", headers={"Authorization": "Bearer nope"})
+    assert response.status_code == 401 and "error" in response.json()
+    assert httpx.get(f"{primary.url}/health").status_code == 200
+    with pytest.raises(Exception, match=r"(?i)unauthorized|401"):
+        replica(primary.url, tmp_path / "r.db", token="nope")
+
+
+def test_a_read_only_token_can_pull_and_read_but_not_write_or_push(primary: Proc, tmp_path: Path) -> None:
+    write(primary.url, "CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)", "INSERT INTO kv(v) VALUES ('x')")
+    conn = replica(primary.url, tmp_path / "r.db", token=READ_TOKEN)
+    assert conn.execute("SELECT v FROM kv").fetchall() == [("x",)]
+    assert execute(primary.url, ["SELECT v FROM kv"], READ_TOKEN) == [[("x",)]]
+    with pytest.raises(HranaClientError) as error:
+        execute(primary.url, ["INSERT INTO kv(v) VALUES ('no')"], READ_TOKEN)
+    assert error.value.code == "SQLITE_READONLY"
+    with pytest.raises(HranaClientError):
+        execute(primary.url, ["PRAGMA query_only=0"], READ_TOKEN)
+    push = httpx.post(f"{primary.url}/sync/1/1/2", headers={"Authorization": f"Bearer {READ_TOKEN}"}, content=b"")
+    assert push.status_code == 403
+
+
+def test_checkpointing_pragmas_are_refused_over_hrana(primary: Proc) -> None:
+    for sql in ("PRAGMA wal_checkpoint(TRUNCATE)", "PRAGMA journal_mode=DELETE", "PRAGMA wal_autocheckpoint=10"):
+        with pytest.raises(HranaClientError) as error:
+            execute(primary.url, [sql], TOKEN)
+        assert error.value.code == "SQLITE_AUTH"
+
+
+def test_sixty_four_bit_integers_and_read_only_transactions_over_hrana(primary: Proc) -> None:
+    big = 9_007_199_254_740_993
+    write(primary.url, "CREATE TABLE n(v INTEGER)", ("INSERT INTO n VALUES (?)", [big]))
+    assert rows(primary.url, "SELECT v FROM n") == [(big,)]
+    with pytest.raises(HranaClientError) as error:
+        execute(primary.url, ["BEGIN TRANSACTION READONLY", "INSERT INTO n VALUES (1)"], TOKEN)
+    assert error.value.code == "SQLITE_READONLY"
+    write(primary.url, "INSERT INTO n VALUES (2)")  # the stream above was closed; writes work again
+    assert rows(primary.url, "SELECT count(*) FROM n") == [(2,)]
+
+
+def test_jwt_minted_by_edgenode_token_is_accepted(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    minted = subprocess.run(
+        [sys.executable, "-m", "edgenode", "token", "--data-dir", str(keys), "--access", "ro"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    proc = start(
+        ["primary", "--data-dir", str(tmp_path / "p"), "--jwt-key-file", str(keys / "jwt_public.pem"), "--no-migrate"],
+        tmp_path,
+        "jwt-primary",
+    )
+    try:
+        headers = {"Authorization": f"Bearer {minted}"}
+        assert httpx.get(f"{proc.url}/info", headers=headers).json() == {"current_generation": 1}
+        assert httpx.post(f"{proc.url}/rollover", headers=headers).status_code == 403
+        assert httpx.get(f"{proc.url}/info", headers={"Authorization": "Bearer x.y.z"}).status_code == 401
+    finally:
+        proc.stop()
+
+
+def test_a_transaction_larger_than_one_response_arrives_over_several_pulls(primary: Proc, tmp_path: Path) -> None:
+    write(primary.url, "CREATE TABLE blobs(id INTEGER PRIMARY KEY, data BLOB)")
+    conn = replica(primary.url, tmp_path / "r.db")
+    write(primary.url, *[("INSERT INTO blobs(data) VALUES (randomblob(?))", [1_000_000]) for _ in range(20)])
+    conn.sync()  # ~4,900 frames: more than one response may carry, so they come in pieces of 128
+    assert conn.execute("SELECT count(*), sum(length(data)) FROM blobs").fetchall() == [(20, 20_000_000)]
+    assert conn.execute("PRAGMA quick_check").fetchall() == [("ok",)]
