@@ -1,0 +1,134 @@
+"""Collection definitions, stored in the database so every replica learns them.
+
+A definition is a row of `_edgenode_collections` (name, spec as JSON, uid). The uid is minted
+when the definition is written, so an index file built for an older definition, or for the same
+name on another primary, never matches and is rebuilt.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgspec
+
+from edgenode.vectors import feed
+from edgenode.vectors.models import NAME_RE, CollectionSpec, VectorError
+
+DEFINITIONS_TABLE = "_edgenode_collections"
+
+SCHEMA: list[tuple[str, list[Any]]] = [
+    (
+        # No UNIQUE/TEXT PRIMARY KEY: apsw 3.54's query_info (the node's statement analyzer) fails on
+        # DDL that creates an index; a definition is replaced by DELETE + INSERT in one transaction.
+        f"CREATE TABLE IF NOT EXISTS {DEFINITIONS_TABLE} ("
+        "id INTEGER PRIMARY KEY, name TEXT NOT NULL, spec TEXT NOT NULL, uid TEXT NOT NULL, "
+        "created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
+        [],
+    ),
+    *feed.SCHEMA,
+]
+
+_F32_TYPE = re.compile(r"^\s*F32_BLOB\s*\(\s*(\d+)\s*\)\s*$", re.IGNORECASE)
+
+
+class QueryResultLike(Protocol):
+    columns: list[str]
+    rows: list[Any]
+
+
+class DatabaseLike(Protocol):
+    """The three methods of `edgenode.database.Database` the vector layer uses."""
+
+    async def read(self, sql: str, params: list | None = None) -> Any: ...
+
+    async def write(self, statements: list[tuple[str, list]]) -> list[Any]: ...
+
+    def add_change_listener(self, callback: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class Definition:
+    name: str
+    spec: CollectionSpec
+    uid: str
+
+    def same_spec(self, other: CollectionSpec) -> bool:
+        return msgspec.json.encode(self.spec) == msgspec.json.encode(other)
+
+
+def check_name(name: str) -> None:
+    if not NAME_RE.match(name):
+        raise VectorError(400, "invalid_collection_name", f"collection name {name!r} must match {NAME_RE.pattern}")
+
+
+def is_missing_table(exc: Exception) -> bool:
+    return "no such table" in str(exc)
+
+
+async def load_definitions(db: DatabaseLike) -> dict[str, Definition]:
+    try:
+        result = await db.read(f"SELECT name, spec, uid FROM {DEFINITIONS_TABLE} ORDER BY id")
+    except Exception as exc:
+        if is_missing_table(exc):
+            return {}
+        raise
+    out: dict[str, Definition] = {}
+    for name, spec_json, uid in result.rows:
+        try:
+            spec = msgspec.json.decode(spec_json, type=CollectionSpec)
+        except msgspec.DecodeError:
+            continue  # a definition written by a newer version we cannot read; leave it alone
+        out[name] = Definition(name=name, spec=spec, uid=uid)
+    return out
+
+
+async def table_columns(db: DatabaseLike, table: str) -> dict[str, str]:
+    """Column name (lowercased) -> declared type; empty when the table does not exist."""
+    result = await db.read("SELECT name, type FROM pragma_table_info(?)", [table])
+    return {str(name).lower(): str(ctype or "") for name, ctype in result.rows}
+
+
+async def check_against_table(db: DatabaseLike, spec: CollectionSpec) -> None:
+    columns = await table_columns(db, spec.table)
+    if not columns:
+        raise VectorError(400, "unknown_table", f"table {spec.table!r} does not exist")
+    for label, col in [("column", spec.column)] + [("filter column", c) for c in spec.filter_columns]:
+        if col.lower() not in columns:
+            raise VectorError(400, "unknown_column", f"{label} {col!r} is not a column of table {spec.table!r}")
+    declared = _F32_TYPE.match(columns[spec.column.lower()])
+    if declared and int(declared.group(1)) != spec.dim:
+        raise VectorError(
+            400,
+            "dimension_mismatch",
+            f"column {spec.column!r} is declared F32_BLOB({declared.group(1)}) but dim is {spec.dim}",
+        )
+    try:
+        await db.read(f'SELECT rowid FROM "{spec.table}" LIMIT 0')
+    except Exception as exc:
+        raise VectorError(400, "invalid_collection", f"table {spec.table!r} has no rowid: {exc}") from exc
+
+
+def put_statements(name: str, spec: CollectionSpec) -> tuple[str, list[tuple[str, list]]]:
+    """Statements (one transaction) that store a definition and install its feed triggers."""
+    uid = uuid.uuid4().hex
+    statements = [
+        *SCHEMA,
+        *feed.trigger_statements(spec.table),
+        (f"DELETE FROM {DEFINITIONS_TABLE} WHERE name = ?", [name]),
+        (
+            f"INSERT INTO {DEFINITIONS_TABLE}(name, spec, uid) VALUES (?, ?, ?)",
+            [name, msgspec.json.encode(spec).decode(), uid],
+        ),
+    ]
+    return uid, statements
+
+
+def delete_statements(name: str, table: str, table_still_used: bool) -> list[tuple[str, list]]:
+    statements: list[tuple[str, list]] = [(f"DELETE FROM {DEFINITIONS_TABLE} WHERE name = ?", [name])]
+    if not table_still_used:
+        statements += feed.drop_trigger_statements(table)
+        statements.append((f"DELETE FROM {feed.CHANGES_TABLE} WHERE tbl = ?", [table]))
+    return statements

@@ -1,0 +1,277 @@
+"""Exact search with sqlite-vec (loaded into apsw) over a sidecar SQLite file the node owns.
+
+The replica file has one owner (the node's libSQL connection), so the sidecar keeps its own copy
+of each indexed vector (`vec`) and the declared filter columns (`filt`); filters run here, next to
+the vectors. The sidecar also records the feed position it reflects, committed in the same
+transaction as the rows, and the identity (uid + spec) it was built for.
+
+Filters are checked by the engine, not by parsing: the expression is compiled as
+`SELECT rowid FROM filt WHERE (<expr>)` and as `SELECT (<expr>) FROM filt`, and every action the
+compiler asks authorization for must be a read of a declared column of `filt`, a SELECT, or a
+deterministic built-in function; nothing may remain after the first statement. At run time the
+value goes through `_edgenode_bool`, which rejects anything that is not 0, 1 or NULL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import apsw
+import apsw.ext
+import msgspec
+import numpy as np
+import sqlite_vec
+
+from edgenode.vectors.models import CollectionSpec, VectorError
+
+SAFE_FUNCTIONS = frozenset(
+    """abs char coalesce concat concat_ws glob hex ifnull iif if instr length like likelihood likely lower ltrim
+    max min nullif octet_length printf format quote replace round rtrim sign substr substring trim typeof unhex
+    unicode unlikely upper ceil ceiling floor mod pow power sqrt exp ln log log10 log2 trunc json_extract json_type
+    json_valid json_array_length -> ->> _edgenode_bool""".split()
+)
+_OK_ACTIONS = {apsw.SQLITE_SELECT, apsw.SQLITE_READ, apsw.SQLITE_FUNCTION}
+_DIST_SQL = {"cosine": "vec_distance_cosine(v.embedding, ?)", "l2": "vec_distance_l2(v.embedding, ?)"}
+
+
+class _NotBoolean(Exception):
+    pass
+
+
+def _as_bool(value: Any) -> Any:
+    if value is None or (type(value) is int and value in (0, 1)):
+        return value
+    raise _NotBoolean(f"the filter must be a boolean expression, but it gave {value!r} for a row")
+
+
+@dataclass(frozen=True)
+class CompiledFilter:
+    sql: str
+    params: tuple[Any, ...]
+
+
+def _distances_ip(query: np.ndarray, blobs: list[bytes], dim: int) -> np.ndarray:
+    matrix = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim)
+    return 1.0 - matrix @ query
+
+
+class Sidecar:
+    def __init__(self, path: Path, spec: CollectionSpec, uid: str) -> None:
+        self.path = path
+        self.spec = spec
+        self.uid = uid
+        self.columns = [c for c in spec.filter_columns]
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._conns: list[apsw.Connection] = []
+        self.writer = self._connect()
+        self._ensure_schema()
+
+    # connections -----------------------------------------------------------------------------
+    def _connect(self) -> apsw.Connection:
+        conn = apsw.Connection(str(self.path))
+        conn.enable_load_extension(True)
+        conn.load_extension(sqlite_vec.loadable_path())
+        conn.enable_load_extension(False)
+        conn.create_scalar_function("_edgenode_bool", _as_bool, 1, deterministic=True)
+        conn.set_busy_timeout(5000)
+        conn.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL")
+        with self._lock:
+            self._conns.append(conn)
+        return conn
+
+    def _reader(self) -> apsw.Connection:
+        # One connection per thread so exact queries in the executor run in parallel (WAL readers).
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            with contextlib.suppress(apsw.Error):
+                conn.close()
+
+    def _ensure_schema(self) -> None:
+        cols = "".join(f', "{c}"' for c in self.columns)
+        self.writer.execute(
+            "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value);"
+            "CREATE TABLE IF NOT EXISTS vec(rowid INTEGER PRIMARY KEY, embedding BLOB NOT NULL);"
+            f"CREATE TABLE IF NOT EXISTS filt(rowid INTEGER PRIMARY KEY{cols});"
+        )
+        for c in self.columns:
+            self.writer.execute(f'CREATE INDEX IF NOT EXISTS "filt_{c}" ON filt("{c}")')
+
+    # identity and position ---------------------------------------------------------------------
+    def identity(self) -> str:
+        return self.uid + ":" + msgspec.json.encode(self.spec).decode()
+
+    def stamped_identity(self) -> str | None:
+        row = self.writer.execute("SELECT value FROM meta WHERE key = 'identity'").fetchone()
+        return row[0] if row else None
+
+    def stamp_identity(self) -> None:
+        self.writer.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('identity', ?)", (self.identity(),))
+
+    @property
+    def position(self) -> int:
+        row = self.writer.execute("SELECT value FROM meta WHERE key = 'position'").fetchone()
+        return int(row[0]) if row else -1
+
+    def count(self) -> int:
+        return int(self.writer.execute("SELECT count(*) FROM vec").fetchone()[0])
+
+    # writes ------------------------------------------------------------------------------------
+    def apply(self, upserts: list[tuple[int, bytes, list[Any]]], deletes: list[int], position: int | None) -> None:
+        cols = "".join(f', "{c}"' for c in self.columns)
+        marks = ", ?" * len(self.columns)
+        with self.writer:
+            if deletes:
+                self.writer.executemany("DELETE FROM vec WHERE rowid = ?", [(r,) for r in deletes])
+                self.writer.executemany("DELETE FROM filt WHERE rowid = ?", [(r,) for r in deletes])
+            if upserts:
+                self.writer.executemany(
+                    "INSERT OR REPLACE INTO vec(rowid, embedding) VALUES (?, ?)", [(r, b) for r, b, _ in upserts]
+                )
+                self.writer.executemany(
+                    f"INSERT OR REPLACE INTO filt(rowid{cols}) VALUES (?{marks})",
+                    [(r, *vals) for r, _, vals in upserts],
+                )
+            if position is not None:
+                self.writer.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('position', ?)", (position,))
+
+    def current(self, rowids: list[int]) -> dict[int, tuple[bytes, list[Any]]]:
+        """Stored (embedding, filter values) per rowid, to skip updates that change neither."""
+        if not rowids:
+            return {}
+        cols = "".join(f', f."{c}"' for c in self.columns)
+        ids = ",".join(str(int(r)) for r in rowids)
+        rows = self.writer.execute(
+            f"SELECT v.rowid, v.embedding{cols} FROM vec v JOIN filt f ON f.rowid = v.rowid WHERE v.rowid IN ({ids})"
+        )
+        return {row[0]: (row[1], list(row[2:])) for row in rows}
+
+    def iter_vectors(self, chunk: int = 20_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        last: int | None = None
+        conn = self._reader()
+        while True:
+            if last is None:
+                rows = conn.execute("SELECT rowid, embedding FROM vec ORDER BY rowid LIMIT ?", (chunk,)).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT rowid, embedding FROM vec WHERE rowid > ? ORDER BY rowid LIMIT ?", (last, chunk)
+                ).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            rowids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), self.spec.dim)
+            yield rowids, vectors
+
+    # filters -----------------------------------------------------------------------------------
+    def compile_filter(self, sql: str, params: list[Any]) -> CompiledFilter:
+        if not sql.strip():
+            raise VectorError(400, "invalid_filter", "filter.sql is empty")
+        if "\x00" in sql:
+            raise VectorError(400, "invalid_filter", "filter.sql contains a NUL character")
+        for p in params:
+            if isinstance(p, int) and not -(2**63) <= p < 2**63:
+                raise VectorError(400, "invalid_filter", f"filter parameter {p} does not fit in 64 bits")
+        conn = self._reader()
+        declared = {c.lower() for c in self.columns} | {"rowid"}
+        for form in (f"SELECT rowid FROM filt WHERE ({sql}\n)", f"SELECT ({sql}\n) FROM filt"):
+            try:
+                info = apsw.ext.query_info(conn, form, actions=True)
+            except apsw.SQLError as exc:
+                message = str(exc).removeprefix("SQLError: ")
+                if "no such column" in message:
+                    allowed = ", ".join(self.columns) or "none"
+                    message += f" (filter columns of this collection: {allowed})"
+                raise VectorError(400, "invalid_filter", f"filter.sql does not compile: {message}") from exc
+            except apsw.Error as exc:
+                raise VectorError(400, "invalid_filter", f"filter.sql does not compile: {exc}") from exc
+            if info.query_remaining and info.query_remaining.strip(" \t\r\n;"):
+                raise VectorError(400, "invalid_filter", "filter.sql must be a single expression, not statements")
+            if form.startswith("SELECT (") and len(info.description or ()) != 1:
+                raise VectorError(400, "invalid_filter", "filter.sql must be a single boolean expression")
+            if any(name is not None for name in info.bindings_names):
+                raise VectorError(400, "invalid_filter", "filter.sql may only use positional ? parameters")
+            if info.bindings_count != len(params):
+                raise VectorError(
+                    400,
+                    "invalid_filter",
+                    f"filter.sql has {info.bindings_count} ? parameters but {len(params)} params were given",
+                )
+            for action in info.actions or []:
+                if action.action not in _OK_ACTIONS:
+                    raise VectorError(400, "invalid_filter", f"filter.sql may not use {action.action_name}")
+                if action.action == apsw.SQLITE_READ and (
+                    action.table_name != "filt" or (action.column_name or "").lower() not in declared
+                ):
+                    what = action.column_name if action.table_name == "filt" else action.table_name
+                    raise VectorError(400, "invalid_filter", f"filter.sql may only read filter columns, not {what!r}")
+                if action.action == apsw.SQLITE_FUNCTION and (action.function_name or "").lower() not in SAFE_FUNCTIONS:
+                    raise VectorError(
+                        400, "invalid_filter", f"filter.sql may not call function {action.function_name!r}"
+                    )
+        return CompiledFilter(sql=sql, params=tuple(params))
+
+    def _where(self, flt: CompiledFilter) -> str:
+        return f"_edgenode_bool(({flt.sql}\n))"
+
+    def _run(self, conn: apsw.Connection, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        try:
+            return conn.execute(sql, params).fetchall()
+        except apsw.Error as exc:
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, _NotBoolean):
+                raise VectorError(400, "invalid_filter", str(cause)) from exc
+            if isinstance(exc, apsw.SQLError | apsw.MismatchError | apsw.RangeError):
+                raise VectorError(400, "invalid_filter", f"filter failed: {exc}") from exc
+            raise
+        except _NotBoolean as exc:
+            raise VectorError(400, "invalid_filter", str(exc)) from exc
+
+    def matching(self, rowids: list[int], flt: CompiledFilter) -> set[int]:
+        """The subset of `rowids` the filter accepts (post-filtering ANN candidates)."""
+        if not rowids:
+            return set()
+        ids = ",".join(str(int(r)) for r in rowids)
+        rows = self._run(
+            self._reader(), f"SELECT rowid FROM filt WHERE rowid IN ({ids}) AND {self._where(flt)}", flt.params
+        )
+        return {r[0] for r in rows}
+
+    def count_matching(self, flt: CompiledFilter) -> int:
+        return int(self._run(self._reader(), f"SELECT count(*) FROM filt WHERE {self._where(flt)}", flt.params)[0][0])
+
+    def search(self, query: np.ndarray, k: int, flt: CompiledFilter | None) -> tuple[list[int], list[float], int]:
+        """Exact top-k (rowids, distances, rows considered); distances as the API reports them."""
+        conn = self._reader()
+        blob = query.astype("<f4").tobytes()
+        join = ""
+        params: tuple[Any, ...] = ()
+        if flt is not None:
+            join = f" JOIN filt f ON f.rowid = v.rowid WHERE {self._where(flt)}"
+            params = flt.params
+        if self.spec.metric == "ip":
+            rows = self._run(conn, f"SELECT v.rowid, v.embedding FROM vec v{join}", params)
+            if not rows:
+                return [], [], 0
+            dist = _distances_ip(query, [r[1] for r in rows], self.spec.dim)
+            top = np.argsort(dist, kind="stable")[:k]
+            return [rows[i][0] for i in top], [float(dist[i]) for i in top], len(rows)
+        rows = self._run(
+            conn,
+            f"SELECT v.rowid, {_DIST_SQL[self.spec.metric]} AS d, count(*) OVER () FROM vec v{join} ORDER BY d LIMIT ?",
+            (blob, *params, k),
+        )
+        return [r[0] for r in rows], [float(r[1]) for r in rows], (rows[0][2] if rows else 0)

@@ -1,0 +1,110 @@
+"""Change feed: triggers append (seq, table, rowid, op) to `_edgenode_changes` on the writer.
+
+The table replicates like any other, so every node applies the same feed after each sync. The
+op is informational: applying a change re-reads the row's current state, which makes replaying
+any range idempotent (a crash between applying and persisting only costs a replay).
+
+Compaction deletes changes every local index has applied, but keeps the newest `retain` so
+replicas that lag a little do not have to rescan; `compacted_through` tells a node whose
+position fell behind the compacted range that it must rebuild from a full scan.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CHANGES_TABLE = "_edgenode_changes"
+STATE_TABLE = "_edgenode_feed_state"
+
+SCHEMA: list[tuple[str, list[Any]]] = [
+    (
+        f"CREATE TABLE IF NOT EXISTS {CHANGES_TABLE} ("
+        "seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, rid INTEGER NOT NULL, op TEXT NOT NULL)",
+        [],
+    ),
+    # One row (id = 1); an INTEGER PRIMARY KEY because the node's DDL analyzer trips on implicit indexes.
+    (f"CREATE TABLE IF NOT EXISTS {STATE_TABLE} (id INTEGER PRIMARY KEY, compacted_through INTEGER NOT NULL)", []),
+]
+
+
+def _trigger(table: str, op: str) -> str:
+    return f'"_edgenode_feed_{table}_{op}"'
+
+
+def trigger_statements(table: str) -> list[tuple[str, list]]:
+    """Triggers for one table; `table` is a validated plain identifier (see CollectionSpec.validate)."""
+    ins = f"INSERT INTO {CHANGES_TABLE}(tbl, rid, op)"
+    return [
+        (
+            f'CREATE TRIGGER IF NOT EXISTS {_trigger(table, "i")} AFTER INSERT ON "{table}" '
+            f"BEGIN {ins} VALUES ('{table}', new.rowid, 'i'); END",
+            [],
+        ),
+        (
+            # An UPDATE that changes the rowid must also retire the old rowid.
+            f'CREATE TRIGGER IF NOT EXISTS {_trigger(table, "u")} AFTER UPDATE ON "{table}" '
+            f"BEGIN {ins} SELECT '{table}', old.rowid, 'd' WHERE old.rowid IS NOT new.rowid; "
+            f"{ins} VALUES ('{table}', new.rowid, 'u'); END",
+            [],
+        ),
+        (
+            f'CREATE TRIGGER IF NOT EXISTS {_trigger(table, "d")} AFTER DELETE ON "{table}" '
+            f"BEGIN {ins} VALUES ('{table}', old.rowid, 'd'); END",
+            [],
+        ),
+    ]
+
+
+def drop_trigger_statements(table: str) -> list[tuple[str, list]]:
+    return [(f"DROP TRIGGER IF EXISTS {_trigger(table, op)}", []) for op in "iud"]
+
+
+async def head(db: Any) -> int:
+    """The highest seq ever assigned (survives compaction, thanks to AUTOINCREMENT)."""
+    try:
+        result = await db.read("SELECT seq FROM sqlite_sequence WHERE name = ?", [CHANGES_TABLE])
+    except Exception as exc:
+        if "no such table" in str(exc):
+            return 0
+        raise
+    return int(result.rows[0][0]) if result.rows else 0
+
+
+async def compacted_through(db: Any) -> int:
+    try:
+        result = await db.read(f"SELECT compacted_through FROM {STATE_TABLE} WHERE id = 1")
+    except Exception as exc:
+        if "no such table" in str(exc):
+            return 0
+        raise
+    return int(result.rows[0][0]) if result.rows else 0
+
+
+async def pending(db: Any, position: int) -> int:
+    result = await db.read(f"SELECT count(*) FROM {CHANGES_TABLE} WHERE seq > ?", [position])
+    return int(result.rows[0][0])
+
+
+async def changed_rows(
+    db: Any, table: str, columns: list[str], low: int, high: int
+) -> list[tuple[int, list[Any] | None]]:
+    """Rowids of `table` changed in (low, high] with their current values (None when deleted)."""
+    cols = ", ".join(f't."{c}"' for c in columns)
+    result = await db.read(
+        f"SELECT c.rid, t.rowid IS NOT NULL, {cols} FROM "
+        f"(SELECT DISTINCT rid FROM {CHANGES_TABLE} WHERE seq > ? AND seq <= ? AND tbl = ?) c "
+        f'LEFT JOIN "{table}" t ON t.rowid = c.rid',
+        [low, high, table],
+    )
+    return [(int(row[0]), list(row[2:]) if row[1] else None) for row in result.rows]
+
+
+def compact_statements(through: int) -> list[tuple[str, list]]:
+    return [
+        (f"DELETE FROM {CHANGES_TABLE} WHERE seq <= ?", [through]),
+        (
+            f"INSERT INTO {STATE_TABLE}(id, compacted_through) VALUES (1, ?) "
+            "ON CONFLICT(id) DO UPDATE SET compacted_through = max(compacted_through, excluded.compacted_through)",
+            [through],
+        ),
+    ]

@@ -1,0 +1,286 @@
+"""VectorManager over a real standalone LocalDatabase: feed, persistence, rebuilds, planner."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edgenode.vectors import VectorManager
+from edgenode.vectors.feed import CHANGES_TABLE, compact_statements, head
+from edgenode.vectors.models import CollectionSpec, Filter, SearchRequest
+from edgenode.vectors.search import PlannerSettings
+from tests.test_vectors_support import blob, clustered, exact_topk, insert_items, make_items, open_db, run
+
+DIM = 16
+SPEC = CollectionSpec(table="items", column="emb", dim=DIM, filter_columns=["cat", "price"])
+ANN = PlannerSettings(exact_threshold=0)
+
+
+async def _setup(tmp_path: Path, n: int = 2000, planner: PlannerSettings = ANN, **kw) -> tuple:
+    db = await open_db(tmp_path)
+    base = clustered(n, DIM)
+    await make_items(db, base)
+    manager = VectorManager(db, tmp_path, planner=planner, **kw)
+    await manager.start()
+    status, _ = await manager.put_collection("items", SPEC)
+    assert status == 202
+    await manager.wait_ready("items")
+    return db, manager, base
+
+
+async def _ids(manager: VectorManager, vector: np.ndarray, k: int = 10, **kw) -> list[int]:
+    result = await manager.search("items", SearchRequest(vector=vector.tolist(), k=k, **kw))
+    return [h.rowid for h in result.results]
+
+
+def test_ann_recall_at_10_is_at_least_095_against_exact_on_generated_data(tmp_path: Path) -> None:
+    async def main() -> None:
+        db, manager, base = await _setup(tmp_path, n=5000)
+        ids = np.arange(1, len(base) + 1)
+        queries = clustered(100, DIM, seed=7)
+        hits = 0
+        for q in queries:
+            got = await _ids(manager, q, mode="ann")
+            hits += len(set(got) & set(exact_topk(base, ids, q, 10)))
+            assert await _ids(manager, q, mode="exact") == exact_topk(base, ids, q, 10)
+        assert hits / (10 * len(queries)) >= 0.95
+        await manager.stop()
+        await db.stop()
+
+    run(main())
+
+
+def test_inserts_updates_and_deletes_are_reflected_after_the_next_write(tmp_path: Path) -> None:
+    async def main() -> None:
+        db, manager, base = await _setup(tmp_path)
+        probe = clustered(1, DIM, seed=99)[0]
+        await insert_items(db, probe[None, :], start_id=10_000)
+        assert (await _ids(manager, probe, k=1)) == [10_000]
+        assert (await _ids(manager, probe, k=1, mode="exact")) == [10_000]
+        # update: move row 10_000 away and row 5 onto the probe
+        await db.write(
+            [
+                ("UPDATE items SET emb = ? WHERE id = 10000", [blob(-probe)]),
+                ("UPDATE items SET emb = ? WHERE id = 5", [blob(probe)]),
+            ]
+        )
+        assert (await _ids(manager, probe, k=1)) == [5]
+        assert 10_000 not in await _ids(manager, probe, k=50)
+        await db.write([("DELETE FROM items WHERE id = 5", [])])
+        assert 5 not in await _ids(manager, probe, k=50)
+        assert 5 not in await _ids(manager, probe, k=50, mode="exact")
+        info = manager.get("items").info()
+        assert info.size == len(base) and info.position == await head(db)
+        await manager.stop()
+        await db.stop()
+
+    run(main())
+
+
+def test_restart_loads_the_persisted_index_without_rebuilding(tmp_path: Path) -> None:
+    async def main() -> None:
+        db, manager, base = await _setup(tmp_path)
+        q = base[3]
+        before = await _ids(manager, q)
+        await manager.stop()
+        await insert_items(db, q[None, :], start_id=20_000)  # written while no index was running
+        again = VectorManager(db, tmp_path, planner=ANN)
+        await again.start()
+        await again.wait_ready("items")
+        info = again.get("items").info()
+        assert info.loaded_from_disk and info.builds == 0
+        assert info.size == len(base) + 1  # caught up from the feed
+        got = await _ids(again, q, k=11)
+        assert set(got) == {20_000, *before}
+        await again.stop()
+        await db.stop()
+
+    run(main())
+
+
+def _index_files(tmp_path: Path) -> tuple[Path, Path]:
+    (directory,) = [p for p in (tmp_path / "vectors").iterdir() if p.is_dir()]
+    gen = json.loads((directory / "current.json").read_text())["gen"]
+    return directory / f"index-{gen}.hnsw", directory / f"sidecar-{gen}.sqlite"
+
+
+def test_a_corrupt_index_file_is_rebuilt_from_the_sidecar(tmp_path: Path) -> None:
+    async def main() -> None:
+        db, manager, base = await _setup(tmp_path)
+        expected = await _ids(manager, base[0], mode="exact")
+        await manager.stop()
+        index_path, _ = _index_files(tmp_path)
+        data = bytearray(index_path.read_bytes())
+        data[len(data) // 2 : len(data) // 2 + 64] = b"\xff" * 64
+        index_path.write_bytes(bytes(data))
+        again = VectorManager(db, tmp_path, planner=ANN)
+        await again.start()
+        await again.wait_ready("items")
+        info = again.get("items").info()
+        assert not info.loaded_from_disk and info.builds == 1 and info.size == len(base)
+        assert (await _ids(again, base[0]))[:5] == expected[:5]
+        await again.stop()
+        await db.stop()
+
+    run(main())
+
+
+def _copy(source: Path, target: Path) -> None:
+    for suffix in ("", ".json"):
+        Path(str(target) + suffix).write_bytes(Path(str(source) + suffix).read_bytes())
+
+
+def test_an_index_file_from_another_collection_or_primary_is_not_trusted(tmp_path: Path) -> None:
+    async def main() -> None:
+        other = tmp_path / "other"
+        db2, manager2, _ = await _setup(other)  # same shape, another database (another uid)
+        await manager2.stop()
+        await db2.stop()
+        node = tmp_path / "node"
+        db, manager, base = await _setup(node)
+        await manager.stop()
+        foreign_index, _ = _index_files(other)
+        mine, _ = _index_files(node)
+        _copy(foreign_index, mine)
+        again = VectorManager(db, node, planner=ANN)
+        await again.start()
+        await again.wait_ready("items")
+        info = again.get("items").info()
+        assert not info.loaded_from_disk and info.builds == 1
+        ids = np.arange(1, len(base) + 1)
+        assert (await _ids(again, base[9], k=3)) == exact_topk(base, ids, base[9], 3)
+        await again.stop()
+        await db.stop()
+
+    run(main())
+
+
+def test_a_corrupt_sidecar_means_a_full_rebuild_from_the_database(tmp_path: Path) -> None:
+    async def main() -> None:
+        db, manager, base = await _setup(tmp_path)
+        await manager.stop()
+        _, sidecar = _index_files(tmp_path)
+        for p in sidecar.parent.glob(sidecar.name + "*"):
+            p.write_bytes(b"not a database" * 100)
+        again = VectorManager(db, tmp_path, planner=ANN)
+        await again.start()
+        await again.wait_ready("items")
+        info = again.get("items").info()
+        assert info.builds == 1 and info.size == len(base) and info.state == "ready"
+        await again.stop()
+        await db.stop()
+
+    run(main())
+
+
+def test_filtered_ann_returns_k_results_when_k_rows_match(tmp_path: Path) -> None:
+    async def main() -> None:
+        db, manager, base = await _setup(tmp_path, n=5000)
+        ids = np.arange(1, len(base) + 1)
+        cats = np.array(["abcdefghij"[i % 10] for i in ids])
+        for q in clustered(10, DIM, seed=3):
+            # ~1% selectivity: category 'c' (10%) and price below 500 (10%)
+            flt = Filter(sql="cat = ? AND price < ?", params=["c", 500])
+            result = await manager.search("items", SearchRequest(vector=q.tolist(), k=10, filter=flt, mode="ann"))
+            mask = (cats == "c") & (ids < 500)
+            want = exact_topk(base[mask], ids[mask], q, 10)
+            assert [h.rowid for h in result.results] == want
+            # a broad filter is answered by HNSW with over-fetch
+            broad = await manager.search(
+                "items", SearchRequest(vector=q.tolist(), k=10, filter=Filter(sql="price >= 0"), mode="ann")
+            )
+            assert broad.mode == "ann" and len(broad.results) == 10
+        await manager.stop()
+        await db.stop()
+
+    run(main())
+
+
+def test_the_feed_is_compacted_and_an_index_behind_the_compacted_range_is_rebuilt(tmp_path: Path) -> None:
+    async def main() -> None:
+        db, manager, _ = await _setup(tmp_path, n=500, compact_threshold=300, compact_retain=100)
+        await insert_items(db, clustered(400, DIM, seed=5), start_id=50_000)
+        for _ in range(100):
+            if (await db.read(f"SELECT count(*) FROM {CHANGES_TABLE}")).rows[0][0] <= 300:
+                break
+            await asyncio.sleep(0.02)
+        assert (await db.read(f"SELECT count(*) FROM {CHANGES_TABLE}")).rows[0][0] <= 300
+        await manager.stop()
+        # while the node is down, more changes arrive and another node compacts past our position
+        await insert_items(db, clustered(50, DIM, seed=6), start_id=60_000)
+        await db.write(compact_statements(await head(db)))
+        again = VectorManager(db, tmp_path, planner=ANN)
+        await again.start()
+        await again.wait_ready("items")
+        info = again.get("items").info()
+        assert info.builds == 1 and info.size == 950
+        await again.stop()
+        await db.stop()
+
+    run(main())
+
+
+def test_many_deletes_trigger_an_index_rebuild_that_drops_deleted_slots(tmp_path: Path) -> None:
+    async def main() -> None:
+        db, manager, base = await _setup(tmp_path, n=3000)
+        await db.write([("DELETE FROM items WHERE id % 3 = 0", [])])
+        for _ in range(200):
+            info = manager.get("items").info()
+            if info.builds == 2 and not manager.get("items").rebuilding:
+                break
+            await asyncio.sleep(0.02)
+        info = manager.get("items").info()
+        assert info.builds == 2 and info.deleted == 0 and info.size == 2000
+        assert all(r % 3 for r in await _ids(manager, base[2], k=50))
+        await manager.stop()
+        await db.stop()
+
+    run(main())
+
+
+def test_a_definition_written_elsewhere_is_picked_up_by_another_manager(tmp_path: Path) -> None:
+    async def main() -> None:
+        db, manager, base = await _setup(tmp_path / "a")
+        other = VectorManager(db, tmp_path / "b", planner=ANN)
+        await other.start()  # sees the stored definition and builds its own index
+        await other.wait_ready("items")
+        assert other.get("items").info().size == len(base)
+        await manager.delete_collection("items")  # the write notifies both managers
+        assert "items" not in other.collections and "items" not in manager.collections
+        triggers = await db.read("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        assert triggers.rows == []
+        await other.stop()
+        await manager.stop()
+        await db.stop()
+
+    run(main())
+
+
+def test_searches_stay_correct_while_writes_are_applied(tmp_path: Path) -> None:
+    async def main() -> None:
+        db, manager, base = await _setup(tmp_path)
+        stop = asyncio.Event()
+
+        async def writer() -> None:
+            start = 100_000
+            while not stop.is_set():
+                await insert_items(db, clustered(50, DIM, seed=start), start_id=start)
+                start += 50
+
+        async def reader() -> None:
+            for i in range(200):
+                q = base[i % 100]
+                got = await _ids(manager, q, k=1)
+                assert got == [i % 100 + 1]
+
+        task = asyncio.create_task(writer())
+        await asyncio.gather(reader(), reader(), reader())
+        stop.set()
+        await task
+        await manager.stop()
+        await db.stop()
+
+    run(main())
