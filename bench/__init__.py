@@ -1,0 +1,1 @@
+"""edgenode benchmarks: `python -m bench [NAME ...] [--quick] [--out DIR]`."""

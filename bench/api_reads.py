@@ -1,0 +1,147 @@
+"""Point-select throughput and latency through `/api/v1/query` with 1, 8 and 32 concurrent
+clients, next to the same query in-process (the node's read path, and raw libsql) in the same run.
+
+The load generator (bench/loadgen.py: raw asyncio HTTP/1.1, keep-alive) is a separate process; on a
+2-core machine it competes with the node for CPU, which the figures include.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+
+from bench.common import NodeProcess, machine, percentile, table
+from bench.loadgen import run_load
+
+SQL = "SELECT id, email, username, created_at FROM users WHERE id = ?"
+
+
+def _ids(n: int) -> list[str]:
+    return [f"user-{i:07d}" for i in range(n)]
+
+
+async def _load(url: str, clients: int, seconds: float, n_rows: int) -> dict[str, Any]:
+    def body(worker: int, n: int) -> bytes:
+        rng = random.Random(worker * 1_000_003 + n)
+        return msgspec.json.encode({"sql": SQL, "params": [f"user-{rng.randrange(n_rows):07d}"]})
+
+    def one_row(_: int, payload: bytes) -> bool:
+        return len(msgspec.json.decode(payload)["rows"]) == 1
+
+    return await run_load(url, "/api/v1/query", body, clients, seconds, check=one_row)
+
+
+def _load_process(url: str, clients: int, seconds: float, n_rows: int, queue: Any) -> None:
+    queue.put(asyncio.run(_load(url, clients, seconds, n_rows)))
+
+
+def http_load(url: str, clients: int, seconds: float, n_rows: int) -> dict[str, Any]:
+    queue: Any = multiprocessing.get_context("spawn").Queue()
+    proc = multiprocessing.get_context("spawn").Process(
+        target=_load_process, args=(url, clients, seconds, n_rows, queue)
+    )
+    proc.start()
+    result = queue.get(timeout=seconds + 120)
+    proc.join(30)
+    return result
+
+
+def in_process(data_dir: Path, seconds: float, n_rows: int) -> list[dict[str, Any]]:
+    import libsql
+
+    from edgenode.database import DB_FILE, LocalDatabase
+    from edgenode.pragmas import select_profile
+
+    rows = []
+    rng = random.Random(1)
+
+    async def node_path() -> dict[str, Any]:
+        db = LocalDatabase(data_dir, select_profile(), readers=1, migrate=False)
+        await db.start()
+        latencies = []
+        stop_at = time.perf_counter() + seconds
+        while time.perf_counter() < stop_at:
+            start = time.perf_counter()
+            await db.read(SQL, [f"user-{rng.randrange(n_rows):07d}"])
+            latencies.append(time.perf_counter() - start)
+        await db.stop()
+        return _summary(latencies)
+
+    rows.append({"method": "in-process LocalDatabase.read (1 caller)", **asyncio.run(node_path())})
+    conn = libsql.connect(str(data_dir / DB_FILE))
+    latencies = []
+    stop_at = time.perf_counter() + seconds
+    while time.perf_counter() < stop_at:
+        start = time.perf_counter()
+        conn.execute(SQL, (f"user-{rng.randrange(n_rows):07d}",)).fetchall()
+        latencies.append(time.perf_counter() - start)
+    conn.close()
+    rows.append({"method": "in-process raw libsql execute (1 caller)", **_summary(latencies)})
+    return rows
+
+
+def _summary(latencies: list[float]) -> dict[str, Any]:
+    total = sum(latencies)
+    return {
+        "requests": len(latencies),
+        "errors": 0,
+        "qps": len(latencies) / total if total else 0.0,
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
+    }
+
+
+def seed(url: str, n_rows: int) -> None:
+    ids = _ids(n_rows)
+    with httpx.Client(base_url=url, timeout=120) as client:
+        for start in range(0, n_rows, 500):
+            statements = [
+                {
+                    "sql": "INSERT INTO users (id, email, username) VALUES (?, ?, ?)",
+                    "params": [i, f"{i}@example.com", i],
+                }
+                for i in ids[start : start + 500]
+            ]
+            response = client.post("/api/v1/execute", json={"statements": statements})
+            response.raise_for_status()
+
+
+def run(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
+    n_rows = 2_000 if quick else 100_000
+    seconds = 2.0 if quick else 10.0
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="edgenode-bench-") as tmp:
+        data_dir = Path(tmp) / "data"
+        node = NodeProcess(["serve", "--data-dir", str(data_dir)], Path(tmp) / "node.log")
+        try:
+            node.wait_ready()
+            seed(node.url, n_rows)
+            for clients in (1, 8, 32):
+                result = http_load(node.url, clients, seconds, n_rows)
+                rows.append({"method": f"HTTP /api/v1/query, {clients} client(s)", "clients": clients, **result})
+                print(f"   {rows[-1]['method']}: {result['qps']:,.0f} q/s, p50 {result['p50_ms']:.2f} ms", flush=True)
+        finally:
+            node.stop()
+        rows.extend(in_process(data_dir, seconds, n_rows))
+    print(table(rows, ["method", "qps", "p50_ms", "p99_ms", "errors"]))
+    return {
+        "benchmark": "api_reads",
+        "command": "python -m bench api_reads" + (" --quick" if quick else ""),
+        "machine": machine(),
+        "parameters": {"rows": n_rows, "seconds_per_level": seconds, "query": SQL},
+        "rows": rows,
+    }
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(run(), indent=2))

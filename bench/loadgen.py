@@ -1,0 +1,93 @@
+"""A lean HTTP/1.1 keep-alive load generator on raw asyncio streams.
+
+httpx costs more CPU per request than the node itself spends, which on 2 cores would make the
+client the thing measured. This sends pre-encoded requests over persistent connections and reads
+responses by Content-Length, nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from bench.common import percentile
+
+RequestFactory = Callable[[int], bytes]  # worker-local counter → request body
+
+
+def encode_post(host: str, path: str, body: bytes, token: str | None = None) -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{auth}"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    chunked = False
+    for line in head.split(b"\r\n")[1:]:
+        lower = line.lower()
+        if lower.startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+        elif lower.startswith(b"transfer-encoding:") and b"chunked" in lower:
+            chunked = True
+    if chunked:
+        body = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            chunk = await reader.readexactly(size + 2)
+            if size == 0:
+                return status, body
+            body += chunk[:-2]
+    return status, await reader.readexactly(length)
+
+
+async def run_load(
+    url: str,
+    path: str,
+    make_body: Callable[[int, int], bytes],
+    clients: int,
+    seconds: float,
+    token: str | None = None,
+    check: Callable[[int, bytes], bool] | None = None,
+) -> dict[str, Any]:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker(worker_id: int) -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(host, port)
+        n = 0
+        try:
+            while time.perf_counter() < stop_at:
+                request = encode_post(f"{host}:{port}", path, make_body(worker_id, n), token)
+                n += 1
+                start = time.perf_counter()
+                writer.write(request)
+                status, body = await _read_response(reader)
+                latencies.append(time.perf_counter() - start)
+                if status != 200 or (check is not None and not check(status, body)):
+                    errors += 1
+        finally:
+            writer.close()
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(clients)))
+    elapsed = time.perf_counter() - began
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "qps": len(latencies) / elapsed,
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
+    }
