@@ -284,3 +284,25 @@ def test_searches_stay_correct_while_writes_are_applied(tmp_path: Path) -> None:
         await db.stop()
 
     run(main())
+
+
+def test_64_bit_and_negative_rowids_come_back_exactly(tmp_path: Path) -> None:
+    async def main() -> None:
+        db, manager, _ = await _setup(tmp_path, n=300)
+        probes = clustered(2, DIM, seed=123)
+        big, negative = 2**53 + 1, -(2**40) - 3
+        await db.write(
+            [
+                ("INSERT INTO items(id, emb, cat, price) VALUES (?, ?, 'a', 1)", [big, blob(probes[0])]),
+                ("INSERT INTO items(id, emb, cat, price) VALUES (?, ?, 'a', 1)", [negative, blob(probes[1])]),
+            ]
+        )
+        assert (await _ids(manager, probes[0], k=1)) == [big]
+        assert (await _ids(manager, probes[1], k=1, mode="exact")) == [negative]
+        flt = Filter(sql="rowid = ?", params=[big])
+        result = await manager.search("items", SearchRequest(vector=probes[0].tolist(), k=1, filter=flt))
+        assert [h.rowid for h in result.results] == [big]
+        await manager.stop()
+        await db.stop()
+
+    run(main())

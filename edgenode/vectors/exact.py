@@ -186,11 +186,15 @@ class Sidecar:
             if isinstance(p, int) and not -(2**63) <= p < 2**63:
                 raise VectorError(400, "invalid_filter", f"filter parameter {p} does not fit in 64 bits")
         conn = self._reader()
-        declared = {c.lower() for c in self.columns} | {"rowid"}
+        declared = {c.lower() for c in self.columns} | {"rowid", ""}  # "" is how the rowid alias is reported
         for form in (f"SELECT rowid FROM filt WHERE ({sql}\n)", f"SELECT ({sql}\n) FROM filt"):
             try:
                 info = apsw.ext.query_info(conn, form, actions=True)
             except apsw.SQLError as exc:
+                if self._several_statements(conn, sql):
+                    raise VectorError(
+                        400, "invalid_filter", "filter.sql must be a single expression, not several statements"
+                    ) from exc
                 message = str(exc).removeprefix("SQLError: ")
                 if "no such column" in message:
                     allowed = ", ".join(self.columns) or "none"
@@ -223,6 +227,15 @@ class Sidecar:
                         400, "invalid_filter", f"filter.sql may not call function {action.function_name!r}"
                     )
         return CompiledFilter(sql=sql, params=tuple(params))
+
+    @staticmethod
+    def _several_statements(conn: apsw.Connection, sql: str) -> bool:
+        """Diagnosis only: does the text hold a statement boundary (as the engine splits it)?"""
+        try:
+            info = apsw.ext.query_info(conn, f"SELECT rowid FROM filt WHERE {sql}")
+        except apsw.Error:
+            return False
+        return bool(info.query_remaining and info.query_remaining.strip(" \t\r\n;"))
 
     def _where(self, flt: CompiledFilter) -> str:
         return f"_edgenode_bool(({flt.sql}\n))"
