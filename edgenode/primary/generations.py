@@ -22,6 +22,7 @@ import bisect
 import logging
 import os
 import secrets
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -53,6 +54,13 @@ ARCHIVE_DIR = "generations"
 MAX_FRAMES_PER_RESPONSE = 4096
 LOCK_TIMEOUT = 10.0
 PENDING_PUSH_TTL = 60.0
+
+
+def crash_point(name: str) -> None:
+    """Die by SIGKILL here when EDGENODE_PRIMARY_CRASH_AT names this point: lets the crash tests hit
+    the narrow windows inside a rollover or push deterministically, with a real kill -9."""
+    if os.environ.get("EDGENODE_PRIMARY_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class State(msgspec.Struct):
@@ -399,8 +407,11 @@ class PrimaryStore:
                     os.pwrite(fd, raw_header, 0)
                     checksum = header.checksum
                 data, _ = encode_frames(frames, header, checksum)
-                os.pwrite(fd, data, WAL_HEADER_SIZE + committed * FRAME_SIZE)
+                os.pwrite(fd, data[: len(data) // 2], WAL_HEADER_SIZE + committed * FRAME_SIZE)
+                crash_point("push-half-written")
+                os.pwrite(fd, data[len(data) // 2 :], WAL_HEADER_SIZE + committed * FRAME_SIZE + len(data) // 2)
                 os.fsync(fd)
+                crash_point("push-appended")
             finally:
                 os.close(fd)
             fd = os.open(self.shm_path, os.O_RDWR)
@@ -442,8 +453,11 @@ class PrimaryStore:
                 os.fsync(out.fileno())
             os.replace(tmp, archive)
             fsync_dir(self.archive_dir)
+            crash_point("rollover-archived")
             self._write_state(State(generation=generation, rollover_to=generation + 1))
+            crash_point("rollover-intent")
             self._checkpoint_truncate()
+            crash_point("rollover-checkpointed")
             self._write_state(State(generation=generation + 1))
             self._pending = None
             with self._reader_mutex:
