@@ -1,0 +1,58 @@
+"""`edgenode primary` against `libsql-experimental` 0.0.55, the older client many users still have."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edgenode.primary.client import execute
+from tests.procs import Proc, start
+
+libsql_experimental = pytest.importorskip("libsql_experimental")
+
+TOKEN = "exp-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def primary(tmp_path: Path) -> Iterator[Proc]:
+    proc = start(["primary", "--data-dir", str(tmp_path / "p"), "--auth-token", TOKEN], tmp_path, "primary")
+    yield proc
+    proc.stop()
+
+
+def connect(url: str, path: Path, token: str = TOKEN) -> object:
+    conn = libsql_experimental.connect(str(path), sync_url=url, auth_token=token)
+    conn.sync()
+    return conn
+
+
+def test_bootstrap_pull_and_delegated_write(primary: Proc, tmp_path: Path) -> None:
+    execute(primary.url, ["CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)", "INSERT INTO kv(v) VALUES ('a')"], TOKEN)
+    conn = connect(primary.url, tmp_path / "r.db")
+    assert conn.execute("SELECT v FROM kv").fetchall() == [("a",)]
+    execute(primary.url, ["INSERT INTO kv(v) VALUES ('b')"], TOKEN)
+    conn.sync()
+    assert conn.execute("SELECT v FROM kv ORDER BY k").fetchall() == [("a",), ("b",)]
+    conn.execute("INSERT INTO kv(v) VALUES ('from 0.0.55')")
+    conn.commit()
+    conn.sync()
+    assert conn.execute("SELECT v FROM kv ORDER BY k").fetchall() == [("a",), ("b",), ("from 0.0.55",)]
+    assert execute(primary.url, ["SELECT count(*) FROM kv"], TOKEN)[0] == [(3,)]
+
+
+def test_crosses_a_rollover(primary: Proc, tmp_path: Path) -> None:
+    execute(primary.url, ["CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)", "INSERT INTO kv(v) VALUES ('g1')"], TOKEN)
+    conn = connect(primary.url, tmp_path / "r.db")
+    httpx.post(f"{primary.url}/rollover", headers=AUTH).raise_for_status()
+    execute(primary.url, ["INSERT INTO kv(v) VALUES ('g2')"], TOKEN)
+    conn.sync()
+    assert conn.execute("SELECT v FROM kv ORDER BY k").fetchall() == [("g1",), ("g2",)]
+
+
+def test_wrong_token_fails_at_connect(primary: Proc, tmp_path: Path) -> None:
+    with pytest.raises(Exception, match=r"(?i)unauthorized|401"):
+        connect(primary.url, tmp_path / "r.db", token="wrong")
