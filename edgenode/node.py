@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
-from typing import Any
 
 from starlette.applications import Starlette
 
@@ -15,9 +13,6 @@ from edgenode.database import Database, LocalDatabase
 from edgenode.pragmas import select_profile
 
 log = logging.getLogger(__name__)
-
-# Components are optional modules: each has `component(settings, db) -> Component`.
-COMPONENT_FACTORIES: tuple[str, ...] = ()
 
 
 def open_database(settings: Settings) -> Database:
@@ -37,15 +32,12 @@ def open_database(settings: Settings) -> Database:
 
 
 def load_components(settings: Settings, db: Database) -> list[Component]:
-    components: list[Any] = []
-    for module_name in COMPONENT_FACTORIES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(exc.name):
-                continue
-            raise
-        components.append(module.component(settings, db))
+    from edgenode.vectors.manager import VectorManager
+
+    components: list[Component] = [VectorManager(db, settings.data_path)]
+    replica_component = getattr(db, "component", None)
+    if replica_component is not None:
+        components.insert(0, replica_component())
     return components
 
 

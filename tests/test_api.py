@@ -269,3 +269,15 @@ def test_openapi_covers_every_route(ro: httpx.Client) -> None:
     for path in ("/health", "/ready", "/api/v1/status", "/api/v1/query", "/api/v1/execute", "/metrics"):
         assert path in spec["paths"]
     assert "QueryRequest" in spec["components"]["schemas"]
+
+
+def test_read_token_may_search_but_not_change_collections(ro: httpx.Client, rw: httpx.Client) -> None:
+    spec = {"table": "prompt_embeddings", "column": "embedding", "dim": 384, "metric": "cosine"}
+    refused = ro.put("/api/v1/collections/ro-attempt", json=spec)
+    assert refused.status_code == 403 and error_code(refused) == "forbidden"
+    assert ro.delete("/api/v1/collections/ro-attempt").status_code == 403
+    searched = ro.post("/api/v1/collections/ro-attempt/search", json={"vector": [0.0] * 384, "k": 1})
+    assert searched.status_code == 404  # allowed to search; the collection just does not exist
+    created = rw.put("/api/v1/collections/prompts_vec", json=spec)
+    assert created.status_code in (200, 201, 202), created.text
+    assert ro.get("/api/v1/collections/prompts_vec").json()["name"] == "prompts_vec"

@@ -15,6 +15,17 @@ OPEN_PATHS = frozenset({"/health", "/ready"})
 # The Hrana server authenticates its own routes and answers in Hrana's error format.
 HRANA_PREFIXES = ("/v1/", "/v2", "/v3")
 ACCESS_KEY = "edgenode.access"
+# POST routes that only read; every other non-GET route changes something and needs write access.
+READ_ONLY_POSTS = ("/api/v1/query",)
+READ_ONLY_POST_SUFFIXES = ("/search",)
+
+
+def needs_write(method: str, path: str) -> bool:
+    if method in ("GET", "HEAD", "OPTIONS"):
+        return False
+    if method == "POST" and (path in READ_ONLY_POSTS or path.endswith(READ_ONLY_POST_SUFFIXES)):
+        return False
+    return True
 
 
 class MetricsMiddleware:
@@ -64,11 +75,18 @@ class AuthMiddleware:
                 header = value.decode("latin-1")
                 break
         try:
-            scope[ACCESS_KEY] = self.authenticator.check(header)
+            access = self.authenticator.check(header)
         except AuthError as exc:
             response = error_response(401, "unauthorized", str(exc), headers={"WWW-Authenticate": "Bearer"})
             await response(scope, receive, send)
             return
+        if not access.can_write and needs_write(scope["method"], path):
+            response = error_response(
+                403, "forbidden", "this token is read-only; this route needs the read-write token"
+            )
+            await response(scope, receive, send)
+            return
+        scope[ACCESS_KEY] = access
         await self.app(scope, receive, send)
 
 

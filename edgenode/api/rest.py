@@ -12,9 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from edgenode.api import schemas
-from edgenode.api.errors import ApiError, JSONResponse, decode
-from edgenode.api.middleware import ACCESS_KEY
-from edgenode.auth import Access
+from edgenode.api.errors import JSONResponse, decode
 from edgenode.versions import versions
 
 if TYPE_CHECKING:
@@ -23,12 +21,6 @@ if TYPE_CHECKING:
 
 def node(request: Request) -> Node:
     return request.app.state.node
-
-
-def require_write(request: Request) -> None:
-    access: Access = request.scope.get(ACCESS_KEY, Access.READ)
-    if not access.can_write:
-        raise ApiError(403, "forbidden", "this token is read-only; writes need the read-write token")
 
 
 def encode(value: msgspec.Struct, status: int = 200) -> Response:
@@ -76,7 +68,6 @@ async def query(request: Request) -> Response:
 
 
 async def execute(request: Request) -> Response:
-    require_write(request)
     body = decode(await request.body(), schemas.ExecuteRequest)
     n = node(request)
     start = time.perf_counter()
