@@ -34,6 +34,7 @@ from edgenode.hrana.sql import (
 _DML = re.compile(r"^\s*(insert|update|delete|replace)\b", re.IGNORECASE)
 _INSERT = re.compile(r"^\s*(insert|replace)\b", re.IGNORECASE)
 
+ROOT = Path(__file__).resolve().parent.parent
 WRITE_TOKEN = "write-token"
 READ_TOKEN = "read-token"
 
@@ -186,3 +187,25 @@ def text(value: str) -> dict:
 
 def execute(sql: str, *args: dict, **extra: object) -> dict:
     return {"type": "execute", "stmt": stmt(sql, *args, **extra)}
+
+
+def main() -> None:
+    """`python -m tests.test_hrana_support DB PORT`: serve in a separate process, for clients that hold
+    the GIL while they wait on the network (the libsql binding does) and so cannot share a process."""
+    import sys
+
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    db, port = Path(sys.argv[1]), int(sys.argv[2])
+    hrana = HranaServer(ApswBackend(db), authenticate)
+
+    async def stats(request: Request) -> JSONResponse:
+        return JSONResponse({"requests": hrana.request_counts, "errors": hrana.error_counts})
+
+    app = Starlette(routes=[*hrana.routes(), Route("/test/stats", stats)])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
