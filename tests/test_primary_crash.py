@@ -19,7 +19,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def primary_args(tmp_path: Path, *extra: str) -> list[str]:
-    return ["primary", "--data-dir", str(tmp_path / "primary"), "--auth-token", TOKEN, "--no-migrate", *extra]
+    # Keep every generation: these tests check lagging replicas catch up, not the 410 beyond retention.
+    args = ["primary", "--data-dir", str(tmp_path / "primary"), "--auth-token", TOKEN, "--no-migrate"]
+    return [*args, "--keep-generations", "1000", *extra]
 
 
 def restart(tmp_path: Path, old: Proc, *extra: str, env: dict[str, str] | None = None) -> Proc:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -251,3 +253,78 @@ def test_a_transaction_larger_than_one_response_arrives_over_several_pulls(prima
     conn.sync()  # ~4,900 frames: more than one response may carry, so they come in pieces of 128
     assert conn.execute("SELECT count(*), sum(length(data)) FROM blobs").fetchall() == [(20, 20_000_000)]
     assert conn.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+
+
+def test_a_waiting_pull_returns_as_soon_as_a_commit_lands(primary: Proc) -> None:
+    write(primary.url, "CREATE TABLE t(x)")
+    end = httpx.get(f"{primary.url}/sync/1/1/1000", headers=AUTH)
+    next_frame = 1 + len(end.content) // FRAME_SIZE
+    result: dict[str, httpx.Response] = {}
+
+    def wait() -> None:
+        url = f"{primary.url}/sync/1/{next_frame}/{next_frame + 128}?wait_ms=10000"
+        result["r"] = httpx.get(url, headers=AUTH, timeout=20)
+
+    waiter = threading.Thread(target=wait)
+    started = time.monotonic()
+    waiter.start()
+    time.sleep(0.3)
+    write(primary.url, "INSERT INTO t VALUES (1)")
+    waiter.join(15)
+    assert result["r"].status_code == 200
+    assert time.monotonic() - started < 5
+
+
+def test_a_rollover_waits_for_an_open_interactive_transaction(primary: Proc, tmp_path: Path) -> None:
+    write(primary.url, "CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)")
+    conn = replica(primary.url, tmp_path / "r.db")
+    pipeline = f"{primary.url}/v2/pipeline"
+
+    def step(baton: str | None, sql: str) -> str:
+        body = {"baton": baton, "requests": [{"type": "execute", "stmt": {"sql": sql}}]}
+        response = httpx.post(pipeline, json=body, headers=AUTH).json()
+        assert response["results"][0]["type"] == "ok", response
+        return response["baton"]
+
+    baton = step(None, "BEGIN")
+    baton = step(baton, "INSERT INTO kv(v) VALUES ('in txn')")
+    rolled: dict[str, int] = {}
+    roller = threading.Thread(
+        target=lambda: rolled.update(httpx.post(f"{primary.url}/rollover", headers=AUTH, timeout=20).json())
+    )
+    roller.start()
+    time.sleep(0.3)
+    assert not rolled  # blocked behind the open transaction
+    step(baton, "COMMIT")
+    roller.join(15)
+    assert rolled == {"generation": 2}
+    conn.sync()
+    assert conn.execute("SELECT v FROM kv").fetchall() == [("in txn",)]
+
+
+def test_metrics_report_frames_exports_and_generation(primary: Proc, tmp_path: Path) -> None:
+    write(primary.url, "CREATE TABLE t(x)", "INSERT INTO t VALUES (1)")
+    replica(primary.url, tmp_path / "r.db")
+    httpx.post(f"{primary.url}/rollover", headers=AUTH).raise_for_status()
+    text = httpx.get(f"{primary.url}/metrics", headers=AUTH).text
+    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line and line[0] != "#"}
+    assert values["edgenode_primary_frames_served_total"] > 0
+    assert values["edgenode_primary_bytes_exported_total"] >= 4096
+    assert values["edgenode_primary_generation"] == 2
+    assert any(k.startswith("edgenode_primary_hrana_requests_total") for k in values)
+
+
+def test_sigterm_stops_cleanly_and_a_restart_keeps_everything(tmp_path: Path) -> None:
+    proc = start_primary(tmp_path)
+    write(proc.url, "CREATE TABLE kv(v TEXT)", "INSERT INTO kv VALUES ('kept')")
+    conn = replica(proc.url, tmp_path / "r.db")
+    # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status still says why it ended.
+    assert proc.stop() in (0, -15)
+    assert "Application shutdown complete" in proc.log()
+    proc = start(proc.args, tmp_path, "primary-again", port=proc.port)
+    try:
+        write(proc.url, "INSERT INTO kv VALUES ('after restart')")
+        conn.sync()
+        assert conn.execute("SELECT v FROM kv").fetchall() == [("kept",), ("after restart",)]
+    finally:
+        proc.stop()

@@ -32,7 +32,7 @@ from pathlib import Path
 import apsw
 import msgspec
 
-from edgenode.primary.rwlock import RWLock
+from edgenode.primary.rwlock import LockTimeout, RWLock
 from edgenode.primary.wal import (
     FRAME_SIZE,
     PAGE_SIZE,
@@ -53,6 +53,7 @@ ARCHIVE_DIR = "generations"
 # transaction larger than this is served in pieces that do not end on a commit frame.
 MAX_FRAMES_PER_RESPONSE = 4096
 LOCK_TIMEOUT = 10.0
+BACKGROUND_ROLLOVER_WAIT = 1.0
 PENDING_PUSH_TTL = 60.0
 
 
@@ -496,17 +497,29 @@ class PrimaryStore:
             path.unlink(missing_ok=True)
 
     def _rollover_loop(self) -> None:
+        # A size rollover is not urgent: try the lock briefly (writers queue behind a waiting
+        # rollover, so a long wait would stall pulls and statements) and back off while busy.
+        backoff = 0.1
         while not self._stop.is_set():
             self._rollover_wanted.wait()
             if self._stop.is_set():
                 return
             self._rollover_wanted.clear()
             try:
-                self.rollover(force=False)
+                self.rollover(force=False, timeout=BACKGROUND_ROLLOVER_WAIT)
+                backoff = 0.1
+            except LockTimeout:
+                log.info("rollover postponed: transactions or exports still open; retrying in %.1f s", backoff)
+                self._retry_rollover_after(backoff)
+                backoff = min(backoff * 2, 10.0)
             except Exception:
-                log.exception("rollover failed; will retry")
-                time.sleep(1.0)
-                self._rollover_wanted.set()
+                log.exception("rollover failed; retrying in %.1f s", backoff)
+                self._retry_rollover_after(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def _retry_rollover_after(self, seconds: float) -> None:
+        if not self._stop.wait(seconds):
+            self._rollover_wanted.set()
 
 
 def _same_frames(a: bytes, b: bytes) -> bool:
