@@ -328,3 +328,34 @@ def test_sigterm_stops_cleanly_and_a_restart_keeps_everything(tmp_path: Path) ->
         assert conn.execute("SELECT v FROM kv").fetchall() == [("kept",), ("after restart",)]
     finally:
         proc.stop()
+
+
+def test_an_offline_push_can_open_a_fresh_generation(primary: Proc, tmp_path: Path) -> None:
+    write(primary.url, "CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)")
+    httpx.post(f"{primary.url}/rollover", headers=AUTH).raise_for_status()  # generation 2 starts with an empty WAL
+    offline = replica(primary.url, tmp_path / "offline.db", offline=True)
+    offline.execute("INSERT INTO kv(v) VALUES ('first frame of generation 2')")
+    offline.commit()
+    offline.sync()
+    write(primary.url, "INSERT INTO kv(v) VALUES ('then the primary writes')")
+    assert rows(primary.url, "SELECT v FROM kv ORDER BY k") == [
+        ("first frame of generation 2",),
+        ("then the primary writes",),
+    ]
+    assert rows(primary.url, "PRAGMA quick_check") == [("ok",)]
+    offline.sync()
+    assert offline.execute("SELECT count(*) FROM kv").fetchall() == [(2,)]
+    other = replica(primary.url, tmp_path / "other.db")
+    assert other.execute("SELECT count(*) FROM kv").fetchall() == [(2,)]
+
+
+def test_an_offline_transaction_spanning_several_push_batches_is_applied_whole(primary: Proc, tmp_path: Path) -> None:
+    write(primary.url, "CREATE TABLE blobs(id INTEGER PRIMARY KEY, data BLOB)")
+    offline = replica(primary.url, tmp_path / "offline.db", offline=True)
+    offline.execute("INSERT INTO blobs(data) SELECT randomblob(100000) FROM json_each('[1,2,3,4,5,6,7,8,9,10,11,12]')")
+    offline.commit()  # ~300 frames: pushed 128 at a time, the transaction's commit frame in the last batch
+    offline.sync()
+    assert rows(primary.url, "SELECT count(*), sum(length(data)) FROM blobs") == [(12, 1_200_000)]
+    digest = "SELECT group_concat(hex(substr(data, 50000, 8)), ',') FROM blobs ORDER BY id"
+    assert rows(primary.url, digest) == offline.execute(digest).fetchall()
+    assert rows(primary.url, "PRAGMA quick_check") == [("ok",)]
