@@ -46,12 +46,20 @@ class ApswSession(Session):
         self.access = access
         self.log = log
         self.closed = False
+        self.read_only_txn = False
 
     def execute(self, sql: str, args: list[Value] | dict[str, Value], want_rows: bool) -> StmtResult:
         try:
             stmt = single_statement(sql)
+            if self.read_only_txn and self.conn.get_autocommit():
+                self.conn.execute("pragma query_only = 0")
+                self.read_only_txn = False
             if is_begin_readonly(stmt):
-                stmt = "BEGIN DEFERRED"
+                # libSQL's read transaction: a deferred one that refuses writes until it ends.
+                self.conn.execute("BEGIN DEFERRED")
+                self.conn.execute("pragma query_only = 1")
+                self.read_only_txn = True
+                return StmtResult(cols=[], rows=[], affected_row_count=0, last_insert_rowid=None)
             info = apsw.ext.query_info(self.conn, stmt)
             if not self.access.can_write and not info.is_readonly:
                 raise HranaError("this session is read-only", "SQLITE_READONLY")
