@@ -263,8 +263,10 @@ class Sidecar:
         )
         return {r[0] for r in rows}
 
-    def count_matching(self, flt: CompiledFilter) -> int:
-        return int(self._run(self._reader(), f"SELECT count(*) FROM filt WHERE {self._where(flt)}", flt.params)[0][0])
+    def count_matching(self, flt: CompiledFilter, limit: int) -> int:
+        """Rows the filter accepts, counting no further than `limit`."""
+        sql = f"SELECT count(*) FROM (SELECT 1 FROM filt WHERE {self._where(flt)} LIMIT ?)"
+        return int(self._run(self._reader(), sql, (*flt.params, limit))[0][0])
 
     def search(self, query: np.ndarray, k: int, flt: CompiledFilter | None) -> tuple[list[int], list[float], int]:
         """Exact top-k (rowids, distances, rows considered); distances as the API reports them."""
@@ -273,7 +275,7 @@ class Sidecar:
         join = ""
         params: tuple[Any, ...] = ()
         if flt is not None:
-            join = f" JOIN filt f ON f.rowid = v.rowid WHERE {self._where(flt)}"
+            join = f" WHERE v.rowid IN (SELECT rowid FROM filt WHERE {self._where(flt)})"
             params = flt.params
         if self.spec.metric == "ip":
             rows = self._run(conn, f"SELECT v.rowid, v.embedding FROM vec v{join}", params)

@@ -4,7 +4,10 @@
   applied there.
 - ANN without a filter: HNSW top-k. hnswlib computes distances on the full float32 vectors, so
   its distances are already exact and need no re-ranking.
-- ANN with a filter: ask HNSW for `overfetch * k` candidates (at least ef), keep those the filter
+- ANN with a filter: first count the matching rows in the sidecar, stopping at `exact_filter_rows`
+  (a bounded scan: cheap when the filter is broad, and what the exact scan reads anyway when it is
+  selective). A selective filter (at most `exact_filter_rows` rows) is answered exactly over those
+  rows. Otherwise ask HNSW for `overfetch * k` candidates (at least ef), keep those the filter
   accepts (checked in the sidecar), best first. If fewer than k survive, the observed pass rate
   estimates how many candidates would be needed; one larger round is tried when that stays under
   `max_candidates`. Otherwise the filter is selective, and an exact scan over the rows it accepts
@@ -26,6 +29,7 @@ from edgenode.vectors.hnsw import HnswIndex
 @dataclass(frozen=True)
 class PlannerSettings:
     exact_threshold: int = 2048
+    exact_filter_rows: int = 4096
     overfetch: int = 10
     max_candidates: int = 4096
 
@@ -84,6 +88,9 @@ def _ann(
     if flt is None:
         labels, dists = index.query(query[None, :], k, ef)
         return Answer(labels[0].tolist(), _ann_distances(metric, dists[0]), "ann", labels.shape[1])
+    if sidecar.count_matching(flt, settings.exact_filter_rows + 1) <= settings.exact_filter_rows:
+        rowids, dists, seen = sidecar.search(query, k, flt)
+        return Answer(rowids, dists, "exact", seen)
     fetch = min(max(k * settings.overfetch, ef or index.ef_search), size)
     tried = 0
     while True:

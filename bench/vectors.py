@@ -1,0 +1,481 @@
+"""Vector search: edgenode (in-process and over HTTP) next to raw hnswlib, sqlite-vec, numpy and libSQL.
+
+Datasets: real all-MiniLM-L6-v2 embeddings from ../shared/data/minilm-pypi (50k x 384, 500 queries
+with exact top-10; falls back to generated data, and says so, when the directory is absent) and
+generated Gaussian-mixture data ("generated", 100k x 384), which is much easier than real data.
+k = 10 throughout; recall@10 against numpy brute force (cosine). `--quick` uses 10k rows per
+dataset, fewer queries and a smaller DiskANN subset; every row states its n.
+
+Methods:
+- numpy exact: one float32 matrix product per query.
+- hnswlib raw: hnswlib.Index with the same M / ef_construction / ef as edgenode, queried directly.
+- edgenode sync: the node's planner (`search_many`) called directly; same index, locks included.
+- edgenode in-process: `VectorManager.search` (asyncio + worker thread), what a route handler calls.
+- edgenode HTTP: the node app over HTTP/1.1 keep-alive (bench/loadgen.py, a separate process).
+- edgenode filtered 1%: a filter accepting 1% of rows, through `VectorManager.search`.
+- sqlite-vec vec0: brute-force KNN of a vec0 virtual table (apsw, in memory).
+- libSQL exact: `ORDER BY vector_distance_cos(...) LIMIT 10` on the libSQL file.
+- libSQL DiskANN: `libsql_vector_idx(..., 'compress_neighbors=float1bit')` + `vector_top_k`, on a subset
+  (its build is slow: ~5 s per 1k rows here).
+
+Run: `python bench/vectors.py [--quick]` or `python -m bench vectors [--quick]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import DEFAULT_OUT, free_port, machine, percentile, save, table  # noqa: E402
+
+REAL = ROOT.parent / "shared" / "data" / "minilm-pypi"
+K = 10
+M, EF_CONSTRUCTION = 16, 200
+EFS = [16, 32, 64, 128, 256]
+DEFAULT_EF = 64
+
+
+# data -------------------------------------------------------------------------------------------
+def generated(n: int, nq: int, dim: int = 384, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((100, dim)).astype(np.float32)
+
+    def sample(count: int) -> np.ndarray:
+        x = centers[rng.integers(0, len(centers), count)] + 0.6 * rng.standard_normal((count, dim)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    return sample(n), sample(nq)
+
+
+def exact_gt(base: np.ndarray, queries: np.ndarray, k: int = K, mask: np.ndarray | None = None) -> np.ndarray:
+    ids = np.arange(len(base)) if mask is None else np.flatnonzero(mask)
+    sub = base[ids]
+    out = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), 64):
+        sims = queries[start : start + 64] @ sub.T
+        top = np.argpartition(-sims, k, axis=1)[:, :k]
+        order = np.take_along_axis(sims, top, 1).argsort(axis=1)[:, ::-1]
+        out[start : start + 64] = ids[np.take_along_axis(top, order, 1)]
+    return out
+
+
+def load_datasets(quick: bool) -> list[dict[str, Any]]:
+    n_gen = 10_000 if quick else 100_000
+    nq = 200 if quick else 500
+    sets = []
+    if (REAL / "base.f32.npy").exists():
+        base = np.load(REAL / "base.f32.npy")
+        queries = np.load(REAL / "queries.f32.npy")[:nq]
+        if quick:
+            base = base[:10_000]
+            gt = exact_gt(base, queries)
+        else:
+            gt = np.load(REAL / "gt10.i32.npy")[:nq].astype(np.int64)
+        sets.append({"name": "minilm-pypi (real)", "base": base, "queries": queries, "gt": gt})
+    else:
+        print(f"   {REAL} is absent: the real dataset is replaced by generated data", flush=True)
+        base, queries = generated(50_000 if not quick else 10_000, nq, seed=1)
+        sets.append(
+            {"name": "generated (real data absent)", "base": base, "queries": queries, "gt": exact_gt(base, queries)}
+        )
+    base, queries = generated(n_gen, min(nq, 200), seed=2)
+    sets.append({"name": "generated", "base": base, "queries": queries, "gt": exact_gt(base, queries)})
+    return sets
+
+
+def recall(found: list[list[int]], gt: np.ndarray) -> float:
+    hits = sum(len(set(f[:K]) & set(g[:K].tolist())) for f, g in zip(found, gt, strict=True))
+    return hits / (K * len(found))
+
+
+def timed(queries: np.ndarray, fn: Callable[[np.ndarray], list[int]]) -> tuple[list[list[int]], list[float]]:
+    found, lat = [], []
+    for q in queries:
+        t = time.perf_counter()
+        found.append(fn(q))
+        lat.append(time.perf_counter() - t)
+    return found, lat
+
+
+def row(
+    method: str, ds: dict[str, Any], n: int, found: list[list[int]], gt: np.ndarray, lat: list[float], **extra: Any
+) -> dict[str, Any]:
+    return {
+        "method": method,
+        "dataset": ds["name"],
+        "n": n,
+        "recall": round(recall(found, gt), 4),
+        "qps": round(len(lat) / sum(lat), 1),
+        "p50_ms": round(percentile(lat, 50) * 1000, 3),
+        "p99_ms": round(percentile(lat, 99) * 1000, 3),
+        "queries": len(lat),
+        **extra,
+    }
+
+
+# methods ----------------------------------------------------------------------------------------
+def bench_numpy(ds: dict[str, Any], nq: int) -> list[dict[str, Any]]:
+    base = ds["base"]
+
+    def one(q: np.ndarray) -> list[int]:
+        sims = base @ q
+        top = np.argpartition(-sims, K)[:K]
+        return top[np.argsort(-sims[top])].tolist()
+
+    found, lat = timed(ds["queries"][:nq], one)
+    return [row("numpy exact", ds, len(base), found, ds["gt"][:nq], lat, build_s=0.0)]
+
+
+def bench_hnswlib(ds: dict[str, Any]) -> list[dict[str, Any]]:
+    import hnswlib
+
+    base = ds["base"]
+    t = time.perf_counter()
+    index = hnswlib.Index(space="cosine", dim=base.shape[1])
+    index.init_index(max_elements=len(base), M=M, ef_construction=EF_CONSTRUCTION)
+    index.add_items(base, np.arange(len(base)), num_threads=os.cpu_count() or 1)
+    build = time.perf_counter() - t
+    rows = []
+    for ef in EFS:
+        index.set_ef(ef)
+        found, lat = timed(ds["queries"], lambda q: index.knn_query(q[None, :], k=K, num_threads=1)[0][0].tolist())
+        rows.append(row("hnswlib raw", ds, len(base), found, ds["gt"], lat, ef=ef, build_s=round(build, 2)))
+    return rows
+
+
+def write_libsql(path: Path, base: np.ndarray) -> None:
+    import libsql
+
+    conn = libsql.connect(str(path))
+    dim = base.shape[1]
+    conn.execute(f"CREATE TABLE items(id INTEGER PRIMARY KEY, emb F32_BLOB({dim}), cat INTEGER, bucket INTEGER)")
+    for start in range(0, len(base), 5000):
+        conn.executemany(
+            "INSERT INTO items(id, emb, cat, bucket) VALUES (?, ?, ?, ?)",
+            [(i, base[i].tobytes(), i % 10, i % 1000) for i in range(start, min(start + 5000, len(base)))],
+        )
+        conn.commit()
+    conn.close()
+
+
+async def _edgenode(ds: dict[str, Any], data: Path) -> list[dict[str, Any]]:
+    from edgenode.database import LocalDatabase
+    from edgenode.pragmas import select_profile
+    from edgenode.vectors import VectorManager
+    from edgenode.vectors.models import CollectionSpec, Filter, SearchRequest
+    from edgenode.vectors.search import search_many
+
+    base, queries, gt = ds["base"], ds["queries"], ds["gt"]
+    db = LocalDatabase(data, select_profile("auto", data_dir=data), migrate=False)
+    await db.start()
+    manager = VectorManager(db, data)
+    await manager.start()
+    spec = CollectionSpec(table="items", column="emb", dim=base.shape[1], filter_columns=["cat", "bucket"])
+    await manager.put_collection("items", spec)
+    await manager.wait_ready("items", wait_seconds=3600)
+    c = manager.get("items")
+    build = c.info().build_seconds
+    rows = []
+    for ef in EFS:
+
+        def sync(q: np.ndarray, ef: int = ef) -> list[int]:
+            with c.swap.read():
+                return search_many(c.index, c.sidecar, "cosine", q[None, :], K, None, "ann", ef, manager.planner)[
+                    0
+                ].rowids
+
+        found, lat = timed(queries, sync)
+        rows.append(row("edgenode sync", ds, len(base), found, gt, lat, ef=ef, build_s=build))
+        found, lat = [], []
+        for q in queries:
+            t = time.perf_counter()
+            res = await manager.search("items", SearchRequest(vector=q.tolist(), k=K, ef=ef, mode="ann"))
+            lat.append(time.perf_counter() - t)
+            found.append([h.rowid for h in res.results])
+        rows.append(row("edgenode in-process", ds, len(base), found, gt, lat, ef=ef, build_s=build))
+    # 1% selectivity: cat = 3 (10%) and bucket < 100 (10%), correlated so that exactly 1% pass
+    ids = np.arange(len(base))
+    mask = (ids % 10 == 3) & (ids % 1000 < 100)
+    fgt = exact_gt(base, queries, mask=mask)
+    flt = Filter(sql="cat = ? AND bucket < ?", params=[3, 100])
+    found, lat, modes = [], [], set()
+    for q in queries:
+        t = time.perf_counter()
+        res = await manager.search("items", SearchRequest(vector=q.tolist(), k=K, filter=flt))
+        lat.append(time.perf_counter() - t)
+        found.append([h.rowid for h in res.results])
+        modes.add(res.mode)
+    rows.append(
+        row(
+            "edgenode filtered 1%",
+            ds,
+            len(base),
+            found,
+            fgt,
+            lat,
+            build_s=build,
+            note="mode " + "/".join(sorted(modes)),
+        )
+    )
+    await manager.stop()
+    await db.stop()
+    return rows
+
+
+SERVER = """
+import sys, uvicorn
+from edgenode.api import create_app
+from edgenode.config import Settings
+from edgenode.node import open_database
+from edgenode.vectors import component
+settings = Settings(data_dir=sys.argv[1], port=int(sys.argv[2]))
+db = open_database(settings)
+uvicorn.run(create_app(settings, db, components=[component(settings, db)]), host="127.0.0.1", port=int(sys.argv[2]),
+            log_level="warning", access_log=False)
+"""
+
+
+def _load_process(url: str, queries_path: str, clients: int, seconds: float, queue: Any) -> None:
+    import msgspec
+
+    from bench.loadgen import run_load
+
+    queries = np.load(queries_path)
+    bodies = [msgspec.json.encode({"vector": q.tolist(), "k": K}) for q in queries]
+
+    def body(worker: int, n: int) -> bytes:
+        return bodies[(worker * 7919 + n) % len(bodies)]
+
+    def ok(_: int, payload: bytes) -> bool:
+        return len(msgspec.json.decode(payload)["results"]) == K
+
+    queue.put(asyncio.run(run_load(url, "/api/v1/collections/items/search", body, clients, seconds, check=ok)))
+
+
+def bench_http(ds: dict[str, Any], data: Path, seconds: float) -> list[dict[str, Any]]:
+    import httpx
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (data / "node.log").open("ab")
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(data), str(port)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+    )
+    rows = []
+    try:
+        q0 = {"vector": ds["queries"][0].tolist(), "k": K}
+        first = None
+        while time.perf_counter() - started < 120:
+            try:
+                r = httpx.post(url + "/api/v1/collections/items/search", json=q0, timeout=2)
+                if r.status_code == 200:
+                    first = time.perf_counter() - started
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.01)
+        if first is None:
+            raise RuntimeError("the node did not answer within 120 s")
+        info = httpx.get(url + "/api/v1/collections/items").json()
+        with httpx.Client(base_url=url) as client:
+            found, lat = [], []
+            for q in ds["queries"]:
+                t = time.perf_counter()
+                body = client.post("/api/v1/collections/items/search", json={"vector": q.tolist(), "k": K}).json()
+                lat.append(time.perf_counter() - t)
+                found.append([h["rowid"] for h in body["results"]])
+        rec = recall(found, ds["gt"])
+        qpath = data / "queries.npy"
+        np.save(qpath, ds["queries"])
+        for clients in (1, 4):
+            ctx = multiprocessing.get_context("spawn")
+            queue = ctx.Queue()
+            p = ctx.Process(target=_load_process, args=(url, str(qpath), clients, seconds, queue))
+            p.start()
+            res = queue.get(timeout=seconds + 120)
+            p.join(30)
+            rows.append(
+                {
+                    "method": f"edgenode HTTP ({clients} client{'s' if clients > 1 else ''})",
+                    "dataset": ds["name"],
+                    "n": len(ds["base"]),
+                    "ef": DEFAULT_EF,
+                    "recall": round(rec, 4),
+                    "qps": round(res["qps"], 1),
+                    "p50_ms": round(res["p50_ms"], 3),
+                    "p99_ms": round(res["p99_ms"], 3),
+                    "queries": res["requests"],
+                    "errors": res["errors"],
+                    "start_to_first_answer_s": round(first, 3),
+                    "loaded_from_disk": info["loaded_from_disk"],
+                }
+            )
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    return rows
+
+
+def bench_sqlite_vec(ds: dict[str, Any], nq: int) -> list[dict[str, Any]]:
+    import apsw
+    import sqlite_vec
+
+    base = ds["base"]
+    conn = apsw.Connection(":memory:")
+    conn.enable_load_extension(True)
+    conn.load_extension(sqlite_vec.loadable_path())
+    t = time.perf_counter()
+    conn.execute(f"CREATE VIRTUAL TABLE v USING vec0(embedding float[{base.shape[1]}] distance_metric=cosine)")
+    with conn:
+        conn.executemany(
+            "INSERT INTO v(rowid, embedding) VALUES (?, ?)", [(i, base[i].tobytes()) for i in range(len(base))]
+        )
+    build = time.perf_counter() - t
+    sql = "SELECT rowid FROM v WHERE embedding MATCH ? AND k = ? ORDER BY distance"
+    found, lat = timed(ds["queries"][:nq], lambda q: [r[0] for r in conn.execute(sql, (q.tobytes(), K))])
+    return [row("sqlite-vec vec0 (brute force)", ds, len(base), found, ds["gt"][:nq], lat, build_s=round(build, 2))]
+
+
+def bench_libsql_exact(ds: dict[str, Any], path: Path, nq: int) -> list[dict[str, Any]]:
+    import libsql
+
+    conn = libsql.connect(str(path))
+    sql = "SELECT id FROM items ORDER BY vector_distance_cos(emb, ?) LIMIT 10"
+    found, lat = timed(ds["queries"][:nq], lambda q: [r[0] for r in conn.execute(sql, (q.tobytes(),)).fetchall()])
+    conn.close()
+    return [row("libSQL exact (vector_distance_cos)", ds, len(ds["base"]), found, ds["gt"][:nq], lat, build_s=0.0)]
+
+
+def bench_diskann(ds: dict[str, Any], tmp: Path, n: int, nq: int) -> list[dict[str, Any]]:
+    import libsql
+
+    base = ds["base"][:n]
+    queries = ds["queries"][:nq]
+    gt = exact_gt(base, queries)
+    path = tmp / f"diskann-{abs(hash(ds['name']))}.db"
+    write_libsql(path, base)
+    conn = libsql.connect(str(path))
+    t = time.perf_counter()
+    conn.execute(
+        "CREATE INDEX items_idx ON items(libsql_vector_idx(emb, 'metric=cosine', 'compress_neighbors=float1bit'))"
+    )
+    conn.commit()
+    build = time.perf_counter() - t
+    sql = "SELECT id FROM vector_top_k('items_idx', ?, 10)"
+    found, lat = timed(queries, lambda q: [r[0] for r in conn.execute(sql, (q.tobytes(),)).fetchall()])
+    conn.close()
+    return [
+        row("libSQL DiskANN (float1bit)", ds, n, found, gt, lat, build_s=round(build, 2), note=f"subset of {n} rows")
+    ]
+
+
+# driver -----------------------------------------------------------------------------------------
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 5), squeeze=False)
+    for ax, name in zip(axes[0], datasets, strict=True):
+        methods = list(dict.fromkeys(r["method"] for r in rows if r["dataset"] == name))
+        for method in methods:
+            pts = sorted((r["recall"], r["qps"]) for r in rows if r["dataset"] == name and r["method"] == method)
+            n = next(r["n"] for r in rows if r["dataset"] == name and r["method"] == method)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{method} (n={n:,})")
+        ax.set_yscale("log")
+        ax.set_xlabel("recall@10")
+        ax.set_ylabel("queries/s (one client)")
+        ax.set_title(name)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(quick: bool = False, out: Path = DEFAULT_OUT, http: bool = True, diskann: bool = True) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = []
+    slow_nq = 20 if quick else 50
+    diskann_n = 2_000 if quick else 20_000
+    seconds = 3.0 if quick else 10.0
+
+    def attempt(label: str, ds: dict[str, Any], fn: Callable[..., list[dict[str, Any]]], *args: Any) -> None:
+        t = time.perf_counter()
+        try:
+            got = fn(*args)
+        except Exception as exc:  # one failing peer must not lose the others' figures
+            print(f"   {label}: FAILED {type(exc).__name__}: {exc}", flush=True)
+            rows.append({"method": label, "dataset": ds["name"], "error": f"{type(exc).__name__}: {exc}"})
+            return
+        rows.extend(got)
+        print(f"   {label}: {time.perf_counter() - t:.1f}s", flush=True)
+
+    from edgenode.database import DB_FILE
+
+    for ds in load_datasets(quick):
+        print(f"-- {ds['name']}: {len(ds['base']):,} x {ds['base'].shape[1]}, {len(ds['queries'])} queries", flush=True)
+        with tempfile.TemporaryDirectory(prefix="edgenode-vbench-") as tmpdir:
+            tmp = Path(tmpdir)
+            data = tmp / "data"
+            data.mkdir()
+            write_libsql(data / DB_FILE, ds["base"])
+            attempt("numpy exact", ds, bench_numpy, ds, 100)
+            attempt("hnswlib raw", ds, bench_hnswlib, ds)
+            attempt("edgenode", ds, lambda ds, data: asyncio.run(_edgenode(ds, data)), ds, data)
+            if http:
+                attempt("edgenode HTTP", ds, bench_http, ds, data, seconds)
+            attempt("sqlite-vec", ds, bench_sqlite_vec, ds, slow_nq)
+            attempt("libSQL exact", ds, bench_libsql_exact, ds, data / DB_FILE, slow_nq)
+            if diskann:
+                attempt("libSQL DiskANN", ds, bench_diskann, ds, tmp, diskann_n, slow_nq)
+    good = [r for r in rows if "error" not in r]
+    plot(good, out / "vectors.png")
+    cols = ["dataset", "method", "n", "ef", "recall", "qps", "p50_ms", "p99_ms", "build_s"]
+    print(table(good, cols))
+    return {
+        "machine": machine(),
+        "k": K,
+        "hnsw": {"m": M, "ef_construction": EF_CONSTRUCTION, "default_ef": DEFAULT_EF},
+        "quick": quick,
+        "rows": rows,
+        "plot": str(out / "vectors.png"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10k rows per dataset; a couple of minutes")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--no-http", dest="http", action="store_false", help="skip the HTTP node process")
+    parser.add_argument("--no-diskann", dest="diskann", action="store_false", help="skip libSQL DiskANN")
+    args = parser.parse_args(argv)
+    result = run(quick=args.quick, out=args.out, http=args.http, diskann=args.diskann)
+    print(f"wrote {save('vectors', result, args.out)} and {args.out / 'vectors.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
