@@ -37,6 +37,7 @@ from edgenode.primary.rwlock import LockTimeout
 log = logging.getLogger("edgenode.primary")
 
 MAX_WAIT_MS = 30_000
+MAX_PUSH_FRAMES = 1024
 EXPORT_CHUNK = 1 << 20
 
 
@@ -247,6 +248,9 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
     @sync_endpoint("push", write=True)
     async def push(request: Request) -> Response:
         generation, start, end = path_ints(request, "generation", "start", "end")
+        if end - start > MAX_PUSH_FRAMES:
+            # Clients push 128 frames at a time; refuse before buffering an arbitrarily large body.
+            return error_response(413, f"push at most {MAX_PUSH_FRAMES} frames per request")
         body = await request.body()
         reply = await asyncio.to_thread(store.push, generation, start, end, request.path_params.get("baton"), body)
         if reply.status == "conflict":

@@ -32,6 +32,14 @@ def _is_insert(sql: str) -> bool:
     return bool(_INSERT.match(sql) or _WITH_INSERT.match(sql))
 
 
+def _with_prefix(sql: str, name: str | None) -> str | None:
+    """apsw reports parameter names without their `:`/`@`/`$`; Hrana's describe carries them."""
+    if not name:
+        return None
+    match = re.search(r"([:@$])" + re.escape(name) + r"(?![\w$])", sql)
+    return (match.group(1) if match else ":") + name
+
+
 class PrimarySession(Session):
     def __init__(self, store: PrimaryStore, access: Access) -> None:
         self.store = store
@@ -148,7 +156,7 @@ class PrimarySession(Session):
             raise hrana_error_from_sqlite(exc) from exc
         finally:
             self._leave()
-        params = list(info.bindings_names or [None] * info.bindings_count)
+        params = [_with_prefix(statement, name) for name in (info.bindings_names or [None] * info.bindings_count)]
         return DescribeResult(
             params=params,
             cols=[Col(name, decltype) for name, decltype in (info.description or ())],

@@ -1,0 +1,174 @@
+"""Sync throughput of `edgenode primary` with a real libSQL 0.1.x embedded replica.
+
+- bootstrap: a fresh replica of a >= 1 GB database (`--quick`: 64 MB), next to a plain copy + fsync
+  of the same file on the same disk in the same run (the physical limit);
+- pull: frames/s for a replica catching up after a write burst, through the client (`sync()`) and
+  as raw HTTP pulls (what the server alone sustains).
+
+Run: `python -m bench.sync [--quick] [--out DIR]` (or `python -m bench sync`); writes sync.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import apsw
+import httpx
+import libsql
+
+from bench.common import DEFAULT_OUT, NodeProcess, machine, save
+from edgenode.primary.client import execute
+from edgenode.primary.wal import FRAME_SIZE
+
+TOKEN = "bench-token"
+MB = 1024 * 1024
+
+
+def build_database(path: Path, size_bytes: int) -> int:
+    """An incompressible database of about size_bytes, built offline (the primary adopts it as generation 1)."""
+    conn = apsw.Connection(str(path))
+    conn.execute("PRAGMA page_size=4096; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF")
+    conn.execute("CREATE TABLE blobs(id INTEGER PRIMARY KEY, data BLOB)")
+    row = 256 * 1024
+    rows = max(1, size_bytes // row)
+    with conn:
+        for _ in range(rows):
+            conn.execute("INSERT INTO blobs(data) VALUES (randomblob(?))", (row,))
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+    return path.stat().st_size
+
+
+def timed_copy(src: Path, dst: Path) -> float:
+    started = time.perf_counter()
+    shutil.copyfile(src, dst)
+    fd = os.open(dst, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    return time.perf_counter() - started
+
+
+def write_burst(url: str, frames_wanted: int) -> None:
+    """Transactions of 64 one-page rows until about frames_wanted WAL frames were written."""
+    per_txn = 64
+    insert = ("INSERT INTO burst(data) SELECT randomblob(3900) FROM json_each(?)", [str(list(range(per_txn)))])
+    for _ in range(max(1, frames_wanted // (per_txn + 2))):
+        execute(url, [insert], TOKEN)
+
+
+def raw_pull(url: str, generation: int) -> tuple[int, float]:
+    frames = 0
+    started = time.perf_counter()
+    with httpx.Client(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as client:
+        start = 1
+        while (r := client.get(f"{url}/sync/{generation}/{start}/{start + 128}")).status_code == 200:
+            n = len(r.content) // FRAME_SIZE
+            frames += n
+            start += n
+    return frames, time.perf_counter() - started
+
+
+def run(quick: bool = False, out: Path = DEFAULT_OUT) -> dict[str, Any]:
+    size = 64 * MB if quick else 1024 * MB + 16 * MB
+    burst_frames = 2_000 if quick else 20_000
+    workdir = Path(tempfile.mkdtemp(prefix="edgenode-bench-sync-"))
+    try:
+        data_dir = workdir / "primary"
+        data_dir.mkdir()
+        db = data_dir / "primary.db"
+        t0 = time.perf_counter()
+        db_bytes = build_database(db, size)
+        build_s = time.perf_counter() - t0
+        print(f"built {db_bytes / MB:.0f} MB database in {build_s:.1f} s", flush=True)
+
+        # Warm the page cache for both contenders, so each reads the same cached file.
+        with open(db, "rb") as f:
+            while f.read(16 * MB):
+                pass
+        copy_s = timed_copy(db, workdir / "copy.db")
+        (workdir / "copy.db").unlink()
+
+        proc = NodeProcess(
+            [
+                "primary",
+                "--data-dir",
+                str(data_dir),
+                "--auth-token",
+                TOKEN,
+                "--no-migrate",
+                "--generation-max-frames",
+                str(burst_frames * 4),
+            ],
+            workdir / "primary.log",
+        )
+        try:
+            proc.wait_ready("/health")
+            started = time.perf_counter()
+            replica = libsql.connect(str(workdir / "replica.db"), sync_url=proc.url, auth_token=TOKEN)
+            replica.sync()
+            bootstrap_s = time.perf_counter() - started
+            assert replica.execute("SELECT count(*) FROM blobs").fetchall()[0][0] > 0
+
+            execute(proc.url, ["CREATE TABLE burst(id INTEGER PRIMARY KEY, data BLOB)"], TOKEN)
+            replica.sync()
+            t0 = time.perf_counter()
+            write_burst(proc.url, burst_frames)
+            burst_write_s = time.perf_counter() - t0
+            generation = httpx.get(f"{proc.url}/info", headers={"Authorization": f"Bearer {TOKEN}"}).json()[
+                "current_generation"
+            ]
+            raw_frames, raw_s = raw_pull(proc.url, generation)
+            t0 = time.perf_counter()
+            replica.sync()
+            pull_s = time.perf_counter() - t0
+            burst_rows = replica.execute("SELECT count(*) FROM burst").fetchall()[0][0]
+        finally:
+            proc.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    result = {
+        "machine": machine(),
+        "quick": quick,
+        "database_mb": round(db_bytes / MB, 1),
+        "plain_copy_s": round(copy_s, 3),
+        "plain_copy_mb_s": round(db_bytes / MB / copy_s, 1),
+        "bootstrap_s": round(bootstrap_s, 3),
+        "bootstrap_mb_s": round(db_bytes / MB / bootstrap_s, 1),
+        "bootstrap_vs_copy": round(copy_s / bootstrap_s, 3),
+        "burst_frames": raw_frames,
+        "burst_rows": burst_rows,
+        "burst_write_s": round(burst_write_s, 3),
+        "pull_client_s": round(pull_s, 3),
+        "pull_client_frames_s": round(raw_frames / pull_s),
+        "pull_client_mb_s": round(raw_frames * FRAME_SIZE / MB / pull_s, 1),
+        "pull_http_frames_s": round(raw_frames / raw_s),
+        "pull_http_mb_s": round(raw_frames * FRAME_SIZE / MB / raw_s, 1),
+        "notes": "page cache warm for copy and export; replica is PyPI libsql 0.1.x; pulls of 128 frames per request",
+    }
+    print(
+        f"bootstrap {result['bootstrap_mb_s']} MB/s vs plain copy {result['plain_copy_mb_s']} MB/s "
+        f"({result['database_mb']} MB); pull {result['pull_client_frames_s']} frames/s through the client, "
+        f"{result['pull_http_frames_s']} frames/s raw HTTP ({raw_frames} frames)",
+        flush=True,
+    )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="64 MB database and a small burst")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args()
+    path = save("sync", run(args.quick, args.out), args.out)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
