@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import apsw
 import httpx
 import libsql
 import pytest
@@ -359,3 +360,23 @@ def test_an_offline_transaction_spanning_several_push_batches_is_applied_whole(p
     digest = "SELECT group_concat(hex(substr(data, 50000, 8)), ',') FROM blobs ORDER BY id"
     assert rows(primary.url, digest) == offline.execute(digest).fetchall()
     assert rows(primary.url, "PRAGMA quick_check") == [("ok",)]
+
+
+def test_a_database_checkpointed_behind_the_primarys_back_starts_a_new_generation(tmp_path: Path) -> None:
+    proc = start_primary(tmp_path, "--no-migrate")
+    write(proc.url, "CREATE TABLE kv(v TEXT)", "INSERT INTO kv VALUES ('before')")
+    old = replica(proc.url, tmp_path / "old.db")
+    proc.stop()
+    # A plain SQLite connection checkpoints (and removes the WAL) when it closes.
+    conn = apsw.Connection(str(tmp_path / "primary" / "primary.db"))
+    conn.execute("INSERT INTO kv VALUES ('outside')")
+    conn.close()
+    proc = start(proc.args, tmp_path, "primary-again", port=proc.port)
+    try:
+        assert httpx.get(f"{proc.url}/info", headers=AUTH).json() == {"current_generation": 2}
+        with pytest.raises(ValueError, match="410"):
+            old.sync()
+        fresh = replica(proc.url, tmp_path / "fresh.db")
+        assert fresh.execute("SELECT v FROM kv").fetchall() == [("before",), ("outside",)]
+    finally:
+        proc.stop()

@@ -67,6 +67,9 @@ def crash_point(name: str) -> None:
 class State(msgspec.Struct):
     generation: int
     rollover_to: int | None = None
+    # (size, mtime_ns) of the main file when the generation started: nothing but our own rollover
+    # writes that file, so a difference means something else checkpointed into it.
+    base: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,11 +175,24 @@ class PrimaryStore:
             # A database without our state (first start, or one brought from elsewhere): its WAL
             # is folded into the main file so that file can be generation 1's base.
             self._checkpoint_truncate()
-            self._write_state(State(generation=1))
+            self._start_generation(1)
         if self._state.rollover_to is not None:
             log.warning("finishing the rollover to generation %d interrupted by a crash", self._state.rollover_to)
             self._checkpoint_truncate()
-            self._write_state(State(generation=self._state.rollover_to))
+            self._start_generation(self._state.rollover_to)
+        if self._state.base is not None and self._state.base != self._base_fingerprint():
+            # Another SQLite connection checkpointed (e.g. closed without NO_CKPT_ON_CLOSE): the main
+            # file is no longer generation G's base and G's frames are partly gone. Start a new
+            # generation with no archive for G, so replicas at G get 410 and bootstrap again.
+            log.warning(
+                "%s was changed outside the primary; starting generation %d (replicas of %d must re-bootstrap)",
+                self.db_path,
+                self.generation + 1,
+                self.generation,
+            )
+            self._checkpoint_truncate()
+            self._archive_path(self.generation).unlink(missing_ok=True)
+            self._start_generation(self.generation + 1)
         with self._reader_mutex:
             self._reader.reset()
             self._reader.refresh()
@@ -244,6 +260,13 @@ class PrimaryStore:
     @property
     def generation(self) -> int:
         return self._state.generation
+
+    def _base_fingerprint(self) -> tuple[int, int]:
+        st = self.db_path.stat()
+        return st.st_size, st.st_mtime_ns
+
+    def _start_generation(self, generation: int) -> None:
+        self._write_state(State(generation=generation, base=self._base_fingerprint()))
 
     def _write_state(self, state: State) -> None:
         atomic_write(self.state_path, msgspec.json.encode(state))
@@ -455,11 +478,11 @@ class PrimaryStore:
             os.replace(tmp, archive)
             fsync_dir(self.archive_dir)
             crash_point("rollover-archived")
-            self._write_state(State(generation=generation, rollover_to=generation + 1))
+            self._write_state(State(generation=generation, rollover_to=generation + 1, base=self._state.base))
             crash_point("rollover-intent")
             self._checkpoint_truncate()
             crash_point("rollover-checkpointed")
-            self._write_state(State(generation=generation + 1))
+            self._start_generation(generation + 1)
             self._pending = None
             with self._reader_mutex:
                 self._reader.reset()
