@@ -380,3 +380,19 @@ def test_a_database_checkpointed_behind_the_primarys_back_starts_a_new_generatio
         assert fresh.execute("SELECT v FROM kv").fetchall() == [("before",), ("outside",)]
     finally:
         proc.stop()
+
+
+def test_an_abandoned_transaction_is_rolled_back_and_stops_blocking_rollovers_and_writers(tmp_path: Path) -> None:
+    proc = start_primary(tmp_path, "--no-migrate", "--transaction-timeout", "1")
+    try:
+        write(proc.url, "CREATE TABLE kv(v TEXT)")
+        body = {"baton": None, "requests": [{"type": "execute", "stmt": {"sql": "BEGIN IMMEDIATE"}}]}
+        body["requests"].append({"type": "execute", "stmt": {"sql": "INSERT INTO kv VALUES ('abandoned')"}})
+        assert httpx.post(f"{proc.url}/v2/pipeline", json=body, headers=AUTH).status_code == 200
+        started = time.monotonic()
+        assert httpx.post(f"{proc.url}/rollover", headers=AUTH, timeout=20).json() == {"generation": 2}
+        write(proc.url, "INSERT INTO kv VALUES ('later')")
+        assert time.monotonic() - started < 8
+        assert rows(proc.url, "SELECT v FROM kv") == [("later",)]
+    finally:
+        proc.stop()
