@@ -6,13 +6,26 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import anyio
 import apsw
 import httpx
 import msgspec
 import pytest
 
+from edgenode.auth import Access
 from edgenode.hrana.protocol import I64_MAX, I64_MIN
-from tests.test_hrana_support import READ_TOKEN, Served, execute, integer, serve, stmt, text
+from edgenode.hrana.server import HranaServer
+from tests.test_hrana_support import (
+    READ_TOKEN,
+    ApswBackend,
+    Served,
+    authenticate,
+    execute,
+    integer,
+    serve,
+    stmt,
+    text,
+)
 
 
 @pytest.fixture
@@ -604,3 +617,24 @@ def test_counters_and_hooks_track_requests_errors_and_streams(tmp_path: Path) ->
         assert ("error", "SQL_PARSE_ERROR") in seen and ("request", "v3/pipeline") in seen
     finally:
         gen.close()
+
+
+def test_late_second_release_of_a_cursor_does_not_free_the_next_request(tmp_path: Path) -> None:
+    # A cursor releases its stream when its body ends and again when its response finishes; the client
+    # may have acquired the stream with the new baton in between. The late release must be a no-op.
+    hrana = HranaServer(ApswBackend(tmp_path / "db"), authenticate)
+
+    async def scenario() -> None:
+        stream = await hrana._acquire(None, Access.WRITE)
+        cursor_lease = stream.seq
+        baton = hrana._release(stream, cursor_lease)
+        assert baton is not None
+        again = await hrana._acquire(baton, Access.WRITE)
+        assert hrana._release(stream, cursor_lease) is None
+        assert again.busy
+        assert hrana._release(again, again.seq) is not None
+
+    try:
+        anyio.run(scenario)
+    finally:
+        hrana.close()

@@ -299,11 +299,14 @@ class HranaServer:
         self._ensure_reaper()
         return stream
 
-    def _release(self, stream: _Stream) -> str | None:
-        """Make the stream available again; the next baton, or None when the stream is closed."""
+    def _release(self, stream: _Stream, lease: int) -> str | None:
+        """Make the stream available again; the next baton, or None when the stream is closed.
+
+        `lease` is the stream's seq when it was acquired: a late second release (a cursor releases both
+        when its body ends and when its response finishes) must not free a later request's hold."""
         now = time.monotonic()
         with self._lock:
-            if not stream.busy:
+            if not stream.busy or stream.seq != lease:
                 return None
             stream.busy = False
             stream.last_used = now
@@ -354,6 +357,7 @@ class HranaServer:
             for index, stream_request in enumerate(body.requests):
                 check_request(stream_request, index)
             stream = await self._acquire(body.baton, access)
+            lease = stream.seq
 
             def run() -> list[p.StreamResult]:
                 started = time.monotonic()
@@ -366,7 +370,7 @@ class HranaServer:
             except BaseException:
                 self._discard(stream)
                 raise
-            baton = self._release(stream)
+            baton = self._release(stream, lease)
             return json_response(p.PipelineRespBody(baton=baton, base_url=self.base_url, results=results))
 
         return await self._guarded(endpoint, handle)
@@ -377,14 +381,19 @@ class HranaServer:
             body = await self._decode(request, p.CursorReqBody)
             check_batch(body.batch)
             stream = await self._acquire(body.baton, access)
+            lease = stream.seq
             # The next baton goes out first, but the stream stays busy until the body is finished.
-            baton = self._signer.encode(stream.id, stream.seq)
+            baton = self._signer.encode(stream.id, lease)
             header = p.CursorRespBody(baton=baton, base_url=self.base_url)
-            return _CursorResponse(self._cursor_body(stream, body.batch, header), lambda: self._release(stream))
+            return _CursorResponse(
+                self._cursor_body(stream, lease, body.batch, header), lambda: self._release(stream, lease)
+            )
 
         return await self._guarded("v3/cursor", handle)
 
-    async def _cursor_body(self, stream: _Stream, batch: p.Batch, header: p.CursorRespBody) -> AsyncIterator[bytes]:
+    async def _cursor_body(
+        self, stream: _Stream, lease: int, batch: p.Batch, header: p.CursorRespBody
+    ) -> AsyncIterator[bytes]:
         encode = msgspec.json.encode
         try:
             yield encode(header) + b"\n"
@@ -403,7 +412,7 @@ class HranaServer:
             self._count_error(error.code or "SQLITE_UNKNOWN")
             yield encode(p.ErrorEntry(error=error)) + b"\n"
         finally:
-            self._release(stream)
+            self._release(stream, lease)
 
     async def _v1_execute(self, request: Request) -> Response:
         async def handle() -> Response:
