@@ -152,3 +152,14 @@ def test_closed_stream_refuses_requests(client: HranaClient) -> None:
     with pytest.raises(HranaError) as exc:
         stream.execute("select 1")
     assert exc.value.code == "STREAM_CLOSED"
+
+
+def test_v3_stream_knows_its_autocommit_state_without_extra_round_trips(served: Served) -> None:
+    with HranaClient(served.url, WRITE_TOKEN, version=3) as client, client.stream() as stream:
+        assert stream.is_autocommit() is True
+        stream.execute("begin")
+        before = served.hrana.request_counts["v3/pipeline"]
+        assert stream.is_autocommit() is False
+        stream.execute("rollback")
+        assert stream.is_autocommit() is True
+        assert served.hrana.request_counts["v3/pipeline"] == before + 1

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 
 from edgenode.auth import Access
+from edgenode.hrana.backend import Backend, DescribeResult, HranaError, Session, StmtResult, Value
 from edgenode.hrana.protocol import I64_MAX, I64_MIN
 from edgenode.hrana.server import HranaServer
 from tests.test_hrana_support import (
@@ -638,3 +639,68 @@ def test_late_second_release_of_a_cursor_does_not_free_the_next_request(tmp_path
         anyio.run(scenario)
     finally:
         hrana.close()
+
+
+class _FailingBackend(ApswBackend):
+    def __init__(self, path: Path, failure: Exception):
+        super().__init__(path)
+        self.failure = failure
+
+    def open_session(self, access: Access) -> Session:
+        raise self.failure
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "code"),
+    [
+        (HranaError("primary unreachable", "PRIMARY_UNAVAILABLE"), 503, "PRIMARY_UNAVAILABLE"),
+        (RuntimeError("boom"), 500, "INTERNAL_ERROR"),
+    ],
+)
+def test_backend_failing_to_open_a_session_gets_a_json_http_error(
+    tmp_path: Path, failure: Exception, status: int, code: str
+) -> None:
+    gen = serve(tmp_path, _FailingBackend(tmp_path / "db", failure))
+    served = next(gen)
+    try:
+        response = served.pipeline([execute("select 1")])
+        assert response.status_code == status
+        assert response.headers["content-type"] == "application/json"
+        assert response.json()["code"] == code
+        assert served.hrana.open_streams == 0
+    finally:
+        gen.close()
+
+
+class _CrashingSession(Session):
+    def execute(self, sql: str, args: list[Value] | dict[str, Value], want_rows: bool) -> StmtResult:
+        raise RuntimeError("backend bug")
+
+    def describe(self, sql: str) -> DescribeResult:
+        raise NotImplementedError
+
+    def sequence(self, sql: str) -> None:
+        raise NotImplementedError
+
+    def is_autocommit(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+class _CrashingBackend(Backend):
+    def open_session(self, access: Access) -> Session:
+        return _CrashingSession()
+
+
+def test_unexpected_backend_exceptions_become_request_errors(tmp_path: Path) -> None:
+    gen = serve(tmp_path, _CrashingBackend())
+    served = next(gen)
+    try:
+        body = served.ok([execute("select 1"), {"type": "describe", "sql": "x"}, {"type": "get_autocommit"}], version=3)
+    finally:
+        gen.close()
+    assert body["results"][0]["error"] == {"message": "backend bug", "code": "SQLITE_UNKNOWN"}
+    assert body["results"][1]["error"]["code"] == "SQLITE_UNKNOWN"
+    assert body["results"][2]["response"] == {"type": "get_autocommit", "is_autocommit": True}

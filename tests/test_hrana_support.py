@@ -147,7 +147,7 @@ def free_port() -> int:
 class Served:
     url: str
     hrana: HranaServer
-    backend: ApswBackend
+    backend: ApswBackend  # or whichever backend the test passed
     http: httpx.Client
 
     def pipeline(self, requests: list[dict], baton: str | None = None, version: int = 2) -> httpx.Response:
@@ -159,8 +159,8 @@ class Served:
         return response.json()
 
 
-def serve(tmp_path: Path, **kwargs: object) -> Iterator[Served]:
-    backend = ApswBackend(tmp_path / "test.db")
+def serve(tmp_path: Path, backend: Backend | None = None, **kwargs: object) -> Iterator[Served]:
+    backend = backend or ApswBackend(tmp_path / "test.db")
     hrana = HranaServer(backend, authenticate, **kwargs)  # type: ignore[arg-type]
     app = Starlette(routes=hrana.routes())
     port = free_port()
@@ -174,7 +174,7 @@ def serve(tmp_path: Path, **kwargs: object) -> Iterator[Served]:
     url = f"http://127.0.0.1:{port}"
     with httpx.Client(base_url=url, headers={"authorization": f"Bearer {WRITE_TOKEN}"}, timeout=10) as http:
         try:
-            yield Served(url, hrana, backend, http)
+            yield Served(url, hrana, backend, http)  # type: ignore[arg-type]
         finally:
             server.should_exit = True
             thread.join(timeout=10)

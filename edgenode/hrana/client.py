@@ -166,6 +166,9 @@ class ClientStream:
         self._base_url = client.base_url
         self._started = False
         self.closed = False
+        # Known autocommit state after the last request (v3 piggybacks get_autocommit on each request,
+        # as the libsql clients do), so a forwarding backend's is_autocommit() costs no round trip.
+        self.autocommit: bool | None = None
 
     def pipeline(self, requests: list[p.StreamRequest]) -> list[p.StreamResult]:
         """Send requests in one HTTP round trip; results in the same order."""
@@ -189,8 +192,19 @@ class ClientStream:
         return response.results
 
     def _one(self, request: p.StreamRequest, close: bool) -> p.StreamResponse:
-        requests: list[p.StreamRequest] = [request, p.CloseReq()] if close else [request]
-        result = self.pipeline(requests)[0]
+        requests: list[p.StreamRequest] = [request]
+        track = not close and self._client.version >= 3 and not isinstance(request, p.GetAutocommitReq)
+        if track:
+            requests.append(p.GetAutocommitReq())
+        if close:
+            requests.append(p.CloseReq())
+        results = self.pipeline(requests)
+        self.autocommit = None
+        if track and isinstance(results[1], p.StreamResultOk):
+            tracked = results[1].response
+            if isinstance(tracked, p.GetAutocommitResp):
+                self.autocommit = tracked.is_autocommit
+        result = results[0]
         if isinstance(result, p.StreamResultError):
             raise _error(result.error)
         return result.response
@@ -235,8 +249,14 @@ class ClientStream:
         )
 
     def is_autocommit(self) -> bool:
+        """Whether no transaction is open; answered from the last response when known (v3)."""
+        if self.autocommit is not None:
+            return self.autocommit
+        if not self._started:
+            return True
         response = self._one(p.GetAutocommitReq(), close=False)
         assert isinstance(response, p.GetAutocommitResp)
+        self.autocommit = response.is_autocommit
         return response.is_autocommit
 
     def close(self) -> None:

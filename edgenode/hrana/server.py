@@ -242,6 +242,10 @@ class HranaServer:
             # Only a backend failing outside any statement gets here (e.g. open_session on a v1 request).
             self._count_error(exc.code)
             return error_response(500, exc.message, exc.code)
+        except Exception as exc:
+            log.exception("hrana: %s failed", endpoint)
+            self._count_error("INTERNAL_ERROR")
+            return error_response(500, f"internal error: {exc}", "INTERNAL_ERROR")
 
     # --- streams --------------------------------------------------------------------------------
 
