@@ -704,3 +704,16 @@ def test_unexpected_backend_exceptions_become_request_errors(tmp_path: Path) -> 
     assert body["results"][0]["error"] == {"message": "backend bug", "code": "SQLITE_UNKNOWN"}
     assert body["results"][1]["error"]["code"] == "SQLITE_UNKNOWN"
     assert body["results"][2]["response"] == {"type": "get_autocommit", "is_autocommit": True}
+
+
+def test_body_over_the_limit_gets_413_json(tmp_path: Path) -> None:
+    gen = serve(tmp_path, max_body_bytes=1000)
+    served = next(gen)
+    try:
+        assert served.pipeline([execute("select ?", text("x" * 100))]).status_code == 200
+        response = served.pipeline([execute("select ?", text("x" * 2000))])
+        assert response.status_code == 413
+        assert response.headers["content-type"] == "application/json"
+        assert response.json()["code"] == "BODY_TOO_LARGE"
+    finally:
+        gen.close()

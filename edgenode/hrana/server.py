@@ -89,6 +89,7 @@ class HranaServer:
         baton_key: bytes | None = None,
         base_url: str | None = None,
         max_streams: int = 1000,
+        max_body_bytes: int | None = None,
         on_request: Callable[[str], None] | None = None,
         on_error: Callable[[str], None] | None = None,
     ):
@@ -98,6 +99,7 @@ class HranaServer:
         self.transaction_timeout = transaction_timeout
         self.base_url = base_url
         self.max_streams = max_streams
+        self.max_body_bytes = max_body_bytes
         self.on_request = on_request
         self.on_error = on_error
         self.request_counts: Counter[str] = Counter()
@@ -222,7 +224,18 @@ class HranaServer:
         return access
 
     async def _decode(self, request: Request, body_type: type[T]) -> T:
-        raw = await request.body()
+        if self.max_body_bytes is None:
+            raw = await request.body()
+        else:
+            # Read incrementally so an oversized body is refused without being held in memory.
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    raise HttpError(413, f"request body exceeds {self.max_body_bytes} bytes", "BODY_TOO_LARGE")
+                chunks.append(chunk)
+            raw = b"".join(chunks)
         try:
             return msgspec.json.decode(raw, type=body_type)
         except msgspec.DecodeError as exc:
