@@ -152,6 +152,10 @@ class PrimaryStore:
         self._commit_listeners: list[Callable[[int, int], None]] = []
         self._archive_commits: dict[int, list[int]] = {}
         self._pending: _PendingPush | None = None
+        # Frames SQLite itself reported committed (wal hook, recovery at open, our pushes). A commit
+        # frame can be in the file, checksum-valid, before its commit has finished and synced; serving
+        # stops at this number so a replica never holds a frame the primary could still lose.
+        self._durable = 0
         self._rollover_wanted = threading.Event()
         self._stop = threading.Event()
         self._rollover_thread: threading.Thread | None = None
@@ -195,7 +199,7 @@ class PrimaryStore:
             self._start_generation(self.generation + 1)
         with self._reader_mutex:
             self._reader.reset()
-            self._reader.refresh()
+            self._durable = self._reader.refresh().committed
         self._rollover_thread = threading.Thread(target=self._rollover_loop, name="rollover", daemon=True)
         self._rollover_thread.start()
         self._maybe_want_rollover(self.committed_frames())
@@ -236,6 +240,8 @@ class PrimaryStore:
         return conn
 
     def _wal_hook(self, conn: apsw.Connection, dbname: str, pages: int) -> int:
+        # SQLite calls this once the commit is complete (synced), with the WAL's frame count.
+        self._durable = max(self._durable, pages)
         self._notify(pages)
         return apsw.SQLITE_OK
 
@@ -291,11 +297,13 @@ class PrimaryStore:
             current = self.generation
             if generation == current:
                 committed, commits = self._refresh()
+                i = bisect.bisect_right(commits, self._durable) - 1
+                durable = commits[i] if i >= 0 else 0
                 if start > committed + 1:
                     return Gone(f"replica is at frame {start - 1} of generation {generation}, beyond this primary")
-                if start == committed + 1:
-                    return CheckpointNeeded(current, committed)
-                last = self._last_frame(commits, start, end)
+                if start > durable:
+                    return CheckpointNeeded(current, durable)
+                last = self._last_frame(commits, start, min(end, durable + 1))
                 return Frames(self._reader.read_frames(start, last), start, last)
             if generation < current and generation >= 1:
                 commits = self._load_archive_commits(generation)
@@ -447,6 +455,7 @@ class PrimaryStore:
         # Starting a read transaction runs the recovery now, under our lock, not in a later request.
         self._control.execute("SELECT count(*) FROM sqlite_schema").fetchall()
         now = self.committed_frames()
+        self._durable = now
         if now != expect_committed:
             raise WalError(f"pushed frames not adopted: WAL commits end at {now}, expected {expect_committed}")
         self._notify(now)
@@ -486,6 +495,7 @@ class PrimaryStore:
             self._pending = None
             with self._reader_mutex:
                 self._reader.reset()
+                self._durable = 0
             self.stats["rollovers"] += 1
             self._prune()
             log.info(
