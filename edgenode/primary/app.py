@@ -122,6 +122,7 @@ class ExportResponse(Response):
         try:
             await asyncio.to_thread(store.lock.acquire_shared, LOCK_TIMEOUT)
         except LockTimeout as exc:
+            self.metrics.sync_requests.labels("export", "503").inc()
             await error_response(503, str(exc))(scope, receive, send)
             return
         try:
@@ -129,8 +130,10 @@ class ExportResponse(Response):
                 size = store.export_size(self.generation)
             except NotFound as exc:
                 status = 410 if self.generation < store.generation else 404
+                self.metrics.sync_requests.labels("export", str(status)).inc()
                 await error_response(status, str(exc))(scope, receive, send)
                 return
+            self.metrics.sync_requests.labels("export", "200").inc()
             fd = await asyncio.to_thread(os.open, store.db_path, os.O_RDONLY)
             try:
                 headers = [(b"content-type", b"application/octet-stream"), (b"content-length", str(size).encode())]
@@ -220,7 +223,6 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
             (generation,) = path_ints(request, "generation")
         except ValueError as exc:
             return error_response(400, str(exc))
-        metrics.sync_requests.labels("export", "200").inc()
         return ExportResponse(store, generation, metrics)
 
     @sync_endpoint("pull")
