@@ -717,3 +717,20 @@ def test_body_over_the_limit_gets_413_json(tmp_path: Path) -> None:
         assert response.json()["code"] == "BODY_TOO_LARGE"
     finally:
         gen.close()
+
+
+def test_stream_limit_and_shutdown_refuse_new_streams_with_503(tmp_path: Path) -> None:
+    gen = serve(tmp_path, max_streams=2)
+    served = next(gen)
+    try:
+        batons = [served.ok([execute("select 1")])["baton"] for _ in range(2)]
+        refused = served.pipeline([execute("select 1")])
+        assert (refused.status_code, refused.json()["code"]) == (503, "STREAMS_EXHAUSTED")
+        served.ok([{"type": "close"}], batons[0])
+        assert served.pipeline([execute("select 1")]).status_code == 200
+        served.hrana.close()
+        assert served.hrana.open_streams == 0
+        closed = served.pipeline([execute("select 1")])
+        assert (closed.status_code, closed.json()["code"]) == (503, "SHUTTING_DOWN")
+    finally:
+        gen.close()

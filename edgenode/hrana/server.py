@@ -200,8 +200,6 @@ class HranaServer:
             del self._tombstones[oldest_id]
 
     def _ensure_reaper(self) -> None:
-        if self._reaper is not None or self._stop.is_set():
-            return
         interval = max(0.02, min(self.idle_timeout, self.transaction_timeout) / 4)
 
         def run() -> None:
@@ -211,7 +209,10 @@ class HranaServer:
                 except Exception:
                     log.exception("hrana: stream expiry failed")
 
-        self._reaper = threading.Thread(target=run, name="hrana-stream-expiry", daemon=True)
+        with self._lock:
+            if self._reaper is not None or self._stop.is_set():
+                return
+            self._reaper = threading.Thread(target=run, name="hrana-stream-expiry", daemon=True)
         self._reaper.start()
 
     async def _access(self, request: Request) -> Access:
@@ -293,6 +294,8 @@ class HranaServer:
 
     async def _open_stream(self, access: Access) -> _Stream:
         with self._lock:
+            if self._stop.is_set():
+                raise HttpError(503, "the server is shutting down", "SHUTTING_DOWN")
             if len(self._streams) + self._opening >= self.max_streams:
                 raise HttpError(503, f"too many open streams ({self.max_streams})", "STREAMS_EXHAUSTED")
             self._opening += 1
