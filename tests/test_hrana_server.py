@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import anyio
@@ -734,3 +735,38 @@ def test_stream_limit_and_shutdown_refuse_new_streams_with_503(tmp_path: Path) -
         assert (closed.status_code, closed.json()["code"]) == (503, "SHUTTING_DOWN")
     finally:
         gen.close()
+
+
+def test_cursor_abandoned_mid_body_releases_its_stream(served: Served) -> None:
+    big = (
+        "with recursive n(i) as (select 1 union all select i + 1 from n where i < 50000) select i, zeroblob(99) from n"
+    )
+    with httpx.Client(base_url=served.url, headers=served.http.headers, timeout=10) as other:
+        with other.stream("POST", "/v3/cursor", json={"baton": None, "batch": {"steps": [{"stmt": stmt(big)}]}}) as r:
+            baton = msgspec.json.decode(next(r.iter_lines()))["baton"]
+    # The connection is gone; the next request on the stream must not stay stuck behind the cursor.
+    response = served.pipeline([execute("select 1"), {"type": "close"}], baton)
+    assert response.status_code == 200, response.text
+    assert served.hrana.open_streams == 0
+
+
+def test_many_concurrent_streams_stay_isolated(served: Served) -> None:
+    def worker(n: int) -> list[list[dict]]:
+        with httpx.Client(base_url=served.url, headers=served.http.headers, timeout=30) as http:
+            baton = None
+            for i in range(10):
+                requests = [execute("create temp table mine(a)")] if i == 0 else []
+                requests.append(execute("insert into mine values (?)", integer(n * 100 + i)))
+                body = http.post("/v2/pipeline", json={"baton": baton, "requests": requests}).json()
+                baton = body["baton"]
+            body = http.post(
+                "/v2/pipeline",
+                json={"baton": baton, "requests": [execute("select sum(a), count(*) from mine"), {"type": "close"}]},
+            ).json()
+            return response_of(body, 0)["result"]["rows"]
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        results = list(pool.map(worker, range(12)))
+    for n, result in enumerate(results):
+        assert result == [[integer(sum(n * 100 + i for i in range(10))), integer(10)]]
+    assert served.hrana.open_streams == 0
