@@ -146,3 +146,8 @@ def test_restart_finishes_an_interrupted_rollover(tmp_path: Path) -> None:
     assert conn.execute("SELECT count(*) FROM t").fetchall() == [(1,)]
     conn.close()
     again.close()
+
+
+def test_a_second_primary_on_the_same_directory_is_refused(store: PrimaryStore, tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="already running"):
+        PrimaryStore(tmp_path / "data").open()

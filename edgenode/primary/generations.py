@@ -19,6 +19,7 @@ Crash safety (kill -9 at any point):
 from __future__ import annotations
 
 import bisect
+import fcntl
 import logging
 import os
 import secrets
@@ -156,6 +157,7 @@ class PrimaryStore:
         # frame can be in the file, checksum-valid, before its commit has finished and synced; serving
         # stops at this number so a replica never holds a frame the primary could still lose.
         self._durable = 0
+        self._lock_fd: int | None = None
         self._rollover_wanted = threading.Event()
         self._stop = threading.Event()
         self._rollover_thread: threading.Thread | None = None
@@ -165,6 +167,15 @@ class PrimaryStore:
 
     def open(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # One primary per data directory: a second process would checkpoint, push and roll over
+        # under the first one's feet. The kernel drops the lock when the holder dies, even by kill -9.
+        self._lock_fd = os.open(self.data_dir / "primary.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise RuntimeError(f"another primary is already running on {self.data_dir}") from None
         self.archive_dir.mkdir(exist_ok=True)
         fresh = not self.db_path.exists() or self.db_path.stat().st_size == 0
         if fresh:
@@ -226,6 +237,9 @@ class PrimaryStore:
         if self._control:
             self._control.close()
             self._control = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def connect(self) -> apsw.Connection:
         """A connection that never checkpoints and reports its commits to this store."""
@@ -538,8 +552,11 @@ class PrimaryStore:
             if self._stop.is_set():
                 return
             self._rollover_wanted.clear()
+            # Far past the size limit (libsql-experimental 0.0.55 replicas wedge at 4,120 frames in
+            # one generation) the rollover waits as long as an on-demand one.
+            overdue = self.committed_frames() >= self.generation_max_frames * 3 // 2
             try:
-                self.rollover(force=False, timeout=BACKGROUND_ROLLOVER_WAIT)
+                self.rollover(force=False, timeout=LOCK_TIMEOUT if overdue else BACKGROUND_ROLLOVER_WAIT)
                 backoff = 0.1
             except LockTimeout:
                 log.info("rollover postponed: transactions or exports still open; retrying in %.1f s", backoff)
