@@ -1,0 +1,54 @@
+"""The replica's API component: `POST /api/v1/sync`, its status block and its readiness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from prometheus_client import CollectorRegistry
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from edgenode.api.errors import ApiError
+from edgenode.replica.database import ReplicaDatabase
+from edgenode.replica.scheduler import SyncFailed
+
+
+class SyncComponent:
+    name = "sync"
+
+    def __init__(self, db: ReplicaDatabase) -> None:
+        self.db = db
+
+    def routes(self) -> list[BaseRoute]:
+        return [Route("/api/v1/sync", self.sync, methods=["POST"])]
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def status(self) -> dict[str, Any]:
+        return {"state": self.db.scheduler.state, "lag_seconds": self.db.status()["lag_seconds"]}
+
+    def not_ready_reason(self) -> str | None:
+        return self.db.not_ready_reason()
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        registry.register(self.db.collector)
+
+    async def sync(self, request: Request) -> Response:
+        """Run a sync now (one that starts after this request; POST needs the read-write token)."""
+        try:
+            outcome = await self.db.scheduler.sync_after()
+        except SyncFailed as exc:
+            raise ApiError(503, "sync_failed", f"the sync failed: {exc}; reads go on from the local replica") from exc
+        body = {
+            **self.db.position(),
+            "frames_applied": outcome.frames,
+            "duration_ms": round(outcome.duration * 1000, 3),
+            "state": self.db.scheduler.state,
+        }
+        return Response(msgspec.json.encode(body), media_type="application/json")

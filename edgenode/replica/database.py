@@ -1,0 +1,559 @@
+"""`ReplicaDatabase`: the node's data as an embedded libSQL replica of a primary.
+
+Reads run on the local replica through the node's one libSQL connection (the replica file has no
+other opener: the analyzer's schema mirror is built from `sqlite_schema` read through it). Writes
+go to the primary as one Hrana request, then the node syncs until it sees them. The scheduler
+pulls on an interval, sooner when the watcher sees a new commit on the primary.
+
+Traps of the PyPI `libsql` 0.1.x binding this module is shaped by:
+- `conn.sync()` and every statement hold the GIL for their whole duration, and the client's HTTP
+  has no timeout: syncs go through the relay process (relay.py), which bounds them.
+- `sync()` returns nothing: progress is read from the `-info` file the client writes atomically.
+- On a synced connection, statements the client does not classify as reads are sent to the
+  primary, including `PRAGMA x` without a value (and `PRAGMA foreign_keys = ...` with one). PRAGMAs
+  are therefore set with a value and read back as `SELECT * FROM pragma_x`, never bare.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import libsql
+
+from edgenode.analysis import Analysis, StatementAnalyzer
+from edgenode.config import Settings
+from edgenode.database import (
+    SCHEMA_SQL,
+    Database,
+    DatabaseError,
+    ExecResult,
+    QueryResult,
+    ReadOnlyError,
+    SQLError,
+    Statement,
+    Unavailable,
+    analyze,
+    bind_params,
+    prepare_writes,
+    run_read,
+)
+from edgenode.pragmas import PragmaReport, Profile, apply_profile
+from edgenode.replica import bootstrap
+from edgenode.replica.files import InvalidInfo, Position, ReplicaFiles
+from edgenode.replica.identity import database_id_problem, local_problem, normalize_url, write_identity
+from edgenode.replica.metrics import ReplicaMetrics
+from edgenode.replica.relay import Relay
+from edgenode.replica.scheduler import Scheduler, SyncFailed, SyncOutcome
+from edgenode.replica.watcher import Watcher
+from edgenode.replica.writes import PrimaryWriter, exact_params
+
+log = logging.getLogger("edgenode.replica")
+T = TypeVar("T")
+
+# Messages of the libsql client that mean the local replica can no longer follow the primary.
+_RESYNC_MARKERS = {
+    "invalid local state": "invalid_local_state",
+    "server returned a conflict": "conflict",
+    "lower generation than local": "primary_behind",
+    "failed to verify metadata": "invalid_local_state",
+    "status=410": "generation_gone",
+    "wal_insert_frame failed": "invalid_local_state",
+    "walconflict": "conflict",
+}
+# Pragmas the libsql synced connection sends to the primary even with a value, or that the sync
+# machinery owns (it checkpoints at generation changes and needs WAL frame N to be sync frame N).
+_NOT_ON_REPLICA = {
+    "foreign_keys": "the libsql synced connection sends it to the primary (the replica takes no local writes)",
+    "journal_mode": "the sync machinery keeps the replica in WAL mode",
+    "wal_autocheckpoint": "checkpoints are left to the sync machinery (at generation changes)",
+}
+# Where a write became visible, for the API's `position()` call right after `write()` in the same task.
+_write_position: contextvars.ContextVar[dict[str, int | None] | None] = contextvars.ContextVar(
+    "edgenode_replica_write_position", default=None
+)
+
+
+class ResyncNeeded(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def classify(message: str) -> str | None:
+    lowered = message.lower()
+    for marker, reason in _RESYNC_MARKERS.items():
+        if marker in lowered:
+            return reason
+    return None
+
+
+def http_url(url: str) -> str:
+    return normalize_url(url)
+
+
+class ConnectionThread:
+    """The replica's one libSQL connection and the one thread that uses it; can close and reopen it."""
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgenode-replica")
+        self.conn: Any = None
+
+    async def run(self, fn: Callable[[Any], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, lambda: fn(self.conn))
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False)
+
+
+class ReplicaDatabase(Database):
+    role = "replica"
+
+    def __init__(self, settings: Settings, profile: Profile, *, watch: bool = True) -> None:
+        super().__init__()
+        assert settings.primary_url
+        if logging.getLogger("httpx").level == logging.NOTSET:
+            # httpx logs every request at INFO; a replica makes several per second.
+            logging.getLogger("httpx").setLevel(logging.WARNING)
+        self.settings = settings
+        self.profile = profile
+        self.primary_url = http_url(settings.primary_url)
+        self.files = ReplicaFiles(settings.data_path)
+        self.path: Path = self.files.db
+        self.max_rows = settings.max_rows
+        self.timeout_ms = settings.query_timeout_ms
+        self.relay = Relay(self.primary_url, settings.sync_timeout)
+        self.thread = ConnectionThread()
+        self.writer = PrimaryWriter(self.primary_url, settings.primary_token, timeout=min(5.0, settings.sync_timeout))
+        self.scheduler = Scheduler(
+            self._sync, interval=settings.sync_interval, timeout=settings.sync_timeout, max_lag=settings.max_lag
+        )
+        self.watcher = Watcher(self) if watch else None
+        self.metrics = ReplicaMetrics(self.scheduler.lag, lambda: self.current.generation if self.current else None)
+        self.collector = self.metrics.collector
+        self.analyzer: StatementAnalyzer | None = None
+        self.current: Position | None = None
+        self.progress: bootstrap.Progress | None = None
+        self.opened = False
+        self.resyncs: dict[str, int] = {}
+        self.last_resync: dict[str, Any] | None = None
+        self.database_id: str | None = None
+        self._schema: list[str] = []
+        self._checked_primary = False
+        self._http: httpx.AsyncClient | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        """Open on a usable replica (the API's first readiness gate; lag is the component's)."""
+        return self.opened
+
+    async def start(self) -> None:
+        headers = {"authorization": f"Bearer {self.settings.primary_token}"} if self.settings.primary_token else {}
+        self._http = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(self.settings.sync_timeout))
+        await asyncio.to_thread(self.files.dir.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(self.relay.spawn)
+        problem = await asyncio.to_thread(local_problem, self.files, self.primary_url)
+        if problem:
+            self._count_resync(problem_reason(problem), problem)
+            await asyncio.to_thread(self.files.wipe)
+        if self.files.db.exists():
+            # A replica from an earlier run: serve reads from it at once, even with the primary down.
+            await self._open()
+        else:
+            # Components read the database as they start (vector collections), so the first bootstrap
+            # runs before start() returns; if it fails, the scheduler keeps retrying it.
+            self.scheduler.phase = "bootstrapping"
+            reporter = asyncio.create_task(self._report_progress())
+            try:
+                await self.scheduler.run_once()
+            finally:
+                reporter.cancel()
+        self.scheduler.start()
+        self.scheduler.trigger()
+        if self.watcher:
+            self.watcher.start()
+
+    async def _report_progress(self) -> None:
+        while True:
+            await asyncio.sleep(2.0)
+            if self.progress is not None:
+                p = self.progress.as_dict()
+                log.info(
+                    "bootstrap %s: %s of %s bytes, eta %s s",
+                    p["phase"],
+                    p["bytes_done"],
+                    p["bytes_total"],
+                    p["eta_seconds"],
+                )
+
+    async def stop(self) -> None:
+        if self.watcher:
+            await self.watcher.stop()
+        await self.scheduler.stop()
+        self.opened = False
+        await self.thread.call(self._close_blocking)
+        self.thread.shutdown()
+        await asyncio.to_thread(self.relay.stop)
+        await asyncio.to_thread(self.writer.close)
+        if self._http:
+            await self._http.aclose()
+
+    def _open_blocking(self) -> tuple[Position, list[str], PragmaReport]:
+        self._close_blocking()
+        self.thread.conn = libsql.connect(
+            str(self.files.db),
+            sync_url=self.relay.url,
+            auth_token=self.settings.primary_token or "",
+            isolation_level=None,
+        )
+        report = apply_replica_profile(self.profile, self.thread.conn)
+        schema = [r[0] for r in self.thread.conn.execute(SCHEMA_SQL).fetchall()]
+        return self.files.read_info(), schema, report
+
+    def _close_blocking(self) -> None:
+        conn, self.thread.conn = self.thread.conn, None
+        if conn is not None:
+            conn.close()
+
+    async def _open(self) -> None:
+        try:
+            position, schema, report = await self.thread.call(self._open_blocking)
+        except InvalidInfo as exc:
+            raise ResyncNeeded("invalid_local_state", str(exc)) from exc
+        self.pragma_report = report
+        self.current = position
+        await self._set_schema(schema)
+        self.opened = True
+
+    async def _set_schema(self, schema: list[str]) -> None:
+        if self.analyzer is not None and schema == self._schema:
+            return
+        self._schema = schema
+        if self.analyzer is None:
+            self.analyzer = await asyncio.to_thread(StatementAnalyzer, lambda: schema)
+        else:
+            self.analyzer._schema = lambda: schema
+            await asyncio.to_thread(self.analyzer.refresh)
+
+    # -- sync ----------------------------------------------------------------------------------------
+
+    async def _sync(self) -> SyncOutcome:
+        started = time.monotonic()
+        try:
+            if not self.opened:
+                await self._bootstrap(self.scheduler.phase or "bootstrapping")
+            if not self._checked_primary:
+                await self._check_primary()
+            try:
+                outcome = await self._pull(started)
+            except ResyncNeeded as exc:
+                self._count_resync(exc.reason, str(exc))
+                await self._bootstrap("resyncing")
+                outcome = await self._pull(started)
+        except Exception:
+            self.metrics.sync_errors.inc()
+            raise
+        self.metrics.syncs.inc()
+        self.metrics.sync_duration.observe(outcome.duration)
+        if outcome.frames:
+            self.metrics.frames_applied.inc(outcome.frames)
+        if outcome.changed:
+            await self.notify_changed()
+        return outcome
+
+    async def _check_primary(self) -> None:
+        """Once per start: is this still the primary (and database) the replica was built from?"""
+        assert self._http is not None
+        try:
+            info = await bootstrap.primary_info(self._http, self.primary_url)
+        except (httpx.HTTPError, bootstrap.BootstrapError) as exc:
+            raise Unavailable(f"cannot reach the primary at {self.primary_url}: {exc}") from exc
+        self._checked_primary = True
+        self.database_id = info.get("database_id") if isinstance(info.get("database_id"), str) else None
+        problem = await asyncio.to_thread(database_id_problem, self.files, self.database_id)
+        if problem is None and self.current and info["current_generation"] < self.current.generation:
+            problem = (
+                f"the primary is at generation {info['current_generation']}, behind the replica's "
+                f"{self.current.generation}: it is not the primary this replica was built from"
+            )
+        if problem:
+            self._count_resync("primary_changed", problem)
+            await self._bootstrap("resyncing", discard_first=True)
+
+    def _pull_blocking(self) -> tuple[Position, Position, list[str] | None, float]:
+        if self.relay.ensure():
+            self._open_blocking()  # the connection's sync_url is the relay's, so reopen it
+        conn = self.thread.conn
+        before = self.files.read_info()
+        self.relay.set_deadline(self.settings.sync_timeout)
+        began = time.monotonic()
+        try:
+            conn.sync()
+        except ValueError as exc:
+            message = str(exc)
+            reason = classify(message)
+            if reason:
+                raise ResyncNeeded(reason, message) from exc
+            raise
+        finally:
+            duration = time.monotonic() - began
+            with contextlib.suppress(httpx.HTTPError):
+                self.relay.set_deadline(0)
+        after = self.files.read_info()
+        schema = [r[0] for r in conn.execute(SCHEMA_SQL).fetchall()] if after != before else None
+        return before, after, schema, duration
+
+    async def _pull(self, started: float) -> SyncOutcome:
+        try:
+            before, after, schema, duration = await self.thread.call(self._pull_blocking)
+        except InvalidInfo as exc:
+            raise ResyncNeeded("invalid_local_state", str(exc)) from exc
+        frames = after.frame - before.frame if after.generation == before.generation else after.frame
+        self.current = after
+        if schema is not None:
+            await self._set_schema(schema)
+        if self.progress is not None and self.progress.frames_applied is None:
+            self.progress.frames_applied = after.frame
+            self.progress.phase = "done"
+        return SyncOutcome(started=started, duration=duration, frames=max(frames, 0), changed=after != before)
+
+    async def _bootstrap(self, phase: str, discard_first: bool = False) -> None:
+        """Download the primary's current generation and make it the replica.
+
+        While resyncing a replica of the same primary, the old one keeps serving reads until the
+        new one is in place; a replica of another primary is closed first (`discard_first`)."""
+        assert self._http is not None
+        self.scheduler.phase = phase
+        if discard_first and self.opened:
+            self.opened = False
+            await self.thread.call(self._close_blocking)
+        progress = self.progress = bootstrap.Progress(phase="starting")
+        try:
+            for _ in range(3):
+                info = await bootstrap.primary_info(self._http, self.primary_url)
+                generation = info["current_generation"]
+                database_id = info.get("database_id") if isinstance(info.get("database_id"), str) else None
+                try:
+                    partial = await bootstrap.download(self._http, self.primary_url, generation, self.files, progress)
+                    break
+                except bootstrap.GenerationGone:
+                    continue  # the primary rolled over during the download: ask again
+            else:
+                raise bootstrap.BootstrapError("the primary kept moving to new generations during the download")
+            self.metrics.bootstrap_bytes.inc(progress.bytes_done - progress.resumed_from)
+            progress.phase = "placing"
+            self.opened = False
+            await self.thread.call(self._close_blocking)
+            await asyncio.to_thread(
+                bootstrap.place,
+                self.files,
+                partial,
+                generation,
+                lambda: write_identity(self.files, self.primary_url, database_id, generation),
+            )
+            self.database_id = database_id
+            self._checked_primary = True
+            progress.phase = "pulling frames"
+            await self._open()
+            log.info(
+                "bootstrapped generation %d from %s (%d bytes, %d resumed)",
+                generation,
+                self.primary_url,
+                progress.bytes_done,
+                progress.resumed_from,
+            )
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"bootstrap from {self.primary_url} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if self.opened:
+                self.scheduler.phase = None
+
+    def _count_resync(self, reason: str, message: str) -> None:
+        self.resyncs[reason] = self.resyncs.get(reason, 0) + 1
+        self.metrics.resyncs.labels(reason).inc()
+        self.last_resync = {"reason": reason, "message": message, "at": time.time()}
+        log.warning("replica will be rebuilt from the primary (%s): %s", reason, message)
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def _analyzer(self) -> StatementAnalyzer:
+        if not self.opened or self.analyzer is None:
+            detail = ""
+            if self.progress is not None:
+                p = self.progress.as_dict()
+                detail = f" ({p['phase']}: {p['bytes_done']} of {p['bytes_total']} bytes)"
+            raise Unavailable(f"the replica is not ready yet: {self.scheduler.state}{detail}")
+        return self.analyzer
+
+    async def read(
+        self,
+        sql: str,
+        params: Sequence[Any] | dict[str, Any] | None = None,
+        *,
+        max_rows: int | None = None,
+        timeout_ms: int | None = None,
+    ) -> QueryResult:
+        analysis = self._analyze_read(sql)
+        bound = bind_params(analysis, params, "params")
+        max_rows = max_rows or self.max_rows
+        timeout_ms = timeout_ms or self.timeout_ms
+        result = await self.thread.run(lambda conn: self._run_read(conn, sql, bound, max_rows, timeout_ms))
+        result.decltypes = [t for _, t in analysis.columns]
+        return result
+
+    def _run_read(self, conn: Any, sql: str, bound: list[Any], max_rows: int, timeout_ms: int) -> QueryResult:
+        if conn is None:
+            raise Unavailable("the replica is being replaced; retry in a moment")
+        return run_read(conn, sql, bound, max_rows, timeout_ms)
+
+    def _analyze_read(self, sql: str) -> Analysis:
+        analysis = analyze(self._analyzer(), sql, "sql")
+        if not analysis.is_readonly:
+            raise ReadOnlyError(f"this endpoint only reads: {analysis.why_not_readonly}; use /api/v1/execute")
+        return analysis
+
+    async def wait_fresh(self, min_frame: int | None, max_staleness_ms: int | None) -> None:
+        """Wait (bounded by the sync timeout) until the replica meets the bound, else 503.
+
+        `min_frame` counts within the current generation. When it is not met locally, one sync that
+        starts now settles it either way: the frame was acknowledged before this request arrived."""
+        if min_frame is None and max_staleness_ms is None:
+            return
+        self._analyzer()
+        fresh_frame = min_frame is None or (self.current is not None and self.current.frame >= min_frame)
+        lag = self.scheduler.lag()
+        fresh_time = max_staleness_ms is None or (lag is not None and lag * 1000 <= max_staleness_ms)
+        if fresh_frame and fresh_time:
+            return
+        try:
+            await self.scheduler.sync_after()
+        except SyncFailed as exc:
+            wanted = f"frame {min_frame}" if not fresh_frame else f"staleness at most {max_staleness_ms} ms"
+            raise Unavailable(f"the replica cannot reach {wanted} now: {exc}") from exc
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    async def write(self, statements: Sequence[Statement]) -> list[ExecResult]:
+        prepared = prepare_writes(self._analyzer(), statements)
+        exact = [
+            (sql, exact_params(analysis, params, f"statements[{i}]"))
+            for i, ((sql, params), (_, _, analysis)) in enumerate(zip(statements, prepared, strict=True))
+        ]
+        try:
+            results = await asyncio.to_thread(self.writer.write, exact, prepared)
+        except SQLError:
+            self.metrics.writes.labels("rejected").inc()
+            raise
+        except DatabaseError:
+            self.metrics.writes.labels("unavailable").inc()
+            raise
+        self.metrics.writes.labels("committed").inc()
+        # Read-your-writes: any sync that starts after the commit was acknowledged pulls it.
+        try:
+            await self.scheduler.sync_after()
+        except SyncFailed as exc:
+            self.metrics.ryw_timeouts.inc()
+            log.warning("write committed on the primary but not yet visible on this node: %s", exc)
+            _write_position.set({"generation": None, "frame": None})
+        else:
+            assert self.current is not None
+            _write_position.set({"generation": self.current.generation, "frame": self.current.frame})
+        return results
+
+    def position(self) -> dict[str, int | None]:
+        written = _write_position.get()
+        if written is not None:
+            return written
+        if self.current is None:
+            return {"generation": None, "frame": None}
+        return {"generation": self.current.generation, "frame": self.current.frame}
+
+    # -- status --------------------------------------------------------------------------------------
+
+    def component(self) -> Any:
+        from edgenode.replica.component import SyncComponent
+
+        return SyncComponent(self)
+
+    def not_ready_reason(self) -> str | None:
+        if not self.opened:
+            return f"replica {self.scheduler.state}"
+        lag = self.scheduler.lag()
+        if lag is None:
+            return "no sync with the primary since start"
+        if lag > self.settings.max_lag:
+            return f"replica lag {lag:.1f} s exceeds max_lag {self.settings.max_lag:g} s"
+        return None
+
+    def status(self) -> dict[str, Any]:
+        size, wal = self.files.size_bytes()
+        status = {
+            "role": self.role,
+            "path": str(self.path.resolve()),
+            "size_bytes": size,
+            "wal_bytes": wal,
+            "primary_url": self.primary_url,
+            "database_id": self.database_id,
+            "generation": self.current.generation if self.current else None,
+            "frame": self.current.frame if self.current else None,
+            **self.scheduler.status(),
+            "bootstrap": self.progress.as_dict() if self.progress else None,
+            "resyncs": dict(self.resyncs),
+            "last_resync": self.last_resync,
+            "relay_restarts": self.relay.restarts,
+            "long_poll": self.watcher.status() if self.watcher else None,
+            "writes": {"sent": self.writer.writes, "failed": self.writer.failures},
+            "pragmas": self.pragma_report.as_dict() if self.pragma_report else None,
+        }
+        return status
+
+    async def migration_status(self) -> list[dict[str, Any]]:
+        from edgenode.migrations import discover
+
+        if not self.opened:
+            return []
+        try:
+            result = await self.read("SELECT version FROM _edgenode_migrations")
+            applied = {int(row[0]) for row in result.rows}
+        except DatabaseError:
+            applied = set()
+        return [{"version": m.version, "name": m.name, "applied": m.version in applied} for m in discover()]
+
+
+def problem_reason(problem: str) -> str:
+    if "belongs to" in problem:
+        return "primary_changed"
+    if "identity" in problem:
+        return "interrupted_bootstrap"
+    return "invalid_local_state"
+
+
+def apply_replica_profile(profile: Profile, conn: Any) -> PragmaReport:
+    """Apply what the synced connection takes locally; readbacks go through pragma_x() (local)."""
+
+    def execute(sql: str) -> list[tuple[Any, ...]]:
+        text = sql.strip()
+        name = text.split()[1].lower()
+        if "=" not in text:
+            return list(conn.execute(f"SELECT * FROM pragma_{name}").fetchall() or [])
+        return list(conn.execute(text).fetchall() or [])
+
+    skip = frozenset(_NOT_ON_REPLICA)
+    report = apply_profile(profile, execute, skip=skip)
+    for setting in profile.settings:
+        if setting.pragma in _NOT_ON_REPLICA:
+            report.refused[setting.name] = _NOT_ON_REPLICA[setting.pragma]
+    return report

@@ -1,0 +1,191 @@
+"""The sync relay: a helper process the libsql client's sync requests go through.
+
+Why a process: the PyPI `libsql` binding holds the GIL for the whole of `conn.sync()` (measured: a
+thread ticking every 10 ms ran once during a 6 s sync), and its HTTP client has no timeout. A
+primary that accepts connections but never answers, or a network that drops mid-request, would
+freeze the whole node (event loop included) for as long as the request hangs. Pointing the
+client's `sync_url` at this relay bounds every sync:
+
+- the node sets a deadline before each sync (`PUT /_relay/deadline`, seconds); requests past it,
+  or upstream requests that run past it, get 424 at once;
+- upstream 5xx and connection failures become 424 too: the client retries 5xx with backoff while
+  holding the GIL, and the node's scheduler does its own backoff instead.
+
+The relay exits when its stdin closes, so it never outlives the node (even after kill -9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import httpx
+
+log = logging.getLogger("edgenode.replica")
+
+FAILED = 424  # not retried by the client, not parsed as "checkpoint needed" (400/500 are)
+_FORWARD_HEADERS = ("authorization", "content-type", "x-turso-encryption-key", "range")
+
+
+class RelayApp:
+    def __init__(self, upstream: str, timeout: float) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.timeout = timeout
+        self.deadline: float | None = None
+        self.http = httpx.AsyncClient(timeout=None, limits=httpx.Limits(max_keepalive_connections=8))
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        path = scope["path"]
+        if path == "/_relay/deadline":
+            seconds = float(body.decode() or 0)
+            self.deadline = time.monotonic() + seconds if seconds > 0 else None
+            await self._reply(send, 204, b"")
+            return
+        # Outside a sync (statements the client forwards to the primary) the default timeout applies.
+        remaining = self.timeout if self.deadline is None else self.deadline - time.monotonic()
+        if remaining <= 0:
+            await self._reply(send, FAILED, b'{"error":"sync deadline passed (the node\'s sync timeout)"}')
+            return
+        headers = {
+            k.decode().lower(): v.decode() for k, v in scope["headers"] if k.decode().lower() in _FORWARD_HEADERS
+        }
+        query = scope.get("query_string", b"").decode()
+        url = self.upstream + path + (f"?{query}" if query else "")
+        try:
+            response = await self.http.request(
+                scope["method"], url, content=bytes(body), headers=headers, timeout=remaining
+            )
+        except httpx.HTTPError as exc:
+            message = f'{{"error":"primary unreachable: {type(exc).__name__}"}}'
+            await self._reply(send, FAILED, message.encode())
+            return
+        status = response.status_code
+        content = response.content
+        if status >= 500 and not (status == 500 and path.startswith("/sync/")):
+            status, content = FAILED, f'{{"error":"primary answered {response.status_code}"}}'.encode()
+        out_headers = [(b"content-type", response.headers.get("content-type", "application/json").encode())]
+        if "location" in response.headers:
+            out_headers.append((b"location", response.headers["location"].encode()))
+        await self._reply(send, status, content, out_headers)
+
+    @staticmethod
+    async def _reply(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        headers = headers or [(b"content-type", b"application/json")]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(prog="python -m edgenode.replica.relay")
+    parser.add_argument("--upstream", required=True)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=10.0)
+    args = parser.parse_args(argv)
+
+    def watch_parent() -> None:
+        sys.stdin.buffer.read()  # returns at EOF: the node is gone
+        os._exit(0)
+
+    threading.Thread(target=watch_parent, daemon=True).start()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind(("127.0.0.1", args.port))
+    sock.listen(64)
+    print(sock.getsockname()[1], flush=True)
+    app = RelayApp(args.upstream, args.timeout)
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+    asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))
+
+
+class Relay:
+    """The node's handle on its relay process (blocking methods: call them from worker threads)."""
+
+    def __init__(self, upstream: str, timeout: float) -> None:
+        self.upstream = upstream
+        self.timeout = timeout
+        self.port: int | None = None
+        self.restarts = 0
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._listening = False
+        self._http = httpx.Client(timeout=2.0)
+
+    @property
+    def url(self) -> str:
+        self.wait_listening()
+        return f"http://127.0.0.1:{self.port}"
+
+    def alive(self) -> bool:
+        return self._popen is not None and self._popen.poll() is None
+
+    def spawn(self) -> None:
+        """Start the process; `wait_listening()` collects its port (the node does other work meanwhile)."""
+        args = [sys.executable, "-m", "edgenode.replica.relay", "--upstream", self.upstream]
+        args += ["--timeout", str(self.timeout)]
+        if self.port:
+            args += ["--port", str(self.port)]  # keep the URL the connection was opened with
+        self._popen = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._listening = False
+
+    def wait_listening(self) -> None:
+        if self._listening:
+            return
+        assert self._popen is not None and self._popen.stdout is not None
+        line = self._popen.stdout.readline()
+        if not line.strip():
+            code = self._popen.wait(5)
+            raise RuntimeError(f"the sync relay exited with {code} before listening")
+        self.port = int(line)
+        self._listening = True
+
+    def start(self) -> None:
+        self.spawn()
+        self.wait_listening()
+
+    def ensure(self) -> bool:
+        """Restart the relay if it died; True when it was restarted."""
+        if self.alive():
+            return False
+        self.restarts += 1
+        log.warning("the sync relay is not running; restarting it")
+        self.start()
+        return True
+
+    def set_deadline(self, seconds: float) -> None:
+        self._http.put(f"{self.url}/_relay/deadline", content=str(seconds))
+
+    def stop(self) -> None:
+        popen, self._popen = self._popen, None
+        if popen is None:
+            return
+        if popen.stdin:
+            popen.stdin.close()
+        try:
+            popen.wait(5)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait(5)
+        self._http.close()
+
+
+if __name__ == "__main__":
+    main()
