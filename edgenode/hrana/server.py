@@ -379,11 +379,12 @@ class HranaServer:
             stream = await self._acquire(body.baton, access)
             lease = stream.seq
 
-            def run() -> list[p.StreamResult]:
+            def run() -> bytes:
                 started = time.monotonic()
                 results = [stream.ctx.handle(stream_request) for stream_request in body.requests]
                 self._note_transaction(stream, started)
-                return results
+                # Encoded here, off the event loop: results can be megabytes.
+                return msgspec.json.encode(results)
 
             try:
                 results = await anyio.to_thread.run_sync(run)
@@ -391,7 +392,9 @@ class HranaServer:
                 self._discard(stream)
                 raise
             baton = self._release(stream, lease)
-            return json_response(p.PipelineRespBody(baton=baton, base_url=self.base_url, results=results))
+            # Same shape as PipelineRespBody, spliced so the results are not encoded twice.
+            head = msgspec.json.encode({"baton": baton, "base_url": self.base_url})
+            return Response(head[:-1] + b',"results":' + results + b"}", media_type=JSON)
 
         return await self._guarded(endpoint, handle)
 
@@ -419,12 +422,20 @@ class HranaServer:
             yield encode(header) + b"\n"
             started = time.monotonic()
             steps = stream.ctx.run_steps(batch)
-            while True:
-                item = await anyio.to_thread.run_sync(next, steps, None)
+
+            def next_chunk() -> bytes | None:
+                # One step per thread hop, encoded there too, so the event loop only forwards bytes.
+                item = next(steps, None)
                 if item is None:
+                    return None
+                return b"".join(encode(entry) + b"\n" for entry in cursor_entries(*item))
+
+            while True:
+                chunk = await anyio.to_thread.run_sync(next_chunk)
+                if chunk is None:
                     break
-                for entry in cursor_entries(*item):
-                    yield encode(entry) + b"\n"
+                if chunk:
+                    yield chunk
             await anyio.to_thread.run_sync(self._note_transaction, stream, started)
         except Exception as exc:
             log.exception("hrana: cursor failed")
@@ -440,9 +451,9 @@ class HranaServer:
             body = await self._decode(request, p.V1ExecuteReq)
             check_request(p.ExecuteReq(stmt=body.stmt), 0)
 
-            def run(ctx: StreamContext) -> p.StmtResult:
+            def run(ctx: StreamContext) -> bytes:
                 try:
-                    return ctx.execute(body.stmt)
+                    return msgspec.json.encode(p.V1ExecuteResp(result=ctx.execute(body.stmt)))
                 except Exception as exc:
                     error = error_of(exc)
                     raise _StmtFailed(error.message, error.code or "SQLITE_UNKNOWN") from exc
@@ -453,7 +464,7 @@ class HranaServer:
                 self._count_error(exc.code)
                 # sqld answers statement errors on v1 with an HTTP error carrying the Error body.
                 return error_response(400, exc.message, exc.code)
-            return json_response(p.V1ExecuteResp(result=result))
+            return Response(result, media_type=JSON)
 
         return await self._guarded("v1/execute", handle)
 
@@ -463,10 +474,10 @@ class HranaServer:
             body = await self._decode(request, p.V1BatchReq)
             check_batch(body.batch)
 
-            def run(ctx: StreamContext) -> p.BatchResult:
-                return ctx.batch(body.batch)
+            def run(ctx: StreamContext) -> bytes:
+                return msgspec.json.encode(p.V1BatchResp(result=ctx.batch(body.batch)))
 
-            return json_response(p.V1BatchResp(result=await self._one_shot(access, run)))
+            return Response(await self._one_shot(access, run), media_type=JSON)
 
         return await self._guarded("v1/batch", handle)
 
