@@ -396,3 +396,39 @@ def test_an_abandoned_transaction_is_rolled_back_and_stops_blocking_rollovers_an
         assert rows(proc.url, "SELECT v FROM kv") == [("later",)]
     finally:
         proc.stop()
+
+
+def test_a_slow_export_with_a_rollover_and_pulls_waiting_behind_it_does_not_wedge(primary: Proc) -> None:
+    write(primary.url, "CREATE TABLE b(x BLOB)", "INSERT INTO b SELECT randomblob(1000000) FROM json_each('[1,2,3]')")
+    httpx.post(f"{primary.url}/rollover", headers=AUTH).raise_for_status()
+    write(primary.url, "INSERT INTO b SELECT randomblob(1000000) FROM json_each('[1,2,3,4,5,6,7,8,9,10]')")
+    httpx.post(f"{primary.url}/rollover", headers=AUTH).raise_for_status()  # the blobs are now in the base file
+    generation = httpx.get(f"{primary.url}/info", headers=AUTH).json()["current_generation"]
+    results: list[int] = []
+    pull_url = f"{primary.url}/sync/{generation}/1/9"
+
+    def later(method: str, url: str) -> threading.Thread:
+        thread = threading.Thread(
+            target=lambda: results.append(httpx.request(method, url, headers=AUTH, timeout=30).status_code)
+        )
+        thread.start()
+        return thread
+
+    export_url = f"{primary.url}/export/{generation}"
+    with httpx.Client(headers=AUTH, timeout=30) as client, client.stream("GET", export_url) as export:
+        assert export.status_code == 200
+        chunks = export.iter_bytes(65536)
+        received = len(next(chunks))
+        # The export holds the shared lock; the rollover queues for it, and pulls queue behind the rollover.
+        threads = [later("POST", f"{primary.url}/rollover")]
+        time.sleep(0.2)
+        threads += [later("GET", pull_url) for _ in range(12)]
+        time.sleep(0.3)
+        started = time.monotonic()
+        received += sum(len(c) for c in chunks)
+        assert time.monotonic() - started < 5
+        for thread in threads:
+            thread.join(15)
+    assert received > 13_000_000
+    # The rollover went through, and every pull got an answer (no frames yet, or the next generation).
+    assert len(results) == 13 and set(results) <= {200, 400}

@@ -11,8 +11,9 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
@@ -35,6 +36,7 @@ from edgenode.primary.generations import (
 from edgenode.primary.rwlock import LockTimeout
 
 log = logging.getLogger("edgenode.primary")
+T = TypeVar("T")
 
 MAX_WAIT_MS = 30_000
 MAX_PUSH_FRAMES = 1024
@@ -107,20 +109,55 @@ class CommitNotifier:
             await asyncio.wait_for(self._event.wait(), seconds)
 
 
+class Workers:
+    """Two thread pools, so work that may wait on the store's lock (pulls, pushes, rollovers) can
+    never occupy the threads an export needs to finish streaming and release its shared lock
+    (with one shared pool, blocked pulls would starve the export a waiting rollover waits for)."""
+
+    def __init__(self) -> None:
+        self.locking = ThreadPoolExecutor(max_workers=32, thread_name_prefix="primary-sync")
+        self.io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="primary-io")
+
+    async def run(self, func: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.locking, func, *args)
+
+    async def run_io(self, func: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.io, func, *args)
+
+    def shutdown(self) -> None:
+        self.locking.shutdown(wait=False, cancel_futures=True)
+        self.io.shutdown(wait=False, cancel_futures=True)
+
+
 class ExportResponse(Response):
     """Streams a generation's base file while holding the shared lock, released on any exit,
     including a client that goes away mid-body (a rollover must not wait on a dead download)."""
 
-    def __init__(self, store: PrimaryStore, generation: int, metrics: Metrics) -> None:
+    def __init__(self, store: PrimaryStore, generation: int, metrics: Metrics, workers: Workers) -> None:
         super().__init__(media_type="application/octet-stream")
+        self.workers = workers
         self.store = store
         self.generation = generation
         self.metrics = metrics
 
+    async def _acquire(self) -> None:
+        lock = self.store.lock
+        future = asyncio.get_running_loop().run_in_executor(self.workers.locking, lock.acquire_shared, LOCK_TIMEOUT)
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # The client left while we waited; the thread may still get the lock, so give it back then.
+            def release_if_taken(f: asyncio.Future[None]) -> None:
+                if not f.cancelled() and f.exception() is None:
+                    lock.release_shared()
+
+            future.add_done_callback(release_if_taken)
+            raise
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         store = self.store
         try:
-            await asyncio.to_thread(store.lock.acquire_shared, LOCK_TIMEOUT)
+            await self._acquire()
         except LockTimeout as exc:
             self.metrics.sync_requests.labels("export", "503").inc()
             await error_response(503, str(exc))(scope, receive, send)
@@ -134,13 +171,13 @@ class ExportResponse(Response):
                 await error_response(status, str(exc))(scope, receive, send)
                 return
             self.metrics.sync_requests.labels("export", "200").inc()
-            fd = await asyncio.to_thread(os.open, store.db_path, os.O_RDONLY)
+            fd = await self.workers.run_io(os.open, store.db_path, os.O_RDONLY)
             try:
                 headers = [(b"content-type", b"application/octet-stream"), (b"content-length", str(size).encode())]
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 offset = 0
                 while offset < size:
-                    chunk = await asyncio.to_thread(os.pread, fd, min(EXPORT_CHUNK, size - offset), offset)
+                    chunk = await self.workers.run_io(os.pread, fd, min(EXPORT_CHUNK, size - offset), offset)
                     if not chunk:
                         break
                     offset += len(chunk)
@@ -163,6 +200,7 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
     authenticator = Authenticator.from_settings(settings.auth_token, settings.read_token, settings.jwt_key_file)
     metrics = Metrics(store)
     notifier = CommitNotifier()
+    workers = Workers()
     store.add_commit_listener(notifier.on_commit)
 
     def authorize(request: Request, write: bool = False) -> Access | Response:
@@ -223,7 +261,7 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
             (generation,) = path_ints(request, "generation")
         except ValueError as exc:
             return error_response(400, str(exc))
-        return ExportResponse(store, generation, metrics)
+        return ExportResponse(store, generation, metrics, workers)
 
     @sync_endpoint("pull")
     async def pull(request: Request) -> Response:
@@ -233,7 +271,7 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
         wait_ms = min(int(request.query_params.get("wait_ms", "0") or 0), MAX_WAIT_MS)
         deadline = asyncio.get_running_loop().time() + wait_ms / 1000
         while True:
-            result = await asyncio.to_thread(store.pull, generation, start, end)
+            result = await workers.run(store.pull, generation, start, end)
             remaining = deadline - asyncio.get_running_loop().time()
             if not (isinstance(result, CheckpointNeeded) and result.generation == generation and remaining > 0):
                 break
@@ -254,14 +292,14 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
             # Clients push 128 frames at a time; refuse before buffering an arbitrarily large body.
             return error_response(413, f"push at most {MAX_PUSH_FRAMES} frames per request")
         body = await request.body()
-        reply = await asyncio.to_thread(store.push, generation, start, end, request.path_params.get("baton"), body)
+        reply = await workers.run(store.push, generation, start, end, request.path_params.get("baton"), body)
         if reply.status == "conflict":
             metrics.push_conflicts.inc()
         return json_response(reply)
 
     @sync_endpoint("rollover", write=True)
     async def rollover(request: Request) -> Response:
-        await asyncio.to_thread(store.rollover, True)
+        await workers.run(store.rollover, True)
         return json_response({"generation": store.generation})
 
     async def metrics_endpoint(request: Request) -> Response:
@@ -296,6 +334,7 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
             for close in closers:
                 await asyncio.to_thread(close)
             await asyncio.to_thread(store.close)
+            workers.shutdown()
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.store = store
