@@ -342,7 +342,8 @@ class HranaServer:
             if self._streams.pop(stream.id, None) is not None:
                 self._bury(stream.id, "STREAM_CLOSED", "the stream was closed after a server error", time.monotonic())
             stream.busy = False
-        self._close_quietly(stream)
+        # Called on the event loop (possibly while being cancelled), where a blocking close has no place.
+        threading.Thread(target=self._close_quietly, args=(stream,), name="hrana-discard", daemon=True).start()
 
     def _note_transaction(self, stream: _Stream, started: float) -> None:
         """Record whether the session was left inside a transaction (worker thread)."""
