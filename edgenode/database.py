@@ -26,6 +26,8 @@ import libsql
 from edgenode import values
 from edgenode.analysis import Analysis, AnalysisError, StatementAnalyzer
 from edgenode.migrations import LibsqlTarget, MigrationReport, run_migrations
+from edgenode.migrations import status as migration_status
+from edgenode.owner import OwnerDied, ProcessOwner
 from edgenode.pragmas import PragmaReport, Profile, apply_profile
 
 log = logging.getLogger(__name__)
@@ -40,10 +42,14 @@ class DatabaseError(Exception):
     status = 400
     code = "bad_request"
 
-    def __init__(self, message: str, *, index: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, index: int | None = None) -> None:
+        # Both in args so the error pickles across the connection-owner process boundary.
+        super().__init__(message, index)
         self.message = message
         self.index = index
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class SQLError(DatabaseError):
@@ -215,24 +221,26 @@ class Database(ABC):
     def status(self) -> dict[str, Any]: ...
 
 
-def _fetch(cursor: Any, max_rows: int, deadline: float) -> list[list[Any]]:
+def _fetch(cursor: Any, max_rows: int, deadline: float, timeout_ms: int) -> list[list[Any]]:
     rows: list[list[Any]] = []
     while True:
-        batch = cursor.fetchmany(256)
+        batch = cursor.fetchmany(64)
         if not batch:
             return rows
         rows.extend([values.to_json(v) for v in row] for row in batch)
         if len(rows) > max_rows:
             raise LimitError(f"query returned more than max_rows={max_rows} rows; add a LIMIT or raise --max-rows")
         if time.monotonic() > deadline:
-            raise QueryTimeout("query ran longer than query_timeout_ms; narrow it or raise --query-timeout-ms")
+            raise QueryTimeout(
+                f"query ran longer than query_timeout_ms={timeout_ms}; narrow it or raise --query-timeout-ms"
+            )
 
 
 def run_read(conn: Any, sql: str, params: list[Any], max_rows: int, timeout_ms: int) -> QueryResult:
     deadline = time.monotonic() + timeout_ms / 1000
     try:
         cursor = conn.execute(sql, params)
-        rows = _fetch(cursor, max_rows, deadline)
+        rows = _fetch(cursor, max_rows, deadline, timeout_ms)
     except DatabaseError:
         raise
     except ValueError as exc:
@@ -244,21 +252,29 @@ def run_read(conn: Any, sql: str, params: list[Any], max_rows: int, timeout_ms: 
     return QueryResult(columns=columns, rows=rows)
 
 
-def run_transaction(conn: Any, prepared: list[tuple[str, list[Any], Analysis]]) -> list[ExecResult]:
+PlainStatement = tuple[str, list[Any], bool, bool]  # sql, bound params, is_dml, is_insert
+
+
+def plain(prepared: list[tuple[str, list[Any], Analysis]]) -> list[PlainStatement]:
+    """What a connection owner needs of prepared statements (small to pickle)."""
+    return [(sql, params, a.is_dml, a.is_insert) for sql, params, a in prepared]
+
+
+def run_transaction(conn: Any, statements: list[PlainStatement]) -> list[ExecResult]:
     """All statements in one transaction on a connection opened with isolation_level=None."""
     conn.execute("BEGIN IMMEDIATE")
     results: list[ExecResult] = []
     try:
-        for index, (sql, params, analysis) in enumerate(prepared):
+        for index, (sql, params, is_dml, is_insert) in enumerate(statements):
             try:
                 cursor = conn.execute(sql, params)
                 cursor.fetchall()
             except ValueError as exc:
-                raise SQLError(f"statements[{index}]: {exc}", index=index) from exc
+                raise SQLError(f"statements[{index}]: {exc}", index) from exc
             results.append(
                 ExecResult(
-                    rows_affected=max(cursor.rowcount, 0) if analysis.is_dml else 0,
-                    last_insert_rowid=cursor.lastrowid if analysis.is_insert else None,
+                    rows_affected=max(cursor.rowcount, 0) if is_dml else 0,
+                    last_insert_rowid=cursor.lastrowid if is_insert else None,
                 )
             )
         conn.execute("COMMIT")
@@ -299,8 +315,30 @@ def prepare_writes(
     return prepared
 
 
+def read_schema(conn: Any) -> list[str]:
+    return [row[0] for row in conn.execute(SCHEMA_SQL).fetchall()]
+
+
+def open_local(path: str, profile: Profile, reader: bool) -> tuple[Any, PragmaReport]:
+    conn = libsql.connect(path, isolation_level=None)
+    report = apply_profile(profile, lambda sql: conn.execute(sql).fetchall())
+    if reader:
+        # Defence in depth behind the analyzer: the engine itself refuses writes here.
+        conn.execute("PRAGMA query_only = 1")
+    return conn, report
+
+
+def migrate_local(conn: Any, sql_dir: Path | None) -> MigrationReport:
+    return run_migrations(LibsqlTarget(conn), sql_dir)
+
+
+def migration_status_local(conn: Any, sql_dir: Path | None) -> list[dict[str, Any]]:
+    return migration_status(LibsqlTarget(conn), sql_dir)
+
+
 class LocalDatabase(Database):
-    """Standalone: a plain local libSQL file, one writer connection and `readers` reader connections."""
+    """Standalone: a plain local libSQL file, one writer and `readers` reader connections,
+    each owned by its own process (see `edgenode.owner`)."""
 
     role = "standalone"
 
@@ -324,55 +362,46 @@ class LocalDatabase(Database):
         self.max_rows = max_rows
         self.timeout_ms = timeout_ms
         self.migration_report: MigrationReport | None = None
-        self._writer = Owner("edgenode-writer", self._open_writer)
-        self._readers = [Owner(f"edgenode-reader-{i}", self._open_reader) for i in range(readers)]
-        self._idle: asyncio.Queue[Owner] = asyncio.Queue()
+        self._writer = ProcessOwner("edgenode-writer", open_local, str(self.path), profile, False)
+        self._readers = [
+            ProcessOwner(f"edgenode-reader-{i}", open_local, str(self.path), profile, True) for i in range(readers)
+        ]
+        self._idle: asyncio.Queue[ProcessOwner] = asyncio.Queue()
         self._write_lock = asyncio.Lock()
-        self._reader_reports: list[PragmaReport] = []
+        self._background: set[asyncio.Task[None]] = set()
         self.analyzer: StatementAnalyzer | None = None
         self.started = False
-
-    def _open(self) -> Any:
-        return libsql.connect(str(self.path), isolation_level=None)
-
-    def _open_writer(self) -> Any:
-        conn = self._open()
-        self.pragma_report = apply_profile(self.profile, lambda s: conn.execute(s).fetchall())
-        return conn
-
-    def _open_reader(self) -> Any:
-        conn = self._open()
-        self._reader_reports.append(apply_profile(self.profile, lambda s: conn.execute(s).fetchall()))
-        # Defence in depth behind the analyzer: the engine itself refuses writes here.
-        conn.execute("PRAGMA query_only = 1")
-        return conn
+        self.readers_replaced = 0
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        await self._writer.start()
+        # The writer first: it creates the file and switches it to WAL before readers open it.
+        self.pragma_report = await self._writer.start()
         if self.migrate:
-            self.migration_report = await self._writer.run(
-                lambda conn: run_migrations(LibsqlTarget(conn), self.sql_dir)
-            )
-        schema = await self._writer.run(lambda conn: [r[0] for r in conn.execute(SCHEMA_SQL).fetchall()])
+            self.migration_report = await self._writer.call(migrate_local, self.sql_dir)
+        schema = await self._writer.call(read_schema)
         self.analyzer = StatementAnalyzer(lambda: schema)
+        await asyncio.gather(*(reader.start() for reader in self._readers))
         for reader in self._readers:
-            await reader.start()
             self._idle.put_nowait(reader)
         self.started = True
 
     async def stop(self) -> None:
         self.started = False
-        for reader in self._readers:
-            await reader.close(self.profile.on_close)
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*(r.close(self.profile.on_close) for r in self._readers), return_exceptions=True)
         await self._writer.close(self.profile.on_close)
 
     async def refresh_schema(self) -> None:
-        schema = await self._writer.run(lambda conn: [r[0] for r in conn.execute(SCHEMA_SQL).fetchall()])
+        schema = await self._writer.call(read_schema)
         analyzer = self.analyzer
         if analyzer is not None:
             analyzer._schema = lambda: schema  # the next refresh reads the new schema
             await asyncio.to_thread(analyzer.refresh)
+
+    async def migration_status(self) -> list[dict[str, Any]]:
+        return await self._writer.call(migration_status_local, self.sql_dir)
 
     def _analyzer(self) -> StatementAnalyzer:
         if self.analyzer is None:
@@ -393,11 +422,39 @@ class LocalDatabase(Database):
         timeout_ms = timeout_ms or self.timeout_ms
         reader = await self._idle.get()
         try:
-            result = await reader.run(lambda conn: run_read(conn, sql, bound, max_rows, timeout_ms))
-        finally:
+            result = await asyncio.wait_for(
+                reader.call(run_read, sql, bound, max_rows, timeout_ms), timeout_ms / 1000 + 0.05
+            )
+        except (TimeoutError, OwnerDied) as exc:
+            # The binding cannot interrupt a statement that computes without yielding rows:
+            # stop its process and give the pool a fresh reader.
+            reader.kill()
+            self._replace_later(reader)
+            if isinstance(exc, TimeoutError):
+                raise QueryTimeout(
+                    f"query ran longer than query_timeout_ms={timeout_ms}; narrow it or raise --query-timeout-ms"
+                ) from None
+            raise Unavailable("the reader process died; retry the request") from exc
+        except BaseException:
             self._idle.put_nowait(reader)
+            raise
+        self._idle.put_nowait(reader)
         result.decltypes = [t for _, t in analysis.columns]
         return result
+
+    def _replace_later(self, reader: ProcessOwner) -> None:
+        async def replace() -> None:
+            try:
+                await reader.restart()
+            except Exception:
+                log.exception("restarting %s failed", reader.name)
+                return
+            self.readers_replaced += 1
+            self._idle.put_nowait(reader)
+
+        task = asyncio.create_task(replace())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _analyze_read(self, sql: str) -> Analysis:
         analyzer = self._analyzer()
@@ -414,7 +471,11 @@ class LocalDatabase(Database):
     async def write(self, statements: Sequence[Statement]) -> list[ExecResult]:
         prepared = prepare_writes(self._analyzer(), statements)
         async with self._write_lock:
-            results = await self._writer.run(lambda conn: run_transaction(conn, prepared))
+            try:
+                results = await self._writer.call(run_transaction, plain(prepared))
+            except OwnerDied as exc:
+                await self._writer.restart()
+                raise Unavailable("the writer process died; the transaction was not committed, retry it") from exc
         if any(a.is_ddl for _, _, a in prepared):
             await self.refresh_schema()
         await self.notify_changed()
@@ -429,4 +490,6 @@ class LocalDatabase(Database):
             "size_bytes": size,
             "wal_bytes": wal.stat().st_size if wal.exists() else 0,
             "pragmas": self.pragma_report.as_dict() if self.pragma_report else None,
+            "readers": len(self._readers),
+            "readers_replaced": self.readers_replaced,
         }

@@ -21,8 +21,6 @@ from edgenode.auth import Authenticator
 from edgenode.config import Settings
 from edgenode.database import Database, DatabaseError
 from edgenode.metrics import NodeMetrics
-from edgenode.migrations import LibsqlTarget
-from edgenode.migrations import status as migration_status
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +67,7 @@ class Node:
 
     async def migration_status(self) -> list[dict[str, Any]]:
         runner = getattr(self.db, "migration_status", None)
-        if runner is not None:
-            return await runner()
-        writer = getattr(self.db, "_writer", None)
-        if writer is None:
-            return []
-        sql_dir = getattr(self.db, "sql_dir", None)
-        return await writer.run(lambda conn: migration_status(LibsqlTarget(conn), sql_dir))
+        return await runner() if runner is not None else []
 
 
 def create_app(
