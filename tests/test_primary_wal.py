@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import apsw
 import pytest
 
 from edgenode.primary.generations import CheckpointNeeded, Frames, Gone, PrimaryStore
+from edgenode.primary.rwlock import LockTimeout, RWLock
 from edgenode.primary.wal import FRAME_SIZE, WAL_HEADER_SIZE, WalHeader, WalReader, checksum_bytes, encode_frames
 
 
@@ -151,3 +154,33 @@ def test_restart_finishes_an_interrupted_rollover(tmp_path: Path) -> None:
 def test_a_second_primary_on_the_same_directory_is_refused(store: PrimaryStore, tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="already running"):
         PrimaryStore(tmp_path / "data").open()
+
+
+def test_a_polite_exclusive_waiter_does_not_hold_back_readers() -> None:
+    lock = RWLock()
+    outcomes: list[str] = []
+
+    def wait_exclusive(polite: bool) -> None:
+        try:
+            lock.acquire_exclusive(0.5, polite)
+            outcomes.append("got")
+        except LockTimeout:
+            outcomes.append("timed out")
+
+    lock.acquire_shared()
+    waiter = threading.Thread(target=wait_exclusive, args=(True,))
+    waiter.start()
+    time.sleep(0.1)
+    lock.acquire_shared(timeout=0.1)  # not held back by the polite waiter
+    lock.release_shared()
+    waiter.join()
+    impolite = threading.Thread(target=wait_exclusive, args=(False,))
+    impolite.start()
+    time.sleep(0.1)
+    with pytest.raises(LockTimeout):
+        lock.acquire_shared(timeout=0.1)  # queued behind the waiting writer
+    impolite.join()
+    assert outcomes == ["timed out", "timed out"]
+    lock.release_shared()
+    lock.acquire_exclusive(timeout=0.1)
+    lock.release_exclusive()

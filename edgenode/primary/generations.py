@@ -476,9 +476,9 @@ class PrimaryStore:
 
     # -- rollover --------------------------------------------------------------------------------
 
-    def rollover(self, force: bool = False, timeout: float = LOCK_TIMEOUT) -> bool:
+    def rollover(self, force: bool = False, timeout: float = LOCK_TIMEOUT, polite: bool = False) -> bool:
         """Start a new generation (when forced, or when the current one is full). True if it did."""
-        with self.lock.exclusive(timeout):
+        with self.lock.exclusive(timeout, polite):
             committed, _ = self._refresh()
             if not force and committed < self.generation_max_frames:
                 return False
@@ -544,8 +544,8 @@ class PrimaryStore:
             path.unlink(missing_ok=True)
 
     def _rollover_loop(self) -> None:
-        # A size rollover is not urgent: try the lock briefly (writers queue behind a waiting
-        # rollover, so a long wait would stall pulls and statements) and back off while busy.
+        # A size rollover is not urgent: it waits politely (letting pulls and statements in) for a
+        # moment nobody holds the lock, and backs off while busy; only an overdue one queues ahead.
         backoff = 0.1
         while not self._stop.is_set():
             self._rollover_wanted.wait()
@@ -556,7 +556,10 @@ class PrimaryStore:
             # one generation) the rollover waits as long as an on-demand one.
             overdue = self.committed_frames() >= self.generation_max_frames * 3 // 2
             try:
-                self.rollover(force=False, timeout=LOCK_TIMEOUT if overdue else BACKGROUND_ROLLOVER_WAIT)
+                if overdue:
+                    self.rollover(force=False, timeout=LOCK_TIMEOUT)
+                else:
+                    self.rollover(force=False, timeout=BACKGROUND_ROLLOVER_WAIT, polite=True)
                 backoff = 0.1
             except LockTimeout:
                 log.info("rollover postponed: transactions or exports still open; retrying in %.1f s", backoff)

@@ -40,10 +40,12 @@ class RWLock:
             if self._readers == 0:
                 self._cond.notify_all()
 
-    def acquire_exclusive(self, timeout: float | None = None) -> None:
+    def acquire_exclusive(self, timeout: float | None = None, polite: bool = False) -> None:
+        """Wait for every holder to leave. A polite waiter does not hold back new shared holders, so
+        it never stalls anyone, but it only gets the lock at a moment nobody holds it."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            self._writers_waiting += 1
+            self._writers_waiting += 0 if polite else 1
             try:
                 while self._writer or self._readers:
                     remaining = None if deadline is None else deadline - time.monotonic()
@@ -52,7 +54,7 @@ class RWLock:
                     self._cond.wait(remaining)
                 self._writer = True
             finally:
-                self._writers_waiting -= 1
+                self._writers_waiting -= 0 if polite else 1
                 if not self._writer:
                     self._cond.notify_all()
 
@@ -70,8 +72,8 @@ class RWLock:
             self.release_shared()
 
     @contextmanager
-    def exclusive(self, timeout: float | None = None) -> Iterator[None]:
-        self.acquire_exclusive(timeout)
+    def exclusive(self, timeout: float | None = None, polite: bool = False) -> Iterator[None]:
+        self.acquire_exclusive(timeout, polite)
         try:
             yield
         finally:
