@@ -163,3 +163,11 @@ def test_v3_stream_knows_its_autocommit_state_without_extra_round_trips(served: 
         stream.execute("rollback")
         assert stream.is_autocommit() is True
         assert served.hrana.request_counts["v3/pipeline"] == before + 1
+
+
+def test_client_follows_the_base_url_the_server_hands_out(served: Served) -> None:
+    served.hrana.base_url = served.url.replace("127.0.0.1", "localhost") + "/"
+    with HranaClient(served.url, WRITE_TOKEN) as client, client.stream() as stream:
+        stream.execute("select 1")
+        assert stream._base_url == served.url.replace("127.0.0.1", "localhost")
+        assert stream.execute("select 2").rows == [[2]]

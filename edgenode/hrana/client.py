@@ -35,7 +35,8 @@ class HranaHTTPError(HranaError):
 
 
 class HranaConnectionError(HranaError):
-    """The server could not be reached (or the connection broke mid-request)."""
+    """The server could not be reached, or the connection broke mid-request (in which case the
+    request may or may not have run: only the caller knows whether retrying is safe)."""
 
     def __init__(self, message: str):
         super().__init__(message, "CONNECTION_ERROR")
