@@ -103,10 +103,16 @@ class CommitNotifier:
         self._event.set()
         self._event = asyncio.Event()
 
-    async def wait(self, seconds: float) -> None:
-        """Return after the next commit or after `seconds`."""
+    def next_commit(self) -> asyncio.Event:
+        """An event set by the next commit. Take it *before* looking at the store, so a commit that
+        lands in between is not missed."""
+        return self._event
+
+    @staticmethod
+    async def wait(event: asyncio.Event, seconds: float) -> None:
+        """Return once event is set or after `seconds`."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), seconds)
+            await asyncio.wait_for(event.wait(), seconds)
 
 
 class Workers:
@@ -271,12 +277,13 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
         wait_ms = min(int(request.query_params.get("wait_ms", "0") or 0), MAX_WAIT_MS)
         deadline = asyncio.get_running_loop().time() + wait_ms / 1000
         while True:
+            next_commit = notifier.next_commit()
             result = await workers.run(store.pull, generation, start, end)
             remaining = deadline - asyncio.get_running_loop().time()
             if not (isinstance(result, CheckpointNeeded) and result.generation == generation and remaining > 0):
                 break
             # Long-poll (not part of the client protocol): wait for the next commit, then look again.
-            await notifier.wait(remaining)
+            await notifier.wait(next_commit, remaining)
         if isinstance(result, Frames):
             metrics.frames_served.inc(result.last - result.first + 1)
             return Response(result.data, media_type="application/octet-stream")
