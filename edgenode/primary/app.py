@@ -171,13 +171,18 @@ class ExportResponse(Response):
         try:
             try:
                 size = store.export_size(self.generation)
+                fd = await self.workers.run_io(os.open, store.db_path, os.O_RDONLY)
             except NotFound as exc:
                 status = 410 if self.generation < store.generation else 404
                 self.metrics.sync_requests.labels("export", str(status)).inc()
                 await error_response(status, str(exc))(scope, receive, send)
                 return
+            except Exception as exc:
+                log.exception("export failed")
+                self.metrics.sync_requests.labels("export", "503").inc()
+                await error_response(503, f"temporarily unavailable: {exc}")(scope, receive, send)
+                return
             self.metrics.sync_requests.labels("export", "200").inc()
-            fd = await self.workers.run_io(os.open, store.db_path, os.O_RDONLY)
             try:
                 headers = [(b"content-type", b"application/octet-stream"), (b"content-length", str(size).encode())]
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
