@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -28,7 +29,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
         db = await open_db(path)
         await make_items(db, clustered(600, DIM))
         manager = holder["manager"]
-        manager.db = db
+        manager.db.inner = db
         await manager.start()
         yield
         await manager.stop()
@@ -43,10 +44,15 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
             json={"table": "items", "column": "emb", "dim": DIM, "filter_columns": ["cat", "price"]},
         )
         assert r.status_code == 202, r.text
-        for _ in range(500):
-            if c.get("/api/v1/collections/items").json()["state"] == "ready":
-                break
+        _wait_ready(c, "items")
         yield c
+
+
+def _wait_ready(client: TestClient, name: str, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while client.get(f"/api/v1/collections/{name}").json()["state"] != "ready":
+        assert time.monotonic() < deadline, f"{name} not ready after {seconds}s"
+        time.sleep(0.02)
 
 
 def _search(client: TestClient, body: Any, name: str = "items") -> Any:
@@ -190,9 +196,7 @@ def test_bad_collection_definitions_are_400(
 def test_a_collection_can_be_created_searched_and_deleted(client: TestClient) -> None:
     r = client.put("/api/v1/collections/l2items", json={"table": "items", "column": "emb", "dim": DIM, "metric": "l2"})
     assert r.status_code == 202
-    for _ in range(500):
-        if client.get("/api/v1/collections/l2items").json()["state"] == "ready":
-            break
+    _wait_ready(client, "l2items")
     q = np.asarray(clustered(600, DIM)[20])
     body = _search(client, {"vector": q.tolist(), "k": 2, "mode": "exact"}).json()
     assert body["results"][0]["rowid"] == 21

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,13 @@ async def _setup(tmp_path: Path, n: int = 2000, planner: PlannerSettings = ANN, 
     assert status == 202
     await manager.wait_ready("items")
     return db, manager, base
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]], seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not await check():
+        assert time.monotonic() < deadline, f"condition not met after {seconds}s"
+        await asyncio.sleep(0.02)
 
 
 async def _ids(manager: VectorManager, vector: np.ndarray, k: int = 10, **kw) -> list[int]:
@@ -203,10 +212,11 @@ def test_the_feed_is_compacted_and_an_index_behind_the_compacted_range_is_rebuil
     async def main() -> None:
         db, manager, _ = await _setup(tmp_path, n=500, compact_threshold=300, compact_retain=100)
         await insert_items(db, clustered(400, DIM, seed=5), start_id=50_000)
-        for _ in range(100):
-            if (await db.read(f"SELECT count(*) FROM {CHANGES_TABLE}")).rows[0][0] <= 300:
-                break
-            await asyncio.sleep(0.02)
+
+        async def compacted() -> bool:
+            return (await db.read(f"SELECT count(*) FROM {CHANGES_TABLE}")).rows[0][0] <= 300
+
+        await _eventually(compacted)
         assert (await db.read(f"SELECT count(*) FROM {CHANGES_TABLE}")).rows[0][0] <= 300
         await manager.stop()
         # while the node is down, more changes arrive and another node compacts past our position
@@ -227,11 +237,11 @@ def test_many_deletes_trigger_an_index_rebuild_that_drops_deleted_slots(tmp_path
     async def main() -> None:
         db, manager, base = await _setup(tmp_path, n=3000)
         await db.write([("DELETE FROM items WHERE id % 3 = 0", [])])
-        for _ in range(200):
-            info = manager.get("items").info()
-            if info.builds == 2 and not manager.get("items").rebuilding:
-                break
-            await asyncio.sleep(0.02)
+
+        async def rebuilt() -> bool:
+            return manager.get("items").info().builds == 2 and not manager.get("items").rebuilding
+
+        await _eventually(rebuilt)
         info = manager.get("items").info()
         assert info.builds == 2 and info.deleted == 0 and info.size == 2000
         assert all(r % 3 for r in await _ids(manager, base[2], k=50))

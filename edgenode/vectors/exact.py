@@ -226,7 +226,11 @@ class Sidecar:
                     raise VectorError(
                         400, "invalid_filter", f"filter.sql may not call function {action.function_name!r}"
                     )
-        return CompiledFilter(sql=sql, params=tuple(params))
+        compiled = CompiledFilter(sql=sql, params=tuple(params))
+        # A non-boolean expression shows on the first rows; checking a few here rejects it even when
+        # the rows a query reaches would not happen to reveal it.
+        self._run(conn, f"SELECT _edgenode_bool(({sql}\n)) FROM filt LIMIT 16", compiled.params)
+        return compiled
 
     @staticmethod
     def _several_statements(conn: apsw.Connection, sql: str) -> bool:
@@ -237,8 +241,10 @@ class Sidecar:
             return False
         return bool(info.query_remaining and info.query_remaining.strip(" \t\r\n;"))
 
-    def _where(self, flt: CompiledFilter) -> str:
-        return f"_edgenode_bool(({flt.sql}\n))"
+    def _where(self, flt: CompiledFilter) -> tuple[str, tuple[Any, ...]]:
+        # The bare expression first, so the planner can use the filter columns' indexes; the
+        # _edgenode_bool copy then rejects non-boolean values on the rows that pass.
+        return f"(({flt.sql}\n)) AND _edgenode_bool(({flt.sql}\n))", flt.params * 2
 
     def _run(self, conn: apsw.Connection, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         try:
@@ -258,27 +264,29 @@ class Sidecar:
         if not rowids:
             return set()
         ids = ",".join(str(int(r)) for r in rowids)
-        rows = self._run(
-            self._reader(), f"SELECT rowid FROM filt WHERE rowid IN ({ids}) AND {self._where(flt)}", flt.params
-        )
+        where, params = self._where(flt)
+        rows = self._run(self._reader(), f"SELECT rowid FROM filt WHERE rowid IN ({ids}) AND {where}", params)
         return {r[0] for r in rows}
 
     def count_matching(self, flt: CompiledFilter, limit: int) -> int:
         """Rows the filter accepts, counting no further than `limit`."""
-        sql = f"SELECT count(*) FROM (SELECT 1 FROM filt WHERE {self._where(flt)} LIMIT ?)"
-        return int(self._run(self._reader(), sql, (*flt.params, limit))[0][0])
+        where, params = self._where(flt)
+        sql = f"SELECT count(*) FROM (SELECT 1 FROM filt WHERE {where} LIMIT ?)"
+        return int(self._run(self._reader(), sql, (*params, limit))[0][0])
 
     def search(self, query: np.ndarray, k: int, flt: CompiledFilter | None) -> tuple[list[int], list[float], int]:
         """Exact top-k (rowids, distances, rows considered); distances as the API reports them."""
         conn = self._reader()
         blob = query.astype("<f4").tobytes()
-        join = ""
+        prefix, source = "", "vec v"
         params: tuple[Any, ...] = ()
         if flt is not None:
-            join = f" WHERE v.rowid IN (SELECT rowid FROM filt WHERE {self._where(flt)})"
-            params = flt.params
+            # Matching rowids first (indexes usable), then one rowid lookup per match in vec.
+            where, params = self._where(flt)
+            prefix = f"WITH m(r) AS MATERIALIZED (SELECT rowid FROM filt WHERE {where}) "
+            source = "m CROSS JOIN vec v ON v.rowid = m.r"
         if self.spec.metric == "ip":
-            rows = self._run(conn, f"SELECT v.rowid, v.embedding FROM vec v{join}", params)
+            rows = self._run(conn, f"{prefix}SELECT v.rowid, v.embedding FROM {source}", params)
             if not rows:
                 return [], [], 0
             dist = _distances_ip(query, [r[1] for r in rows], self.spec.dim)
@@ -286,7 +294,8 @@ class Sidecar:
             return [rows[i][0] for i in top], [float(dist[i]) for i in top], len(rows)
         rows = self._run(
             conn,
-            f"SELECT v.rowid, {_DIST_SQL[self.spec.metric]} AS d, count(*) OVER () FROM vec v{join} ORDER BY d LIMIT ?",
-            (blob, *params, k),
+            f"{prefix}SELECT v.rowid, {_DIST_SQL[self.spec.metric]} AS d, count(*) OVER () FROM {source} "
+            "ORDER BY d LIMIT ?",
+            (*params, blob, k),
         )
         return [r[0] for r in rows], [float(r[1]) for r in rows], (rows[0][2] if rows else 0)

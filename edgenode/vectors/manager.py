@@ -68,6 +68,29 @@ def _raw(value: Any) -> Any:
     return value
 
 
+class _RetryingReads:
+    """Database reads retried when the node says it is briefly unavailable (503, e.g. a reader restarting)."""
+
+    def __init__(self, db: DatabaseLike) -> None:
+        self.inner = db
+
+    async def read(self, sql: str, params: list | None = None, **kw: Any) -> Any:
+        for attempt in range(6):
+            try:
+                return await self.inner.read(sql, params, **kw)
+            except Exception as exc:
+                if getattr(exc, "status", None) != 503 or attempt == 5:
+                    raise
+                await asyncio.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def write(self, statements: list[tuple[str, list]]) -> list[Any]:
+        return await self.inner.write(statements)
+
+    def add_change_listener(self, callback: Any) -> None:
+        self.inner.add_change_listener(callback)
+
+
 class Collection:
     def __init__(self, definition: Definition, directory: Path) -> None:
         self.definition = definition
@@ -92,6 +115,7 @@ class Collection:
         self.columns: dict[str, str] = {}
         self.rebuilding = False
         self.closing = False
+        self.failures = 0
 
     @property
     def name(self) -> str:
@@ -163,7 +187,7 @@ class VectorManager:
         compact_retain: int = 10_000,
         build_threads: int | None = None,
     ) -> None:
-        self.db = db
+        self.db: DatabaseLike = _RetryingReads(db)
         self.root = Path(data_dir) / "vectors"
         self.planner = planner or PlannerSettings()
         self.persist_interval = persist_interval
@@ -209,11 +233,9 @@ class VectorManager:
             targets = [self.collections[name]] if name else list(self.collections.values())
             if all(c.state == "ready" and not c.rebuilding for c in targets):
                 return
-            failed = [c for c in targets if c.state == "error"]
-            if failed:
-                raise RuntimeError(f"collection {failed[0].name} failed: {failed[0].error}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"collections not ready after {wait_seconds}s")
+                errors = "; ".join(f"{c.name}: {c.error}" for c in targets if c.error)
+                raise TimeoutError(f"collections not ready after {wait_seconds}s {errors}".strip())
             await asyncio.sleep(0.01)
 
     def status(self) -> dict[str, Any]:
@@ -343,7 +365,7 @@ class VectorManager:
                 force_until = max(index_position, sidecar.position)
                 position = await self._apply_range(c, sidecar, index, low, force_until=force_until)
                 c.gen, c.sidecar, c.index, c.position = gen, sidecar, index, position
-                c.state = "ready"
+                c.state, c.error, c.failures = "ready", None, 0
                 c.progress = 1.0
             if c.dirty:
                 await self._save(c)
@@ -351,7 +373,7 @@ class VectorManager:
             raise
         except Exception as exc:
             log.exception("opening vector collection %s failed", c.name)
-            c.state, c.error = "error", f"{type(exc).__name__}: {exc}"
+            self._failed(c, exc)
 
     def _open_files(
         self, c: Collection, head: int, compacted: int
@@ -444,7 +466,7 @@ class VectorManager:
                 if old[0] is not None:
                     old[0].close()
                     await asyncio.to_thread(_remove_gen, *c.files(old[1]))
-                c.state, c.error, c.progress = "ready", None, 1.0
+                c.state, c.error, c.progress, c.failures = "ready", None, 1.0, 0
                 c.builds += 1
                 c.build_seconds = round(time.monotonic() - started, 3)
                 c.dirty += 1
@@ -454,12 +476,26 @@ class VectorManager:
         except Exception as exc:
             log.exception("building vector collection %s failed", c.name)
             if c.index is None:
-                c.state = "error"
-            c.error = f"{type(exc).__name__}: {exc}"
+                self._failed(c, exc)
+            else:
+                c.error = f"{type(exc).__name__}: {exc}"  # the old index keeps serving
         finally:
             c.rebuilding = False
             if sidecar is not None:
                 sidecar.close()
+
+    def _failed(self, c: Collection, exc: Exception) -> None:
+        """State "error", and another attempt later: the database may only be briefly unavailable."""
+        c.state, c.error = "error", f"{type(exc).__name__}: {exc}"
+        delay = min(60.0, 0.5 * 2**c.failures)
+        c.failures += 1
+        if not c.closing:
+            self._spawn(self._retry_open(c, delay), c)
+
+    async def _retry_open(self, c: Collection, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if not c.closing and c.index is None:
+            await self._open(c)
 
     def _swap(self, c: Collection, sidecar: Sidecar, index: HnswIndex) -> None:
         with c.swap.write():
@@ -505,7 +541,13 @@ class VectorManager:
         await self.refresh()
         for c in list(self.collections.values()):
             if c.state == "ready" and not c.closing:
-                await self._apply(c)
+                try:
+                    await self._apply(c)
+                    c.error = None
+                except Exception as exc:
+                    # e.g. the table was dropped: keep serving what is indexed, say why it is stale
+                    log.exception("applying the change feed to %s failed", c.name)
+                    c.error = f"{type(exc).__name__}: {exc}"
         if not self._compacting and self.collections:
             self._compacting = True
             self._spawn(self._compact())
