@@ -152,6 +152,16 @@ def run(quick: bool = False, out: Path = DEFAULT_OUT) -> dict[str, Any]:
         "pull_http_mb_s": round(raw_frames * FRAME_SIZE / MB / raw_s, 1),
         "notes": "page cache warm for copy and export; replica is PyPI libsql 0.1.x; pulls of 128 frames per request",
     }
+    result["command"] = "python -m bench sync" + (" --quick" if quick else "")
+    result["parameters"] = {"database_mb": result["database_mb"], "burst_frames_wanted": burst_frames}
+    result["summary"] = [
+        {"figure": "database size (MB)", "value": result["database_mb"]},
+        {"figure": "plain copy + fsync (MB/s)", "value": result["plain_copy_mb_s"]},
+        {"figure": "replica bootstrap (MB/s)", "value": result["bootstrap_mb_s"]},
+        {"figure": "bootstrap / copy", "value": result["bootstrap_vs_copy"]},
+        {"figure": "pull through libsql sync() (frames/s)", "value": result["pull_client_frames_s"]},
+        {"figure": "pull raw HTTP (frames/s)", "value": result["pull_http_frames_s"]},
+    ]
     print(
         f"bootstrap {result['bootstrap_mb_s']} MB/s vs plain copy {result['plain_copy_mb_s']} MB/s "
         f"({result['database_mb']} MB); pull {result['pull_client_frames_s']} frames/s through the client, "
