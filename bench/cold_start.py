@@ -1,0 +1,291 @@
+"""Cold start: process start to `/ready`, and to a loaded vector collection, for a node with a large
+database (~1 GB; small in --quick) and a 100k x 384 vector collection (generated Gaussian-mixture
+vectors, not real embeddings).
+
+Sequence: build the database offline with libsql (the node's schema from sql/ plus a `docs` table
+with an F32_BLOB column), start the node (first start), create the collection with
+`PUT /api/v1/collections/docs` and wait for its first build, stop the node gracefully, then start
+it again several times — "cold" after evicting the data dir's files from the OS page cache
+(fdatasync + POSIX_FADV_DONTNEED per file; no root or global cache drop needed), and "warm". On
+every restart `GET /api/v1/collections/docs` must report `builds == 0` and `loaded_from_disk`:
+the persisted HNSW index and sidecar are loaded, never rebuilt.
+
+Standalone mode only: a replica's cold start (bootstrap from a primary, then the same index
+load) is not measured yet.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from bench.common import ROOT, free_port, machine, table
+from bench.pragmas import build_database
+
+COLLECTION = "docs"
+
+
+def _die_with_parent() -> None:
+    """Linux: the node gets SIGTERM when the benchmark dies, even by SIGKILL (a test timeout)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class Node:
+    """One node process on a free port; `started` is taken just before the process is spawned."""
+
+    def __init__(self, data_dir: Path, log: Path, timeout: float) -> None:
+        self.timeout = timeout
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = ["-m", "edgenode", "serve", "--data-dir", str(data_dir), "--port", str(self.port)]
+        self.log = log
+        self._log = log.open("ab")
+        self.started = time.monotonic()
+        self.popen = subprocess.Popen(
+            [sys.executable, *command],
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+
+    def wait(self, path: str, done: Any = None) -> tuple[float, Any]:
+        """Seconds from process start until `path` answers 200 (and `done(json)` holds), and the body.
+
+        A collection may pass through state "error" and retry; the last error is kept for the message
+        if it never becomes ready.
+        """
+        last_error = None
+        while time.monotonic() - self.started < self.timeout:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"node exited with {self.popen.returncode}")
+            try:
+                r = httpx.get(self.url + path, timeout=5)
+                body = r.json() if r.headers.get("content-type", "").startswith("application/json") else None
+                if isinstance(body, dict) and body.get("state") == "error":
+                    last_error = body.get("error")
+                if r.status_code == 200 and (done is None or done(body)):
+                    return time.monotonic() - self.started, body
+            except httpx.TransportError:
+                pass
+            time.sleep(0.01)
+        raise RuntimeError(f"{path} not done after {self.timeout}s (last error: {last_error})")
+
+    def stop(self) -> float:
+        """Graceful stop (SIGTERM: the node persists its indexes); seconds it took."""
+        start = time.monotonic()
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(300)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+        self._log.close()
+        return time.monotonic() - start
+
+
+def import_seconds() -> float:
+    """What a node start spends before touching data: the interpreter and the node's imports."""
+    start = time.monotonic()
+    subprocess.run(
+        [sys.executable, "-c", "import edgenode.node, edgenode.vectors.manager, edgenode.commands.serve, uvicorn"],
+        cwd=ROOT,
+        check=True,
+    )
+    return time.monotonic() - start
+
+
+def add_vectors(db: Path, n: int, dim: int) -> None:
+    import libsql
+
+    conn = libsql.connect(str(db), isolation_level=None)
+    conn.execute(f"CREATE TABLE {COLLECTION} (id INTEGER PRIMARY KEY, emb F32_BLOB({dim}), tag TEXT)")
+    rng = np.random.default_rng(11)
+    centers = rng.standard_normal((50, dim)).astype("<f4")
+    conn.execute("BEGIN")
+    for start in range(0, n, 10_000):
+        m = min(10_000, n - start)
+        block = centers[rng.integers(0, 50, m)] + 0.3 * rng.standard_normal((m, dim)).astype("<f4")
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        for i in range(m):
+            conn.execute(
+                f"INSERT INTO {COLLECTION} (id, emb, tag) VALUES (?, ?, ?)",
+                (start + i + 1, block[i].astype("<f4").tobytes(), "ab"[i % 2]),
+            )
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def evict(directory: Path) -> int:
+    """Drop the files under `directory` from the OS page cache; bytes covered."""
+    total = 0
+    for path in directory.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                total += path.stat().st_size
+            finally:
+                os.close(fd)
+    return total
+
+
+def dir_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+
+
+def run(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "prompts": 10_000 if quick else 1_200_000,
+        "users": 200 if quick else 20_000,
+        "vectors": 2_000 if quick else 100_000,
+        "dim": 64 if quick else 384,
+        "restarts": 2 if quick else 3,
+        "timeout_s": 120 if quick else 1800,
+        "mode": "standalone (replica-mode cold start not measured yet)",
+        "vector_data": "generated Gaussian mixture (50 clusters), L2-normalised; not real embeddings",
+    }
+    rows: list[dict[str, Any]] = []
+    base_dir = Path(os.environ.get("EDGENODE_BENCH_DIR", tempfile.gettempdir()))
+    work = Path(tempfile.mkdtemp(prefix="edgenode-cold-", dir=base_dir))
+    try:
+        data = work / "data"
+        data.mkdir()
+        db = data / "edgenode.db"
+        start = time.monotonic()
+        build_database(db, params["users"], params["prompts"])
+        add_vectors(db, params["vectors"], params["dim"])
+        params["build_seconds"] = round(time.monotonic() - start, 1)
+        params["database_bytes"] = db.stat().st_size
+        params["import_seconds"] = import_seconds()
+        print(f"   database: {db.stat().st_size / 2**30:.2f} GiB built in {params['build_seconds']}s", flush=True)
+
+        node = Node(data, work / "node.log", params["timeout_s"])
+        try:
+            ready, _ = node.wait("/ready")
+            rows.append({"start": "first start, no collection yet", "ready_s": ready})
+            spec = {"table": COLLECTION, "column": "emb", "dim": params["dim"], "filter_columns": ["tag"]}
+            put_at = time.monotonic()
+            r = httpx.put(f"{node.url}/api/v1/collections/{COLLECTION}", json=spec, timeout=300)
+            r.raise_for_status()
+            info = _wait_collection(node)
+            rows[-1].update(
+                {
+                    "collection_ready_s": time.monotonic() - put_at,
+                    "builds": info["builds"],
+                    "loaded_from_disk": info["loaded_from_disk"],
+                    "build_seconds": info["build_seconds"],
+                    "size": info["size"],
+                }
+            )
+            print(f"   first build of {info['size']} vectors: {rows[-1]['collection_ready_s']:.1f}s", flush=True)
+        finally:
+            rows[-1]["stop_s"] = node.stop()
+        params["data_dir_bytes"] = dir_bytes(data)
+
+        for trial in range(params["restarts"]):
+            for cache in ("cold", "warm"):
+                evicted = evict(data) if cache == "cold" else 0
+                node = Node(data, work / "node.log", params["timeout_s"])
+                row: dict[str, Any] = {}
+                try:
+                    ready, _ = node.wait("/ready")
+                    collection_s, info = node.wait(
+                        f"/api/v1/collections/{COLLECTION}", lambda i: i["state"] == "ready" and i["progress"] >= 1
+                    )
+                    row |= {
+                        "start": f"restart {trial + 1}, {cache} OS cache",
+                        "cache": cache,
+                        "evicted_bytes": evicted,
+                        "ready_s": ready,
+                        "collection_ready_s": collection_s,
+                        "builds": info["builds"],
+                        "loaded_from_disk": info["loaded_from_disk"],
+                        "size": info["size"],
+                        "state": info["state"],
+                    }
+                    search = httpx.post(
+                        f"{node.url}/api/v1/collections/{COLLECTION}/search",
+                        json={"vector": [1.0] + [0.0] * (params["dim"] - 1), "k": 10},
+                        timeout=60,
+                    )
+                    row["first_search_ok"] = search.status_code == 200 and len(search.json()["results"]) == 10
+                finally:
+                    row["stop_s"] = node.stop()
+                rows.append(row)
+                print(
+                    f"   {row['start']}: ready {row['ready_s']:.2f}s, collection {row['collection_ready_s']:.2f}s, "
+                    f"builds={row['builds']}, loaded_from_disk={row['loaded_from_disk']}",
+                    flush=True,
+                )
+    except Exception:
+        log = work / "node.log"
+        if log.exists():
+            print("   node log (tail):\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:]), flush=True)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    restarts = [r for r in rows if "cache" in r]
+    rebuilt = [r for r in restarts if r["builds"] != 0 or not r["loaded_from_disk"]]
+    medians = {
+        cache: {
+            "ready_s": statistics.median(r["ready_s"] for r in restarts if r["cache"] == cache),
+            "collection_ready_s": statistics.median(r["collection_ready_s"] for r in restarts if r["cache"] == cache),
+        }
+        for cache in ("cold", "warm")
+    }
+    size = f"{params['database_bytes'] / 2**30:.2f} GiB database, {params['vectors']:,} x {params['dim']} vectors"
+    summary = [
+        {"figure": f"first build of the collection ({size})", "value": f"{rows[0]['collection_ready_s']:.1f} s"},
+        {"figure": f"restart to /ready, cold OS cache ({size})", "value": f"{medians['cold']['ready_s']:.2f} s"},
+        {
+            "figure": "restart to collection loaded, cold OS cache",
+            "value": f"{medians['cold']['collection_ready_s']:.2f} s",
+        },
+        {"figure": "restart to /ready, warm OS cache", "value": f"{medians['warm']['ready_s']:.2f} s"},
+        {
+            "figure": "restart to collection loaded, warm OS cache",
+            "value": f"{medians['warm']['collection_ready_s']:.2f} s",
+        },
+        {"figure": "of which interpreter + imports", "value": f"{params['import_seconds']:.2f} s"},
+        {"figure": "full rebuilds on restart", "value": f"{len(rebuilt)} of {len(restarts)}"},
+    ]
+    print(table(rows, ["start", "ready_s", "collection_ready_s", "builds", "loaded_from_disk"]))
+    if rebuilt:
+        raise RuntimeError(f"a restart rebuilt the index: {rebuilt}")
+    return {
+        "benchmark": "cold_start",
+        "command": "python -m bench cold_start" + (" --quick" if quick else ""),
+        "machine": machine(),
+        "parameters": params,
+        "rows": rows,
+        "medians": medians,
+        "summary": summary,
+    }
+
+
+def _wait_collection(node: Node) -> dict[str, Any]:
+    _, info = node.wait(f"/api/v1/collections/{COLLECTION}", lambda i: i["state"] == "ready" and i["progress"] >= 1)
+    return info
+
+
+if __name__ == "__main__":
+    print(run(quick=True))
