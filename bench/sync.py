@@ -74,6 +74,18 @@ def raw_pull(url: str, generation: int) -> tuple[int, float]:
     return frames, time.perf_counter() - started
 
 
+def raw_export(url: str, generation: int) -> tuple[int, float]:
+    """Download /export into nothing: what the server alone sustains, without the client's file work."""
+    received = 0
+    started = time.perf_counter()
+    with httpx.Client(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120) as client:
+        with client.stream("GET", f"{url}/export/{generation}") as response:
+            response.raise_for_status()
+            for chunk in response.iter_raw(4 * MB):
+                received += len(chunk)
+    return received, time.perf_counter() - started
+
+
 def run(quick: bool = False, out: Path = DEFAULT_OUT) -> dict[str, Any]:
     size = 64 * MB if quick else 1024 * MB + 16 * MB
     burst_frames = 2_000 if quick else 20_000
@@ -109,6 +121,7 @@ def run(quick: bool = False, out: Path = DEFAULT_OUT) -> dict[str, Any]:
         )
         try:
             proc.wait_ready("/health")
+            exported, export_s = raw_export(proc.url, 1)
             started = time.perf_counter()
             replica = libsql.connect(str(workdir / "replica.db"), sync_url=proc.url, auth_token=TOKEN)
             replica.sync()
@@ -142,6 +155,7 @@ def run(quick: bool = False, out: Path = DEFAULT_OUT) -> dict[str, Any]:
         "bootstrap_s": round(bootstrap_s, 3),
         "bootstrap_mb_s": round(db_bytes / MB / bootstrap_s, 1),
         "bootstrap_vs_copy": round(copy_s / bootstrap_s, 3),
+        "export_http_mb_s": round(exported / MB / export_s, 1),
         "burst_frames": raw_frames,
         "burst_rows": burst_rows,
         "burst_write_s": round(burst_write_s, 3),
@@ -159,11 +173,13 @@ def run(quick: bool = False, out: Path = DEFAULT_OUT) -> dict[str, Any]:
         {"figure": "plain copy + fsync (MB/s)", "value": result["plain_copy_mb_s"]},
         {"figure": "replica bootstrap (MB/s)", "value": result["bootstrap_mb_s"]},
         {"figure": "bootstrap / copy", "value": result["bootstrap_vs_copy"]},
+        {"figure": "/export alone, raw HTTP (MB/s)", "value": result["export_http_mb_s"]},
         {"figure": "pull through libsql sync() (frames/s)", "value": result["pull_client_frames_s"]},
         {"figure": "pull raw HTTP (frames/s)", "value": result["pull_http_frames_s"]},
     ]
     print(
         f"bootstrap {result['bootstrap_mb_s']} MB/s vs plain copy {result['plain_copy_mb_s']} MB/s "
+        f"(server alone {result['export_http_mb_s']} MB/s) "
         f"({result['database_mb']} MB); pull {result['pull_client_frames_s']} frames/s through the client, "
         f"{result['pull_http_frames_s']} frames/s raw HTTP ({raw_frames} frames)",
         flush=True,
