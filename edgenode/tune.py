@@ -317,10 +317,17 @@ def format_knob(result: KnobResult) -> str:
 
 
 def snapshot(data_dir: Path, scratch: Path) -> Path:
-    """A consistent copy of the node's database in `scratch` (VACUUM INTO reads; it never writes the source)."""
+    """A consistent copy of the node's database in `scratch`, taken through a read-only connection.
+
+    Read-only matters: closing the last read-write connection of a WAL database checkpoints and
+    removes the WAL, which would change the node's files (and a replica's frame bookkeeping).
+    VACUUM INTO reads one snapshot, also while the node is writing.
+    """
+    import apsw
+
     source = data_dir / DB_FILE
     copy = scratch / "tune.db"
-    conn = libsql.connect(str(source), isolation_level=None)
+    conn = apsw.Connection(str(source), flags=apsw.SQLITE_OPEN_READONLY)
     try:
         conn.execute("VACUUM INTO ?", (str(copy),))
     finally:

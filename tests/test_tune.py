@@ -64,6 +64,22 @@ def test_tune_writes_a_profile_that_serve_uses_under_auto(tmp_path: Path) -> Non
     assert set(pragmas["applied"]) == names
 
 
+def test_tune_leaves_a_live_wal_database_untouched(tmp_path: Path) -> None:
+    data = _data_dir(tmp_path, rows=300)
+    writer = libsql.connect(str(data / "edgenode.db"), isolation_level=None)
+    writer.execute("PRAGMA journal_mode = WAL")
+    writer.execute("PRAGMA wal_autocheckpoint = 0")
+    writer.execute("INSERT INTO users (id, email) VALUES ('late', 'late@ex.com')")  # only in the WAL
+    wal = data / "edgenode.db-wal"
+    before = (_digest(data / "edgenode.db"), _digest(wal))
+    try:
+        result = tune(data, seconds=1, log=lambda _: None, trials=1)
+        assert (_digest(data / "edgenode.db"), _digest(wal)) == before
+        assert result.target.high >= 301  # the copy saw the commit that lives only in the WAL
+    finally:
+        writer.close()
+
+
 def test_the_written_profile_applies_fully_on_a_libsql_connection(tmp_path: Path) -> None:
     data = _data_dir(tmp_path, rows=200)
     result = tune(data, seconds=1, log=lambda _: None, trials=1)
