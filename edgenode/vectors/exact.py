@@ -127,7 +127,8 @@ class Sidecar:
         return int(row[0]) if row else -1
 
     def count(self) -> int:
-        return int(self.writer.execute("SELECT count(*) FROM vec").fetchone()[0])
+        # A reader: apsw refuses one connection used by two threads at once, and applies hold the writer.
+        return int(self._reader().execute("SELECT count(*) FROM vec").fetchone()[0])
 
     # writes ------------------------------------------------------------------------------------
     def apply(self, upserts: list[tuple[int, bytes, list[Any]]], deletes: list[int], position: int | None) -> None:
