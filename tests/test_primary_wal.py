@@ -184,3 +184,14 @@ def test_a_polite_exclusive_waiter_does_not_hold_back_readers() -> None:
     lock.release_shared()
     lock.acquire_exclusive(timeout=0.1)
     lock.release_exclusive()
+
+
+def test_a_pull_without_extension_never_goes_past_the_asked_range(store: PrimaryStore) -> None:
+    conn = store.connect()
+    conn.execute("BEGIN; CREATE TABLE t(x); INSERT INTO t VALUES (randomblob(40000)); COMMIT")
+    committed = store.committed_frames()
+    whole = store.pull(1, 1, 2)
+    assert isinstance(whole, Frames) and whole.last == committed
+    first = store.pull(1, 1, 2, extend=False)
+    assert isinstance(first, Frames) and (first.first, first.last) == (1, 1)
+    conn.close()

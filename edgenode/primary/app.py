@@ -283,7 +283,8 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
         deadline = asyncio.get_running_loop().time() + wait_ms / 1000
         while True:
             next_commit = notifier.next_commit()
-            result = await workers.run(store.pull, generation, start, end)
+            # A long-poller only wants the news: never send it more than it asked for.
+            result = await workers.run(store.pull, generation, start, end, "wait_ms" not in request.query_params)
             remaining = deadline - asyncio.get_running_loop().time()
             if not (isinstance(result, CheckpointNeeded) and result.generation == generation and remaining > 0):
                 break

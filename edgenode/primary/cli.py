@@ -25,8 +25,9 @@ def primary(settings: Settings) -> None:
     ):
         raise click.UsageError("binding a non-loopback address needs --auth-token, --read-token or --jwt-key-file")
     app = create_app(settings)
-    # uvicorn turns SIGTERM/SIGINT into a graceful shutdown, which runs the app's lifespan exit.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    # uvicorn turns SIGTERM/SIGINT into a graceful shutdown, which runs the app's lifespan exit. The
+    # bound keeps a long-polling pull (up to 30 s) or a slow download from holding the shutdown up.
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=10)
 
 
 @click.command()

@@ -306,7 +306,10 @@ class PrimaryStore:
 
     # -- pull ------------------------------------------------------------------------------------
 
-    def pull(self, generation: int, start: int, end: int) -> Frames | CheckpointNeeded | Gone:
+    def pull(self, generation: int, start: int, end: int, extend: bool = True) -> Frames | CheckpointNeeded | Gone:
+        """Committed frames from start, within [start, end) when they end on a commit frame there.
+        With `extend`, a transaction that starts in range but ends after it is served whole (up to
+        MAX_FRAMES_PER_RESPONSE); without, never past end (for watchers that only want the news)."""
         with self.lock.shared(LOCK_TIMEOUT):
             current = self.generation
             if generation == current:
@@ -317,7 +320,7 @@ class PrimaryStore:
                     return Gone(f"replica is at frame {start - 1} of generation {generation}, beyond this primary")
                 if start > durable:
                     return CheckpointNeeded(current, durable)
-                last = self._last_frame(commits, start, min(end, durable + 1))
+                last = self._last_frame(commits, start, min(end, durable + 1), extend)
                 return Frames(self._reader.read_frames(start, last), start, last)
             if generation < current and generation >= 1:
                 commits = self._load_archive_commits(generation)
@@ -328,19 +331,19 @@ class PrimaryStore:
                     return Gone(f"replica is at frame {start - 1} of generation {generation}, beyond this primary")
                 if start == committed + 1:
                     return CheckpointNeeded(current, committed)
-                last = self._last_frame(commits, start, end)
+                last = self._last_frame(commits, start, end, extend)
                 return Frames(self._read_archive(generation, start, last), start, last)
             return Gone(f"generation {generation} does not exist on this primary (current is {current})")
 
     @staticmethod
-    def _last_frame(commits: list[int], start: int, end: int) -> int:
+    def _last_frame(commits: list[int], start: int, end: int, extend: bool = True) -> int:
         """The last frame to serve for [start, end): the last commit frame in range, else the end of
         the transaction that covers start (when not too large), else end - 1."""
         i = bisect.bisect_right(commits, end - 1) - 1
         if i >= 0 and commits[i] >= start:
             return commits[i]
         j = bisect.bisect_left(commits, start)
-        if j < len(commits) and commits[j] - start < MAX_FRAMES_PER_RESPONSE:
+        if extend and j < len(commits) and commits[j] - start < MAX_FRAMES_PER_RESPONSE:
             return commits[j]
         return min(end - 1, commits[j]) if j < len(commits) else end - 1
 
