@@ -44,7 +44,12 @@ class PrimarySession(Session):
     def __init__(self, store: PrimaryStore, access: Access) -> None:
         self.store = store
         self.read_only = not access.can_write
-        self.conn: apsw.Connection | None = store.connect()
+        # Opening reads the database (journal mode, schema): keep it out of a rollover's or push's way.
+        try:
+            with store.lock.shared(LOCK_TIMEOUT):
+                self.conn: apsw.Connection | None = store.connect()
+        except LockTimeout as exc:
+            raise HranaError(str(exc), "SQLITE_BUSY") from exc
         self._internal = False
         self._readonly_txn = False
         self._holds_lock = False
