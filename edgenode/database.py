@@ -12,10 +12,11 @@ A replica node has its own implementation (`edgenode.replica`) of the same inter
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -315,6 +316,41 @@ def prepare_writes(
     return prepared
 
 
+@dataclass
+class StatementOutcome:
+    """One statement's full result, as a protocol backend (Hrana) reports it."""
+
+    columns: list[str]
+    rows: list[list[Any]]
+    rows_affected: int
+    last_insert_rowid: int | None
+
+
+def run_statement(
+    conn: Any, sql: str, params: list[Any], want_rows: bool, is_dml: bool, is_insert: bool
+) -> StatementOutcome:
+    """Run one statement as is (no implicit transaction) on an owner's connection.
+
+    Rows keep their Python types (bytes stay bytes): the caller encodes them for its protocol.
+    """
+    try:
+        cursor = conn.execute(sql, params)
+        rows = [list(row) for row in cursor.fetchall() or ()]
+    except ValueError as exc:
+        raise SQLError(str(exc)) from exc
+    columns = [d[0] for d in cursor.description] if cursor.description else []
+    return StatementOutcome(
+        columns=columns,
+        rows=rows if want_rows else [],
+        rows_affected=max(cursor.rowcount, 0) if is_dml else 0,
+        last_insert_rowid=cursor.lastrowid if is_insert else None,
+    )
+
+
+def in_transaction(conn: Any) -> bool:
+    return bool(conn.in_transaction)
+
+
 def read_schema(conn: Any) -> list[str]:
     return [row[0] for row in conn.execute(SCHEMA_SQL).fetchall()]
 
@@ -480,6 +516,33 @@ class LocalDatabase(Database):
             await self.refresh_schema()
         await self.notify_changed()
         return results
+
+    @contextlib.asynccontextmanager
+    async def lease_writer(self) -> AsyncIterator[ProcessOwner]:
+        """The writer connection alone, for a protocol stream's interactive transaction.
+
+        Held until the stream commits, rolls back or expires; REST writes wait meanwhile (SQLite
+        has one writer anyway). Callers must leave no transaction open when they give it back.
+        """
+        async with self._write_lock:
+            yield self._writer
+        await self.notify_changed()
+
+    @contextlib.asynccontextmanager
+    async def lease_reader(self) -> AsyncIterator[ProcessOwner]:
+        """One reader connection alone (read transactions of protocol streams)."""
+        reader = await self._idle.get()
+        try:
+            yield reader
+        except OwnerDied:
+            reader.kill()
+            self._replace_later(reader)
+            raise
+        self._idle.put_nowait(reader)
+
+    async def schema_changed(self) -> None:
+        """Tell the statement analyzer that DDL ran on a leased connection."""
+        await self.refresh_schema()
 
     def status(self) -> dict[str, Any]:
         size = self.path.stat().st_size if self.path.exists() else 0
