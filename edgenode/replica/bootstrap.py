@@ -158,23 +158,27 @@ def _total_size(response: httpx.Response) -> int | None:
 
 async def _receive(response: httpx.Response, partial: Path, offset: int, progress: Progress) -> None:
     fd = await asyncio.to_thread(os.open, partial, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        await asyncio.to_thread(os.ftruncate, fd, offset)
-        position = offset
-        buffer = bytearray()
-        async for chunk in response.aiter_bytes():
-            buffer += chunk
-            if len(buffer) >= CHUNK:
-                await asyncio.to_thread(os.pwrite, fd, bytes(buffer), position)
-                position += len(buffer)
-                progress.bytes_done = position
-                buffer.clear()
+    position = offset
+    buffer = bytearray()
+
+    async def flush() -> None:
+        nonlocal position
         if buffer:
             await asyncio.to_thread(os.pwrite, fd, bytes(buffer), position)
             position += len(buffer)
             progress.bytes_done = position
-        await asyncio.to_thread(os.fsync, fd)
+            buffer.clear()
+
+    try:
+        await asyncio.to_thread(os.ftruncate, fd, offset)
+        async for chunk in response.aiter_bytes():
+            buffer += chunk
+            if len(buffer) >= CHUNK:
+                await flush()
     finally:
+        # Whatever arrived before an interruption is kept, so the next attempt resumes after it.
+        await flush()
+        await asyncio.to_thread(os.fsync, fd)
         await asyncio.to_thread(os.close, fd)
 
 

@@ -1,0 +1,264 @@
+"""Replica building blocks in-process: the -info file, identity, scheduler, bootstrap download, relay."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import apsw
+import httpx
+import libsql
+import pytest
+
+from edgenode.replica import bootstrap
+from edgenode.replica.database import classify
+from edgenode.replica.files import InvalidInfo, Position, ReplicaFiles
+from edgenode.replica.identity import local_problem, normalize_url, write_identity
+from edgenode.replica.relay import Relay
+from edgenode.replica.scheduler import Scheduler, SyncFailed, SyncOutcome
+from tests.procs import free_port
+
+
+def make_database(path: Path, rows: int = 50) -> bytes:
+    conn = apsw.Connection(str(path))
+    conn.execute("PRAGMA page_size=4096")
+    conn.execute("CREATE TABLE t(x)")
+    with conn:
+        conn.executemany("INSERT INTO t VALUES (?)", [(f"row {i} " * 20,) for i in range(rows)])
+    conn.close()
+    return path.read_bytes()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+# -- the client's -info file ---------------------------------------------------------------------
+
+
+def test_an_info_file_we_write_is_accepted_by_the_libsql_client_offline(tmp_path: Path) -> None:
+    files = ReplicaFiles(tmp_path)
+    files.dir.mkdir(parents=True)
+    make_database(files.db)
+    files.write_info(Position(generation=3, frame=0))
+    assert files.read_info() == Position(3, 0)
+    # Both files present: the client opens without contacting the (unreachable) primary.
+    conn = libsql.connect(str(files.db), sync_url=f"http://127.0.0.1:{free_port()}", auth_token="x")
+    assert conn.execute("SELECT count(*) FROM t").fetchall() == [(50,)]
+    conn.close()
+
+
+def test_a_tampered_info_file_is_refused_by_us_and_by_the_client(tmp_path: Path) -> None:
+    files = ReplicaFiles(tmp_path)
+    files.dir.mkdir(parents=True)
+    make_database(files.db)
+    files.info.write_text('{"hash": 12345, "version": 0, "durable_frame_num": 7, "generation": 2}')
+    with pytest.raises(InvalidInfo, match="checksum"):
+        files.read_info()
+    with pytest.raises(ValueError, match="hash"):
+        libsql.connect(str(files.db), sync_url=f"http://127.0.0.1:{free_port()}", auth_token="x")
+
+
+def test_local_problems_name_what_is_wrong(tmp_path: Path) -> None:
+    files = ReplicaFiles(tmp_path)
+    assert local_problem(files, "http://a:1") is None  # nothing there: a fresh bootstrap
+    files.dir.mkdir(parents=True)
+    make_database(files.db)
+    assert "no identity" in (local_problem(files, "http://a:1") or "")
+    write_identity(files, "http://a:1/", None, 1)
+    assert "invalid local state" in (local_problem(files, "http://a:1") or "")
+    files.write_info(Position(1, 4))
+    assert local_problem(files, "http://A:1") is None
+    assert "belongs to http://a:1" in (local_problem(files, "http://b:1") or "")
+
+
+def test_urls_of_the_same_primary_compare_equal() -> None:
+    assert normalize_url("libsql://db-org.turso.io") == "https://db-org.turso.io"
+    assert normalize_url("https://DB-org.turso.io:443/") == "https://db-org.turso.io"
+    assert normalize_url("http://127.0.0.1:8081/") == "http://127.0.0.1:8081"
+    assert normalize_url("http://127.0.0.1:8081") != normalize_url("http://127.0.0.1:8082")
+
+
+def test_client_errors_that_need_a_new_bootstrap_are_recognised() -> None:
+    assert classify("sync error: failed to pull frame: status=410 Gone, error=...") == "generation_gone"
+    assert classify("invalid local state: db file exists but metadata file does not") == "invalid_local_state"
+    assert classify("server returned a conflict: sent=3, got=9") == "conflict"
+    assert classify("server returned a lower generation than local: local=5, remote=1") == "primary_behind"
+    assert classify("failed to pull frame: status=424 Failed Dependency") is None
+
+
+# -- scheduler -------------------------------------------------------------------------------------
+
+
+class FakeSync:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.fail = False
+        self.delay = 0.0
+
+    async def __call__(self) -> SyncOutcome:
+        self.calls += 1
+        started = time.monotonic()
+        await asyncio.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("primary unreachable")
+        return SyncOutcome(started=started, duration=self.delay, frames=1, changed=True)
+
+
+@pytest.mark.anyio
+async def test_backoff_grows_exponentially_with_jitter_up_to_a_cap() -> None:
+    sync = FakeSync()
+    scheduler = Scheduler(sync, interval=0.5, timeout=1, max_lag=2, max_backoff=4)
+    sync.fail = True
+    bases = []
+    for _ in range(6):
+        await scheduler.run_once()
+        bases.append(scheduler._delay(jitter=False))
+        jittered = scheduler._delay()
+        assert 0.5 * bases[-1] <= jittered <= 1.5 * bases[-1]
+    assert bases == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert scheduler.state == "error" and scheduler.last_error == "primary unreachable"
+    sync.fail = False
+    await scheduler.run_once()
+    assert scheduler._delay() == 0.5 and scheduler.state == "synced"
+
+
+@pytest.mark.anyio
+async def test_state_goes_stale_when_lag_exceeds_max_lag() -> None:
+    scheduler = Scheduler(FakeSync(), interval=1, timeout=1, max_lag=0.05)
+    assert scheduler.state == "stale"  # no sync yet
+    await scheduler.run_once()
+    assert scheduler.state == "synced"
+    await asyncio.sleep(0.1)
+    assert scheduler.state == "stale"
+    scheduler.phase = "resyncing"
+    assert scheduler.state == "resyncing"
+
+
+@pytest.mark.anyio
+async def test_waiters_share_a_sync_and_late_waiters_get_the_next_one() -> None:
+    sync = FakeSync()
+    sync.delay = 0.05
+    scheduler = Scheduler(sync, interval=60, timeout=5, max_lag=10)
+    scheduler.start()
+    try:
+        first = await asyncio.gather(scheduler.sync_after(), scheduler.sync_after(), scheduler.sync_after())
+        assert sync.calls == 1 and first[0] is first[1] is first[2]
+        # One that asks while a sync runs must wait for a sync that starts after it asked.
+        running = asyncio.create_task(scheduler.sync_after())
+        await asyncio.sleep(0.01)
+        assert scheduler.running
+        late = await scheduler.sync_after()
+        assert late.started > (await running).started
+        sync.fail = True
+        with pytest.raises(SyncFailed, match="primary unreachable"):
+            await scheduler.sync_after()
+    finally:
+        await scheduler.stop()
+
+
+# -- bootstrap download ------------------------------------------------------------------------------
+
+
+class FlakyExport:
+    """/export/1 that breaks off mid-body once, then honours Range (or ignores it)."""
+
+    def __init__(self, data: bytes, ranges: bool) -> None:
+        self.data = data
+        self.ranges = ranges
+        self.requests: list[str | None] = []
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        header = request.headers.get("range")
+        self.requests.append(header)
+        if len(self.requests) == 1:
+            half = len(self.data) // 2
+
+            async def broken() -> AsyncIterator[bytes]:
+                yield self.data[:half]
+                raise httpx.ReadError("connection reset")
+
+            return httpx.Response(200, headers={"content-length": str(len(self.data))}, content=broken())
+        if header and self.ranges:
+            start = int(header.removeprefix("bytes=").rstrip("-"))
+            rest = self.data[start:]
+            return httpx.Response(
+                206, headers={"content-range": f"bytes {start}-{len(self.data) - 1}/{len(self.data)}"}, content=rest
+            )
+        return httpx.Response(200, content=self.data)
+
+
+@pytest.mark.parametrize("ranges", [True, False])
+@pytest.mark.anyio
+async def test_an_interrupted_download_resumes_or_restarts_and_ends_verified(tmp_path: Path, ranges: bool) -> None:
+    data = make_database(tmp_path / "source.db", rows=400)
+    server = FlakyExport(data, ranges)
+    files = ReplicaFiles(tmp_path / "node")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(server)) as http:
+        progress = bootstrap.Progress()
+        with pytest.raises(httpx.ReadError):
+            await bootstrap.download(http, "http://primary", 1, files, progress)
+        assert 0 < (files.staging / bootstrap.PARTIAL).stat().st_size < len(data)
+        progress = bootstrap.Progress()
+        partial = await bootstrap.download(http, "http://primary", 1, files, progress)
+    assert partial.read_bytes() == data
+    assert server.requests[1] == f"bytes={len(data) // 2}-"
+    if ranges:
+        assert progress.resumed_from == len(data) // 2 and progress.restarted == 0
+    else:
+        assert progress.resumed_from == 0 and progress.restarted == 1
+    status = progress.as_dict()
+    assert status["bytes_done"] == status["bytes_total"] == len(data) and status["phase"] == "verifying"
+
+
+@pytest.mark.anyio
+async def test_a_partial_download_of_another_generation_is_not_resumed(tmp_path: Path) -> None:
+    data = make_database(tmp_path / "source.db")
+    files = ReplicaFiles(tmp_path / "node")
+    files.staging.mkdir(parents=True)
+    (files.staging / bootstrap.PARTIAL).write_bytes(b"stale bytes of generation 1")
+    (files.staging / bootstrap.STATE).write_bytes(b'{"primary_url": "http://primary", "generation": 1}')
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("range"))
+        return httpx.Response(200, content=data)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        partial = await bootstrap.download(http, "http://primary", 2, files, bootstrap.Progress())
+    assert seen == [None] and partial.read_bytes() == data
+
+
+def test_verification_refuses_truncated_or_foreign_files(tmp_path: Path) -> None:
+    data = make_database(tmp_path / "source.db", rows=200)
+    truncated = tmp_path / "truncated.db"
+    truncated.write_bytes(data[: len(data) - 4096])
+    with pytest.raises(bootstrap.BootstrapError, match="header says"):
+        bootstrap.verify(truncated)
+    foreign = tmp_path / "foreign.db"
+    foreign.write_bytes(b"<html>not a database</html>" * 200)
+    with pytest.raises(bootstrap.BootstrapError, match="not a SQLite database"):
+        bootstrap.verify(foreign)
+    bootstrap.verify(tmp_path / "source.db")
+
+
+# -- relay -------------------------------------------------------------------------------------------
+
+
+def test_the_relay_answers_424_fast_when_the_primary_is_down_or_the_deadline_passed() -> None:
+    relay = Relay(f"http://127.0.0.1:{free_port()}", timeout=2.0)
+    relay.start()
+    try:
+        began = time.monotonic()
+        response = httpx.get(relay.url + "/sync/1/1/129")
+        assert response.status_code == 424 and "unreachable" in response.text
+        assert time.monotonic() - began < 1
+        relay.set_deadline(0.001)
+        time.sleep(0.01)
+        assert "deadline" in httpx.get(relay.url + "/info").text
+    finally:
+        relay.stop()
+    assert not relay.alive()
