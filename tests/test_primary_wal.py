@@ -195,3 +195,23 @@ def test_a_pull_without_extension_never_goes_past_the_asked_range(store: Primary
     first = store.pull(1, 1, 2, extend=False)
     assert isinstance(first, Frames) and (first.first, first.last) == (1, 1)
     conn.close()
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_vectorised_frame_checksums_equal_sqlites_word_by_word_sum(big_endian: bool) -> None:
+    import random
+
+    from edgenode.primary.wal import _step, frame_contributions
+
+    rng = random.Random(7)
+    frames = bytes(rng.getrandbits(8) for _ in range(3 * FRAME_SIZE))
+    seed = (rng.getrandbits(32), rng.getrandbits(32))
+    fast = seed
+    for contribution in frame_contributions(frames, big_endian):
+        fast = _step(fast, contribution)
+    slow = seed
+    for i in range(3):
+        frame = frames[i * FRAME_SIZE : (i + 1) * FRAME_SIZE]
+        slow = checksum_bytes(frame[:8], big_endian, *slow)
+        slow = checksum_bytes(frame[24:], big_endian, *slow)
+    assert fast == slow
