@@ -56,3 +56,16 @@ def test_crosses_a_rollover(primary: Proc, tmp_path: Path) -> None:
 def test_wrong_token_fails_at_connect(primary: Proc, tmp_path: Path) -> None:
     with pytest.raises(Exception, match=r"(?i)unauthorized|401"):
         connect(primary.url, tmp_path / "r.db", token="wrong")
+
+
+def test_default_rollovers_keep_it_past_its_4120_frame_limit(primary: Proc, tmp_path: Path) -> None:
+    # Without rollovers (--generation-max-frames 100000) this fails at frame 4121: "wal_insert_frame failed".
+    execute(primary.url, ["CREATE TABLE b(id INTEGER PRIMARY KEY, data BLOB)"], TOKEN)
+    conn = connect(primary.url, tmp_path / "r.db")
+    for _ in range(10):
+        # ~600 frames a transaction: 6,000 in all, past what 0.0.55 holds in one generation.
+        rows = ("INSERT INTO b(data) SELECT randomblob(4000) FROM json_each(?)", [str(list(range(600)))])
+        execute(primary.url, [rows], TOKEN)
+        conn.sync()
+    assert conn.execute("SELECT count(*) FROM b").fetchall() == [(6000,)]
+    assert httpx.get(f"{primary.url}/info", headers=AUTH).json()["current_generation"] >= 3
