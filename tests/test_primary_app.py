@@ -46,3 +46,17 @@ def test_malformed_ranges_are_400_and_oversized_pushes_413(app_and_store: tuple[
         assert client.post("/sync/1/1/3", content=b"short").status_code == 400
         assert client.get("/info", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert client.get("/health", headers={"Authorization": ""}).status_code == 200
+
+
+def test_an_internal_value_error_is_503_not_a_client_error(
+    app_and_store: tuple[TestClient, PrimaryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, store = app_and_store
+    with client:
+
+        def buggy(*args: object) -> None:
+            raise ValueError("a bug, not the client's fault")
+
+        monkeypatch.setattr(store, "pull", buggy)
+        assert client.get("/sync/1/1/129").status_code == 503
+        assert client.get("/sync/1/1/129?wait_ms=abc").status_code == 400

@@ -27,6 +27,7 @@ from edgenode.auth import Access, Authenticator, AuthError
 from edgenode.config import Settings
 from edgenode.primary.generations import (
     LOCK_TIMEOUT,
+    BadRequest,
     CheckpointNeeded,
     Frames,
     Gone,
@@ -236,7 +237,7 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
                         response = await handler(request)
                     except LockTimeout as exc:
                         response = error_response(503, str(exc))
-                    except (ValueError, KeyError) as exc:
+                    except BadRequest as exc:
                         response = error_response(400, str(exc))
                     except Exception as exc:
                         log.exception("%s failed", name)
@@ -252,9 +253,9 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
         try:
             values = [int(request.path_params[n]) for n in names]
         except ValueError as exc:
-            raise ValueError("generation and frame numbers must be integers") from exc
+            raise BadRequest("generation and frame numbers must be integers") from exc
         if any(v < 0 or v >= 2**32 for v in values):
-            raise ValueError("generation and frame numbers are unsigned 32-bit integers")
+            raise BadRequest("generation and frame numbers are unsigned 32-bit integers")
         return values
 
     async def health(request: Request) -> Response:
@@ -270,7 +271,7 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
             return denied
         try:
             (generation,) = path_ints(request, "generation")
-        except ValueError as exc:
+        except BadRequest as exc:
             return error_response(400, str(exc))
         return ExportResponse(store, generation, metrics, workers)
 
@@ -278,8 +279,11 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
     async def pull(request: Request) -> Response:
         generation, start, end = path_ints(request, "generation", "start", "end")
         if start < 1 or end <= start:
-            raise ValueError(f"bad frame range [{start}, {end})")
-        wait_ms = min(int(request.query_params.get("wait_ms", "0") or 0), MAX_WAIT_MS)
+            raise BadRequest(f"bad frame range [{start}, {end})")
+        try:
+            wait_ms = min(int(request.query_params.get("wait_ms", "0") or 0), MAX_WAIT_MS)
+        except ValueError as exc:
+            raise BadRequest("wait_ms must be an integer") from exc
         deadline = asyncio.get_running_loop().time() + wait_ms / 1000
         while True:
             next_commit = notifier.next_commit()

@@ -99,6 +99,10 @@ class NotFound(Exception):
     pass
 
 
+class BadRequest(Exception):
+    """The request itself is malformed (400); anything else unexpected is the server's trouble (503)."""
+
+
 class PushReply(msgspec.Struct):
     status: str
     generation: int
@@ -387,7 +391,7 @@ class PrimaryStore:
         """Apply an offline replica's WAL frames [start, end) if they continue this primary exactly."""
         count = end - start
         if start < 1 or count <= 0 or len(body) != count * FRAME_SIZE:
-            raise ValueError(f"push body of {len(body)} bytes does not hold frames [{start}, {end})")
+            raise BadRequest(f"push body of {len(body)} bytes does not hold frames [{start}, {end})")
         with self.lock.exclusive(LOCK_TIMEOUT):
             self.stats["pushes"] += 1
             current = self.generation
@@ -415,7 +419,7 @@ class PrimaryStore:
                 return self._conflict(current, committed)
             frames = split_frames(data)
             if any(pgno == 0 for pgno, _ in frames):
-                raise ValueError("push contains a frame for page 0")
+                raise BadRequest("push contains a frame for page 0")
             last_commit = max((i for i, (_, size) in enumerate(frames) if size), default=-1)
             if last_commit >= 0:
                 self._append(data[: (last_commit + 1) * FRAME_SIZE], committed + last_commit + 1)
