@@ -116,3 +116,14 @@ def test_closing_rolls_back_and_releases_the_lock(store: PrimaryStore, session: 
     other = PrimaryBackend(store).open_session(Access.WRITE)
     assert other.execute("SELECT count(*) FROM t", [], True).rows == [[0]]
     other.close()
+
+
+def test_vacuum_works_but_attaching_or_vacuuming_into_files_is_refused(session: PrimarySession, tmp_path: Path) -> None:
+    session.execute("INSERT INTO t(v) SELECT hex(randomblob(1000)) FROM json_each('[1,2,3,4,5,6,7,8,9]')", [], True)
+    session.execute("DELETE FROM t", [], True)
+    session.execute("VACUUM", [], True)
+    for sql in (f"VACUUM INTO '{tmp_path / 'copy.db'}'", f"ATTACH '{tmp_path / 'other.db'}' AS other"):
+        with pytest.raises(HranaError) as error:
+            session.execute(sql, [], True)
+        assert error.value.code == "SQLITE_AUTH"
+    assert not (tmp_path / "copy.db").exists() and not (tmp_path / "other.db").exists()

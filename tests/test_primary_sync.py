@@ -432,3 +432,15 @@ def test_a_slow_export_with_a_rollover_and_pulls_waiting_behind_it_does_not_wedg
     assert received > 13_000_000
     # The rollover went through, and every pull got an answer (no frames yet, or the next generation).
     assert len(results) == 13 and set(results) <= {200, 400}
+
+
+def test_a_vacuum_that_shrinks_the_database_replicates(primary: Proc, tmp_path: Path) -> None:
+    write(primary.url, "CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)")
+    write(primary.url, ("INSERT INTO kv(v) SELECT hex(randomblob(2000)) FROM json_each(?)", [str(list(range(300)))]))
+    conn = replica(primary.url, tmp_path / "r.db")
+    write(primary.url, "DELETE FROM kv WHERE k > 10")
+    execute(primary.url, ["VACUUM"], TOKEN)
+    conn.sync()
+    assert conn.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+    assert conn.execute("SELECT count(*) FROM kv").fetchall() == [(10,)]
+    assert conn.execute("PRAGMA page_count").fetchall() == rows(primary.url, "PRAGMA page_count")

@@ -60,7 +60,9 @@ class PrimarySession(Session):
     def _authorize(self, op: int, p1: str | None, p2: str | None, dbname: str | None, trigger: str | None) -> int:
         if self._internal:
             return apsw.SQLITE_OK
-        if op == apsw.SQLITE_ATTACH or op == apsw.SQLITE_DETACH:
+        # Attaching files would let a token holder write anywhere the process can (VACUUM INTO too);
+        # plain VACUUM attaches an unnamed temporary database, which is harmless.
+        if op == apsw.SQLITE_ATTACH and p1:
             return apsw.SQLITE_DENY
         if op == apsw.SQLITE_PRAGMA and p1 and p1.lower() in _GUARDED_PRAGMAS:
             if p1.lower() == "wal_checkpoint" or p2 is not None:
