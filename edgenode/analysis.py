@@ -9,6 +9,7 @@ schema changes. The statement itself then runs on the real libSQL connection.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 from collections import OrderedDict
@@ -66,6 +67,16 @@ _DDL_ACTIONS = frozenset(
 )
 # Functions that reach outside the database even inside a SELECT.
 _DENIED_FUNCTIONS = frozenset({"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer"})
+
+
+if "index_name" not in {f.name for f in dataclasses.fields(apsw.ext.QueryAction)}:
+    # apsw 3.54.1's query_info records index names (CREATE INDEX, and CREATE TABLE with UNIQUE or a
+    # non-integer PRIMARY KEY) into a QueryAction that has no such field, failing with TypeError.
+    @dataclasses.dataclass
+    class _QueryAction(apsw.ext.QueryAction):
+        index_name: str | None = None
+
+    apsw.ext.QueryAction = _QueryAction  # type: ignore[misc]
 
 
 class AnalysisError(Exception):
