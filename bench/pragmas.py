@@ -447,6 +447,7 @@ def analyse(
             for w, f in durability_pair["ratios"].items()
             if w in ("write_batches", "sidecar_updates")
         ]
+        summary.append({"figure": "durability: synchronous NORMAL vs FULL", "value": DURABILITY["synchronous"]})
     summary += [
         {"figure": f"{n}: verdict", "value": f"{v['verdict']} ({v['why']})"}
         for n, v in settings.items()
