@@ -81,6 +81,11 @@ def create_app(
     components = components or []
     metrics = NodeMetrics()
     node = Node(settings, db, metrics, components)
+    for component in components:
+        # Components that count into the node's metrics (Hrana's requests and errors) get them here.
+        bind_metrics = getattr(component, "bind_metrics", None)
+        if bind_metrics is not None:
+            bind_metrics(metrics)
     authenticator = authenticator or Authenticator.from_settings(
         settings.auth_token, settings.read_token, settings.jwt_key_file
     )

@@ -1,0 +1,154 @@
+"""What the standalone and the replica backends share.
+
+Hrana sessions are synchronous and run in the server's worker threads, while the node's database
+is driven from the event loop (connection owners, leases, the replica's scheduler). `LoopBridge`
+runs a coroutine on the loop and waits for it, so each session call costs one hop to the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from edgenode import values
+from edgenode.analysis import Analysis, AnalysisError, StatementAnalyzer
+from edgenode.database import DatabaseError, SQLError, StatementOutcome
+from edgenode.hrana.backend import Col, DescribeResult, HranaError, StmtResult, Value
+from edgenode.hrana.sql import error_code_for_sqlite_message, named_args_to_positional
+
+T = TypeVar("T")
+
+# Statements that open a transaction when none is open (the others of their kind end one).
+_STARTS_TRANSACTION = re.compile(r"^\s*(?:BEGIN|SAVEPOINT)\b", re.IGNORECASE)
+_ENDS_TRANSACTION = re.compile(r"^\s*(?:COMMIT|END|ROLLBACK|RELEASE)\b", re.IGNORECASE)
+
+
+class LoopBridge:
+    """Runs coroutines on the node's event loop from other threads."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            coro.close()
+            raise HranaError("the node is not running", "SERVER_SHUTTING_DOWN")
+        if threading.get_ident() == getattr(loop, "_thread_id", None):
+            coro.close()
+            raise RuntimeError("LoopBridge.run called on the event loop thread; it would deadlock")
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+
+def starts_transaction(sql: str) -> bool:
+    return _STARTS_TRANSACTION.match(sql) is not None
+
+
+def ends_transaction(sql: str) -> bool:
+    return _ENDS_TRANSACTION.match(sql) is not None
+
+
+def analysis_error(exc: AnalysisError | DatabaseError) -> HranaError:
+    message = str(exc)
+    return HranaError(message, error_code_for_sqlite_message(message))
+
+
+def analyze(analyzer: StatementAnalyzer, sql: str) -> Analysis:
+    """Classify one statement (already split off by `single_statement`) or raise a HranaError."""
+    try:
+        analysis = analyzer.analyze(sql)
+    except AnalysisError as exc:
+        raise analysis_error(exc) from exc
+    if analysis.has_more_statements:
+        raise HranaError("SQL string contains more than one statement", "SQL_MANY_STATEMENTS")
+    return analysis
+
+
+def with_prefix(sql: str, name: str | None) -> str | None:
+    """The analyzer reports parameter names without their `:`/`@`/`$`; Hrana's describe carries them."""
+    if not name:
+        return None
+    if name[:1] in ":@$?":
+        return name
+    match = re.search(r"([:@$])" + re.escape(name) + r"(?![\w$])", sql)
+    return (match.group(1) if match else ":") + name
+
+
+def describe(analysis: Analysis) -> DescribeResult:
+    return DescribeResult(
+        params=[with_prefix(analysis.sql, name) for name in analysis.param_names],
+        cols=[Col(name, decltype) for name, decltype in analysis.columns],
+        is_explain=analysis.is_explain,
+        # As sqlite3_stmt_readonly (which sqld reports): transaction control itself writes nothing.
+        is_readonly=analysis.is_readonly or analysis.is_transaction_control,
+    )
+
+
+def positional_args(analysis: Analysis, args: list[Value] | dict[str, Value]) -> list[Value]:
+    """Arguments in parameter order. Named arguments may come with or without their prefix; a name
+    not sent binds NULL, as in SQLite. Positional ones must match the statement's parameter count."""
+    if isinstance(args, dict):
+        if not args:
+            return [None] * analysis.param_count
+        if any(name is None for name in analysis.param_names):
+            raise HranaError("the statement uses positional '?' parameters; send positional args", "ARGS_INVALID")
+        params = [with_prefix(analysis.sql, name) for name in analysis.param_names]
+        return named_args_to_positional(params, args)
+    if len(args) != analysis.param_count:
+        raise HranaError(f"the statement takes {analysis.param_count} argument(s), {len(args)} given", "ARGS_INVALID")
+    return list(args)
+
+
+def for_libsql(args: list[Value]) -> list[Any]:
+    # The libsql binding rounds ints outside i32 through a float; `values.for_libsql` binds them as text.
+    return [values.for_libsql(value) for value in args]
+
+
+def check_writable(analysis: Analysis, can_write: bool, read_only_txn: bool = False) -> None:
+    """Refuse a statement that writes on a read-only session or transaction, or reaches past the database."""
+    if analysis.is_readonly or analysis.is_transaction_control:
+        return
+    if not can_write:
+        raise HranaError(
+            f"attempt to write a readonly database: this token is read-only ({analysis.why_not_readonly})",
+            "SQLITE_READONLY",
+        )
+    if read_only_txn:
+        raise HranaError(
+            f"attempt to write a readonly database: the transaction is read-only ({analysis.why_not_readonly})",
+            "SQLITE_READONLY",
+        )
+    if analysis.touches_files:
+        raise HranaError("not authorized: ATTACH, DETACH and VACUUM INTO reach outside the database", "SQLITE_AUTH")
+    if analysis.changes_pragma:
+        # Connections are shared by streams: a setting would leak to other clients.
+        raise HranaError("not authorized: PRAGMA settings are managed by the node's profile (--profile)", "SQLITE_AUTH")
+
+
+def stmt_result(outcome: StatementOutcome | SQLError, columns: tuple[tuple[str, str | None], ...] = ()) -> StmtResult:
+    """The Hrana result of a statement run by `engine.execute` (raises its error as a HranaError).
+
+    `columns` are the analyzer's (name, declared type): the binding reports names only."""
+    if isinstance(outcome, SQLError):
+        raise HranaError(outcome.message, error_code_for_sqlite_message(outcome.message))
+    decltypes: list[str | None] = [decltype for _, decltype in columns]
+    if len(decltypes) != len(outcome.columns):
+        decltypes = [None] * len(outcome.columns)
+    return StmtResult(
+        cols=[Col(name, decltype) for name, decltype in zip(outcome.columns, decltypes, strict=True)],
+        rows=outcome.rows,
+        affected_row_count=outcome.rows_affected,
+        last_insert_rowid=outcome.last_insert_rowid,
+        rows_read=len(outcome.rows),
+        rows_written=outcome.rows_affected,
+    )
+
+
+def empty_result() -> StmtResult:
+    return StmtResult(cols=[], rows=[], affected_row_count=0, last_insert_rowid=None)

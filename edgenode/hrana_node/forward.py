@@ -1,0 +1,243 @@
+"""The replica node's Hrana backend: reads on the local replica, the rest forwarded to the primary.
+
+- Autocommit reads run on the replica's connection (the replica file has one opener).
+- Autocommit writes go to the primary as one request on a fresh primary stream (execute + close);
+  then the node syncs until it sees them (read-your-writes, as `/api/v1/execute`).
+- An interactive transaction pins a primary stream to the node's stream from its BEGIN until the
+  primary reports autocommit again (COMMIT, ROLLBACK, an error that ended it) or the node's stream
+  closes or expires (closing the primary stream rolls back there). If it wrote, the node syncs
+  before answering the statement that ended it.
+- A read-only token's sessions are checked locally (the primary token the node holds can write);
+  its transactions are opened on the primary as `BEGIN TRANSACTION READONLY` too.
+- A primary that cannot be reached fails the statement at once with `PRIMARY_UNAVAILABLE`
+  (connection refused is immediate; a hung primary costs the client timeout).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from edgenode.analysis import Analysis
+from edgenode.auth import Access
+from edgenode.config import Settings
+from edgenode.database import DatabaseError
+from edgenode.hrana.backend import Backend, DescribeResult, HranaError, Session, StmtResult, Value
+from edgenode.hrana.client import ClientStream, HranaClient, HranaConnectionError, HranaHTTPError
+from edgenode.hrana.sql import is_begin_readonly, single_statement, split_statements
+from edgenode.hrana_node import engine
+from edgenode.hrana_node.common import (
+    LoopBridge,
+    analyze,
+    check_writable,
+    describe,
+    for_libsql,
+    positional_args,
+    starts_transaction,
+    stmt_result,
+)
+from edgenode.replica.database import ReplicaDatabase
+from edgenode.replica.scheduler import SyncFailed
+
+log = logging.getLogger(__name__)
+
+
+class ForwardBackend(Backend):
+    def __init__(self, db: ReplicaDatabase, bridge: LoopBridge, settings: Settings) -> None:
+        self.db = db
+        self.bridge = bridge
+        self.timeout = min(5.0, settings.sync_timeout)
+        self.client = HranaClient(db.primary_url, settings.primary_token, timeout=self.timeout)
+
+    def open_session(self, access: Access) -> Session:
+        return ForwardSession(self, access)
+
+    def primary_error(self, exc: HranaError) -> HranaError:
+        """A statement error from the primary passes through; failures to talk to it get a clear message."""
+        url = self.db.primary_url
+        if isinstance(exc, HranaConnectionError):
+            return HranaError(
+                f"the primary at {url} cannot be reached or did not answer within {self.timeout:g} s ({exc.message}); "
+                "reads still work on this node",
+                "PRIMARY_UNAVAILABLE",
+            )
+        if isinstance(exc, HranaHTTPError):
+            if exc.status in (401, 403):
+                return HranaError(
+                    f"the primary at {url} refused this node's credentials ({exc.status}); check --primary-token",
+                    "PRIMARY_UNAVAILABLE",
+                )
+            return HranaError(f"the primary at {url} refused the request: {exc.message}", exc.code)
+        return exc
+
+    async def read_your_writes(self) -> None:
+        """Wait for a sync that started after the write was acknowledged (then this node shows it)."""
+        try:
+            await self.db.scheduler.sync_after()
+        except SyncFailed as exc:
+            self.db.metrics.ryw_timeouts.inc()
+            log.warning("a Hrana write committed on the primary but is not yet visible on this node: %s", exc)
+
+
+class ForwardSession(Session):
+    def __init__(self, backend: ForwardBackend, access: Access) -> None:
+        self.backend = backend
+        self.db = backend.db
+        self.can_write = access.can_write
+        self._remote: ClientStream | None = None  # the primary stream holding this stream's transaction
+        self._read_only_txn = False
+        self._wrote = False
+        self._closed = False
+
+    # -- Session -----------------------------------------------------------------------------------
+
+    def execute(self, sql: str, args: list[Value] | dict[str, Value], want_rows: bool) -> StmtResult:
+        if self._closed:
+            raise HranaError("the stream is closed", "STREAM_CLOSED")
+        statement = single_statement(sql)
+        if self._remote is not None:
+            return self._in_transaction(self._remote, statement, args, want_rows)
+        if is_begin_readonly(statement):
+            return self._begin(statement, read_only=True)
+        if starts_transaction(statement):
+            if not self.can_write:
+                return self._begin("BEGIN TRANSACTION READONLY", read_only=True)
+            return self._begin(statement, read_only=False)
+        try:
+            analysis = self._analyze(statement)
+        except HranaError as exc:
+            if not self.can_write or exc.code != "SQLITE_UNKNOWN":
+                raise
+            # Unknown here ("no such table"): a schema change this replica has not pulled yet, or a
+            # plain mistake. The primary knows either way.
+            return self._forward_once(statement, args, want_rows)
+        if analysis.is_readonly:
+            return self._read_local(statement, args, analysis, want_rows)
+        check_writable(analysis, self.can_write)
+        # COMMIT and friends outside a transaction land here too: the primary words the error.
+        return self._forward_once(statement, args, want_rows)
+
+    def describe(self, sql: str) -> DescribeResult:
+        statement = single_statement(sql)
+        if is_begin_readonly(statement):
+            return DescribeResult(params=[], cols=[], is_explain=False, is_readonly=True)
+        try:
+            return describe(self._analyze(statement))
+        except HranaError as exc:
+            if not self.can_write or exc.code != "SQLITE_UNKNOWN":
+                raise
+        # A table created in this transaction, or not pulled yet: ask the primary.
+        try:
+            if self._remote is not None:
+                return self._remote.describe(statement)
+            stream = self.backend.client.stream()
+            try:
+                return stream.describe(statement)
+            finally:
+                self._close_quietly(stream)
+        except HranaError as exc:
+            raise self.backend.primary_error(exc) from exc
+
+    def sequence(self, sql: str) -> None:
+        for statement in split_statements(sql):
+            self.execute(statement, [], False)
+
+    def is_autocommit(self) -> bool:
+        return self._remote is None
+
+    def close(self) -> None:
+        self._closed = True
+        remote, self._remote = self._remote, None
+        if remote is not None:
+            # Closing the primary stream rolls back what it holds.
+            self._close_quietly(remote)
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _analyze(self, statement: str) -> Analysis:
+        analyzer = self.db.analyzer
+        if analyzer is None or not self.db.opened:
+            raise HranaError(f"the replica is not ready yet ({self.db.scheduler.state})", "SERVER_NOT_READY")
+        return analyze(analyzer, statement)
+
+    def _read_local(
+        self, statement: str, args: list[Value] | dict[str, Value], analysis: Analysis, want_rows: bool
+    ) -> StmtResult:
+        params = for_libsql(positional_args(analysis, args))
+
+        def run(conn: Any) -> Any:
+            if conn is None:
+                raise HranaError("the replica is being replaced; retry in a moment", "SERVER_NOT_READY")
+            return engine.execute(conn, statement, params, want_rows, analysis.is_dml, analysis.is_insert)
+
+        try:
+            outcome, _ = self.backend.bridge.run(self.db.thread.run(run))
+        except DatabaseError as exc:
+            raise HranaError(str(exc), "SERVER_NOT_READY") from exc
+        return stmt_result(outcome, analysis.columns)
+
+    def _forward_once(self, statement: str, args: list[Value] | dict[str, Value], want_rows: bool) -> StmtResult:
+        stream = self.backend.client.stream()
+        try:
+            # execute + close in one request: one round trip, and nothing is left open on the primary.
+            result = stream.execute(statement, args, want_rows=want_rows, close=True)
+        except HranaError as exc:
+            raise self.backend.primary_error(exc) from exc
+        self.backend.bridge.run(self.backend.read_your_writes())
+        return result
+
+    def _begin(self, statement: str, read_only: bool) -> StmtResult:
+        stream = self.backend.client.stream()
+        try:
+            result = stream.execute(statement, [], want_rows=False)
+            in_txn = not stream.is_autocommit()
+        except HranaError as exc:
+            self._close_quietly(stream)
+            raise self.backend.primary_error(exc) from exc
+        if not in_txn:
+            self._close_quietly(stream)
+            return result
+        self._remote, self._read_only_txn, self._wrote = stream, read_only, False
+        return result
+
+    def _in_transaction(
+        self, remote: ClientStream, statement: str, args: list[Value] | dict[str, Value], want_rows: bool
+    ) -> StmtResult:
+        if is_begin_readonly(statement):
+            raise HranaError("cannot start a transaction within a transaction", "SQLITE_UNKNOWN")
+        if not self.can_write:
+            check_writable(self._analyze(statement), False)
+        elif not self._read_only_txn and not self._wrote:
+            try:
+                self._wrote = not self._analyze(statement).is_readonly
+            except HranaError:
+                self._wrote = True  # unknown here (e.g. a table created in this transaction): assume it writes
+        try:
+            try:
+                return remote.execute(statement, args, want_rows=want_rows)
+            except (HranaConnectionError, HranaHTTPError) as exc:
+                # The primary stream is gone, and the transaction with it.
+                raise self.backend.primary_error(exc) from exc
+        finally:
+            self._check_ended(remote)
+
+    def _check_ended(self, remote: ClientStream) -> None:
+        try:
+            ended = remote.closed or remote.is_autocommit()
+        except HranaError:
+            ended = True
+        if not ended:
+            return
+        self._remote = None
+        self._close_quietly(remote)
+        if self._wrote:
+            self._wrote = False
+            self.backend.bridge.run(self.backend.read_your_writes())
+
+    @staticmethod
+    def _close_quietly(stream: ClientStream) -> None:
+        try:
+            stream.close()
+        except HranaError as exc:
+            # The primary expires the stream (rolling back) on its own.
+            log.debug("closing a primary stream failed: %s", exc)

@@ -1,0 +1,295 @@
+"""The standalone node's Hrana backend, over `LocalDatabase`'s connection-owner processes.
+
+- Autocommit statements: reads on a reader from the pool, writes on the writer, each statement its
+  own transaction; the connection goes back right after.
+- An interactive transaction (`BEGIN ...`, `SAVEPOINT`, or a batch that starts with one) pins a
+  leased connection to the stream until COMMIT/ROLLBACK, an error that ends it, or the stream's
+  close or expiry (the server's `transaction_timeout` bounds how long it holds the write lock).
+  Write-capable transactions lease the writer; `BEGIN TRANSACTION READONLY`, and any transaction
+  of a read-only token, lease a reader (opened with `query_only`) and run `BEGIN DEFERRED` there.
+- Statements are classified by the node's analyzer first (in the worker thread, cached): read-only
+  enforcement, declared types, parameter names. DDL inside a transaction extends a private copy
+  of the analyzer's schema so later statements of the same transaction compile against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from edgenode.analysis import Analysis, StatementAnalyzer
+from edgenode.auth import Access
+from edgenode.database import LocalDatabase, SQLError, StatementOutcome
+from edgenode.hrana.backend import Backend, DescribeResult, HranaError, Session, StmtResult, Value
+from edgenode.hrana.sql import is_begin_readonly, single_statement, split_statements
+from edgenode.hrana_node import engine
+from edgenode.hrana_node.common import (
+    LoopBridge,
+    analyze,
+    check_writable,
+    describe,
+    empty_result,
+    for_libsql,
+    positional_args,
+    starts_transaction,
+    stmt_result,
+)
+from edgenode.owner import OwnerDied, ProcessOwner
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Outcome = tuple[StatementOutcome | SQLError, bool]
+
+
+class _ReaderStopped(OwnerDied):
+    """A reader was stopped because its statement ran past the query timeout."""
+
+
+@dataclass(eq=False)
+class _Pin:
+    """A connection leased to one stream (`lease` is the entered context manager that gives it back)."""
+
+    lease: contextlib.AbstractAsyncContextManager[ProcessOwner]
+    owner: ProcessOwner
+    writer: bool
+
+
+class LocalBackend(Backend):
+    def __init__(self, db: LocalDatabase, bridge: LoopBridge, *, lease_timeout: float) -> None:
+        self.db = db
+        self.bridge = bridge
+        # How long a statement waits for the writer (or a reader) held by other streams' transactions:
+        # a little over the transaction timeout, after which the holder has been rolled back.
+        self.lease_timeout = lease_timeout
+
+    def open_session(self, access: Access) -> Session:
+        return LocalSession(self, access)
+
+
+class LocalSession(Session):
+    def __init__(self, backend: LocalBackend, access: Access) -> None:
+        self.backend = backend
+        self.db = backend.db
+        self.can_write = access.can_write
+        self._pin: _Pin | None = None
+        self._fork: StatementAnalyzer | None = None  # schema mirror with this transaction's DDL
+        self._ddl = False
+        self._closed = False
+
+    # -- Session (worker threads) ------------------------------------------------------------------
+
+    def execute(self, sql: str, args: list[Value] | dict[str, Value], want_rows: bool) -> StmtResult:
+        if self._closed:
+            raise HranaError("the stream is closed", "STREAM_CLOSED")
+        statement = single_statement(sql)
+        pin = self._pin
+        if pin is None:
+            if is_begin_readonly(statement):
+                return self._run(self._begin(False, "BEGIN DEFERRED"))
+            analysis = self._analyze(statement)
+            if analysis.is_transaction_control and starts_transaction(statement):
+                if self.can_write:
+                    return self._run(self._begin(True, statement))
+                # A read-only token's transaction: on a reader, where BEGIN IMMEDIATE would fail.
+                begin = statement if statement.lstrip()[:9].upper() == "SAVEPOINT" else "BEGIN DEFERRED"
+                return self._run(self._begin(False, begin))
+            params = for_libsql(positional_args(analysis, args))
+            if analysis.is_readonly or analysis.is_transaction_control:
+                # COMMIT and friends outside a transaction land here too: the engine words the error.
+                return self._run(self._read_once(statement, params, analysis, want_rows))
+            check_writable(analysis, self.can_write)
+            return self._run(self._write_once(statement, params, analysis, want_rows))
+        if is_begin_readonly(statement):
+            raise HranaError("cannot start a transaction within a transaction", "SQLITE_UNKNOWN")
+        analysis = self._analyze(statement)
+        check_writable(analysis, self.can_write, read_only_txn=not pin.writer)
+        params = for_libsql(positional_args(analysis, args))
+        return self._run(self._in_transaction(pin, statement, params, analysis, want_rows))
+
+    def describe(self, sql: str) -> DescribeResult:
+        statement = single_statement(sql)
+        if is_begin_readonly(statement):
+            return DescribeResult(params=[], cols=[], is_explain=False, is_readonly=True)
+        return describe(self._analyze(statement))
+
+    def sequence(self, sql: str) -> None:
+        for statement in split_statements(sql):
+            self.execute(statement, [], False)
+
+    def is_autocommit(self) -> bool:
+        return self._pin is None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._pin is None:
+            return
+        try:
+            self._run(self._abort())
+        except Exception:
+            log.exception("hrana: rolling back a closed stream's transaction failed")
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.backend.bridge.run(coro)
+
+    def _analyze(self, statement: str) -> Analysis:
+        analyzer = self._fork or self.db.analyzer
+        if analyzer is None:
+            raise HranaError("the database is not open yet", "SERVER_NOT_READY")
+        try:
+            return analyze(analyzer, statement)
+        except HranaError as exc:
+            if self._fork is not None or exc.code != "SQLITE_UNKNOWN":
+                raise
+        # "no such table": the mirror may trail a schema change made through another connection.
+        self._run(self.db.refresh_schema())
+        return analyze(self.db.analyzer or analyzer, statement)
+
+    # -- on the event loop -------------------------------------------------------------------------
+
+    async def _acquire(self, writer: bool) -> _Pin:
+        lease = self.db.lease_writer() if writer else self.db.lease_reader()
+        try:
+            owner = await asyncio.wait_for(lease.__aenter__(), self.backend.lease_timeout)
+        except TimeoutError:
+            what = "the writer" if writer else "a reader connection"
+            raise HranaError(
+                f"database is locked: waited {self.backend.lease_timeout:g} s for {what}, "
+                "held by other streams' transactions",
+                "SQLITE_BUSY",
+            ) from None
+        return _Pin(lease, owner, writer)
+
+    async def _release(self, pin: _Pin, failure: BaseException | None = None) -> None:
+        broken = isinstance(failure, OwnerDied | asyncio.CancelledError)
+        try:
+            if broken and pin.writer:
+                # Its process is gone mid-statement: whatever was open rolled back with it.
+                await pin.owner.restart()
+            if broken and not pin.writer:
+                # The pool kills and replaces a reader that comes back with OwnerDied.
+                died = failure if isinstance(failure, OwnerDied) else OwnerDied("cancelled")
+                await pin.lease.__aexit__(type(died), died, None)
+            else:
+                await pin.lease.__aexit__(None, None, None)
+        except Exception:
+            log.exception("hrana: giving back a leased connection failed")
+
+    async def _call(
+        self, pin: _Pin, sql: str, params: list[Any], analysis: Analysis | None, want_rows: bool
+    ) -> Outcome:
+        is_dml = analysis.is_dml if analysis else False
+        is_insert = analysis.is_insert if analysis else False
+        call = pin.owner.call(engine.execute, sql, params, want_rows, is_dml, is_insert)
+        if pin.writer:
+            return await call
+        timeout = self.db.timeout_ms / 1000
+        try:
+            return await asyncio.wait_for(call, timeout)
+        except TimeoutError:
+            # The binding cannot interrupt a statement: its process was stopped (see ProcessOwner.call).
+            raise _ReaderStopped(f"interrupted: query ran longer than query_timeout_ms={self.db.timeout_ms}") from None
+
+    @staticmethod
+    def _died(exc: OwnerDied) -> HranaError:
+        if isinstance(exc, _ReaderStopped):
+            return HranaError(str(exc), "SQLITE_INTERRUPT")
+        return HranaError(f"the connection's process died ({exc}); anything uncommitted was lost", "SQLITE_IOERR")
+
+    async def _once(self, writer: bool, sql: str, params: list[Any], analysis: Analysis, want_rows: bool) -> Outcome:
+        pin = await self._acquire(writer)
+        failure: BaseException | None = None
+        try:
+            outcome, in_txn = await self._call(pin, sql, params, analysis, want_rows)
+            if in_txn:
+                # Not expected of an autocommit statement; never hand a connection back mid-transaction.
+                await pin.owner.call(engine.rollback)
+            return outcome, False
+        except OwnerDied as exc:
+            failure = exc
+            raise self._died(exc) from exc
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            await self._release(pin, failure)
+
+    async def _read_once(self, sql: str, params: list[Any], analysis: Analysis, want_rows: bool) -> StmtResult:
+        outcome, _ = await self._once(False, sql, params, analysis, want_rows)
+        return stmt_result(outcome, analysis.columns)
+
+    async def _write_once(self, sql: str, params: list[Any], analysis: Analysis, want_rows: bool) -> StmtResult:
+        outcome, _ = await self._once(True, sql, params, analysis, want_rows)
+        if analysis.is_ddl and not isinstance(outcome, SQLError):
+            await self.db.schema_changed()
+        return stmt_result(outcome, analysis.columns)
+
+    async def _begin(self, writer: bool, sql: str) -> StmtResult:
+        pin = await self._acquire(writer)
+        try:
+            outcome, in_txn = await self._call(pin, sql, [], None, False)
+        except OwnerDied as exc:
+            await self._release(pin, exc)
+            raise self._died(exc) from exc
+        except BaseException as exc:
+            await self._release(pin, exc)
+            raise
+        if isinstance(outcome, SQLError) or not in_txn:
+            await self._release(pin)
+            return stmt_result(outcome)
+        self._pin = pin
+        return empty_result()
+
+    async def _in_transaction(
+        self, pin: _Pin, sql: str, params: list[Any], analysis: Analysis, want_rows: bool
+    ) -> StmtResult:
+        try:
+            outcome, in_txn = await self._call(pin, sql, params, analysis, want_rows)
+        except OwnerDied as exc:
+            await self._finish(exc)
+            raise self._died(exc) from exc
+        except BaseException as exc:
+            await self._finish(exc)
+            raise
+        if analysis.is_ddl and not isinstance(outcome, SQLError):
+            self._ddl = True
+            if in_txn:
+                if self._fork is None:
+                    base = self.db.analyzer
+                    assert base is not None
+                    self._fork = await asyncio.to_thread(base.fork)
+                self._fork.apply_ddl(sql)
+        if not in_txn:
+            await self._finish()
+        return stmt_result(outcome, analysis.columns)
+
+    async def _finish(self, failure: BaseException | None = None) -> None:
+        """The transaction is over (or lost): give the connection back and forget its schema copy."""
+        pin, self._pin = self._pin, None
+        ddl, self._ddl, self._fork = self._ddl, False, None
+        if pin is not None:
+            await self._release(pin, failure)
+        if ddl:
+            await self.db.schema_changed()
+
+    async def _abort(self) -> None:
+        pin = self._pin
+        if pin is None:
+            return
+        try:
+            clean = await pin.owner.call(engine.rollback)
+        except OwnerDied as exc:
+            await self._finish(exc)
+            return
+        if not clean:
+            log.warning("hrana: a stream's connection stayed in a transaction after ROLLBACK; restarting it")
+            await self._finish(OwnerDied("left in a transaction"))
+            return
+        await self._finish()
