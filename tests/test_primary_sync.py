@@ -207,7 +207,13 @@ def test_a_read_only_token_can_pull_and_read_but_not_write_or_push(primary: Proc
 
 
 def test_checkpointing_pragmas_are_refused_over_hrana(primary: Proc) -> None:
-    for sql in ("PRAGMA wal_checkpoint(TRUNCATE)", "PRAGMA journal_mode=DELETE", "PRAGMA wal_autocheckpoint=10"):
+    refused = (
+        "PRAGMA wal_checkpoint(TRUNCATE)",
+        "PRAGMA journal_mode=DELETE",
+        "PRAGMA wal_autocheckpoint=10",
+        "PRAGMA synchronous=OFF",
+    )
+    for sql in refused:
         with pytest.raises(HranaClientError) as error:
             execute(primary.url, [sql], TOKEN)
         assert error.value.code == "SQLITE_AUTH"

@@ -22,8 +22,18 @@ from edgenode.hrana.sql import hrana_error_from_sqlite, is_begin_readonly, singl
 from edgenode.primary.generations import LOCK_TIMEOUT, PrimaryStore
 from edgenode.primary.rwlock import LockTimeout
 
-# Setting these would checkpoint behind the generation's back or stop WAL frame N being sync frame N.
-_GUARDED_PRAGMAS = {"wal_checkpoint", "wal_autocheckpoint", "journal_mode", "locking_mode", "page_size", "query_only"}
+# Setting these would checkpoint behind the generation's back, stop WAL frame N being sync frame N,
+# weaken the durability of acknowledged commits, lift read-only access or allow corrupting the schema.
+_GUARDED_PRAGMAS = {
+    "wal_checkpoint",
+    "wal_autocheckpoint",
+    "journal_mode",
+    "locking_mode",
+    "page_size",
+    "query_only",
+    "synchronous",
+    "writable_schema",
+}
 _INSERT = re.compile(r"^\s*(?:INSERT|REPLACE)\b", re.IGNORECASE)
 _WITH_INSERT = re.compile(r"^\s*WITH\b.*\b(?:INSERT|REPLACE)\s+(?:OR\s+\w+\s+)?INTO\b", re.IGNORECASE | re.DOTALL)
 
