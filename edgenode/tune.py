@@ -49,7 +49,8 @@ from edgenode.pragmas import (
     wal_autocheckpoint,
 )
 
-DB_FILE = "edgenode.db"  # the node's file name (edgenode.database.DB_FILE; not imported to keep tune light)
+DB_FILE = "edgenode.db"  # a standalone node's file (edgenode.database.DB_FILE; not imported to keep tune light)
+REPLICA_FILE = Path("replica") / "replica.db"  # a replica node's file (edgenode.replica.files)
 WRITE_TABLE = "_edgenode_tune_writes"
 BATCH = 100  # rows per write transaction, like a bulk /api/v1/execute
 RANGE = 100  # rows per range scan
@@ -316,7 +317,18 @@ def format_knob(result: KnobResult) -> str:
     return "\n".join(lines)
 
 
-def snapshot(data_dir: Path, scratch: Path) -> Path:
+def database_file(data_dir: Path) -> tuple[Path, bool]:
+    """The node's database in `data_dir` and whether it is an embedded replica."""
+    if (data_dir / DB_FILE).is_file():
+        return data_dir / DB_FILE, False
+    if (data_dir / REPLICA_FILE).is_file():
+        return data_dir / REPLICA_FILE, True
+    raise FileNotFoundError(
+        f"no database at {data_dir / DB_FILE} or {data_dir / REPLICA_FILE}; start the node on this data dir first"
+    )
+
+
+def snapshot(source: Path, scratch: Path) -> Path:
     """A consistent copy of the node's database in `scratch`, taken through a read-only connection.
 
     Read-only matters: closing the last read-write connection of a WAL database checkpoints and
@@ -325,7 +337,6 @@ def snapshot(data_dir: Path, scratch: Path) -> Path:
     """
     import apsw
 
-    source = data_dir / DB_FILE
     copy = scratch / "tune.db"
     conn = apsw.Connection(str(source), flags=apsw.SQLITE_OPEN_READONLY)
     try:
@@ -344,14 +355,13 @@ def tune(
     synthetic_rows: int = 20_000,
 ) -> TuneResult:
     """Measure, choose and write `data_dir/pragmas.toml`; returns what was measured and chosen."""
-    if not (data_dir / DB_FILE).is_file():
-        raise FileNotFoundError(f"no database at {data_dir / DB_FILE}; start the node on this data dir first")
+    source, replica = database_file(data_dir)
     key = platform or platform_key()
     base = select_profile("auto", key)  # never the tuned file: the platform profile is the durability ceiling
     started = time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix=".tune-", dir=data_dir))
     try:
-        copy = snapshot(data_dir, scratch)
+        copy = snapshot(source, scratch)
         conn = libsql.connect(str(copy), isolation_level=None)
         target = pick_target(conn)
         prepare_copy(conn, synthetic_rows if target.synthetic else 0)
@@ -359,11 +369,16 @@ def tune(
             target = Target(WRITE_TABLE, 1, synthetic_rows, synthetic=True)
         conn.close()
         knobs, fixed = knobs_for(base)
+        if replica:
+            # The sync machinery owns the replica's journal and checkpoints; the node skips those settings.
+            knobs = [k for k in knobs if k.name != "wal_autocheckpoint"]
         size = copy.stat().st_size
         where = f"{target.table} (rowids {target.low}..{target.high})"
         if target.synthetic:
             where = f"a synthetic table of {synthetic_rows} rows (the database holds no rows to read)"
-        log(f"tuning on a copy of {data_dir / DB_FILE} ({size / 2**20:.1f} MiB) for about {seconds:.0f} s")
+        log(f"tuning on a copy of {source} ({size / 2**20:.1f} MiB) for about {seconds:.0f} s")
+        if replica:
+            log("embedded replica: journal_mode and wal_autocheckpoint stay with the sync machinery (WAL)")
         log(f"reads on {where}; writes: {BATCH}-row transactions into a scratch table of the copy")
         log(f"durability: never below the {base.name} profile: {base.durability}")
         measurements = sum(len(k.options) for k in knobs) * trials * 3

@@ -80,6 +80,19 @@ def test_tune_leaves_a_live_wal_database_untouched(tmp_path: Path) -> None:
         writer.close()
 
 
+def test_a_replica_data_dir_is_tuned_on_a_copy_of_its_replica_file(tmp_path: Path) -> None:
+    data = _data_dir(tmp_path, rows=300)
+    (data / "replica").mkdir()
+    (data / "edgenode.db").rename(data / "replica" / "replica.db")
+    before = _digest(data / "replica" / "replica.db")
+    lines: list[str] = []
+    result = tune(data, seconds=1, log=lines.append, trials=1)
+    assert any("embedded replica" in line for line in lines)
+    assert "wal_autocheckpoint" not in {k.knob for k in result.knobs}
+    assert _digest(data / "replica" / "replica.db") == before
+    assert (data / TUNED_FILE).is_file()
+
+
 def test_the_written_profile_applies_fully_on_a_libsql_connection(tmp_path: Path) -> None:
     data = _data_dir(tmp_path, rows=200)
     result = tune(data, seconds=1, log=lambda _: None, trials=1)
