@@ -720,11 +720,29 @@ def test_body_over_the_limit_gets_413_json(tmp_path: Path) -> None:
         gen.close()
 
 
+def test_stream_limit_closes_the_least_recently_used_idle_stream_to_make_room(tmp_path: Path) -> None:
+    gen = serve(tmp_path, max_streams=2)
+    served = next(gen)
+    try:
+        old, recent = (served.ok([execute("select 1")])["baton"] for _ in range(2))
+        recent = served.ok([execute("select 2")], recent)["baton"]
+        old = served.ok([execute("select 3")], old)["baton"]  # now `recent` is the least recently used
+        # Clients that never send `close` (stateless requests) must not lock everyone else out.
+        for _ in range(5):
+            assert served.pipeline([execute("select 1")]).status_code == 200
+        assert served.hrana.open_streams == 2
+        evicted = served.pipeline([execute("select 1")], recent)
+        assert (evicted.status_code, evicted.json()["code"]) == (400, "STREAM_EXPIRED")
+    finally:
+        gen.close()
+
+
 def test_stream_limit_and_shutdown_refuse_new_streams_with_503(tmp_path: Path) -> None:
     gen = serve(tmp_path, max_streams=2)
     served = next(gen)
     try:
-        batons = [served.ok([execute("select 1")])["baton"] for _ in range(2)]
+        # Streams holding a transaction are never closed to make room.
+        batons = [served.ok([execute("begin")])["baton"] for _ in range(2)]
         refused = served.pipeline([execute("select 1")])
         assert (refused.status_code, refused.json()["code"]) == (503, "STREAMS_EXHAUSTED")
         served.ok([{"type": "close"}], batons[0])

@@ -293,12 +293,17 @@ class HranaServer:
             await anyio.sleep(0.01)
 
     async def _open_stream(self, access: Access) -> _Stream:
+        evicted = None
         with self._lock:
             if self._stop.is_set():
                 raise HttpError(503, "the server is shutting down", "SHUTTING_DOWN")
             if len(self._streams) + self._opening >= self.max_streams:
-                raise HttpError(503, f"too many open streams ({self.max_streams})", "STREAMS_EXHAUSTED")
+                evicted = self._evict_idle()
+                if evicted is None:
+                    raise HttpError(503, f"too many open streams ({self.max_streams})", "STREAMS_EXHAUSTED")
             self._opening += 1
+        if evicted is not None:
+            await anyio.to_thread.run_sync(self._close_quietly, evicted)
         try:
             session = await anyio.to_thread.run_sync(self.backend.open_session, access)
         except HranaError as exc:
@@ -319,6 +324,19 @@ class HranaServer:
         self._ensure_reaper()
         return stream
 
+    def _evict_idle(self) -> _Stream | None:
+        """Close the least recently used stream that is idle and holds no transaction (caller holds the lock).
+
+        Clients that never close their streams (a stateless request with a null baton and no `close`)
+        would otherwise fill `max_streams` within seconds and lock every other client out."""
+        for stream in self._streams.values():  # least recently released first: see _release
+            if not stream.busy and stream.txn_since is None:
+                del self._streams[stream.id]
+                message = f"the stream was closed to make room for new ones (more than {self.max_streams} open)"
+                self._bury(stream.id, "STREAM_EXPIRED", message, time.monotonic())
+                return stream
+        return None
+
     def _release(self, stream: _Stream, lease: int) -> str | None:
         """Make the stream available again; the next baton, or None when the stream is closed.
 
@@ -334,6 +352,8 @@ class HranaServer:
                 if self._streams.pop(stream.id, None) is not None:
                     self._bury(stream.id, "STREAM_CLOSED", "the stream was closed", now)
                 return None
+            if self._streams.pop(stream.id, None) is not None:
+                self._streams[stream.id] = stream  # to the end: the dict stays in least-recently-used order
             return self._signer.encode(stream.id, stream.seq)
 
     def _discard(self, stream: _Stream) -> None:
