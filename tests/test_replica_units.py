@@ -160,6 +160,23 @@ async def test_waiters_share_a_sync_and_late_waiters_get_the_next_one() -> None:
         await scheduler.stop()
 
 
+@pytest.mark.anyio
+async def test_a_sync_cut_short_does_not_answer_waiters_or_count_as_caught_up() -> None:
+    outcomes = [False, False, True]
+
+    async def sync() -> SyncOutcome:
+        return SyncOutcome(started=time.monotonic(), duration=0, frames=5, changed=True, complete=outcomes.pop(0))
+
+    scheduler = Scheduler(sync, interval=60, timeout=5, max_lag=10)
+    scheduler.start()
+    try:
+        outcome = await scheduler.sync_after()
+        assert outcome.complete and outcomes == []
+        assert scheduler.syncs == 3 and scheduler.lag() is not None
+    finally:
+        await scheduler.stop()
+
+
 # -- bootstrap download ------------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -139,6 +140,8 @@ class ReplicaDatabase(Database):
         self.scheduler = Scheduler(
             self._sync, interval=settings.sync_interval, timeout=settings.sync_timeout, max_lag=settings.max_lag
         )
+        # EDGENODE_REPLICA_LONG_POLL=0 turns the watcher off (benchmarks compare interval-only syncing).
+        watch = watch and os.environ.get("EDGENODE_REPLICA_LONG_POLL", "1") != "0"
         self.watcher = Watcher(self) if watch else None
         self.metrics = ReplicaMetrics(self.scheduler.lag, lambda: self.current.generation if self.current else None)
         self.collector = self.metrics.collector
@@ -146,6 +149,7 @@ class ReplicaDatabase(Database):
         self.current: Position | None = None
         self.progress: bootstrap.Progress | None = None
         self.opened = False
+        self.writes_in_flight = 0
         self.resyncs: dict[str, int] = {}
         self.last_resync: dict[str, Any] | None = None
         self.database_id: str | None = None
@@ -293,13 +297,14 @@ class ReplicaDatabase(Database):
             self._count_resync("primary_changed", problem)
             await self._bootstrap("resyncing", discard_first=True)
 
-    def _pull_blocking(self) -> tuple[Position, Position, list[str] | None, float]:
+    def _pull_blocking(self) -> tuple[Position, Position, list[str] | None, float, bool]:
         if self.relay.ensure():
             self._open_blocking()  # the connection's sync_url is the relay's, so reopen it
         conn = self.thread.conn
         before = self.files.read_info()
-        self.relay.set_deadline(self.settings.sync_timeout)
+        self.relay.begin_sync(self.settings.sync_timeout)
         began = time.monotonic()
+        truncated = False
         try:
             conn.sync()
         except ValueError as exc:
@@ -310,15 +315,15 @@ class ReplicaDatabase(Database):
             raise
         finally:
             duration = time.monotonic() - began
-            with contextlib.suppress(httpx.HTTPError):
-                self.relay.set_deadline(0)
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                truncated = self.relay.end_sync()
         after = self.files.read_info()
         schema = [r[0] for r in conn.execute(SCHEMA_SQL).fetchall()] if after != before else None
-        return before, after, schema, duration
+        return before, after, schema, duration, truncated
 
     async def _pull(self, started: float) -> SyncOutcome:
         try:
-            before, after, schema, duration = await self.thread.call(self._pull_blocking)
+            before, after, schema, duration, truncated = await self.thread.call(self._pull_blocking)
         except InvalidInfo as exc:
             raise ResyncNeeded("invalid_local_state", str(exc)) from exc
         frames = after.frame - before.frame if after.generation == before.generation else after.frame
@@ -328,7 +333,9 @@ class ReplicaDatabase(Database):
         if self.progress is not None and self.progress.frames_applied is None:
             self.progress.frames_applied = after.frame
             self.progress.phase = "done"
-        return SyncOutcome(started=started, duration=duration, frames=max(frames, 0), changed=after != before)
+        return SyncOutcome(
+            started=started, duration=duration, frames=max(frames, 0), changed=after != before, complete=not truncated
+        )
 
     async def _bootstrap(self, phase: str, discard_first: bool = False) -> None:
         """Download the primary's current generation and make it the replica.
@@ -452,12 +459,15 @@ class ReplicaDatabase(Database):
             (sql, exact_params(analysis, params, f"statements[{i}]"))
             for i, ((sql, params), (_, _, analysis)) in enumerate(zip(statements, prepared, strict=True))
         ]
+        self.writes_in_flight += 1
         try:
             results = await asyncio.to_thread(self.writer.write, exact, prepared)
         except SQLError:
+            self.writes_in_flight -= 1
             self.metrics.writes.labels("rejected").inc()
             raise
-        except DatabaseError:
+        except BaseException:
+            self.writes_in_flight -= 1
             self.metrics.writes.labels("unavailable").inc()
             raise
         self.metrics.writes.labels("committed").inc()
@@ -471,6 +481,8 @@ class ReplicaDatabase(Database):
         else:
             assert self.current is not None
             _write_position.set({"generation": self.current.generation, "frame": self.current.frame})
+        finally:
+            self.writes_in_flight -= 1
         return results
 
     def position(self) -> dict[str, int | None]:

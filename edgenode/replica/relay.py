@@ -9,7 +9,14 @@ client's `sync_url` at this relay bounds every sync:
 - the node sets a deadline before each sync (`PUT /_relay/deadline`, seconds); requests past it,
   or upstream requests that run past it, get 424 at once;
 - upstream 5xx and connection failures become 424 too: the client retries 5xx with backoff while
-  holding the GIL, and the node's scheduler does its own backoff instead.
+  holding the GIL, and the node's scheduler does its own backoff instead;
+- a sync is cut into slices: once a sync has run for `--slice` seconds, the next pull that would
+  start a new transaction is answered "checkpoint needed, same generation", which makes the client
+  stop where it is (at a commit, its progress saved). The client applies a commit in ~2 fsyncs
+  (its WAL at synchronous=FULL and its `-info` file), so catching up on thousands of commits would
+  otherwise hold the GIL, and the node's one connection, for seconds; between slices reads run.
+  The node learns that a sync was cut when it ends it (`PUT /_relay/deadline` 0 answers
+  `{"truncated": true}`) and syncs again at once.
 
 The relay exits when its stdin closes, so it never outlives the node (even after kill -9).
 """
@@ -32,14 +39,19 @@ import httpx
 log = logging.getLogger("edgenode.replica")
 
 FAILED = 424  # not retried by the client, not parsed as "checkpoint needed" (400/500 are)
+FRAME_SIZE = 4096 + 24
 _FORWARD_HEADERS = ("authorization", "content-type", "x-turso-encryption-key", "range")
 
 
 class RelayApp:
-    def __init__(self, upstream: str, timeout: float) -> None:
+    def __init__(self, upstream: str, timeout: float, slice_seconds: float = 0.1) -> None:
         self.upstream = upstream.rstrip("/")
         self.timeout = timeout
+        self.slice = slice_seconds
         self.deadline: float | None = None
+        self.sync_started: float | None = None
+        self.truncated = False
+        self.mid_transaction = False
         self.http = httpx.AsyncClient(timeout=None, limits=httpx.Limits(max_keepalive_connections=8))
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -54,8 +66,22 @@ class RelayApp:
         path = scope["path"]
         if path == "/_relay/deadline":
             seconds = float(body.decode() or 0)
-            self.deadline = time.monotonic() + seconds if seconds > 0 else None
-            await self._reply(send, 204, b"")
+            truncated = self.truncated
+            if seconds > 0:  # a sync starts
+                self.deadline = time.monotonic() + seconds
+                self.sync_started = time.monotonic()
+                self.mid_transaction = False
+            else:  # it ended
+                self.deadline = self.sync_started = None
+            self.truncated = False
+            await self._reply(send, 200, b'{"truncated":%s}' % (b"true" if truncated else b"false"))
+            return
+        pull = scope["method"] == "GET" and path.startswith("/sync/")
+        if pull and self._slice_over():
+            self.truncated = True
+            generation = path.split("/")[2]
+            body = b'{"status":"checkpoint_needed","generation":%s,"baton":null}' % generation.encode()
+            await self._reply(send, 400, body)
             return
         # Outside a sync (statements the client forwards to the primary) the default timeout applies.
         remaining = self.timeout if self.deadline is None else self.deadline - time.monotonic()
@@ -77,12 +103,21 @@ class RelayApp:
             return
         status = response.status_code
         content = response.content
+        if pull and status == 200 and len(content) >= FRAME_SIZE:
+            # The client ends its WAL session at commit frames; only cut a sync between transactions.
+            last = content[len(content) - FRAME_SIZE :]
+            self.mid_transaction = int.from_bytes(last[4:8], "big") == 0
         if status >= 500 and not (status == 500 and path.startswith("/sync/")):
             status, content = FAILED, f'{{"error":"primary answered {response.status_code}"}}'.encode()
         out_headers = [(b"content-type", response.headers.get("content-type", "application/json").encode())]
         if "location" in response.headers:
             out_headers.append((b"location", response.headers["location"].encode()))
         await self._reply(send, status, content, out_headers)
+
+    def _slice_over(self) -> bool:
+        if self.sync_started is None or self.mid_transaction:
+            return False
+        return time.monotonic() - self.sync_started > self.slice
 
     @staticmethod
     async def _reply(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -99,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument("--slice", type=float, default=0.1)
     args = parser.parse_args(argv)
 
     def watch_parent() -> None:
@@ -112,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     sock.bind(("127.0.0.1", args.port))
     sock.listen(64)
     print(sock.getsockname()[1], flush=True)
-    app = RelayApp(args.upstream, args.timeout)
+    app = RelayApp(args.upstream, args.timeout, args.slice)
     config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
     asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))
 
@@ -170,8 +206,16 @@ class Relay:
         self.start()
         return True
 
+    def begin_sync(self, deadline_seconds: float) -> None:
+        self._http.put(f"{self.url}/_relay/deadline", content=str(deadline_seconds))
+
+    def end_sync(self) -> bool:
+        """Clear the deadline; True when the relay cut the sync short (more frames are waiting)."""
+        response = self._http.put(f"{self.url}/_relay/deadline", content="0")
+        return bool(response.json().get("truncated"))
+
     def set_deadline(self, seconds: float) -> None:
-        self._http.put(f"{self.url}/_relay/deadline", content=str(seconds))
+        self.begin_sync(seconds)
 
     def stop(self) -> None:
         popen, self._popen = self._popen, None

@@ -32,6 +32,8 @@ class SyncOutcome:
     duration: float
     frames: int
     changed: bool
+    # False when the sync was cut into a slice (relay.py): the replica has not caught up yet.
+    complete: bool = True
 
 
 class SyncFailed(Exception):
@@ -65,6 +67,7 @@ class Scheduler:
         self.finished_count = 0
         self.running = False
         self._wake = asyncio.Event()
+        self._finished = asyncio.Event()
         self._waiters: list[tuple[int, asyncio.Future[SyncOutcome]]] = []
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -135,6 +138,12 @@ class Scheduler:
     def trigger(self) -> None:
         self._wake.set()
 
+    async def wait_finished(self, limit: float) -> None:
+        """Until the next sync ends (however it ends), at most `limit` seconds."""
+        finished = self._finished
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(finished.wait(), limit)
+
     # -- loop ------------------------------------------------------------------------------------
 
     def _delay(self, jitter: bool = True) -> float:
@@ -175,12 +184,19 @@ class Scheduler:
                 log.info("sync works again after %d failure(s)", self.failures)
             self.failures = 0
             self.syncs += 1
-            self.caught_up_at = max(self.caught_up_at or 0.0, started)
             self.last_sync_at = time.time()
-            self._answer(number, outcome=outcome)
+            if outcome.complete:
+                self.caught_up_at = max(self.caught_up_at or 0.0, started)
+                self._answer(number, outcome=outcome)
+            else:
+                # Waiters need a sync that caught up; the next one starts at once.
+                self._waiters = [(max(needed, number + 1), future) for needed, future in self._waiters]
+                self._wake.set()
         finally:
             self.running = False
             self.finished_count = number
+            finished, self._finished = self._finished, asyncio.Event()
+            finished.set()
 
     def _answer(self, number: int, outcome: SyncOutcome | None = None, error: Exception | None = None) -> None:
         keep = []

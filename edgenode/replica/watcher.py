@@ -75,6 +75,11 @@ class Watcher:
                     continue
                 if news:
                     self.wakeups += 1
+                    if self.db.writes_in_flight:
+                        # Likely that write's own commit: its read-your-writes sync brings it; a sync
+                        # started now would only make that write wait for two.
+                        await self.db.scheduler.wait_finished(self.db.settings.sync_interval)
+                        continue
                     with contextlib.suppress(Exception):
                         await self.db.scheduler.sync_after()
                     if self.db.current == position:
