@@ -33,6 +33,7 @@ from pathlib import Path
 import apsw
 import msgspec
 
+from edgenode.durable import atomic_write, fsync_dir
 from edgenode.primary.rwlock import LockTimeout, RWLock
 from edgenode.primary.wal import (
     FRAME_SIZE,
@@ -117,24 +118,6 @@ class _PendingPush:
     first: int
     data: bytes
     expires: float
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 class PrimaryStore:
