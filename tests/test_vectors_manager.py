@@ -316,3 +316,25 @@ def test_64_bit_and_negative_rowids_come_back_exactly(tmp_path: Path) -> None:
         await db.stop()
 
     run(main())
+
+
+def test_inner_product_collections_rank_like_cosine_on_normalised_vectors(tmp_path: Path) -> None:
+    async def main() -> None:
+        db, manager, base = await _setup(tmp_path, n=3000)
+        spec = CollectionSpec(table="items", column="emb", dim=DIM, metric="ip", filter_columns=["cat"])
+        await manager.put_collection("ipitems", spec)
+        await manager.wait_ready("ipitems")
+        ids = np.arange(1, len(base) + 1)
+        q = clustered(1, DIM, seed=77)[0]
+        for mode in ("ann", "exact"):
+            result = await manager.search("ipitems", SearchRequest(vector=q.tolist(), k=5, mode=mode))
+            assert [h.rowid for h in result.results] == exact_topk(base, ids, q, 5)
+            assert abs(result.results[0].distance - (1 - float(base[result.results[0].rowid - 1] @ q))) < 1e-4
+        flt = Filter(sql="cat = ?", params=["d"])
+        result = await manager.search("ipitems", SearchRequest(vector=q.tolist(), k=5, filter=flt))
+        mask = ids % 10 == 3
+        assert [h.rowid for h in result.results] == exact_topk(base[mask], ids[mask], q, 5)
+        await manager.stop()
+        await db.stop()
+
+    run(main())

@@ -269,11 +269,32 @@ class Sidecar:
         rows = self._run(self._reader(), f"SELECT rowid FROM filt WHERE rowid IN ({ids}) AND {where}", params)
         return {r[0] for r in rows}
 
-    def count_matching(self, flt: CompiledFilter, limit: int) -> int:
-        """Rows the filter accepts, counting no further than `limit`."""
+    def matching_rowids(self, flt: CompiledFilter, limit: int) -> list[int]:
+        """Rowids the filter accepts, no more than `limit` (a bounded scan: short when the filter is broad)."""
         where, params = self._where(flt)
-        sql = f"SELECT count(*) FROM (SELECT 1 FROM filt WHERE {where} LIMIT ?)"
-        return int(self._run(self._reader(), sql, (*params, limit))[0][0])
+        return [
+            r[0] for r in self._run(self._reader(), f"SELECT rowid FROM filt WHERE {where} LIMIT ?", (*params, limit))
+        ]
+
+    def search_rowids(self, query: np.ndarray, k: int, rowids: list[int]) -> tuple[list[int], list[float], int]:
+        """Exact top-k among the given rowids (those a filter accepted)."""
+        if not rowids:
+            return [], [], 0
+        conn = self._reader()
+        ids = ",".join(str(int(r)) for r in rowids)
+        if self.spec.metric == "ip":
+            rows = conn.execute(f"SELECT rowid, embedding FROM vec WHERE rowid IN ({ids})").fetchall()
+            if not rows:
+                return [], [], 0
+            dist = _distances_ip(query, [r[1] for r in rows], self.spec.dim)
+            top = np.argsort(dist, kind="stable")[:k]
+            return [rows[i][0] for i in top], [float(dist[i]) for i in top], len(rows)
+        dist_sql = _DIST_SQL[self.spec.metric].replace("v.embedding", "embedding")
+        rows = conn.execute(
+            f"SELECT rowid, {dist_sql} AS d FROM vec WHERE rowid IN ({ids}) ORDER BY d LIMIT ?",
+            (query.astype("<f4").tobytes(), k),
+        ).fetchall()
+        return [r[0] for r in rows], [float(r[1]) for r in rows], len(rowids)
 
     def search(self, query: np.ndarray, k: int, flt: CompiledFilter | None) -> tuple[list[int], list[float], int]:
         """Exact top-k (rowids, distances, rows considered); distances as the API reports them."""

@@ -4,15 +4,15 @@
   applied there.
 - ANN without a filter: HNSW top-k. hnswlib computes distances on the full float32 vectors, so
   its distances are already exact and need no re-ranking.
-- ANN with a filter: first count the matching rows in the sidecar, stopping at `exact_filter_rows`
-  (a bounded scan: cheap when the filter is broad, and what the exact scan reads anyway when it is
-  selective). A selective filter (at most `exact_filter_rows` rows) is answered exactly over those
-  rows. Otherwise ask HNSW for `overfetch * k` candidates (at least ef), keep those the filter
-  accepts (checked in the sidecar), best first. If fewer than k survive, the observed pass rate
-  estimates how many candidates would be needed; one larger round is tried when that stays under
-  `max_candidates`. Otherwise the filter is selective, and an exact scan over the rows it accepts
-  answers instead (reported as mode "exact"), so a filtered query returns k results whenever k
-  rows match.
+- ANN with a filter: first collect the matching rowids in the sidecar, stopping after
+  `exact_filter_rows` (a bounded scan: short when the filter is broad). A selective filter (at
+  most `exact_filter_rows` rows) is answered exactly over exactly those rows, reported as mode
+  "exact". Otherwise at least `exact_filter_rows / size` of the rows pass: ask HNSW for
+  `overfetch * k` candidates (at least ef), keep those the filter accepts (checked in the
+  sidecar), best first. If fewer than k survive, the observed pass rate estimates how many
+  candidates would be needed and one larger round (up to `max_candidates`) is tried; failing
+  that, an exact scan over the rows the filter accepts answers. Either way a filtered query
+  returns k results whenever k rows match.
 """
 
 from __future__ import annotations
@@ -88,8 +88,9 @@ def _ann(
     if flt is None:
         labels, dists = index.query(query[None, :], k, ef)
         return Answer(labels[0].tolist(), _ann_distances(metric, dists[0]), "ann", labels.shape[1])
-    if sidecar.count_matching(flt, settings.exact_filter_rows + 1) <= settings.exact_filter_rows:
-        rowids, dists, seen = sidecar.search(query, k, flt)
+    matches = sidecar.matching_rowids(flt, settings.exact_filter_rows + 1)
+    if len(matches) <= settings.exact_filter_rows:
+        rowids, dists, seen = sidecar.search_rowids(query, k, matches)
         return Answer(rowids, dists, "exact", seen)
     fetch = min(max(k * settings.overfetch, ef or index.ef_search), size)
     tried = 0
