@@ -12,7 +12,7 @@ Methods:
 - hnswlib raw, edgenode sync and edgenode in-process are timed interleaved, query by query.
 - edgenode sync: the node's planner (`search_many`) called directly; same index, locks included.
 - edgenode in-process: `VectorManager.search` (asyncio + worker thread), what a route handler calls.
-- edgenode HTTP: the node app over HTTP/1.1 keep-alive (bench/loadgen.py, a separate process).
+- edgenode HTTP: `edgenode serve` over HTTP/1.1 keep-alive (bench/loadgen.py, a separate process).
 - edgenode filtered 1%: a filter accepting 1% of rows, through `VectorManager.search`.
 - sqlite-vec vec0: brute-force KNN of a vec0 virtual table (apsw, in memory).
 - libSQL exact: `ORDER BY vector_distance_cos(...) LIMIT 10` on the libSQL file.
@@ -243,19 +243,6 @@ async def _edgenode(ds: dict[str, Any], data: Path) -> list[dict[str, Any]]:
     return rows
 
 
-SERVER = """
-import sys, uvicorn
-from edgenode.api import create_app
-from edgenode.config import Settings
-from edgenode.node import open_database
-from edgenode.vectors import component
-settings = Settings(data_dir=sys.argv[1], port=int(sys.argv[2]))
-db = open_database(settings)
-uvicorn.run(create_app(settings, db, components=[component(settings, db)]), host="127.0.0.1", port=int(sys.argv[2]),
-            log_level="warning", access_log=False)
-"""
-
-
 def _load_process(url: str, queries_path: str, clients: int, seconds: float, queue: Any) -> None:
     import msgspec
 
@@ -280,9 +267,8 @@ def bench_http(ds: dict[str, Any], data: Path, seconds: float) -> list[dict[str,
     url = f"http://127.0.0.1:{port}"
     log = (data / "node.log").open("ab")
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(data), str(port)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
-    )
+    args = ["serve", "--data-dir", str(data), "--no-migrate", "--log-level", "warning", "--port", str(port)]
+    proc = subprocess.Popen([sys.executable, "-m", "edgenode", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     rows = []
     try:
         q0 = {"vector": ds["queries"][0].tolist(), "k": K}
