@@ -44,11 +44,4 @@ def load_components(settings: Settings, db: Database) -> list[Component]:
 
 def build_node_app(settings: Settings) -> Starlette:
     db = open_database(settings)
-    components = load_components(settings, db)
-    app = create_app(settings, db, components=components)
-    for component in components:
-        # Components with metrics of their own (the replica's sync) add them to the node's registry.
-        register = getattr(component, "register_metrics", None)
-        if register is not None:
-            register(app.state.node.metrics.registry)
-    return app
+    return create_app(settings, db, components=load_components(settings, db))
