@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from prometheus_client import CollectorRegistry
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from edgenode.api.errors import ApiError
+from edgenode.metrics import NodeMetrics
 from edgenode.replica.database import ReplicaDatabase
 from edgenode.replica.scheduler import SyncFailed
 
@@ -36,8 +36,9 @@ class SyncComponent:
     def not_ready_reason(self) -> str | None:
         return self.db.not_ready_reason()
 
-    def register_metrics(self, registry: CollectorRegistry) -> None:
-        registry.register(self.db.collector)
+    def bind_metrics(self, metrics: NodeMetrics) -> None:
+        """Called by `create_app`: the replica's collector joins the node's registry."""
+        metrics.registry.register(self.db.collector)
 
     async def sync(self, request: Request) -> Response:
         """Run a sync now (one that starts after this request; POST needs the read-write token)."""

@@ -330,9 +330,11 @@ class ReplicaDatabase(Database):
         self.current = after
         if schema is not None:
             await self._set_schema(schema)
-        if self.progress is not None and self.progress.frames_applied is None:
+        if self.progress is not None and self.progress.phase == "pulling frames":
+            # A bootstrap's catch-up may take several (sliced) syncs; progress shows each of them.
             self.progress.frames_applied = after.frame
-            self.progress.phase = "done"
+            if not truncated:
+                self.progress.phase = "done"
         return SyncOutcome(
             started=started, duration=duration, frames=max(frames, 0), changed=after != before, complete=not truncated
         )
