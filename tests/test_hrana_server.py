@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -788,3 +789,28 @@ def test_many_concurrent_streams_stay_isolated(served: Served) -> None:
     for n, result in enumerate(results):
         assert result == [[integer(sum(n * 100 + i for i in range(10))), integer(10)]]
     assert served.hrana.open_streams == 0
+
+
+class _InlineOpenBackend(ApswBackend):
+    open_session_blocks = False
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.opened_on: list[str] = []
+
+    def open_session(self, access: Access) -> Session:
+        self.opened_on.append(threading.current_thread().name)
+        return super().open_session(access)
+
+
+def test_a_backend_whose_open_session_never_blocks_opens_streams_on_the_event_loop(tmp_path: Path) -> None:
+    backend = _InlineOpenBackend(tmp_path / "db")
+    gen = serve(tmp_path, backend)
+    served = next(gen)
+    try:
+        served.ok([execute("select 1"), {"type": "close"}])
+        # Stateless requests then cost one thread hop, not two.
+        assert len(backend.opened_on) == 1
+        assert "AnyIO worker thread" not in backend.opened_on[0]
+    finally:
+        gen.close()

@@ -103,6 +103,10 @@ class Session(ABC):
 
 
 class Backend(ABC):
+    # False when open_session never blocks (allocates a session object only): the server then calls
+    # it on the event loop, saving a thread hop on every stateless request.
+    open_session_blocks: bool = True
+
     @abstractmethod
     def open_session(self, access: Access) -> Session:
         """Open the database side of a new stream; synchronous, called in a worker thread."""

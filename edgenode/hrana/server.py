@@ -305,7 +305,10 @@ class HranaServer:
         if evicted is not None:
             await anyio.to_thread.run_sync(self._close_quietly, evicted)
         try:
-            session = await anyio.to_thread.run_sync(self.backend.open_session, access)
+            if self.backend.open_session_blocks:
+                session = await anyio.to_thread.run_sync(self.backend.open_session, access)
+            else:
+                session = self.backend.open_session(access)
         except HranaError as exc:
             raise HttpError(503, f"cannot open a database session: {exc.message}", exc.code) from exc
         finally:
