@@ -211,6 +211,31 @@ def test_a_write_transaction_holds_the_writer_and_is_rolled_back_when_it_expires
         proc.stop()
 
 
+def test_a_runaway_read_is_interrupted_at_the_query_timeout_and_its_reader_replaced(tmp_path: Path) -> None:
+    proc = start(
+        ["serve", "--data-dir", str(tmp_path / "d"), "--auth-token", RW, "--query-timeout-ms", "300"],
+        tmp_path,
+        "timeout",
+        ready_path="/ready",
+    )
+    runaway = "with recursive n(i) as (select 1 union all select i + 1 from n) select count(*) from n"
+    try:
+        for _ in range(3):  # more than the pool's readers: replaced ones come back
+            started = time.monotonic()
+            result = pipeline(proc, [execute(runaway)]).json()["results"][0]
+            assert result["error"]["code"] == "SQLITE_INTERRUPT", result
+            assert time.monotonic() - started < 3
+        deadline = time.monotonic() + 10
+        while True:
+            response = pipeline(proc, [execute("select 1")]).json()["results"][0]
+            if response["type"] == "ok" or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert response["type"] == "ok", response
+    finally:
+        proc.stop()
+
+
 def test_concurrent_streams_interleave_transactions_without_losing_writes(node: Proc) -> None:
     ok(pipeline(node, [execute("create table counter(n integer)"), execute("insert into counter values (0)")]))
     errors: list[BaseException] = []

@@ -50,7 +50,9 @@ class HranaComponent:
         if isinstance(self.db, LocalDatabase):
             from edgenode.hrana_node.local import LocalBackend
 
-            return LocalBackend(self.db, self.bridge, lease_timeout=lease_timeout)
+            return LocalBackend(
+                self.db, self.bridge, lease_timeout=lease_timeout, readers=self.settings.read_connections
+            )
         from edgenode.hrana_node.forward import ForwardBackend
         from edgenode.replica.database import ReplicaDatabase
 
@@ -78,10 +80,16 @@ class HranaComponent:
 
     async def start(self) -> None:
         self.bridge.attach(asyncio.get_running_loop())
+        start = getattr(self.backend, "start", None)
+        if start is not None:
+            await start()
 
     async def stop(self) -> None:
         # Rolls back open transactions and gives leased connections back before the database closes.
         await self.server.aclose()
+        stop = getattr(self.backend, "stop", None)
+        if stop is not None:
+            await stop()
 
     def status(self) -> dict[str, Any]:
         return {

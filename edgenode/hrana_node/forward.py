@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from edgenode.analysis import Analysis
 from edgenode.auth import Access
@@ -43,6 +42,8 @@ log = logging.getLogger(__name__)
 
 
 class ForwardBackend(Backend):
+    open_session_blocks = False
+
     def __init__(self, db: ReplicaDatabase, bridge: LoopBridge, settings: Settings) -> None:
         self.db = db
         self.bridge = bridge
@@ -164,14 +165,10 @@ class ForwardSession(Session):
         self, statement: str, args: list[Value] | dict[str, Value], analysis: Analysis, want_rows: bool
     ) -> StmtResult:
         params = for_libsql(positional_args(analysis, args))
-
-        def run(conn: Any) -> Any:
-            if conn is None:
-                raise HranaError("the replica is being replaced; retry in a moment", "SERVER_NOT_READY")
-            return engine.execute(conn, statement, params, want_rows, analysis.is_dml, analysis.is_insert)
-
         try:
-            outcome, _ = self.backend.bridge.run(self.db.thread.run(run))
+            outcome, _ = self.backend.bridge.run(
+                self.db.call(engine.execute, statement, params, want_rows, analysis.is_dml, analysis.is_insert)
+            )
         except DatabaseError as exc:
             raise HranaError(str(exc), "SERVER_NOT_READY") from exc
         return stmt_result(outcome, analysis.columns)

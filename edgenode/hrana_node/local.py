@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+import queue
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from edgenode.analysis import Analysis, StatementAnalyzer
 from edgenode.auth import Access
-from edgenode.database import LocalDatabase, SQLError, StatementOutcome
+from edgenode.database import LocalDatabase, SQLError, StatementOutcome, open_local
 from edgenode.hrana.backend import Backend, DescribeResult, HranaError, Session, StmtResult, Value
 from edgenode.hrana.sql import is_begin_readonly, single_statement, split_statements
 from edgenode.hrana_node import engine
@@ -58,13 +59,102 @@ class _Pin:
     writer: bool
 
 
+class _BlockingOwner(ProcessOwner):
+    """A reader process driven by blocking calls from a worker thread (the pool lends it to one at a time).
+
+    Autocommit reads are most of Hrana's traffic: talking to the process straight from the server's
+    worker thread saves two thread hops and the event loop's bookkeeping per statement."""
+
+    def call_blocking(self, timeout: float, fn: Callable[..., T], *args: Any) -> T:
+        pipe = self._pipe
+        if pipe is None or self._broken:
+            raise OwnerDied(f"{self.name} is not running")
+        try:
+            pipe.send((fn, args))
+            if not pipe.poll(timeout):
+                # The binding cannot interrupt a statement: stop the process (the pool replaces it).
+                self._broken = True
+                self.kill()
+                raise _ReaderStopped(f"interrupted: query ran longer than {timeout * 1000:g} ms (query_timeout_ms)")
+            status, payload = pipe.recv()
+        except (EOFError, OSError) as exc:
+            self._broken = True
+            raise OwnerDied(f"{self.name} exited") from exc
+        if status == "err":
+            raise payload
+        return payload
+
+
+class ReaderPool:
+    """Reader processes of the Hrana backend's own, for autocommit reads from worker threads.
+
+    Separate from `LocalDatabase`'s readers (an asyncio pool, lent whole to read transactions)."""
+
+    def __init__(self, db: LocalDatabase, size: int, bridge: LoopBridge) -> None:
+        self.bridge = bridge
+        self.owners = [
+            _BlockingOwner(f"edgenode-hrana-reader-{i}", open_local, str(db.path), db.profile, True)
+            for i in range(size)
+        ]
+        self._idle: queue.Queue[_BlockingOwner] = queue.Queue()
+        self.replaced = 0
+
+    async def start(self) -> None:
+        await asyncio.gather(*(owner.start() for owner in self.owners))
+        for owner in self.owners:
+            self._idle.put(owner)
+
+    async def stop(self, on_close: tuple[str, ...] = ()) -> None:
+        await asyncio.gather(*(owner.close(on_close) for owner in self.owners), return_exceptions=True)
+
+    def call(self, wait: float, timeout: float, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(conn, *args) on an idle reader (worker thread); wait at most `wait` s for one."""
+        try:
+            owner = self._idle.get(timeout=wait)
+        except queue.Empty:
+            raise HranaError(f"database is busy: no reader free within {wait:g} s", "SQLITE_BUSY") from None
+        try:
+            result = owner.call_blocking(timeout, fn, *args)
+        except OwnerDied:
+            self._replace(owner)
+            raise
+        except BaseException:
+            self._idle.put(owner)
+            raise
+        self._idle.put(owner)
+        return result
+
+    def _replace(self, owner: _BlockingOwner) -> None:
+        async def restart() -> None:
+            try:
+                await owner.restart()
+            except Exception:
+                log.exception("hrana: restarting %s failed", owner.name)
+                return
+            self.replaced += 1
+            self._idle.put(owner)
+
+        loop = self.bridge.loop
+        if loop is not None and not loop.is_closed():
+            asyncio.run_coroutine_threadsafe(restart(), loop)
+
+
 class LocalBackend(Backend):
-    def __init__(self, db: LocalDatabase, bridge: LoopBridge, *, lease_timeout: float) -> None:
+    open_session_blocks = False
+
+    def __init__(self, db: LocalDatabase, bridge: LoopBridge, *, lease_timeout: float, readers: int = 2) -> None:
         self.db = db
         self.bridge = bridge
         # How long a statement waits for the writer (or a reader) held by other streams' transactions:
         # a little over the transaction timeout, after which the holder has been rolled back.
         self.lease_timeout = lease_timeout
+        self.readers = ReaderPool(db, readers, bridge)
+
+    async def start(self) -> None:
+        await self.readers.start()
+
+    async def stop(self) -> None:
+        await self.readers.stop(tuple(self.db.profile.on_close))
 
     def open_session(self, access: Access) -> Session:
         return LocalSession(self, access)
@@ -100,7 +190,7 @@ class LocalSession(Session):
             params = for_libsql(positional_args(analysis, args))
             if analysis.is_readonly or analysis.is_transaction_control:
                 # COMMIT and friends outside a transaction land here too: the engine words the error.
-                return self._run(self._read_once(statement, params, analysis, want_rows))
+                return self._read_once(statement, params, analysis, want_rows)
             check_writable(analysis, self.can_write)
             return self._run(self._write_once(statement, params, analysis, want_rows))
         if is_begin_readonly(statement):
@@ -221,8 +311,21 @@ class LocalSession(Session):
         finally:
             await self._release(pin, failure)
 
-    async def _read_once(self, sql: str, params: list[Any], analysis: Analysis, want_rows: bool) -> StmtResult:
-        outcome, _ = await self._once(False, sql, params, analysis, want_rows)
+    def _read_once(self, sql: str, params: list[Any], analysis: Analysis, want_rows: bool) -> StmtResult:
+        backend = self.backend
+        try:
+            outcome, _ = backend.readers.call(
+                backend.lease_timeout,
+                self.db.timeout_ms / 1000,
+                engine.execute,
+                sql,
+                params,
+                want_rows,
+                analysis.is_dml,
+                analysis.is_insert,
+            )
+        except OwnerDied as exc:
+            raise self._died(exc) from exc
         return stmt_result(outcome, analysis.columns)
 
     async def _write_once(self, sql: str, params: list[Any], analysis: Analysis, want_rows: bool) -> StmtResult:
