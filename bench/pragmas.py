@@ -7,6 +7,7 @@ ratios):
 - point reads: a prompt by its TEXT primary key, random over the whole table;
 - range scans: the dashboard query "a user's prompts by status, newest first, LIMIT 50";
 - write batches: 100-row audit_log transactions, BEGIN IMMEDIATE ... COMMIT as the node's write path;
+- single commits: the same with one row per transaction, where the per-commit sync cost shows;
 - vector sidecar updates: `Sidecar.apply` (edgenode/vectors/exact.py, apsw + sqlite-vec) with 100
   upserts of 384-d vectors, as the change feed applies them.
 
@@ -36,11 +37,12 @@ from edgenode.pragmas import PROFILES, Setting, platform_key
 from edgenode.tune import noise, open_libsql, ops_per_second
 
 BASELINE = "sqlite-defaults"
-WORKLOADS = ["point_reads", "range_scans", "write_batches", "sidecar_updates"]
+WORKLOADS = ["point_reads", "range_scans", "write_batches", "single_commits", "sidecar_updates"]
 UNITS = {
     "point_reads": "reads/s",
     "range_scans": "scans/s",
     "write_batches": "100-row commits/s",
+    "single_commits": "1-row commits/s",
     "sidecar_updates": "100-vector applies/s",
 }
 CORRECTNESS = {"foreign_keys", "busy_timeout"}
@@ -164,17 +166,27 @@ def db_workloads(conn: Any, users: int, prompts: int, seed: int) -> dict[str, An
         conn.execute(range_sql, (f"u{rng.randrange(users):06d}", rng.choice(("draft", "active")))).fetchall()
         return 1
 
+    def insert() -> None:
+        conn.execute(
+            insert_sql,
+            (f"u{rng.randrange(users):06d}", "update", "prompt", f"p{rng.randrange(prompts):08d}", '{"f":"title"}'),
+        )
+
     def write() -> int:
         conn.execute("BEGIN IMMEDIATE")
         for _ in range(100):
-            conn.execute(
-                insert_sql,
-                (f"u{rng.randrange(users):06d}", "update", "prompt", f"p{rng.randrange(prompts):08d}", '{"f":"title"}'),
-            )
+            insert()
         conn.execute("COMMIT")
         return 1
 
-    return {"point_reads": point, "range_scans": scan, "write_batches": write}
+    def single() -> int:
+        # One statement per request, the common REST write: here the per-commit sync cost shows.
+        conn.execute("BEGIN IMMEDIATE")
+        insert()
+        conn.execute("COMMIT")
+        return 1
+
+    return {"point_reads": point, "range_scans": scan, "write_batches": write, "single_commits": single}
 
 
 def open_sidecar(path: Path, dim: int, settings: tuple[Setting, ...]) -> Any:
@@ -320,8 +332,8 @@ def run(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
         "sidecar_vectors": 2_000 if quick else 50_000,
         "dim": 64 if quick else 384,
         "trials": 2 if quick else 9,
-        "seconds_per_measurement": 0.08 if quick else 0.5,
-        "warmup_seconds": 0.03 if quick else 0.25,
+        "seconds_per_measurement": 0.06 if quick else 0.5,
+        "warmup_seconds": 0.02 if quick else 0.25,
     }
     host = platform_key()
     params["host_profile"] = host if host in PROFILES else "linux-x86_64"
@@ -445,7 +457,7 @@ def analyse(
         summary += [
             {"figure": f"synchronous NORMAL vs FULL (WAL), {w}", "value": f"x{f['ratio']:.2f} (±{f['noise']:.0%})"}
             for w, f in durability_pair["ratios"].items()
-            if w in ("write_batches", "sidecar_updates")
+            if w in ("write_batches", "single_commits", "sidecar_updates")
         ]
         summary.append({"figure": "durability: synchronous NORMAL vs FULL", "value": DURABILITY["synchronous"]})
     summary += [
