@@ -6,8 +6,10 @@ go to the primary as one Hrana request, then the node syncs until it sees them. 
 pulls on an interval, sooner when the watcher sees a new commit on the primary.
 
 Traps of the PyPI `libsql` 0.1.x binding this module is shaped by:
-- `conn.sync()` and every statement hold the GIL for their whole duration, and the client's HTTP
-  has no timeout: syncs go through the relay process (relay.py), which bounds them.
+- `conn.sync()` and every statement hold the GIL for their whole duration: the connection lives
+  in a child process (`edgenode.owner.ProcessOwner`, functions in connection.py), so the event
+  loop never waits on it. The client's HTTP has no timeout: syncs go through the relay process
+  (relay.py), which bounds them and cuts long catch-ups into slices so reads interleave.
 - `sync()` returns nothing: progress is read from the `-info` file the client writes atomically.
 - On a synced connection, statements the client does not classify as reads are sent to the
   primary, including `PRAGMA x` without a value (and `PRAGMA foreign_keys = ...` with one). PRAGMAs
@@ -17,23 +19,19 @@ Traps of the PyPI `libsql` 0.1.x binding this module is shaped by:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-import libsql
 
 from edgenode.analysis import Analysis, StatementAnalyzer
 from edgenode.config import Settings
 from edgenode.database import (
-    SCHEMA_SQL,
     Database,
     DatabaseError,
     ExecResult,
@@ -47,8 +45,10 @@ from edgenode.database import (
     prepare_writes,
     run_read,
 )
-from edgenode.pragmas import PragmaReport, Profile, apply_profile
+from edgenode.owner import OwnerDied, ProcessOwner
+from edgenode.pragmas import Profile
 from edgenode.replica import bootstrap
+from edgenode.replica.connection import ResyncNeeded, classify, open_replica, pull
 from edgenode.replica.files import InvalidInfo, Position, ReplicaFiles
 from edgenode.replica.identity import database_id_problem, local_problem, normalize_url, write_identity
 from edgenode.replica.metrics import ReplicaMetrics
@@ -59,63 +59,16 @@ from edgenode.replica.writes import PrimaryWriter, exact_params
 
 log = logging.getLogger("edgenode.replica")
 T = TypeVar("T")
+__all__ = ["ReplicaDatabase", "ResyncNeeded", "classify"]
 
-# Messages of the libsql client that mean the local replica can no longer follow the primary.
-_RESYNC_MARKERS = {
-    "invalid local state": "invalid_local_state",
-    "server returned a conflict": "conflict",
-    "lower generation than local": "primary_behind",
-    "failed to verify metadata": "invalid_local_state",
-    "status=410": "generation_gone",
-    "wal_insert_frame failed": "invalid_local_state",
-    "walconflict": "conflict",
-}
-# Pragmas the libsql synced connection sends to the primary even with a value, or that the sync
-# machinery owns (it checkpoints at generation changes and needs WAL frame N to be sync frame N).
-_NOT_ON_REPLICA = {
-    "foreign_keys": "the libsql synced connection sends it to the primary (the replica takes no local writes)",
-    "journal_mode": "the sync machinery keeps the replica in WAL mode",
-    "wal_autocheckpoint": "checkpoints are left to the sync machinery (at generation changes)",
-}
 # Where a write became visible, for the API's `position()` call right after `write()` in the same task.
 _write_position: contextvars.ContextVar[dict[str, int | None] | None] = contextvars.ContextVar(
     "edgenode_replica_write_position", default=None
 )
 
 
-class ResyncNeeded(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-def classify(message: str) -> str | None:
-    lowered = message.lower()
-    for marker, reason in _RESYNC_MARKERS.items():
-        if marker in lowered:
-            return reason
-    return None
-
-
 def http_url(url: str) -> str:
     return normalize_url(url)
-
-
-class ConnectionThread:
-    """The replica's one libSQL connection and the one thread that uses it; can close and reopen it."""
-
-    def __init__(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgenode-replica")
-        self.conn: Any = None
-
-    async def run(self, fn: Callable[[Any], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, lambda: fn(self.conn))
-
-    async def call(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=False)
 
 
 class ReplicaDatabase(Database):
@@ -135,7 +88,7 @@ class ReplicaDatabase(Database):
         self.max_rows = settings.max_rows
         self.timeout_ms = settings.query_timeout_ms
         self.relay = Relay(self.primary_url, settings.sync_timeout)
-        self.thread = ConnectionThread()
+        self.owner: ProcessOwner | None = None
         self.writer = PrimaryWriter(self.primary_url, settings.primary_token, timeout=min(5.0, settings.sync_timeout))
         self.scheduler = Scheduler(
             self._sync, interval=settings.sync_interval, timeout=settings.sync_timeout, max_lag=settings.max_lag
@@ -207,40 +160,51 @@ class ReplicaDatabase(Database):
         if self.watcher:
             await self.watcher.stop()
         await self.scheduler.stop()
-        self.opened = False
-        await self.thread.call(self._close_blocking)
-        self.thread.shutdown()
+        await self._close()
         await asyncio.to_thread(self.relay.stop)
         await asyncio.to_thread(self.writer.close)
         if self._http:
             await self._http.aclose()
 
-    def _open_blocking(self) -> tuple[Position, list[str], PragmaReport]:
-        self._close_blocking()
-        self.thread.conn = libsql.connect(
-            str(self.files.db),
-            sync_url=self.relay.url,
-            auth_token=self.settings.primary_token or "",
-            isolation_level=None,
-        )
-        report = apply_replica_profile(self.profile, self.thread.conn)
-        schema = [r[0] for r in self.thread.conn.execute(SCHEMA_SQL).fetchall()]
-        return self.files.read_info(), schema, report
-
-    def _close_blocking(self) -> None:
-        conn, self.thread.conn = self.thread.conn, None
-        if conn is not None:
-            conn.close()
+    async def _close(self) -> None:
+        self.opened = False
+        owner, self.owner = self.owner, None
+        if owner is not None:
+            await owner.close()
 
     async def _open(self) -> None:
+        await self._close()
+        relay_url = await asyncio.to_thread(lambda: self.relay.url)
+        owner = ProcessOwner(
+            "edgenode-replica",
+            open_replica,
+            str(self.settings.data_path),
+            relay_url,
+            self.settings.primary_token or "",
+            self.profile,
+        )
         try:
-            position, schema, report = await self.thread.call(self._open_blocking)
+            position, schema, report = await owner.start()
         except InvalidInfo as exc:
             raise ResyncNeeded("invalid_local_state", str(exc)) from exc
+        self.owner = owner
         self.pragma_report = report
         self.current = position
         await self._set_schema(schema)
         self.opened = True
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(conn, *args)` in the replica connection's process (module-level `fn`, picklable args)."""
+        owner = self.owner
+        if owner is None or not self.opened:
+            raise Unavailable(f"the replica is not open ({self.scheduler.state}); retry in a moment")
+        try:
+            return await owner.call(fn, *args)
+        except OwnerDied as exc:
+            # The connection's process is gone (killed, crashed): the next sync reopens it.
+            self.opened = False
+            self.scheduler.trigger()
+            raise Unavailable("the replica connection restarted; retry in a moment") from exc
 
     async def _set_schema(self, schema: list[str]) -> None:
         if self.analyzer is not None and schema == self._schema:
@@ -257,7 +221,7 @@ class ReplicaDatabase(Database):
     async def _sync(self) -> SyncOutcome:
         started = time.monotonic()
         try:
-            if not self.opened:
+            if not self.files.db.exists():
                 await self._bootstrap(self.scheduler.phase or "bootstrapping")
             if not self._checked_primary:
                 await self._check_primary()
@@ -297,35 +261,19 @@ class ReplicaDatabase(Database):
             self._count_resync("primary_changed", problem)
             await self._bootstrap("resyncing", discard_first=True)
 
-    def _pull_blocking(self) -> tuple[Position, Position, list[str] | None, float, bool]:
-        if self.relay.ensure():
-            self._open_blocking()  # the connection's sync_url is the relay's, so reopen it
-        conn = self.thread.conn
-        before = self.files.read_info()
-        self.relay.begin_sync(self.settings.sync_timeout)
-        began = time.monotonic()
-        truncated = False
-        try:
-            conn.sync()
-        except ValueError as exc:
-            message = str(exc)
-            reason = classify(message)
-            if reason:
-                raise ResyncNeeded(reason, message) from exc
-            raise
-        finally:
-            duration = time.monotonic() - began
-            with contextlib.suppress(httpx.HTTPError, ValueError):
-                truncated = self.relay.end_sync()
-        after = self.files.read_info()
-        schema = [r[0] for r in conn.execute(SCHEMA_SQL).fetchall()] if after != before else None
-        return before, after, schema, duration, truncated
-
     async def _pull(self, started: float) -> SyncOutcome:
+        if await asyncio.to_thread(self.relay.ensure) or self.owner is None or not self.opened:
+            await self._open()  # a restarted relay may listen elsewhere; a dead owner needs a new process
+        assert self.owner is not None
         try:
-            before, after, schema, duration, truncated = await self.thread.call(self._pull_blocking)
+            before, after, schema, duration, truncated = await self.owner.call(
+                pull, str(self.settings.data_path), self.relay.url, self.settings.sync_timeout
+            )
         except InvalidInfo as exc:
             raise ResyncNeeded("invalid_local_state", str(exc)) from exc
+        except OwnerDied:
+            self.opened = False
+            raise
         frames = after.frame - before.frame if after.generation == before.generation else after.frame
         self.current = after
         if schema is not None:
@@ -347,8 +295,7 @@ class ReplicaDatabase(Database):
         assert self._http is not None
         self.scheduler.phase = phase
         if discard_first and self.opened:
-            self.opened = False
-            await self.thread.call(self._close_blocking)
+            await self._close()
         progress = self.progress = bootstrap.Progress(phase="starting")
         try:
             for _ in range(3):
@@ -364,8 +311,7 @@ class ReplicaDatabase(Database):
                 raise bootstrap.BootstrapError("the primary kept moving to new generations during the download")
             self.metrics.bootstrap_bytes.inc(progress.bytes_done - progress.resumed_from)
             progress.phase = "placing"
-            self.opened = False
-            await self.thread.call(self._close_blocking)
+            await self._close()
             await asyncio.to_thread(
                 bootstrap.place,
                 self.files,
@@ -419,14 +365,9 @@ class ReplicaDatabase(Database):
         bound = bind_params(analysis, params, "params")
         max_rows = max_rows or self.max_rows
         timeout_ms = timeout_ms or self.timeout_ms
-        result = await self.thread.run(lambda conn: self._run_read(conn, sql, bound, max_rows, timeout_ms))
+        result = await self.call(run_read, sql, bound, max_rows, timeout_ms)
         result.decltypes = [t for _, t in analysis.columns]
         return result
-
-    def _run_read(self, conn: Any, sql: str, bound: list[Any], max_rows: int, timeout_ms: int) -> QueryResult:
-        if conn is None:
-            raise Unavailable("the replica is being replaced; retry in a moment")
-        return run_read(conn, sql, bound, max_rows, timeout_ms)
 
     def _analyze_read(self, sql: str) -> Analysis:
         analysis = analyze(self._analyzer(), sql, "sql")
@@ -553,21 +494,3 @@ def problem_reason(problem: str) -> str:
     if "identity" in problem:
         return "interrupted_bootstrap"
     return "invalid_local_state"
-
-
-def apply_replica_profile(profile: Profile, conn: Any) -> PragmaReport:
-    """Apply what the synced connection takes locally; readbacks go through pragma_x() (local)."""
-
-    def execute(sql: str) -> list[tuple[Any, ...]]:
-        text = sql.strip()
-        name = text.split()[1].lower()
-        if "=" not in text:
-            return list(conn.execute(f"SELECT * FROM pragma_{name}").fetchall() or [])
-        return list(conn.execute(text).fetchall() or [])
-
-    skip = frozenset(_NOT_ON_REPLICA)
-    report = apply_profile(profile, execute, skip=skip)
-    for setting in profile.settings:
-        if setting.pragma in _NOT_ON_REPLICA:
-            report.refused[setting.name] = _NOT_ON_REPLICA[setting.pragma]
-    return report

@@ -114,9 +114,13 @@ class Scheduler:
         self._stopping = True
         self._wake.set()
         if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Let a running sync finish (it is bounded by the timeout); cancelling it kills its process.
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), self.timeout + 1.0)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
         for _, future in self._waiters:
             if not future.done():
                 future.set_exception(SyncFailed("the node is stopping"))
