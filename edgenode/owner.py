@@ -16,6 +16,7 @@ import asyncio
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -126,6 +127,9 @@ class ProcessOwner:
             if pipe is None or self._broken:
                 raise OwnerDied(f"{self.name} is not running")
             loop = asyncio.get_running_loop()
+            # uvloop's add_reader leaves the descriptor non-blocking; Connection.send/recv assume
+            # a blocking one (a large message otherwise fails half-written with EAGAIN).
+            os.set_blocking(pipe.fileno(), True)
             try:
                 pipe.send((fn, args))
             except (BrokenPipeError, OSError) as exc:
@@ -144,6 +148,7 @@ class ProcessOwner:
                 raise
             finally:
                 loop.remove_reader(fd)
+                os.set_blocking(fd, True)
             status, payload = self._receive()
         if status == "err":
             raise payload

@@ -109,3 +109,18 @@ def test_a_cancelled_call_retires_the_process_so_no_reply_goes_astray(tmp_path: 
         await o.close()
 
     run(scenario())
+
+
+def test_large_arguments_and_results_cross_under_uvloop(tmp_path: Path) -> None:
+    import uvloop
+
+    async def scenario() -> None:
+        o = owner(tmp_path)
+        await o.start()
+        blob = b"x" * 8_000_000  # far beyond a pipe buffer: a non-blocking send would fail with EAGAIN
+        for _ in range(3):
+            result = await o.call(run_read, "SELECT length(?), ?", [blob, blob], 10, 10_000)
+            assert result.rows[0][0] == len(blob)
+        await o.close()
+
+    uvloop.run(scenario())
