@@ -118,3 +118,36 @@ def test_rwlock_lets_readers_share_and_writers_exclude() -> None:
     t.join()
     w.join()
     assert inside == ["two readers"]
+
+
+def test_read_nowait_never_waits_and_yields_to_a_waiting_writer() -> None:
+    lock = RWLock()
+    with lock.read_nowait() as first, lock.read_nowait() as second:
+        assert first and second  # readers share
+    writer_inside = threading.Event()
+    release = threading.Event()
+
+    def writer() -> None:
+        with lock.write():
+            writer_inside.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert writer_inside.wait(5)
+    with lock.read_nowait() as taken:
+        assert not taken  # a writer holds it: the caller goes the slow way instead of blocking
+    release.set()
+    thread.join(5)
+    with lock.read_nowait() as taken:
+        assert taken
+
+
+def test_query_nowait_answers_like_query_when_the_index_is_free() -> None:
+    index, data = _index(500)
+    fast = index.query_nowait(data[7:8], 10)
+    assert fast is not None
+    slow = index.query(data[7:8], 10)
+    assert fast[0].tolist() == slow[0].tolist()
+    with index.lock.read():
+        assert index.query_nowait(data[7:8], 10) is not None  # other readers do not stop it

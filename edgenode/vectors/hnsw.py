@@ -54,6 +54,23 @@ class RWLock:
                     self._cond.notify_all()
 
     @contextlib.contextmanager
+    def read_nowait(self) -> Iterator[bool]:
+        """A read share only if one is free right now (yields False otherwise): never waits, so the
+        event loop may call it. The condition's own lock is only ever held for bookkeeping."""
+        with self._cond:
+            taken = not (self._writer or self._writers_waiting)
+            if taken:
+                self._readers += 1
+        try:
+            yield taken
+        finally:
+            if taken:
+                with self._cond:
+                    self._readers -= 1
+                    if not self._readers:
+                        self._cond.notify_all()
+
+    @contextlib.contextmanager
     def write(self) -> Iterator[None]:
         with self._cond:
             self._writers_waiting += 1
@@ -193,6 +210,17 @@ class HnswIndex:
                     labels, distances = self.index.knn_query(vectors, k=k, num_threads=threads, filter=filter)
                 finally:
                     self.index.set_ef(self.ef_search)
+        return to_rowids(labels), distances
+
+    def query_nowait(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """`query` at the index's own ef, or None when the lock is not free right now."""
+        k = min(k, self.live)
+        if k <= 0:
+            return None
+        with self.lock.read_nowait() as taken:
+            if not taken:
+                return None
+            labels, distances = self.index.knn_query(vectors, k=k, num_threads=1)
         return to_rowids(labels), distances
 
     def stamp(self, uid: str, position: int) -> Stamp:

@@ -53,7 +53,7 @@ from edgenode.vectors.models import (
     SearchResult,
     VectorError,
 )
-from edgenode.vectors.search import PlannerSettings, search_many
+from edgenode.vectors.search import PlannerSettings, search_many, try_ann_nowait
 
 log = logging.getLogger(__name__)
 
@@ -692,6 +692,19 @@ class VectorManager:
                 raise VectorError(400, "invalid_vector", "a zero vector has no cosine distance")
         return queries, batch
 
+    def _search_inline(self, c: Collection, req: SearchRequest, queries: np.ndarray, batch: bool) -> list[Any] | None:
+        """The plain single ANN query, on the event loop when nothing holds the locks (see try_ann_nowait)."""
+        index = c.index
+        if batch or req.filter is not None or req.ef is not None or req.mode == "exact" or index is None:
+            return None
+        if req.mode == "auto" and index.live <= self.planner.exact_threshold:
+            return None
+        with c.swap.read_nowait() as taken:
+            if not taken or c.index is not index:
+                return None
+            answer = try_ann_nowait(index, c.spec.metric, queries[0], req.k)
+        return [answer] if answer is not None else None
+
     async def search(self, name: str, req: SearchRequest) -> SearchResult | BatchResult:
         started = time.perf_counter()
         c = self.get(name)
@@ -723,7 +736,9 @@ class VectorManager:
                     c.index, c.sidecar, c.spec.metric, queries, req.k, flt, req.mode, req.ef, self.planner
                 )
 
-        answers = await asyncio.to_thread(run)
+        answers = self._search_inline(c, req, queries, batch)
+        if answers is None:
+            answers = await asyncio.to_thread(run)
         rows: dict[int, dict[str, Any]] = {}
         if req.include:
             ids = sorted({r for a in answers for r in a.rowids})
