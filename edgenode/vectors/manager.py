@@ -695,8 +695,10 @@ class VectorManager:
     def _search_inline(self, c: Collection, req: SearchRequest, queries: np.ndarray, batch: bool) -> list[Any] | None:
         """The plain single ANN query, on the event loop when nothing holds the locks (see try_ann_nowait)."""
         index = c.index
-        if batch or req.filter is not None or req.ef is not None or req.mode == "exact" or index is None:
+        if batch or req.filter is not None or req.mode == "exact" or index is None:
             return None
+        if req.ef is not None and req.ef != index.ef_search:
+            return None  # another ef changes an index-global setting: that query runs alone, on a thread
         if req.mode == "auto" and index.live <= self.planner.exact_threshold:
             return None
         with c.swap.read_nowait() as taken:
