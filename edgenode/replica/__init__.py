@@ -1,4 +1,24 @@
-"""Replica mode: the node keeps an embedded libSQL replica of a primary (Turso or `edgenode primary`)."""
+"""Replica mode: the node keeps an embedded libSQL replica of a primary (Turso or `edgenode primary`).
+
+Modules, one job each:
+  database.py    `ReplicaDatabase`: lifecycle, reads (local), writes (primary + read-your-writes),
+                 freshness waits, status; owns the pieces below
+  connection.py  what runs in the child process that owns the replica's one libSQL connection
+  relay.py       helper process the client's sync requests go through: deadlines, no 5xx retries
+                 under the GIL, catch-ups cut into slices at commit boundaries
+  scheduler.py   the node's own sync loop: interval, backoff with jitter, one sync at a time,
+                 "a sync that starts after now" for waiters, the state machine
+  watcher.py     long-poll on the primary (`/sync/G/F+1/F+2?wait_ms=`): sync as soon as a commit lands
+  bootstrap.py   resumable, verified download of `/export/G` with progress, then placement
+  files.py       the replica directory and the client's `-info` file (crc32 format of sync.rs)
+  identity.py    which primary the replica belongs to; what makes a local replica unusable
+  writes.py      statements → one atomic Hrana request to the primary
+  metrics.py     Prometheus collector; component.py: `POST /api/v1/sync`, readiness, metrics hook
+  migrate.py     `edgenode migrate` on a replica node runs on the primary
+
+Data: `DATA_DIR/replica/` (replica.db, its -wal/-shm/-info, identity.json) and
+`DATA_DIR/replica-bootstrap/` (a download in progress). Wiping touches nothing else.
+"""
 
 from __future__ import annotations
 

@@ -206,16 +206,12 @@ class Relay:
         self.start()
         return True
 
-    def begin_sync(self, deadline_seconds: float) -> None:
-        self._http.put(f"{self.url}/_relay/deadline", content=str(deadline_seconds))
+    def set_deadline(self, seconds: float) -> bool:
+        """Start a sync with this deadline (0: end it); ending answers whether the relay cut it short.
 
-    def end_sync(self) -> bool:
-        """Clear the deadline; True when the relay cut the sync short (more frames are waiting)."""
-        response = self._http.put(f"{self.url}/_relay/deadline", content="0")
+        The node's connection process does the same over HTTP (connection.py)."""
+        response = self._http.put(f"{self.url}/_relay/deadline", content=str(seconds))
         return bool(response.json().get("truncated"))
-
-    def set_deadline(self, seconds: float) -> None:
-        self.begin_sync(seconds)
 
     def stop(self) -> None:
         popen, self._popen = self._popen, None
