@@ -143,6 +143,9 @@ def test_with_the_primary_down_writes_fail_fast_with_a_clear_error_and_reads_go_
         with HranaClient(node.url, NODE_TOKEN, timeout=30) as client:
             client.execute("CREATE TABLE down(a INTEGER)")
             client.execute("INSERT INTO down VALUES (1)")
+            open_txn = client.stream()
+            open_txn.execute("BEGIN")
+            open_txn.execute("INSERT INTO down VALUES (3)")
             primary.kill()
             started = time.monotonic()
             with pytest.raises(HranaError) as exc:
@@ -150,6 +153,14 @@ def test_with_the_primary_down_writes_fail_fast_with_a_clear_error_and_reads_go_
             assert time.monotonic() - started < 2.0
             assert exc.value.code == "PRIMARY_UNAVAILABLE"
             assert primary.url.removeprefix("http://") in exc.value.message
+            # A transaction pinned to the dead primary fails fast too, and the node's stream goes on.
+            started = time.monotonic()
+            with pytest.raises(HranaError) as exc:
+                open_txn.execute("COMMIT")
+            assert time.monotonic() - started < 2.0
+            assert exc.value.code == "PRIMARY_UNAVAILABLE"
+            assert open_txn.is_autocommit()
+            open_txn.close()
             with pytest.raises(HranaError) as exc, client.stream() as stream:
                 stream.execute("BEGIN")
             assert exc.value.code == "PRIMARY_UNAVAILABLE"

@@ -213,7 +213,8 @@ class ForwardSession(Session):
             try:
                 return remote.execute(statement, args, want_rows=want_rows)
             except (HranaConnectionError, HranaHTTPError) as exc:
-                # The primary stream is gone, and the transaction with it.
+                # The primary stream is gone, and the transaction with it (nothing committed: no sync to wait for).
+                self._wrote = False
                 raise self.backend.primary_error(exc) from exc
         finally:
             self._check_ended(remote)
