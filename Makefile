@@ -19,10 +19,11 @@ $(JS): tests/js/package.json
 
 setup: $(STAMP)
 
-# The node on its embedded default: a standalone local libSQL file under ./.edgenode.
+# The whole system on loopback: a local primary and an edge node keeping an embedded replica of it.
 dev: setup
-	$(BIN)/edgenode serve
+	$(BIN)/edgenode dev
 
+# A standalone node on a plain local libSQL file under ./.edgenode.
 serve: setup
 	$(BIN)/edgenode serve
 
