@@ -255,7 +255,7 @@ def verdict(
     setting: Setting, alone: dict[str, dict[str, float]], inside: dict[str, dict[str, float]] | None
 ) -> tuple[str, str]:
     if setting.pragma in CORRECTNESS:
-        return "keep", "correctness, not speed (kept whatever the numbers say)"
+        return "keep", "a correctness setting, kept whatever the numbers say"
     if setting.pragma in MACOS_FLUSH:
         return "keep", "durability on macOS; a no-op on Linux, so not measurable on this host"
     basis, figures = ("in the host profile", inside) if inside else ("alone on SQLite defaults", alone)

@@ -47,22 +47,35 @@ def command_of(name: str, result: dict[str, Any]) -> str:
     return result.get("command") or f"python -m bench {name}" + (" --quick" if result.get("quick") else "")
 
 
+def _rows_table(rows: list[dict[str, Any]]) -> list[str]:
+    columns = [k for k, v in rows[0].items() if isinstance(v, str | int | float | bool) or v is None]
+    columns = columns[:MAX_COLUMNS]
+    lines = _table(columns, [[row.get(c, "") for c in columns] for row in rows[:MAX_ROWS]])
+    if len(rows) > MAX_ROWS:
+        lines.append(f"\n({len(rows) - MAX_ROWS} more rows in the JSON)")
+    return lines
+
+
+def _is_rows(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
 def figures(result: dict[str, Any]) -> list[str]:
     summary = result.get("summary")
     if summary:
         return _table(["figure", "value"], [[s["figure"], s["value"]] for s in summary])
-    rows = result.get("rows")
-    if rows and isinstance(rows, list) and isinstance(rows[0], dict):
-        columns = [k for k, v in rows[0].items() if isinstance(v, str | int | float | bool) or v is None]
-        columns = columns[:MAX_COLUMNS]
-        lines = _table(columns, [[row.get(c, "") for c in columns] for row in rows[:MAX_ROWS]])
-        if len(rows) > MAX_ROWS:
-            lines.append(f"\n({len(rows) - MAX_ROWS} more rows in the JSON)")
-        return lines
+    if _is_rows(result.get("rows")):
+        return _rows_table(result["rows"])
+    lines: list[str] = []
     scalars = [
         [k, v] for k, v in result.items() if k not in SKIP_KEYS and (isinstance(v, str | int | float) or v is None)
     ]
-    return _table(["figure", "value"], scalars) if scalars else ["(no figures in this result)"]
+    if scalars:
+        lines += _table(["figure", "value"], scalars)
+    for key, value in result.items():
+        if key not in SKIP_KEYS and _is_rows(value):
+            lines += [*([""] if lines else []), f"**{key}**", "", *_rows_table(value)]
+    return lines or ["(no figures in this result)"]
 
 
 def section(name: str, result: dict[str, Any], results_dir: Path) -> list[str]:
