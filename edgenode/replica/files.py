@@ -13,13 +13,14 @@ The replica lives in its own directory so that wiping it can never touch a stand
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
+
+from edgenode.durable import atomic_write, fsync_dir
 
 REPLICA_DIR = "replica"
 BOOTSTRAP_DIR = "replica-bootstrap"
@@ -47,24 +48,6 @@ class Position:
 def info_hash(version: int, frame: int, generation: int) -> int:
     # sync.rs MetadataJson::calculate_hash: crc32 of the three u32 fields, little-endian, in this order.
     return zlib.crc32(struct.pack("<III", version, frame, generation))
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 class InvalidInfo(Exception):

@@ -115,12 +115,10 @@ class Scheduler:
         self._wake.set()
         if self._task:
             # Let a running sync finish (it is bounded by the timeout); cancelling it kills its process.
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), self.timeout + 1.0)
-            except TimeoutError:
+            done, _ = await asyncio.wait([self._task], timeout=self.timeout + 1.0)
+            if not done:
                 self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+                await asyncio.wait([self._task], timeout=5.0)
         for _, future in self._waiters:
             if not future.done():
                 future.set_exception(SyncFailed("the node is stopping"))
@@ -135,7 +133,9 @@ class Scheduler:
         self._wake.set()
         limit = limit if limit is not None else self.timeout + 1.0
         try:
-            return await asyncio.wait_for(asyncio.shield(future), limit)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
+            async with asyncio.timeout(limit):
+                return await asyncio.shield(future)
         except TimeoutError:
             raise SyncFailed(f"no sync completed within {limit:.1f} s ({self.last_error or 'still running'})") from None
 
@@ -146,7 +146,8 @@ class Scheduler:
         """Until the next sync ends (however it ends), at most `limit` seconds."""
         finished = self._finished
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(finished.wait(), limit)
+            async with asyncio.timeout(limit):
+                await finished.wait()
 
     # -- loop ------------------------------------------------------------------------------------
 
@@ -160,7 +161,8 @@ class Scheduler:
         while not self._stopping:
             if not self._waiters:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._delay())
+                    async with asyncio.timeout(self._delay()):
+                        await self._wake.wait()
             self._wake.clear()
             if self._stopping:
                 return

@@ -43,10 +43,10 @@ class Watcher:
         self._task = asyncio.create_task(self._run(), name="replica-watcher")
 
     async def stop(self) -> None:
+        self.enabled = False
         if self._task:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait([self._task], timeout=5.0)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -73,6 +73,8 @@ class Watcher:
                     log.debug("watcher poll failed: %s", exc)
                     await asyncio.sleep(self.db.settings.sync_interval)
                     continue
+                if news and self.db.current != position:
+                    continue  # a sync moved the replica while the poll was out: ask again from there
                 if news:
                     self.wakeups += 1
                     if self.db.writes_in_flight:
