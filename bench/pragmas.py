@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import machine, table
-from edgenode.pragmas import PROFILES, Setting, platform_key
+from edgenode.pragmas import CANDIDATES, PROFILES, Setting, platform_key
 from edgenode.tune import noise, open_libsql, ops_per_second
 
 BASELINE = "sqlite-defaults"
@@ -84,6 +84,11 @@ def configs(host: str) -> list[Config]:
             if s.name not in base_names and s.name not in seen:
                 seen.add(s.name)
                 out.append(Config(f"+{s.name}", "alone", (*base, s), setting=s.name))
+    # Measured but not adopted: the evidence for leaving them out stays reproducible.
+    for s in CANDIDATES:
+        if s.name not in base_names and s.name not in seen:
+            seen.add(s.name)
+            out.append(Config(f"+{s.name}", "alone", (*base, s), setting=s.name))
     for name, profile in PROFILES.items():
         if name != BASELINE:
             out.append(Config(name, "profile", profile.settings, profile=name))
