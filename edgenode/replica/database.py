@@ -138,6 +138,12 @@ class ReplicaDatabase(Database):
                 await self.scheduler.run_once()
             finally:
                 reporter.cancel()
+            if not self.opened:
+                log.error(
+                    "no replica yet and the first bootstrap from %s failed: %s (retrying every few seconds)",
+                    self.primary_url,
+                    self.scheduler.last_error,
+                )
         self.scheduler.start()
         self.scheduler.trigger()
         if self.watcher:
