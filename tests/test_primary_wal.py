@@ -12,8 +12,8 @@ import apsw
 import pytest
 
 from edgenode.primary.generations import CheckpointNeeded, Frames, Gone, PrimaryStore
-from edgenode.primary.rwlock import LockTimeout, RWLock
 from edgenode.primary.wal import FRAME_SIZE, WAL_HEADER_SIZE, WalHeader, WalReader, checksum_bytes, encode_frames
+from edgenode.rwlock import LockTimeout, RWLock
 
 
 def open_db(path: Path) -> tuple[apsw.Connection, list[int]]:

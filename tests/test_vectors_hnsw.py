@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgenode.vectors.hnsw import HnswIndex, RWLock, Stamp
+from edgenode.rwlock import RWLock
+from edgenode.vectors.hnsw import HnswIndex, Stamp
 from tests.test_vectors_support import clustered
 
 DIM = 16
@@ -91,13 +92,13 @@ def test_queries_stay_correct_while_other_threads_add_vectors() -> None:
 def test_rwlock_lets_readers_share_and_writers_exclude() -> None:
     lock = RWLock()
     inside: list[str] = []
-    with lock.read(), lock.read():
+    with lock.shared(), lock.shared():
         inside.append("two readers")
     entered = threading.Event()
     release = threading.Event()
 
     def reader() -> None:
-        with lock.read():
+        with lock.shared():
             entered.set()
             release.wait(5)
 
@@ -107,7 +108,7 @@ def test_rwlock_lets_readers_share_and_writers_exclude() -> None:
     got_write = threading.Event()
 
     def writer() -> None:
-        with lock.write():
+        with lock.exclusive():
             got_write.set()
 
     w = threading.Thread(target=writer)
@@ -120,26 +121,26 @@ def test_rwlock_lets_readers_share_and_writers_exclude() -> None:
     assert inside == ["two readers"]
 
 
-def test_read_nowait_never_waits_and_yields_to_a_waiting_writer() -> None:
+def test_shared_nowait_never_waits_and_yields_to_a_waiting_writer() -> None:
     lock = RWLock()
-    with lock.read_nowait() as first, lock.read_nowait() as second:
+    with lock.shared_nowait() as first, lock.shared_nowait() as second:
         assert first and second  # readers share
     writer_inside = threading.Event()
     release = threading.Event()
 
     def writer() -> None:
-        with lock.write():
+        with lock.exclusive():
             writer_inside.set()
             release.wait(5)
 
     thread = threading.Thread(target=writer)
     thread.start()
     assert writer_inside.wait(5)
-    with lock.read_nowait() as taken:
+    with lock.shared_nowait() as taken:
         assert not taken  # a writer holds it: the caller goes the slow way instead of blocking
     release.set()
     thread.join(5)
-    with lock.read_nowait() as taken:
+    with lock.shared_nowait() as taken:
         assert taken
 
 
@@ -149,5 +150,5 @@ def test_query_nowait_answers_like_query_when_the_index_is_free() -> None:
     assert fast is not None
     slow = index.query(data[7:8], 10)
     assert fast[0].tolist() == slow[0].tolist()
-    with index.lock.read():
+    with index.lock.shared():
         assert index.query_nowait(data[7:8], 10) is not None  # other readers do not stop it

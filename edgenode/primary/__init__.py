@@ -4,7 +4,6 @@ Modules, one job each:
 - `wal`: read and verify SQLite WAL frames (salts, running checksums) exactly as SQLite recovery does.
 - `generations`: `PrimaryStore`, the on-disk state (database, generations, archives), pull, export,
   push and crash-safe rollover.
-- `rwlock`: the lock that keeps rollovers and pushes away from open transactions and reads.
 - `backend`: `PrimaryBackend`, the Hrana backend over apsw connections to the primary database.
 - `app`: `create_app(settings)`, the Starlette app (sync endpoints, Hrana, /health, /metrics).
 - `cli`: the `edgenode primary` and `edgenode token` commands.

@@ -34,7 +34,7 @@ from edgenode.primary.generations import (
     NotFound,
     PrimaryStore,
 )
-from edgenode.primary.rwlock import LockTimeout
+from edgenode.rwlock import LockTimeout
 
 log = logging.getLogger("edgenode.primary")
 T = TypeVar("T")

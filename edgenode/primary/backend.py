@@ -20,7 +20,7 @@ from edgenode.auth import Access
 from edgenode.hrana.backend import Backend, Col, DescribeResult, HranaError, Session, StmtResult, Value
 from edgenode.hrana.sql import hrana_error_from_sqlite, is_begin_readonly, single_statement, strip_named_arg_prefixes
 from edgenode.primary.generations import LOCK_TIMEOUT, PrimaryStore
-from edgenode.primary.rwlock import LockTimeout
+from edgenode.rwlock import LockTimeout
 
 # Setting these would checkpoint behind the generation's back, stop WAL frame N being sync frame N,
 # weaken the durability of acknowledged commits, lift read-only access or allow corrupting the schema.

@@ -34,7 +34,6 @@ import apsw
 import msgspec
 
 from edgenode.durable import atomic_write, fsync_dir
-from edgenode.primary.rwlock import LockTimeout, RWLock
 from edgenode.primary.wal import (
     FRAME_SIZE,
     PAGE_SIZE,
@@ -45,6 +44,7 @@ from edgenode.primary.wal import (
     encode_frames,
     split_frames,
 )
+from edgenode.rwlock import LockTimeout, RWLock
 
 log = logging.getLogger("edgenode.primary")
 

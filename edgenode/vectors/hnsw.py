@@ -14,76 +14,20 @@ Labels are SQLite rowids reinterpreted as uint64, so negative and 64-bit rowids 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import hnswlib
 import numpy as np
 
+from edgenode.rwlock import RWLock
+
 SPACES = {"cosine": "cosine", "l2": "l2", "ip": "ip"}
 FORMAT = 1
-
-
-class RWLock:
-    """Many readers or one writer; a waiting writer blocks new readers so updates are not starved."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer = False
-        self._writers_waiting = 0
-
-    @contextlib.contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer or self._writers_waiting:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def read_nowait(self) -> Iterator[bool]:
-        """A read share only if one is free right now (yields False otherwise): never waits, so the
-        event loop may call it. The condition's own lock is only ever held for bookkeeping."""
-        with self._cond:
-            taken = not (self._writer or self._writers_waiting)
-            if taken:
-                self._readers += 1
-        try:
-            yield taken
-        finally:
-            if taken:
-                with self._cond:
-                    self._readers -= 1
-                    if not self._readers:
-                        self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            self._writers_waiting += 1
-            while self._writer or self._readers:
-                self._cond.wait()
-            self._writers_waiting -= 1
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
 
 
 @dataclass(frozen=True)
@@ -157,10 +101,10 @@ class HnswIndex:
         chunk: int = 10_000,
     ) -> None:
         """Add many new vectors (not yet in the index), in chunks so progress can be reported."""
-        with self.lock.write():
+        with self.lock.exclusive():
             self._ensure_capacity(len(rowids))
         for start in range(0, len(rowids), chunk):
-            with self.lock.write():
+            with self.lock.exclusive():
                 self.index.add_items(vectors[start : start + chunk], to_labels(rowids[start : start + chunk]), threads)
             if progress:
                 progress(min(start + chunk, len(rowids)))
@@ -170,14 +114,14 @@ class HnswIndex:
         if not rowids:
             return
         labels = to_labels(rowids)
-        with self.lock.write():
+        with self.lock.exclusive():
             self._ensure_capacity(len(rowids))
             self.index.add_items(vectors, labels, 1)
             self.deleted.difference_update(labels.tolist())
 
     def delete(self, rowids: list[int]) -> int:
         removed = 0
-        with self.lock.write():
+        with self.lock.exclusive():
             for label in to_labels(rowids).tolist():
                 try:
                     self.index.mark_deleted(label)
@@ -200,11 +144,11 @@ class HnswIndex:
         if k <= 0:
             return np.empty((len(vectors), 0), np.int64), np.empty((len(vectors), 0), np.float32)
         if ef is None or ef == self.ef_search:
-            with self.lock.read():
+            with self.lock.shared():
                 labels, distances = self.index.knn_query(vectors, k=k, num_threads=threads, filter=filter)
         else:
             # ef is index-global in hnswlib, so a query with its own ef runs alone.
-            with self.lock.write():
+            with self.lock.exclusive():
                 self.index.set_ef(ef)
                 try:
                     labels, distances = self.index.knn_query(vectors, k=k, num_threads=threads, filter=filter)
@@ -217,7 +161,7 @@ class HnswIndex:
         k = min(k, self.live)
         if k <= 0:
             return None
-        with self.lock.read_nowait() as taken:
+        with self.lock.shared_nowait() as taken:
             if not taken:
                 return None
             labels, distances = self.index.knn_query(vectors, k=k, num_threads=1)
@@ -230,7 +174,7 @@ class HnswIndex:
         """Write index then stamp, each atomically; a crash between them leaves a checksum mismatch."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        with self.lock.read():
+        with self.lock.shared():
             self.index.save_index(str(tmp))
             stamp = self.stamp(uid, position)
             deleted = sorted(self.deleted)

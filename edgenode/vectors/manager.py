@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from edgenode.rwlock import RWLock
 from edgenode.vectors import feed
 from edgenode.vectors.collections import (
     DatabaseLike,
@@ -40,7 +41,7 @@ from edgenode.vectors.collections import (
     table_columns,
 )
 from edgenode.vectors.exact import Sidecar
-from edgenode.vectors.hnsw import FORMAT, HnswIndex, RWLock, Stamp
+from edgenode.vectors.hnsw import FORMAT, HnswIndex, Stamp
 from edgenode.vectors.models import (
     MAX_BATCH,
     MAX_EF,
@@ -298,7 +299,7 @@ class VectorManager:
         await asyncio.to_thread(shutil.rmtree, c.dir, True)
 
     def _close_under_swap(self, c: Collection) -> None:
-        with c.swap.write():
+        with c.swap.exclusive():
             self._close(c)
             c.index = None
             c.sidecar = None
@@ -498,7 +499,7 @@ class VectorManager:
             await self._open(c)
 
     def _swap(self, c: Collection, sidecar: Sidecar, index: HnswIndex) -> None:
-        with c.swap.write():
+        with c.swap.exclusive():
             c.sidecar, c.index = sidecar, index
 
     async def _rebuild_index(self, c: Collection) -> None:
@@ -701,7 +702,7 @@ class VectorManager:
             return None  # another ef changes an index-global setting: that query runs alone, on a thread
         if req.mode == "auto" and index.live <= self.planner.exact_threshold:
             return None
-        with c.swap.read_nowait() as taken:
+        with c.swap.shared_nowait() as taken:
             if not taken or c.index is not index:
                 return None
             answer = try_ann_nowait(index, c.spec.metric, queries[0], req.k)
@@ -730,7 +731,7 @@ class VectorManager:
             )
 
         def run() -> list[Any]:
-            with c.swap.read():
+            with c.swap.shared():
                 if c.index is None or c.sidecar is None:
                     raise VectorError(503, "collection_not_ready", f"collection {name!r} is being replaced")
                 flt = c.sidecar.compile_filter(req.filter.sql, req.filter.params) if req.filter else None

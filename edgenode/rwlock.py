@@ -1,8 +1,9 @@
 """A readers-writer lock for threads, writer-preferring, with timeouts.
 
-Shared: anything that reads the WAL or the main file, or holds an SQLite transaction.
-Exclusive: what changes files under SQLite's feet (rollover checkpoints, push appends).
-Writer preference keeps a steady stream of pulls from starving a rollover.
+The primary shares it among everything that reads the WAL or holds an SQLite transaction and
+takes it exclusively to change files under SQLite's feet (rollovers, push appends); the vector
+indexes share it among searches and take it exclusively for mutations hnswlib cannot run beside
+a query. Writer preference keeps a steady stream of readers from starving the writer.
 """
 
 from __future__ import annotations
@@ -70,6 +71,20 @@ class RWLock:
             yield
         finally:
             self.release_shared()
+
+    @contextmanager
+    def shared_nowait(self) -> Iterator[bool]:
+        """A shared hold only if one is free right now (yields False otherwise). It never waits, so
+        an event loop may call it: the condition's own lock is only ever held for bookkeeping."""
+        with self._cond:
+            taken = not (self._writer or self._writers_waiting)
+            if taken:
+                self._readers += 1
+        try:
+            yield taken
+        finally:
+            if taken:
+                self.release_shared()
 
     @contextmanager
     def exclusive(self, timeout: float | None = None, polite: bool = False) -> Iterator[None]:
