@@ -279,3 +279,42 @@ def test_the_relay_answers_424_fast_when_the_primary_is_down_or_the_deadline_pas
     finally:
         relay.stop()
     assert not relay.alive()
+
+
+@pytest.mark.anyio
+async def test_a_dead_relay_or_connection_process_is_replaced_by_the_next_sync(tmp_path: Path) -> None:
+    from edgenode.config import load_settings
+    from edgenode.database import Unavailable
+    from edgenode.pragmas import select_profile
+    from edgenode.replica.database import ReplicaDatabase
+    from tests.test_replica_support import TOKEN, primary_write, start_primary
+
+    primary = await asyncio.to_thread(start_primary, tmp_path)
+    try:
+        await asyncio.to_thread(primary_write, primary, "CREATE TABLE t(x)", "INSERT INTO t VALUES (1)")
+        settings = load_settings(
+            {"data_dir": str(tmp_path / "node"), "primary_url": primary.url, "primary_token": TOKEN}, env={}
+        )
+        db = ReplicaDatabase(settings, select_profile("auto"), watch=False)
+        await db.start()
+        try:
+            assert (await db.read("SELECT x FROM t")).rows == [[1]]
+            assert db.relay._popen is not None
+            db.relay._popen.kill()
+            await asyncio.to_thread(db.relay._popen.wait)
+            await asyncio.to_thread(primary_write, primary, "INSERT INTO t VALUES (2)")
+            await db.scheduler.sync_after()
+            assert db.relay.restarts == 1
+            assert (await db.read("SELECT count(*) FROM t")).rows == [[2]]
+
+            assert db.owner is not None
+            db.owner.kill()
+            with pytest.raises(Unavailable, match="restarted"):
+                await db.read("SELECT 1")
+            await db.scheduler.sync_after()
+            assert (await db.read("SELECT count(*) FROM t")).rows == [[2]]
+            assert db.resyncs == {}
+        finally:
+            await db.stop()
+    finally:
+        await asyncio.to_thread(primary.stop)
