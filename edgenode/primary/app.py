@@ -183,11 +183,25 @@ class ExportResponse(Response):
                 self.metrics.sync_requests.labels("export", "503").inc()
                 await error_response(503, f"temporarily unavailable: {exc}")(scope, receive, send)
                 return
-            self.metrics.sync_requests.labels("export", "200").inc()
+            start = _range_start(scope)
+            if start is not None and start >= size:
+                os.close(fd)
+                self.metrics.sync_requests.labels("export", "416").inc()
+                await Response(status_code=416, headers={"content-range": f"bytes */{size}"})(scope, receive, send)
+                return
+            status = 200 if start is None else 206
+            offset = start or 0
+            self.metrics.sync_requests.labels("export", str(status)).inc()
             try:
-                headers = [(b"content-type", b"application/octet-stream"), (b"content-length", str(size).encode())]
-                await send({"type": "http.response.start", "status": 200, "headers": headers})
-                offset = 0
+                headers = [
+                    (b"content-type", b"application/octet-stream"),
+                    (b"content-length", str(size - offset).encode()),
+                    (b"accept-ranges", b"bytes"),
+                ]
+                if start is not None:
+                    # A replica resuming an interrupted bootstrap: the rest of the same base file.
+                    headers.append((b"content-range", f"bytes {start}-{size - 1}/{size}".encode()))
+                await send({"type": "http.response.start", "status": status, "headers": headers})
                 while offset < size:
                     chunk = await self.workers.run_io(os.pread, fd, min(EXPORT_CHUNK, size - offset), offset)
                     if not chunk:
@@ -201,6 +215,16 @@ class ExportResponse(Response):
                 os.close(fd)
         finally:
             store.lock.release_shared()
+
+
+def _range_start(scope: Scope) -> int | None:
+    """`Range: bytes=N-`, what a resuming replica sends; any other form is served whole (200)."""
+    for key, value in scope["headers"]:
+        if key == b"range":
+            text = value.decode("latin-1").strip()
+            if text.startswith("bytes=") and text.endswith("-") and text[6:-1].isdigit():
+                return int(text[6:-1])
+    return None
 
 
 def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Starlette:
