@@ -202,7 +202,7 @@ async def _edgenode(ds: dict[str, Any], data: Path) -> list[dict[str, Any]]:
                 lat["raw"].append(time.perf_counter() - t)
                 found["raw"].append(got)
             t = time.perf_counter()
-            with c.swap.read():
+            with c.swap.shared():
                 answer = search_many(c.index, c.sidecar, "cosine", q[None, :], K, None, "ann", ef, manager.planner)
             lat["sync"].append(time.perf_counter() - t)
             found["sync"].append(answer[0].rowids)
