@@ -449,12 +449,28 @@ def run(quick: bool = False, out: Path = DEFAULT_OUT, http: bool = True, diskann
     print(table(good, cols))
     return {
         "machine": machine(),
+        "command": "python -m bench vectors" + (" --quick" if quick else ""),
         "k": K,
         "hnsw": {"m": M, "ef_construction": EF_CONSTRUCTION, "default_ef": DEFAULT_EF},
         "quick": quick,
+        "summary": summary(good),
         "rows": rows,
         "plot": str(out / "vectors.png"),
     }
+
+
+def summary(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """README's figures: every method at the default ef (the ef sweep stays in the JSON and the plot)."""
+    out = []
+    for r in rows:
+        if r.get("ef") not in (None, DEFAULT_EF):
+            continue
+        figure = f"{r['dataset']}, n={r['n']:,}: {r['method']}" + (f", ef {r['ef']}" if r.get("ef") else "")
+        value = f"recall@{K} {r['recall']:.3f}, {r['qps']:,.0f} q/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms"
+        if r.get("build_s"):
+            value += f", build {r['build_s']:.0f} s"
+        out.append({"figure": figure, "value": value})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
