@@ -155,7 +155,7 @@ def test_reads_stay_fast_while_a_restarted_node_catches_up_on_many_commits(tmp_p
             primary_write(primary, ("INSERT INTO t(v) VALUES (?)", [f"row {i}"]))
         node = start_node(tmp_path, primary, "--max-lag", "30")
         try:
-            slowest, during = 0.0, 0
+            slowest, during, began_catch_up = 0.0, 0, time.monotonic()
             while True:
                 began = time.monotonic()
                 count = rows(node, "SELECT count(*) FROM t")[0][0]
@@ -163,8 +163,10 @@ def test_reads_stay_fast_while_a_restarted_node_catches_up_on_many_commits(tmp_p
                 if count == commits:
                     break
                 during += 1
+            catch_up = time.monotonic() - began_catch_up
             assert during >= 3, "the reads were meant to run while the node caught up"
-            assert slowest < 0.5, f"a read waited {slowest:.3f} s behind the catch-up"
+            # Reads wait for at most a slice, never for the whole catch-up (loaded CI machines: generous).
+            assert slowest < min(1.0, catch_up / 2), f"a read waited {slowest:.3f} s of a {catch_up:.1f} s catch-up"
             database = status(node)
             assert database["state"] == "synced" and database["resyncs"] == {}
         finally:

@@ -16,7 +16,7 @@ from edgenode.replica import bootstrap
 from edgenode.replica.database import classify
 from edgenode.replica.files import InvalidInfo, Position, ReplicaFiles
 from edgenode.replica.identity import local_problem, normalize_url, write_identity
-from edgenode.replica.relay import Relay
+from edgenode.replica.relay import FRAME_SIZE, Relay, cut_after_commits
 from edgenode.replica.scheduler import Scheduler, SyncFailed, SyncOutcome
 from tests.procs import free_port
 
@@ -318,3 +318,13 @@ async def test_a_dead_relay_or_connection_process_is_replaced_by_the_next_sync(t
             await db.stop()
     finally:
         await asyncio.to_thread(primary.stop)
+
+
+def test_the_relay_cuts_pull_responses_after_whole_transactions() -> None:
+    def frame(commit: bool) -> bytes:
+        return (7).to_bytes(4, "big") + (5 if commit else 0).to_bytes(4, "big") + bytes(FRAME_SIZE - 8)
+
+    body = b"".join(frame(i % 3 == 2) for i in range(30))  # ten 3-frame transactions
+    cut = cut_after_commits(body, 4)
+    assert len(cut) == 12 * FRAME_SIZE and cut == body[: len(cut)]
+    assert cut_after_commits(body, 16) == body

@@ -40,7 +40,21 @@ log = logging.getLogger("edgenode.replica")
 
 FAILED = 424  # not retried by the client, not parsed as "checkpoint needed" (400/500 are)
 FRAME_SIZE = 4096 + 24
+MAX_COMMITS_PER_RESPONSE = 16
 _FORWARD_HEADERS = ("authorization", "content-type", "x-turso-encryption-key", "range")
+
+
+def cut_after_commits(frames: bytes, limit: int) -> bytes:
+    """At most `limit` transactions of a pull response (fewer frames than asked is fine for the
+    client): each commit costs it two fsyncs, so a 128-frame answer of small transactions could
+    hold the replica's connection for a second; this keeps a slice near its intended length."""
+    commits = 0
+    for end in range(FRAME_SIZE, len(frames) + 1, FRAME_SIZE):
+        if int.from_bytes(frames[end - FRAME_SIZE + 4 : end - FRAME_SIZE + 8], "big"):
+            commits += 1
+            if commits == limit:
+                return frames[:end]
+    return frames
 
 
 class RelayApp:
@@ -104,6 +118,7 @@ class RelayApp:
         status = response.status_code
         content = response.content
         if pull and status == 200 and len(content) >= FRAME_SIZE:
+            content = cut_after_commits(content, MAX_COMMITS_PER_RESPONSE)
             # The client ends its WAL session at commit frames; only cut a sync between transactions.
             last = content[len(content) - FRAME_SIZE :]
             self.mid_transaction = int.from_bytes(last[4:8], "big") == 0
