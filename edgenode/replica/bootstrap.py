@@ -23,7 +23,8 @@ import apsw
 import httpx
 import msgspec
 
-from edgenode.replica.files import Position, ReplicaFiles, atomic_write, fsync_dir
+from edgenode.durable import atomic_write, fsync_dir
+from edgenode.replica.files import Position, ReplicaFiles
 
 log = logging.getLogger("edgenode.replica")
 

@@ -12,7 +12,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from edgenode.replica.files import InvalidInfo, ReplicaFiles, atomic_write
+from edgenode.durable import atomic_write
+from edgenode.replica.files import InvalidInfo, ReplicaFiles
 
 
 class Identity(msgspec.Struct, kw_only=True):
