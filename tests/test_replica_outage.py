@@ -107,3 +107,26 @@ def test_a_primary_that_hangs_cannot_freeze_the_node(tmp_path: Path) -> None:
 def _not_ready(node: object) -> dict[str, str] | bool:
     response = httpx.get(node.url + "/ready", timeout=2)  # type: ignore[attr-defined]
     return response.json() if response.status_code == 503 else False
+
+
+def test_a_new_node_whose_primary_is_down_waits_for_it_instead_of_exiting(tmp_path: Path) -> None:
+    from tests.procs import free_port
+
+    port = free_port()  # nothing listens here yet
+    node = start_node(tmp_path, f"http://127.0.0.1:{port}")
+    primary = None
+    try:
+        time.sleep(1.0)
+        assert node.popen is not None and node.popen.poll() is None, node.log()[-2000:]
+        assert httpx.get(node.url + "/health", timeout=2).status_code == 200
+        not_ready = httpx.get(node.url + "/ready", timeout=2)
+        assert not_ready.status_code == 503 and not_ready.json()["reason"]
+        primary = start_primary(tmp_path, port=port)
+        primary_write(primary, "CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT)", "INSERT INTO kv VALUES (1, 'late')")
+        wait_ready(node, timeout=30)
+        assert eventually(lambda: rows(node, "SELECT v FROM kv") == [["late"]] or False, timeout=15)
+        assert httpx.get(node.url + "/api/v1/collections", headers=AUTH, timeout=5).status_code == 200
+    finally:
+        node.stop()
+        if primary is not None:
+            primary.stop()

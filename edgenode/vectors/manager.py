@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from edgenode.database import DatabaseError
 from edgenode.rwlock import RWLock
 from edgenode.vectors import feed
 from edgenode.vectors.collections import (
@@ -202,6 +203,7 @@ class VectorManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
         self._stopped = False
+        self._waiting_for_db: str | None = None
 
     # lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -210,7 +212,33 @@ class VectorManager:
         if not self._started:
             self.db.add_change_listener(self.on_change)
             self._started = True
-        await self.refresh()
+        try:
+            await self.refresh()
+        except DatabaseError as exc:
+            if exc.status != 503:
+                raise
+            # A new replica whose primary is not reachable yet has no data to read: the node stays
+            # up (health, status, readiness say why) and the collections load once it has.
+            log.warning("vector collections wait for the database: %s", exc)
+            self._waiting_for_db = str(exc)
+            self._spawn(self._refresh_when_available())
+
+    async def _refresh_when_available(self) -> None:
+        delay = 0.5
+        while not self._stopped:
+            await asyncio.sleep(delay)
+            try:
+                await self.refresh()
+            except DatabaseError as exc:
+                if exc.status != 503:
+                    log.exception("loading vector collections failed")
+                    return
+                self._waiting_for_db = str(exc)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._waiting_for_db = None
+            log.info("vector collections loaded")
+            return
 
     async def stop(self) -> None:
         self._stopped = True  # the database has no way to remove a listener; a stopped manager ignores it
@@ -246,7 +274,9 @@ class VectorManager:
         }
 
     def not_ready_reason(self) -> str | None:
-        return None  # builds can take minutes; the node serves other routes meanwhile
+        # Builds can take minutes and the node serves other routes meanwhile: only a manager that
+        # could not even read its definitions holds readiness back.
+        return f"waiting for the database: {self._waiting_for_db}" if self._waiting_for_db else None
 
     def routes(self) -> list[Any]:
         from edgenode.vectors.routes import vector_routes
