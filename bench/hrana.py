@@ -30,8 +30,8 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 
-from bench.common import ROOT, NodeProcess, free_port, machine, percentile, table
-from bench.loadgen import _read_response, encode_post, run_load
+from bench.common import ROOT, NodeProcess, free_port, machine, table
+from bench.loadgen import _read_response, encode_post, run_load, summarize
 
 READ_SQL = "SELECT id, v FROM kv WHERE id = ?"
 INSERT_SQL = "INSERT INTO ins(v) VALUES (?)"
@@ -107,14 +107,7 @@ async def load_fresh_connections(
 
     began = time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(clients)))
-    elapsed = time.perf_counter() - began
-    return {
-        "requests": len(latencies),
-        "errors": errors,
-        "qps": len(latencies) / elapsed,
-        "p50_ms": percentile(latencies, 50) * 1000,
-        "p99_ms": percentile(latencies, 99) * 1000,
-    }
+    return summarize(latencies, errors, time.perf_counter() - began)
 
 
 def _load_process(url: str, kind: str, clients: int, seconds: float, n_rows: int, keep_alive: bool, queue: Any) -> None:

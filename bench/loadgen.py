@@ -83,7 +83,11 @@ async def run_load(
 
     began = time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(clients)))
-    elapsed = time.perf_counter() - began
+    return summarize(latencies, errors, time.perf_counter() - began)
+
+
+def summarize(latencies: list[float], errors: int, elapsed: float) -> dict[str, Any]:
+    """What every load run reports: counts, throughput over the wall time, latency percentiles."""
     return {
         "requests": len(latencies),
         "errors": errors,
