@@ -450,6 +450,14 @@ def run(quick: bool = False, out: Path = DEFAULT_OUT, http: bool = True, diskann
     return {
         "machine": machine(),
         "command": "python -m bench vectors" + (" --quick" if quick else ""),
+        "parameters": {
+            "k": K,
+            "m": M,
+            "ef_construction": EF_CONSTRUCTION,
+            "default_ef": DEFAULT_EF,
+            "http": http,
+            "diskann": diskann,
+        },
         "k": K,
         "hnsw": {"m": M, "ef_construction": EF_CONSTRUCTION, "default_ef": DEFAULT_EF},
         "quick": quick,

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from bench.__main__ import available
+from bench.__main__ import SUITE, available
 from bench.report import BEGIN, END, render, rewrite
 from tests.procs import ROOT
 
-# Members whose --quick pass is cheap enough for every test run (well under two minutes together).
-CHEAP = ("api_reads", "pragmas", "cold_start")
+# Every member of the suite: their --quick passes take about four minutes together.
+MEMBERS = SUITE
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +43,15 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     return get
 
 
-@pytest.mark.parametrize("name", CHEAP)
+@pytest.mark.parametrize("name", MEMBERS)
 def test_each_quick_member_writes_machine_parameters_and_rows(results: Callable[[str], Path], name: str) -> None:
     result = json.loads((results(name) / f"{name}.json").read_text())
     assert result["quick"] is True
     assert result["machine"]["platform"] and result["machine"]["versions"]
     assert isinstance(result["parameters"], dict) and result["parameters"]
-    assert isinstance(result["rows"], list) and result["rows"]
+    # Figures: a `rows` table, a `summary` of figure/value pairs, or named tables of rows.
+    tables = [v for v in result.values() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+    assert tables, f"{name} wrote no figures"
     assert result["command"].startswith(f"python -m bench {name}")
 
 
