@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import random
 import shutil
+import signal
 import sqlite3
 import subprocess
 import tempfile
@@ -142,6 +143,9 @@ class TursoServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            # The npm `turso` command is a Node wrapper that runs the real server as its child:
+            # its own process group lets stop() end both.
+            start_new_session=True,
         )
         deadline = time.monotonic() + 30
         body = {"baton": None, "requests": [{"type": "execute", "stmt": {"sql": "SELECT count(*) FROM kv"}}]}
@@ -162,12 +166,14 @@ class TursoServer:
         return json.loads(package.read_text())["version"] if package.exists() else "?"
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
+        try:
+            os.killpg(self.popen.pid, signal.SIGTERM)
             try:
                 self.popen.wait(10)
             except subprocess.TimeoutExpired:
-                self.popen.kill()
+                os.killpg(self.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # already gone, children included
         self._log.close()
 
 

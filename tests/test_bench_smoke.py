@@ -94,3 +94,9 @@ def test_readme_has_the_generated_section_markers() -> None:
     text = (ROOT / "README.md").read_text()
     assert text.index(BEGIN) < text.index(END)
     assert text.index("## Performance") < text.index(BEGIN)
+
+
+def test_hrana_bench_leaves_no_turso_server_running(results: Callable[[str], Path]) -> None:
+    results("hrana")
+    left = subprocess.run(["pgrep", "-f", "tursodb --sync-server"], capture_output=True, text=True)
+    assert left.stdout.strip() == "", f"turso servers still running: {left.stdout}"
