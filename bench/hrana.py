@@ -23,16 +23,14 @@ import sqlite3
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import msgspec
 
 from bench.common import ROOT, NodeProcess, free_port, machine, table
-from bench.loadgen import _read_response, encode_post, run_load, summarize
+from bench.loadgen import run_load
 
 READ_SQL = "SELECT id, v FROM kv WHERE id = ?"
 INSERT_SQL = "INSERT INTO ins(v) VALUES (?)"
@@ -73,50 +71,9 @@ def _ok(_: int, payload: bytes) -> bool:
     return b'"type":"ok"' in payload and b'"type":"error"' not in payload
 
 
-async def load_fresh_connections(
-    url: str, make_body: Callable[[int, int], bytes], clients: int, seconds: float, check: Callable[[int, bytes], bool]
-) -> dict[str, Any]:
-    """Like `bench.loadgen.run_load`, but one TCP connection per request (connect time included).
-
-    The turso server answers every request with `Connection: close`, so this is the only way to drive
-    it; the node is measured this way too, for a like-for-like row."""
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    latencies: list[float] = []
-    errors = 0
-    stop_at = time.perf_counter() + seconds
-
-    async def worker(worker_id: int) -> None:
-        nonlocal errors
-        n = 0
-        while time.perf_counter() < stop_at:
-            request = encode_post(f"{host}:{port}", "/v2/pipeline", make_body(worker_id, n))
-            n += 1
-            start = time.perf_counter()
-            reader, writer = await asyncio.open_connection(host, port)
-            try:
-                writer.write(request)
-                status, body = await _read_response(reader)
-            except (ConnectionError, asyncio.IncompleteReadError):
-                errors += 1
-                continue
-            finally:
-                writer.close()
-            latencies.append(time.perf_counter() - start)
-            if status != 200 or not check(status, body):
-                errors += 1
-
-    began = time.perf_counter()
-    await asyncio.gather(*(worker(i) for i in range(clients)))
-    return summarize(latencies, errors, time.perf_counter() - began)
-
-
 def _load_process(url: str, kind: str, clients: int, seconds: float, n_rows: int, keep_alive: bool, queue: Any) -> None:
     make_body, check = (_read_body(n_rows), _one_row) if kind == "read" else (_insert_body, _ok)
-    if keep_alive:
-        result = asyncio.run(run_load(url, "/v2/pipeline", make_body, clients, seconds, check=check))
-    else:
-        result = asyncio.run(load_fresh_connections(url, make_body, clients, seconds, check))
+    result = asyncio.run(run_load(url, "/v2/pipeline", make_body, clients, seconds, check=check, keep_alive=keep_alive))
     queue.put(result)
 
 
