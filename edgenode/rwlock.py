@@ -4,14 +4,22 @@ The primary shares it among everything that reads the WAL or holds an SQLite tra
 takes it exclusively to change files under SQLite's feet (rollovers, push appends); the vector
 indexes share it among searches and take it exclusively for mutations hnswlib cannot run beside
 a query. Writer preference keeps a steady stream of readers from starving the writer.
+
+Shared holders may also name a *mode*: holders of different modes never overlap, holders of one
+mode share. hnswlib's search breadth (ef) is a setting of the whole index, not of a query, so
+each ef is a mode: queries at one ef run together, and the first holder of a new mode switches
+the setting (`on_mode`, called while nobody holds the lock) before any of them searches. A
+holder waiting for another mode holds back new arrivals of the current one, so modes take turns.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 class LockTimeout(Exception):
@@ -19,21 +27,53 @@ class LockTimeout(Exception):
 
 
 class RWLock:
-    def __init__(self) -> None:
+    def __init__(self, on_mode: Callable[[Any], None] | None = None) -> None:
         self._cond = threading.Condition()
         self._readers = 0
         self._writer = False
         self._writers_waiting = 0
+        self._on_mode = on_mode
+        self._mode: Hashable = None  # the mode of the current shared holders (kept once they leave)
+        self._modes_waiting: Counter[Hashable] = Counter()
 
-    def acquire_shared(self, timeout: float | None = None) -> None:
+    def _blocked(self, mode: Hashable) -> bool:
+        if self._writer or self._writers_waiting:
+            return True
+        if mode is None or not self._readers:
+            return False
+        if mode != self._mode:
+            return True
+        return any(n for m, n in self._modes_waiting.items() if m != mode)
+
+    def _enter_shared(self, mode: Hashable) -> None:
+        if mode is not None and mode != self._mode:
+            # Nobody holds the lock here (_blocked said so), so the switch cannot race a holder.
+            if self._on_mode is not None:
+                self._on_mode(mode)
+            self._mode = mode
+        self._readers += 1
+
+    def acquire_shared(self, timeout: float | None = None, mode: Hashable = None) -> None:
+        """`mode` None shares with holders of any mode (and never switches it)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._writer or self._writers_waiting:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise LockTimeout("timed out waiting for a rollover or push to finish")
-                self._cond.wait(remaining)
-            self._readers += 1
+            if mode is not None:
+                self._modes_waiting[mode] += 1
+            try:
+                while self._blocked(mode):
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise LockTimeout("timed out waiting for a rollover or push to finish")
+                    self._cond.wait(remaining)
+            except BaseException:
+                self._cond.notify_all()  # a waiting mode may have held others back
+                raise
+            finally:
+                if mode is not None:
+                    self._modes_waiting[mode] -= 1
+                    if not self._modes_waiting[mode]:
+                        del self._modes_waiting[mode]
+            self._enter_shared(mode)
 
     def release_shared(self) -> None:
         with self._cond:
@@ -65,21 +105,21 @@ class RWLock:
             self._cond.notify_all()
 
     @contextmanager
-    def shared(self, timeout: float | None = None) -> Iterator[None]:
-        self.acquire_shared(timeout)
+    def shared(self, timeout: float | None = None, mode: Hashable = None) -> Iterator[None]:
+        self.acquire_shared(timeout, mode)
         try:
             yield
         finally:
             self.release_shared()
 
     @contextmanager
-    def shared_nowait(self) -> Iterator[bool]:
+    def shared_nowait(self, mode: Hashable = None) -> Iterator[bool]:
         """A shared hold only if one is free right now (yields False otherwise). It never waits, so
         an event loop may call it: the condition's own lock is only ever held for bookkeeping."""
         with self._cond:
-            taken = not (self._writer or self._writers_waiting)
+            taken = not self._blocked(mode)
             if taken:
-                self._readers += 1
+                self._enter_shared(mode)
         try:
             yield taken
         finally:

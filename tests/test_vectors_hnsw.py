@@ -152,3 +152,77 @@ def test_query_nowait_answers_like_query_when_the_index_is_free() -> None:
     assert fast[0].tolist() == slow[0].tolist()
     with index.lock.shared():
         assert index.query_nowait(data[7:8], 10) is not None  # other readers do not stop it
+
+
+def test_shared_holders_of_one_mode_share_and_other_modes_wait_their_turn() -> None:
+    switches: list[object] = []
+    lock = RWLock(on_mode=switches.append)
+    with lock.shared(mode=16), lock.shared_nowait(mode=16) as same, lock.shared_nowait(mode=32) as other:
+        assert same and not other  # one ef at a time: a query at another ef would see the wrong setting
+    assert switches == [16]
+    entered, release = threading.Event(), threading.Event()
+
+    def hold_16() -> None:
+        with lock.shared(mode=16):
+            entered.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold_16)
+    holder.start()
+    assert entered.wait(5)
+    got_32 = threading.Event()
+
+    def want_32() -> None:
+        with lock.shared(mode=32):
+            got_32.set()
+
+    waiter = threading.Thread(target=want_32)
+    waiter.start()
+    assert not got_32.wait(0.1)
+    with lock.shared_nowait(mode=16) as taken:
+        assert not taken  # a query waiting at ef 32 holds back newcomers at ef 16, so it is not starved
+    with lock.shared_nowait() as taken:
+        assert taken  # a holder with no mode (saving the index) shares with any ef
+    release.set()
+    assert got_32.wait(5)
+    holder.join(5)
+    waiter.join(5)
+    assert switches == [16, 32]
+
+
+def test_a_mode_waiter_that_times_out_lets_the_current_mode_continue() -> None:
+    lock = RWLock()
+    with lock.shared(mode=1):
+        try:
+            lock.acquire_shared(timeout=0.05, mode=2)
+        except Exception as exc:
+            assert type(exc).__name__ == "LockTimeout"
+        else:
+            raise AssertionError("mode 2 entered beside mode 1")
+        with lock.shared_nowait(mode=1) as taken:
+            assert taken
+
+
+def test_queries_at_mixed_ef_from_many_threads_match_serial_answers() -> None:
+    index, data = _index(5000)
+    queries = np.random.default_rng(3).standard_normal((100, DIM)).astype(np.float32)
+    efs = [1, 300]  # ef 1 is a greedy walk: its answers differ from ef 300's on many queries
+    expected = {ef: index.query(queries, 1, ef)[0][:, 0].tolist() for ef in efs}
+    assert sum(a != b for a, b in zip(*expected.values(), strict=True)) >= 5
+    errors: list[str] = []
+
+    def worker(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for _ in range(500):
+            ef = efs[int(rng.integers(len(efs)))]
+            i = int(rng.integers(len(queries)))
+            got = int(index.query(queries[i : i + 1], 1, ef)[0][0, 0])
+            if got != expected[ef][i]:
+                errors.append(f"ef {ef} query {i}")
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:5]

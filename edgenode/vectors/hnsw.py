@@ -1,8 +1,11 @@
 """hnswlib index wrapper: build, incremental updates, deletes, a reader/writer lock, persistence.
 
 hnswlib is not safe for add + query at the same time, so queries take the shared side of an
-`RWLock` and every mutation (add, mark_deleted, resize, set_ef) the exclusive side. hnswlib
-releases the GIL while it works, so queries in threads run in parallel.
+`RWLock` and every mutation (add, mark_deleted, resize) the exclusive side. hnswlib releases the
+GIL while it works, so queries in threads run in parallel. Its ef is a setting of the whole index,
+so each query holds the lock in the mode of its ef: queries at the same ef share, and the lock
+switches the setting between them (see `edgenode.rwlock`). A query at any ef therefore costs what
+raw hnswlib costs, with no exclusive hold.
 
 Persistence: `<path>` holds hnswlib's own format and `<path>.json` a `Stamp` with the file's
 SHA-256, the feed position it reflects and the identity of the data it came from. Files are
@@ -68,12 +71,14 @@ class HnswIndex:
         self.m = m
         self.ef_construction = ef_construction
         self.ef_search = ef_search
-        self.lock = RWLock()
+        self.lock = RWLock(on_mode=self._set_ef)
         self.index = hnswlib.Index(space=SPACES[metric], dim=dim)
         self.index.init_index(max_elements=max(capacity, 16), M=m, ef_construction=ef_construction)
-        self.index.set_ef(ef_search)
         # Labels marked deleted: they keep their slot until a rebuild, and re-adding one un-deletes it.
         self.deleted: set[int] = set()
+
+    def _set_ef(self, ef: int) -> None:
+        self.index.set_ef(ef)
 
     @property
     def total(self) -> int:
@@ -143,25 +148,16 @@ class HnswIndex:
         k = min(k, self.live)
         if k <= 0:
             return np.empty((len(vectors), 0), np.int64), np.empty((len(vectors), 0), np.float32)
-        if ef is None or ef == self.ef_search:
-            with self.lock.shared():
-                labels, distances = self.index.knn_query(vectors, k=k, num_threads=threads, filter=filter)
-        else:
-            # ef is index-global in hnswlib, so a query with its own ef runs alone.
-            with self.lock.exclusive():
-                self.index.set_ef(ef)
-                try:
-                    labels, distances = self.index.knn_query(vectors, k=k, num_threads=threads, filter=filter)
-                finally:
-                    self.index.set_ef(self.ef_search)
+        with self.lock.shared(mode=ef or self.ef_search):
+            labels, distances = self.index.knn_query(vectors, k=k, num_threads=threads, filter=filter)
         return to_rowids(labels), distances
 
-    def query_nowait(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """`query` at the index's own ef, or None when the lock is not free right now."""
+    def query_nowait(self, vectors: np.ndarray, k: int, ef: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """`query`, or None when the lock is not free right now for a query at this ef."""
         k = min(k, self.live)
         if k <= 0:
             return None
-        with self.lock.shared_nowait() as taken:
+        with self.lock.shared_nowait(mode=ef or self.ef_search) as taken:
             if not taken:
                 return None
             labels, distances = self.index.knn_query(vectors, k=k, num_threads=1)
@@ -210,13 +206,12 @@ class HnswIndex:
         self = cls.__new__(cls)
         self.metric, self.dim, self.m, self.ef_construction = stamp.metric, stamp.dim, stamp.m, stamp.ef_construction
         self.ef_search = ef_search
-        self.lock = RWLock()
+        self.lock = RWLock(on_mode=self._set_ef)
         self.index = hnswlib.Index(space=SPACES[stamp.metric], dim=stamp.dim)
         try:
             self.index.load_index(str(path))
         except RuntimeError:
             return None
-        self.index.set_ef(ef_search)
         self.deleted = deleted
         if self.live != stamp.count or self.index.dim != stamp.dim:
             return None

@@ -74,14 +74,14 @@ def search_one(
     return Answer(rowids, dists, "exact", seen)
 
 
-def try_ann_nowait(index: HnswIndex, metric: str, query: np.ndarray, k: int) -> Answer | None:
-    """A plain ANN query (no filter, the index's own ef) answered on the caller's thread when the
-    index is free right now; None sends the caller to the full planner on a worker thread.
+def try_ann_nowait(index: HnswIndex, metric: str, query: np.ndarray, k: int, ef: int | None = None) -> Answer | None:
+    """A plain ANN query (no filter) answered on the caller's thread when the index is free right
+    now for a query at this ef; None sends the caller to the full planner on a worker thread.
 
     At ef 64 an HNSW query takes a few hundred microseconds, less than handing it to a thread and
     back costs the event loop, so the common query is answered in place."""
     try:
-        found = index.query_nowait(query[None, :], k)
+        found = index.query_nowait(query[None, :], k, ef)
     except RuntimeError:
         return None  # fewer than k live neighbours: the planner falls back to exact
     if found is None:
