@@ -9,9 +9,14 @@ dataset, fewer queries and a smaller DiskANN subset; every row states its n.
 Methods:
 - numpy exact: one float32 matrix product per query.
 - hnswlib raw: hnswlib.Index with the same M / ef_construction / ef as edgenode, queried directly.
-- hnswlib raw, edgenode sync and edgenode in-process are timed interleaved, query by query.
-- edgenode sync: the node's planner (`search_many`) called directly; same index, locks included.
-- edgenode in-process: `VectorManager.search` (asyncio + worker thread), what a route handler calls.
+- edgenode in-process: `VectorManager.query` with numpy arrays, the API for code in the node's
+  process; what it adds to raw hnswlib is its own cost (checks, locks, planner, result objects).
+- edgenode in-process, JSON lists: `VectorManager.search` with a `SearchRequest` holding Python
+  lists, as the HTTP route calls it after decoding; it adds the list-to-array conversion.
+- These three are timed in alternating blocks of 25 queries, the order rotating block by block,
+  so machine noise hits all alike and no method runs a query whose graph walk another method has
+  just pulled into the CPU caches (query-by-query interleaving flattered whichever ran last).
+  Each edgenode row states `vs_raw`, its queries/s over raw hnswlib's in the same run.
 - edgenode HTTP: `edgenode serve` over HTTP/1.1 keep-alive (bench/loadgen.py, a separate process).
 - edgenode filtered 1%: a filter accepting 1% of rows, through `VectorManager.search`.
 - sqlite-vec vec0: brute-force KNN of a vec0 virtual table (apsw, in memory).
@@ -175,7 +180,6 @@ async def _edgenode(ds: dict[str, Any], data: Path) -> list[dict[str, Any]]:
     from edgenode.pragmas import select_profile
     from edgenode.vectors import VectorManager
     from edgenode.vectors.models import CollectionSpec, Filter, SearchRequest
-    from edgenode.vectors.search import search_many
 
     base, queries, gt = ds["base"], ds["queries"], ds["gt"]
     db = LocalDatabase(data, select_profile("auto", data_dir=data), migrate=False)
@@ -189,31 +193,46 @@ async def _edgenode(ds: dict[str, Any], data: Path) -> list[dict[str, Any]]:
     build = c.info().build_seconds
     rows = []
     raw, raw_build = ds.get("raw", (None, None))
+    block = 25
+
+    def raw_one(q: np.ndarray, ef: int) -> list[int]:
+        assert raw is not None
+        return raw.knn_query(q[None, :], k=K, num_threads=1)[0][0].tolist()
+
+    async def arrays_one(q: np.ndarray, ef: int) -> list[int]:
+        res = (await manager.query("items", q, K, ef=ef, mode="ann"))[0]
+        return [h.rowid for h in res.results]
+
+    async def lists_one(q: np.ndarray, ef: int) -> list[int]:
+        res = await manager.search("items", SearchRequest(vector=q.tolist(), k=K, ef=ef, mode="ann"))
+        return [h.rowid for h in res.results]
+
+    methods: dict[str, Callable[..., Any]] = {}
+    if raw is not None:
+        methods["hnswlib raw"] = raw_one
+    methods["edgenode in-process"] = arrays_one
+    methods["edgenode in-process, JSON lists"] = lists_one
     for ef in EFS:
-        # Interleaved per query, so load from other processes on a shared machine hits all three alike.
-        found: dict[str, list[list[int]]] = {"raw": [], "sync": [], "async": []}
-        lat: dict[str, list[float]] = {"raw": [], "sync": [], "async": []}
         if raw is not None:
             raw.set_ef(ef)
-        for q in queries:
-            if raw is not None:
-                t = time.perf_counter()
-                got = raw.knn_query(q[None, :], k=K, num_threads=1)[0][0].tolist()
-                lat["raw"].append(time.perf_counter() - t)
-                found["raw"].append(got)
-            t = time.perf_counter()
-            with c.swap.shared():
-                answer = search_many(c.index, c.sidecar, "cosine", q[None, :], K, None, "ann", ef, manager.planner)
-            lat["sync"].append(time.perf_counter() - t)
-            found["sync"].append(answer[0].rowids)
-            t = time.perf_counter()
-            res = await manager.search("items", SearchRequest(vector=q.tolist(), k=K, ef=ef, mode="ann"))
-            lat["async"].append(time.perf_counter() - t)
-            found["async"].append([h.rowid for h in res.results])
-        if raw is not None:
-            rows.append(row("hnswlib raw", ds, len(base), found["raw"], gt, lat["raw"], ef=ef, build_s=raw_build))
-        rows.append(row("edgenode sync", ds, len(base), found["sync"], gt, lat["sync"], ef=ef, build_s=build))
-        rows.append(row("edgenode in-process", ds, len(base), found["async"], gt, lat["async"], ef=ef, build_s=build))
+        found: dict[str, list[list[int]]] = {name: [] for name in methods}
+        lat: dict[str, list[float]] = {name: [] for name in methods}
+        names = list(methods)
+        for b, start in enumerate(range(0, len(queries), block)):
+            for name in names[b % len(names) :] + names[: b % len(names)]:
+                fn = methods[name]
+                for q in queries[start : start + block]:
+                    t = time.perf_counter()
+                    got = fn(q, ef)
+                    if asyncio.iscoroutine(got):
+                        got = await got
+                    lat[name].append(time.perf_counter() - t)
+                    found[name].append(got)
+        for name in names:
+            built = raw_build if name == "hnswlib raw" else build
+            rows.append(row(name, ds, len(base), found[name], gt, lat[name], ef=ef, build_s=built))
+            if raw is not None and name != "hnswlib raw":
+                rows[-1]["vs_raw"] = round(sum(lat["hnswlib raw"]) / sum(lat[name]), 3)  # same query count
     # 1% selectivity: cat = 3 (10%) and bucket < 100 (10%), correlated so that exactly 1% pass
     ids = np.arange(len(base))
     mask = (ids % 10 == 3) & (ids % 1000 < 100)

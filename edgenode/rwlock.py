@@ -35,6 +35,20 @@ class RWLock:
         self._on_mode = on_mode
         self._mode: Hashable = None  # the mode of the current shared holders (kept once they leave)
         self._modes_waiting: Counter[Hashable] = Counter()
+        # Threads asleep on the condition; with none, a release skips notify_all (a search on the
+        # event loop takes and releases the lock for every query).
+        self._sleepers = 0
+
+    def _wait(self, timeout: float | None) -> None:
+        self._sleepers += 1
+        try:
+            self._cond.wait(timeout)
+        finally:
+            self._sleepers -= 1
+
+    def _wake(self) -> None:
+        if self._sleepers:
+            self._cond.notify_all()
 
     def _blocked(self, mode: Hashable) -> bool:
         if self._writer or self._writers_waiting:
@@ -64,9 +78,9 @@ class RWLock:
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         raise LockTimeout("timed out waiting for a rollover or push to finish")
-                    self._cond.wait(remaining)
+                    self._wait(remaining)
             except BaseException:
-                self._cond.notify_all()  # a waiting mode may have held others back
+                self._wake()  # a waiting mode may have held others back
                 raise
             finally:
                 if mode is not None:
@@ -79,7 +93,7 @@ class RWLock:
         with self._cond:
             self._readers -= 1
             if self._readers == 0:
-                self._cond.notify_all()
+                self._wake()
 
     def acquire_exclusive(self, timeout: float | None = None, polite: bool = False) -> None:
         """Wait for every holder to leave. A polite waiter does not hold back new shared holders, so
@@ -92,17 +106,17 @@ class RWLock:
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         raise LockTimeout("timed out waiting for open transactions to finish")
-                    self._cond.wait(remaining)
+                    self._wait(remaining)
                 self._writer = True
             finally:
                 self._writers_waiting -= 0 if polite else 1
                 if not self._writer:
-                    self._cond.notify_all()
+                    self._wake()
 
     def release_exclusive(self) -> None:
         with self._cond:
             self._writer = False
-            self._cond.notify_all()
+            self._wake()
 
     @contextmanager
     def shared(self, timeout: float | None = None, mode: Hashable = None) -> Iterator[None]:
@@ -112,14 +126,19 @@ class RWLock:
         finally:
             self.release_shared()
 
+    def try_acquire_shared(self, mode: Hashable = None) -> bool:
+        """A shared hold only if one is free right now. It never waits, so an event loop may call
+        it: the condition's own lock is only ever held for bookkeeping."""
+        with self._cond:
+            if self._blocked(mode):
+                return False
+            self._enter_shared(mode)
+            return True
+
     @contextmanager
     def shared_nowait(self, mode: Hashable = None) -> Iterator[bool]:
-        """A shared hold only if one is free right now (yields False otherwise). It never waits, so
-        an event loop may call it: the condition's own lock is only ever held for bookkeeping."""
-        with self._cond:
-            taken = not self._blocked(mode)
-            if taken:
-                self._enter_shared(mode)
+        """`try_acquire_shared` as a context (yields whether it was taken)."""
+        taken = self.try_acquire_shared(mode)
         try:
             yield taken
         finally:

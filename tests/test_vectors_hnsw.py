@@ -204,7 +204,7 @@ def test_a_mode_waiter_that_times_out_lets_the_current_mode_continue() -> None:
 
 
 def test_queries_at_mixed_ef_from_many_threads_match_serial_answers() -> None:
-    index, data = _index(5000)
+    index, _ = _index(5000)
     queries = np.random.default_rng(3).standard_normal((100, DIM)).astype(np.float32)
     efs = [1, 300]  # ef 1 is a greedy walk: its answers differ from ef 300's on many queries
     expected = {ef: index.query(queries, 1, ef)[0][:, 0].tolist() for ef in efs}

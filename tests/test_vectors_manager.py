@@ -338,3 +338,48 @@ def test_inner_product_collections_rank_like_cosine_on_normalised_vectors(tmp_pa
         await db.stop()
 
     run(main())
+
+
+def test_in_process_query_takes_arrays_and_answers_like_the_json_search(tmp_path: Path) -> None:
+    async def main() -> None:
+        db, manager, base = await _setup(tmp_path, n=2000)
+        queries = clustered(5, DIM, seed=31)
+        for ef in (None, 8, 200):
+            one = await manager.query("items", queries[0], 10, ef=ef)
+            assert [h.rowid for h in one[0].results] == await _ids(manager, queries[0], ef=ef)
+        many = await manager.query("items", queries.astype(np.float64), 3, filter=Filter(sql="cat = ?", params=["b"]))
+        ids = np.arange(1, len(base) + 1)
+        mask = ids % 10 == 1
+        assert [[h.rowid for h in r.results] for r in many] == [
+            exact_topk(base[mask], ids[mask], q, 3) for q in queries
+        ]
+        await manager.stop()
+        await db.stop()
+
+    run(main())
+
+
+def test_in_process_query_rejects_bad_shapes_and_values_naming_the_problem(tmp_path: Path) -> None:
+    async def main() -> None:
+        db, manager, _ = await _setup(tmp_path, n=300)
+        good = clustered(1, DIM, seed=5)[0]
+        nan = good.copy()
+        nan[3] = np.nan
+        cases = {
+            "dimension_mismatch": [np.zeros(DIM + 1), np.zeros((2, 3, DIM)), np.zeros((0, DIM))],
+            "invalid_vector": [nan, np.zeros(DIM), np.full(DIM, 1e39)],  # 1e39 is beyond float32
+        }
+        for code, arrays in cases.items():
+            for array in arrays:
+                try:
+                    await manager.query("items", array)
+                except Exception as exc:
+                    assert getattr(exc, "code", None) == code, (array.shape, exc)
+                else:
+                    raise AssertionError(f"accepted {array!r}")
+        # Huge but finite float32 values overflow a sum of squares; they are still a valid query.
+        assert len((await manager.query("items", np.full(DIM, 1e30)))[0].results) == 10
+        await manager.stop()
+        await db.stop()
+
+    run(main())

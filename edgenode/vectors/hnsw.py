@@ -157,10 +157,12 @@ class HnswIndex:
         k = min(k, self.live)
         if k <= 0:
             return None
-        with self.lock.shared_nowait(mode=ef or self.ef_search) as taken:
-            if not taken:
-                return None
+        if not self.lock.try_acquire_shared(ef or self.ef_search):
+            return None
+        try:
             labels, distances = self.index.knn_query(vectors, k=k, num_threads=1)
+        finally:
+            self.lock.release_shared()
         return to_rowids(labels), distances
 
     def stamp(self, uid: str, position: int) -> Stamp:

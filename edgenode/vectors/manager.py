@@ -19,10 +19,11 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +51,14 @@ from edgenode.vectors.models import (
     BatchResult,
     CollectionInfo,
     CollectionSpec,
+    Filter,
     Hit,
+    Mode,
     SearchRequest,
     SearchResult,
     VectorError,
 )
-from edgenode.vectors.search import PlannerSettings, search_many, try_ann_nowait
+from edgenode.vectors.search import Answer, PlannerSettings, search_many, try_ann_nowait
 
 log = logging.getLogger(__name__)
 
@@ -696,6 +699,7 @@ class VectorManager:
 
     # search ------------------------------------------------------------------------------------
     def _queries(self, c: Collection, req: SearchRequest) -> tuple[np.ndarray, bool]:
+        """The request's vectors as one float32 matrix; 400 naming the first bad element."""
         if (req.vector is None) == (req.vectors is None):
             raise VectorError(400, "invalid_request", "give exactly one of 'vector' or 'vectors'")
         batch = req.vectors is not None
@@ -714,90 +718,146 @@ class VectorManager:
                     f"{where} has {len(v)} dimensions; collection {c.name!r} has dim {c.spec.dim}",
                 )
         with np.errstate(over="ignore", invalid="ignore"):
-            queries = np.asarray(raw, dtype=np.float64).astype(np.float32)
-        bad = ~np.isfinite(queries)
-        if bad.any():
-            row, col = (int(x) for x in np.argwhere(bad)[0])
-            where = f"{field}[{row}][{col}]" if batch else f"vector[{col}]"
-            raise VectorError(400, "invalid_vector", f"{where} is not a finite float32 number (NaN, inf or too large)")
-        if c.spec.metric == "cosine":
-            zero = ~queries.any(axis=1)
-            if zero.any():
-                raise VectorError(400, "invalid_vector", "a zero vector has no cosine distance")
+            queries = np.array(raw, dtype=np.float32)  # beyond float32's range becomes inf: caught below
+        self._check_values(c, queries, field if batch else None)
         return queries, batch
 
-    def _search_inline(self, c: Collection, req: SearchRequest, queries: np.ndarray, batch: bool) -> list[Any] | None:
+    @staticmethod
+    def _check_values(c: Collection, queries: np.ndarray, batch_field: str | None) -> None:
+        if len(queries) == 1:
+            # One dot product passes every good vector: a finite, non-zero sum of squares means no
+            # NaN, inf or zero vector. Anything else (or an overflow of huge values) takes the
+            # element-wise checks below, which name the problem or pass it.
+            square = float(np.dot(queries[0], queries[0]))
+            if 0 < square < math.inf:
+                return
+        if not np.isfinite(queries).all():
+            row, col = (int(x) for x in np.argwhere(~np.isfinite(queries))[0])
+            where = f"{batch_field}[{row}][{col}]" if batch_field else f"vector[{col}]"
+            raise VectorError(400, "invalid_vector", f"{where} is not a finite float32 number (NaN, inf or too large)")
+        if c.spec.metric == "cosine" and not queries.any(axis=1).all():
+            raise VectorError(400, "invalid_vector", "a zero vector has no cosine distance")
+
+    @staticmethod
+    def _check_options(k: int, ef: int | None) -> None:
+        if not 1 <= k <= MAX_K:
+            raise VectorError(400, "invalid_k", f"k must be between 1 and {MAX_K}, got {k}")
+        if ef is not None and not 1 <= ef <= MAX_EF:
+            raise VectorError(400, "invalid_ef", f"ef must be between 1 and {MAX_EF}, got {ef}")
+
+    def _search_inline(
+        self, c: Collection, queries: np.ndarray, k: int, flt: Filter | None, mode: str, ef: int | None
+    ) -> list[Answer] | None:
         """The plain single ANN query, on the event loop when nothing holds the locks (see try_ann_nowait)."""
         index = c.index
-        if batch or req.filter is not None or req.mode == "exact" or index is None:
+        if len(queries) != 1 or flt is not None or mode == "exact" or index is None:
             return None
-        if (req.ef or index.ef_search) > INLINE_MAX_EF:
+        if (ef or index.ef_search) > INLINE_MAX_EF:
             return None
-        if req.mode == "auto" and index.live <= self.planner.exact_threshold:
+        if mode == "auto" and index.live <= self.planner.exact_threshold:
             return None
-        with c.swap.shared_nowait() as taken:
-            if not taken or c.index is not index:
-                return None
-            answer = try_ann_nowait(index, c.spec.metric, queries[0], req.k, req.ef)
+        # No hold on c.swap: this path reads only `index`, and a swap merely points c.index at a
+        # new one; this reference keeps the old one whole until the query returns.
+        answer = try_ann_nowait(index, c.spec.metric, queries[0], k, ef)
         return [answer] if answer is not None else None
 
     async def search(self, name: str, req: SearchRequest) -> SearchResult | BatchResult:
+        """The HTTP API's search: JSON lists in, one result (`vector`) or a batch (`vectors`) out."""
         started = time.perf_counter()
         c = self.get(name)
-        if not 1 <= req.k <= MAX_K:
-            raise VectorError(400, "invalid_k", f"k must be between 1 and {MAX_K}, got {req.k}")
-        if req.ef is not None and not 1 <= req.ef <= MAX_EF:
-            raise VectorError(400, "invalid_ef", f"ef must be between 1 and {MAX_EF}, got {req.ef}")
+        self._check_options(req.k, req.ef)
         queries, batch = self._queries(c, req)
-        if req.include:
-            unknown = [col for col in req.include if col.lower() not in c.columns]
+        results = await self._run(c, queries, req.k, req.filter, req.mode, req.ef, req.include, started)
+        if batch:
+            return BatchResult(batch=results, elapsed_ms=results[0].elapsed_ms)
+        return results[0]
+
+    async def query(
+        self,
+        name: str,
+        vectors: np.ndarray,
+        k: int = 10,
+        *,
+        filter: Filter | None = None,
+        mode: Mode = "auto",
+        ef: int | None = None,
+        include: Sequence[str] = (),
+    ) -> list[SearchResult]:
+        """In-process search for code running inside the node's process: `vectors` is one query
+        (shape (dim,)) or several (shape (n, dim)), any float dtype; one result per query. The
+        same checks and planner as `search`, without the JSON lists."""
+        started = time.perf_counter()
+        c = self.get(name)
+        self._check_options(k, ef)
+        with np.errstate(over="ignore", invalid="ignore"):
+            queries = np.asarray(vectors, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries[None, :]
+        if queries.ndim != 2 or queries.shape[1] != c.spec.dim or not 1 <= len(queries) <= MAX_BATCH:
+            raise VectorError(
+                400,
+                "dimension_mismatch",
+                f"vectors have shape {vectors.shape}; collection {c.name!r} takes (dim,) or (n, dim) with "
+                f"dim {c.spec.dim} and 1 <= n <= {MAX_BATCH}",
+            )
+        self._check_values(c, queries, "vectors")
+        return await self._run(c, queries, k, filter, mode, ef, include, started)
+
+    async def _run(
+        self,
+        c: Collection,
+        queries: np.ndarray,
+        k: int,
+        flt: Filter | None,
+        mode: str,
+        ef: int | None,
+        include: Sequence[str],
+        started: float,
+    ) -> list[SearchResult]:
+        if include:
+            unknown = [col for col in include if col.lower() not in c.columns]
             if unknown:
                 c.columns = await table_columns(self.db, c.spec.table)
-                unknown = [col for col in req.include if col.lower() not in c.columns]
+                unknown = [col for col in include if col.lower() not in c.columns]
             if unknown:
                 raise VectorError(
                     400, "unknown_column", f"include: {unknown[0]!r} is not a column of table {c.spec.table!r}"
                 )
         if c.index is None or c.sidecar is None:
             raise VectorError(
-                503, "collection_not_ready", f"collection {name!r} is {c.state} ({c.progress:.0%}); retry shortly"
+                503, "collection_not_ready", f"collection {c.name!r} is {c.state} ({c.progress:.0%}); retry shortly"
             )
 
-        def run() -> list[Any]:
+        def run() -> list[Answer]:
             with c.swap.shared():
                 if c.index is None or c.sidecar is None:
-                    raise VectorError(503, "collection_not_ready", f"collection {name!r} is being replaced")
-                flt = c.sidecar.compile_filter(req.filter.sql, req.filter.params) if req.filter else None
-                return search_many(
-                    c.index, c.sidecar, c.spec.metric, queries, req.k, flt, req.mode, req.ef, self.planner
-                )
+                    raise VectorError(503, "collection_not_ready", f"collection {c.name!r} is being replaced")
+                compiled = c.sidecar.compile_filter(flt.sql, flt.params) if flt else None
+                return search_many(c.index, c.sidecar, c.spec.metric, queries, k, compiled, mode, ef, self.planner)
 
-        answers = self._search_inline(c, req, queries, batch)
+        answers = self._search_inline(c, queries, k, flt, mode, ef)
         if answers is None:
             answers = await asyncio.to_thread(run)
         rows: dict[int, dict[str, Any]] = {}
-        if req.include:
+        if include:
             ids = sorted({r for a in answers for r in a.rowids})
             if ids:
-                cols = ", ".join(f'"{col}"' for col in req.include)
+                cols = ", ".join(f'"{col}"' for col in include)
                 result = await self.db.read(
                     f'SELECT rowid, {cols} FROM "{c.spec.table}" WHERE rowid IN ({",".join(map(str, ids))})',
                     max_rows=len(ids) + 1,
                 )
-                rows = {int(r[0]): dict(zip(req.include, r[1:], strict=True)) for r in result.rows}
-        elapsed = (time.perf_counter() - started) * 1000
-        results = [
+                rows = {int(r[0]): dict(zip(include, r[1:], strict=True)) for r in result.rows}
+        elapsed = round((time.perf_counter() - started) * 1000, 3)
+        return [
             SearchResult(
                 results=[
-                    Hit(rowid=r, distance=d, row=rows.get(r) if req.include else None)
+                    Hit(rowid=r, distance=d, row=rows.get(r) if include else None)
                     for r, d in zip(a.rowids, a.distances, strict=True)
                 ],
                 mode=a.mode,  # type: ignore[arg-type]
                 candidates=a.candidates,
-                elapsed_ms=round(elapsed, 3),
+                elapsed_ms=elapsed,
             )
             for a in answers
         ]
-        if batch:
-            return BatchResult(batch=results, elapsed_ms=round(elapsed, 3))
-        return results[0]

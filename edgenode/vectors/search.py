@@ -43,12 +43,13 @@ class Answer:
 
 
 def _ann_distances(metric: str, distances: np.ndarray) -> list[float]:
-    # hnswlib's l2 is squared; the API (like sqlite-vec) reports the euclidean distance.
-    if metric == "l2":
-        return np.sqrt(np.maximum(distances, 0)).astype(float).tolist()
-    if metric == "cosine":
-        return np.maximum(distances, 0).astype(float).tolist()  # rounding can dip just below 0
-    return distances.astype(float).tolist()
+    # Plain Python over k values: numpy's per-call cost exceeds the work at this size.
+    values: list[float] = distances.tolist()
+    if metric == "l2":  # hnswlib's l2 is squared; the API (like sqlite-vec) reports the euclidean distance
+        return [math.sqrt(v) if v > 0 else 0.0 for v in values]
+    if metric == "cosine":  # rounding can dip just below 0
+        return [v if v > 0 else 0.0 for v in values]
+    return values
 
 
 def search_one(
