@@ -728,7 +728,8 @@ class VectorManager:
             # One dot product passes every good vector: a finite, non-zero sum of squares means no
             # NaN, inf or zero vector. Anything else (or an overflow of huge values) takes the
             # element-wise checks below, which name the problem or pass it.
-            square = float(np.dot(queries[0], queries[0]))
+            with np.errstate(over="ignore", invalid="ignore"):
+                square = float(np.dot(queries[0], queries[0]))
             if 0 < square < math.inf:
                 return
         if not np.isfinite(queries).all():
