@@ -6,9 +6,11 @@ Sequence: build the database offline with libsql (the node's schema from sql/ pl
 with an F32_BLOB column), start the node (first start), create the collection with
 `PUT /api/v1/collections/docs` and wait for its first build, stop the node gracefully, then start
 it again several times — "cold" after evicting the data dir's files from the OS page cache
-(fdatasync + POSIX_FADV_DONTNEED per file; no root or global cache drop needed), and "warm". On
-every restart `GET /api/v1/collections/docs` must report `builds == 0` and `loaded_from_disk`:
-the persisted HNSW index and sidecar are loaded, never rebuilt.
+(fdatasync + POSIX_FADV_DONTNEED per file; no root or global cache drop needed), and "warm".
+From the moment the process is spawned, the benchmark polls `/ready` and a k=10 search every
+5 ms: `ready_s` is the first 200 from `/ready`, `first_answer_s` the first search answered with
+10 results. Then `GET /api/v1/collections/docs` must report `builds == 0` and
+`loaded_from_disk`: the persisted HNSW index and sidecar are loaded, never rebuilt.
 
 Standalone mode only: a replica's cold start (bootstrap from a primary, then the same index
 load) is not measured yet.
@@ -95,6 +97,26 @@ class Node:
                 pass
             time.sleep(0.01)
         raise RuntimeError(f"{path} not done after {self.timeout}s (last error: {last_error})")
+
+    def first_answer(self, dim: int) -> tuple[float, float]:
+        """Seconds from spawn to the first 200 from /ready and to the first full search answer."""
+        ready = None
+        query = {"vector": [1.0] + [0.0] * (dim - 1), "k": 10}
+        with httpx.Client(base_url=self.url, timeout=5) as client:
+            while time.monotonic() - self.started < self.timeout:
+                if self.popen.poll() is not None:
+                    raise RuntimeError(f"node exited with {self.popen.returncode}")
+                try:
+                    if ready is None and client.get("/ready").status_code == 200:
+                        ready = time.monotonic() - self.started
+                    r = client.post(f"/api/v1/collections/{COLLECTION}/search", json=query)
+                    if r.status_code == 200 and len(r.json()["results"]) == 10:
+                        answered = time.monotonic() - self.started
+                        return (ready if ready is not None else answered), answered
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.005)
+        raise RuntimeError(f"no search answer after {self.timeout}s")
 
     def stop(self) -> float:
         """Graceful stop (SIGTERM: the node persists its indexes); seconds it took."""
@@ -217,37 +239,29 @@ def run(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
             for cache in ("cold", "warm"):
                 evicted = evict(data) if cache == "cold" else 0
                 node = Node(data, work / "node.log", params["timeout_s"])
-                row: dict[str, Any] = {}
+                row: dict[str, Any] = {
+                    "start": f"restart {trial + 1}, {cache} OS cache",
+                    "cache": cache,
+                    "evicted_bytes": evicted,
+                }
                 try:
-                    ready, _ = node.wait("/ready")
-                    row |= {
-                        "start": f"restart {trial + 1}, {cache} OS cache",
-                        "cache": cache,
-                        "evicted_bytes": evicted,
-                        "ready_s": ready,
-                    }
                     if "collection_error" in params:
+                        row["ready_s"], _ = node.wait("/ready")
                         continue
-                    collection_s, info = _wait_collection(node, params["error_grace_s"])
+                    row["ready_s"], row["first_answer_s"] = node.first_answer(params["dim"])
+                    info = httpx.get(f"{node.url}/api/v1/collections/{COLLECTION}", timeout=10).json()
                     row |= {
-                        "collection_ready_s": collection_s,
                         "builds": info["builds"],
                         "loaded_from_disk": info["loaded_from_disk"],
                         "size": info["size"],
                         "state": info["state"],
                     }
-                    search = httpx.post(
-                        f"{node.url}/api/v1/collections/{COLLECTION}/search",
-                        json={"vector": [1.0] + [0.0] * (params["dim"] - 1), "k": 10},
-                        timeout=60,
-                    )
-                    row["first_search_ok"] = search.status_code == 200 and len(search.json()["results"]) == 10
                 finally:
                     row["stop_s"] = node.stop()
                     rows.append(row)
                 print(
-                    f"   {row['start']}: ready {row['ready_s']:.2f}s, collection "
-                    f"{row.get('collection_ready_s', float('nan')):.2f}s, builds={row.get('builds')}, "
+                    f"   {row['start']}: ready {row.get('ready_s', float('nan')):.2f}s, first answer "
+                    f"{row.get('first_answer_s', float('nan')):.2f}s, builds={row.get('builds')}, "
                     f"loaded_from_disk={row.get('loaded_from_disk')}",
                     flush=True,
                 )
@@ -264,7 +278,7 @@ def run(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
     medians = {
         cache: {
             key: statistics.median(r[key] for r in restarts if r["cache"] == cache and key in r)
-            for key in ("ready_s", "collection_ready_s")
+            for key in ("ready_s", "first_answer_s")
             if any(key in r for r in restarts if r["cache"] == cache)
         }
         for cache in ("cold", "warm")
@@ -283,15 +297,17 @@ def run(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
         ]
         summary += [
             {
-                "figure": f"restart to collection loaded, {cache} OS cache",
-                "value": f"{medians[cache]['collection_ready_s']:.2f} s",
+                "figure": f"restart to the first search answer (k=10, persisted index), {cache} OS cache",
+                "value": f"{medians[cache]['first_answer_s']:.2f} s "
+                f"(slowest of {sum(r['cache'] == cache for r in restarts)}: "
+                f"{max(r['first_answer_s'] for r in restarts if r['cache'] == cache):.2f} s)",
             }
             for cache in ("cold", "warm")
         ]
         summary.append(
             {"figure": "full index rebuilds on restart (builds counter)", "value": f"{len(rebuilt)} of {len(restarts)}"}
         )
-    print(table(rows, ["start", "ready_s", "collection_ready_s", "builds", "loaded_from_disk"]))
+    print(table(rows, ["start", "ready_s", "first_answer_s", "builds", "loaded_from_disk"]))
     return {
         "benchmark": "cold_start",
         "command": "python -m bench cold_start" + (" --quick" if quick else ""),

@@ -128,6 +128,13 @@ def test_a_node_process_serves_vector_search_and_keeps_its_index_across_restarts
     proc.stop()
     again = _start(data, tmp_path, "again")
     try:
+        deadline = time.monotonic() + 60
+        while httpx.get(again.url + "/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        # ready means the persisted index is loaded: the first search after it is answered
+        first = httpx.post(again.url + "/api/v1/collections/docs/search", json=search)
+        assert first.status_code == 200 and first.json()["results"][0]["rowid"] == 9999
         info = _wait_ready(again.url, "docs")
         assert info["loaded_from_disk"] and info["builds"] == 0 and info["size"] == 501
         body = httpx.post(again.url + "/api/v1/collections/docs/search", json=search).json()

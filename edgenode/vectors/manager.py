@@ -280,9 +280,15 @@ class VectorManager:
         }
 
     def not_ready_reason(self) -> str | None:
-        # Builds can take minutes and the node serves other routes meanwhile: only a manager that
-        # could not even read its definitions holds readiness back.
-        return f"waiting for the database: {self._waiting_for_db}" if self._waiting_for_db else None
+        # Loading a persisted index takes well under a second per 100k vectors, so readiness waits
+        # for it: a node that says ready answers searches. Builds can take minutes and the node
+        # serves every other route meanwhile, so they do not hold readiness back.
+        if self._waiting_for_db:
+            return f"waiting for the database: {self._waiting_for_db}"
+        loading = sorted(name for name, c in self.collections.items() if c.state == "loading")
+        if loading:
+            return f"loading vector collection(s) {', '.join(loading)} from disk"
+        return None
 
     def routes(self) -> list[Any]:
         from edgenode.vectors.routes import vector_routes
