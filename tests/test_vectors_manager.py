@@ -383,3 +383,77 @@ def test_in_process_query_rejects_bad_shapes_and_values_naming_the_problem(tmp_p
         await db.stop()
 
     run(main())
+
+
+async def _keyed_setup(tmp_path: Path, unique: str) -> tuple:
+    db = await open_db(tmp_path)
+    await db.write(
+        [(f"CREATE TABLE keyed(id INTEGER PRIMARY KEY, doc TEXT, model TEXT, emb F32_BLOB({DIM}){unique})", [])]
+    )
+    base = clustered(200, DIM, seed=4)
+    await db.write(
+        [
+            ("INSERT INTO keyed(id, doc, model, emb) VALUES (?, ?, 'm', ?)", [i + 1, f"doc{i}", blob(v)])
+            for i, v in enumerate(base)
+        ]
+    )
+    manager = VectorManager(db, tmp_path, planner=ANN)
+    await manager.start()
+    await manager.put_collection("keyed", CollectionSpec(table="keyed", column="emb", dim=DIM))
+    await manager.wait_ready("keyed")
+    return db, manager, base
+
+
+async def _keyed_ids(manager: VectorManager, vector: np.ndarray, mode: str = "ann") -> list[int]:
+    result = await manager.search("keyed", SearchRequest(vector=vector.tolist(), k=20, mode=mode))  # type: ignore[arg-type]
+    return [h.rowid for h in result.results]
+
+
+def test_insert_or_replace_on_a_unique_key_retires_the_replaced_rows_vector(tmp_path: Path) -> None:
+    async def main() -> None:
+        db, manager, base = await _keyed_setup(tmp_path, ", UNIQUE(doc, model)")
+        probe = clustered(1, DIM, seed=8)[0]
+        # The old row 4 ("doc3") is deleted by the REPLACE without a DELETE trigger firing.
+        await db.write([("INSERT OR REPLACE INTO keyed(doc, model, emb) VALUES ('doc3', 'm', ?)", [blob(probe)])])
+        new_id = (await db.read("SELECT id FROM keyed WHERE doc = 'doc3'")).rows[0][0]
+        assert new_id != 4
+        for mode in ("ann", "exact"):
+            assert 4 not in await _keyed_ids(manager, base[3], mode)
+            assert (await _keyed_ids(manager, probe, mode))[0] == new_id
+        # UPDATE OR REPLACE onto another row's key deletes that row too.
+        await db.write([("UPDATE OR REPLACE keyed SET doc = 'doc10' WHERE id = 12", [])])
+        assert 11 not in await _keyed_ids(manager, base[10])
+        assert manager.get("keyed").info().size == len(base) - 1
+        await manager.stop()
+        await db.stop()
+
+    run(main())
+
+
+def test_a_unique_index_added_later_is_picked_up_by_the_next_put_or_start(tmp_path: Path) -> None:
+    async def main() -> None:
+        db, manager, base = await _keyed_setup(tmp_path, "")
+        await db.write([("CREATE UNIQUE INDEX keyed_doc ON keyed(doc)", [])])
+        await manager.put_collection("keyed", CollectionSpec(table="keyed", column="emb", dim=DIM))  # same spec
+        await db.write([("INSERT OR REPLACE INTO keyed(doc, model, emb) VALUES ('doc5', 'x', ?)", [blob(-base[5])])])
+        assert 6 not in await _keyed_ids(manager, base[5])
+        await manager.stop()
+        # Another index added while no node runs: a starting node reinstalls the triggers.
+        await db.write([("DROP INDEX keyed_doc", []), ("CREATE UNIQUE INDEX keyed_doc_model ON keyed(doc, model)", [])])
+        again = VectorManager(db, tmp_path, planner=ANN)
+        await again.start()
+        await again.wait_ready("keyed")
+
+        async def healed() -> bool:
+            rows = (await db.read("SELECT sql FROM sqlite_master WHERE name = '_edgenode_feed_keyed_ri'")).rows
+            return bool(rows) and '"model" = new."model"' in rows[0][0]
+
+        await _eventually(healed, 10)
+        await db.write([("INSERT OR REPLACE INTO keyed(doc, model, emb) VALUES ('doc7', 'm', ?)", [blob(-base[7])])])
+        assert 8 not in await _keyed_ids(again, base[7])
+        survivors = (await db.read("SELECT count(*) FROM keyed")).rows[0][0]
+        assert again.get("keyed").info().size == survivors
+        await again.stop()
+        await db.stop()
+
+    run(main())

@@ -91,6 +91,18 @@ async def table_columns(db: DatabaseLike, table: str) -> dict[str, str]:
     return {str(name).lower(): str(ctype or "") for name, ctype in result.rows}
 
 
+async def unique_keys(db: DatabaseLike, table: str) -> list[list[tuple[str, str]]]:
+    """The (column, collation) lists of `table`'s UNIQUE constraints and indexes, the rowid's own
+    excepted; expression indexes are left out (see edgenode.vectors.feed)."""
+    indexes = await db.read('SELECT name FROM pragma_index_list(?) WHERE "unique" = 1 ORDER BY name', [table])
+    keys = []
+    for (index,) in indexes.rows:
+        info = await db.read("SELECT cid, name, coll FROM pragma_index_xinfo(?) WHERE key = 1 ORDER BY seqno", [index])
+        if info.rows and all(cid >= 0 for cid, _, _ in info.rows):
+            keys.append([(str(name), str(coll)) for _, name, coll in info.rows])
+    return keys
+
+
 async def check_against_table(db: DatabaseLike, spec: CollectionSpec) -> None:
     columns = await table_columns(db, spec.table)
     if not columns:
@@ -111,12 +123,16 @@ async def check_against_table(db: DatabaseLike, spec: CollectionSpec) -> None:
         raise VectorError(400, "invalid_collection", f"table {spec.table!r} has no rowid: {exc}") from exc
 
 
-def put_statements(name: str, spec: CollectionSpec) -> tuple[str, list[tuple[str, list]]]:
-    """Statements (one transaction) that store a definition and install its feed triggers."""
+def put_statements(
+    name: str, spec: CollectionSpec, keys: list[list[tuple[str, str]]]
+) -> tuple[str, list[tuple[str, list]]]:
+    """Statements (one transaction) that store a definition and install its feed triggers;
+    `keys` are the table's unique keys (`unique_keys`)."""
     uid = uuid.uuid4().hex
     statements = [
         *SCHEMA,
         *feed.trigger_statements(spec.table),
+        *feed.replace_trigger_statements(spec.table, keys),
         (f"DELETE FROM {DEFINITIONS_TABLE} WHERE name = ?", [name]),
         (
             f"INSERT INTO {DEFINITIONS_TABLE}(name, spec, uid) VALUES (?, ?, ?)",

@@ -4,6 +4,15 @@ The table replicates like any other, so every node applies the same feed after e
 op is informational: applying a change re-reads the row's current state, which makes replaying
 any range idempotent (a crash between applying and persisting only costs a replay).
 
+A REPLACE conflict on a UNIQUE key other than the rowid (`INSERT OR REPLACE INTO
+prompt_embeddings ...` on (prompt_id, model)) deletes the old row without firing DELETE triggers
+(SQLite fires them only under `recursive_triggers`, a setting of the writing connection, which a
+node cannot choose for every client). So tables with such keys get BEFORE INSERT/UPDATE triggers
+that record, as op 'r', the rowids of rows holding the new row's key values: rows the statement may
+replace. Recording a row that survives is harmless, since applying re-reads it. Keys are read from
+the table's unique indexes when the triggers are installed; an expression index cannot be matched
+this way and is skipped, and `replace_triggers_current` lets a node notice keys added later.
+
 Compaction deletes changes every local index has applied, but keeps the newest `retain` so
 replicas that lag a little do not have to rescan; `compacted_through` tells a node whose
 position fell behind the compacted range that it must rebuild from a full scan.
@@ -55,8 +64,41 @@ def trigger_statements(table: str) -> list[tuple[str, list]]:
     ]
 
 
+def replace_triggers(table: str, keys: list[list[tuple[str, str]]]) -> dict[str, str]:
+    """Trigger name -> CREATE TRIGGER text (as sqlite_master keeps it) for the unique `keys` of
+    `table`, each a list of (column, collation); none when the table has no such keys."""
+    if not keys:
+        return {}
+    ins = f"INSERT INTO {CHANGES_TABLE}(tbl, rid, op)"
+    out = {}
+    for op, event, self_row in (("ri", "INSERT", ""), ("ru", "UPDATE", " AND rowid IS NOT old.rowid")):
+        match = " OR ".join(
+            "(" + " AND ".join(f'"{col}" = new."{col}" COLLATE {coll}' for col, coll in key) + ")" for key in keys
+        )
+        name = _trigger(table, op)
+        out[name] = (
+            f'CREATE TRIGGER {name} BEFORE {event} ON "{table}" '
+            f"BEGIN {ins} SELECT '{table}', rowid, 'r' FROM \"{table}\" WHERE ({match}){self_row}; END"
+        )
+    return out
+
+
+def replace_trigger_statements(table: str, keys: list[list[tuple[str, str]]]) -> list[tuple[str, list]]:
+    """Drop and recreate the replace triggers, so new or removed unique keys take effect."""
+    drops = [(f"DROP TRIGGER IF EXISTS {_trigger(table, op)}", []) for op in ("ri", "ru")]
+    return [*drops, *((sql, []) for sql in replace_triggers(table, keys).values())]
+
+
+async def replace_triggers_current(db: Any, table: str, keys: list[list[tuple[str, str]]]) -> bool:
+    """The installed replace triggers of `table` are exactly the ones its current keys call for."""
+    names = [_trigger(table, op).strip('"') for op in ("ri", "ru")]
+    result = await db.read("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name IN (?, ?)", names)
+    installed = {f'"{name}"': sql for name, sql in result.rows}
+    return installed == replace_triggers(table, keys)
+
+
 def drop_trigger_statements(table: str) -> list[tuple[str, list]]:
-    return [(f"DROP TRIGGER IF EXISTS {_trigger(table, op)}", []) for op in "iud"]
+    return [(f"DROP TRIGGER IF EXISTS {_trigger(table, op)}", []) for op in ("i", "u", "d", "ri", "ru")]
 
 
 async def head(db: Any) -> int:

@@ -41,6 +41,7 @@ from edgenode.vectors.collections import (
     load_definitions,
     put_statements,
     table_columns,
+    unique_keys,
 )
 from edgenode.vectors.exact import Sidecar
 from edgenode.vectors.hnsw import FORMAT, HnswIndex, Stamp
@@ -358,12 +359,30 @@ class VectorManager:
         await check_against_table(self.db, spec)
         existing = (await load_definitions(self.db)).get(name)
         if existing is not None and existing.same_spec(spec):
+            await self._heal_replace_triggers(spec.table)  # a PUT of the same spec picks up new unique keys
             await self.refresh()
             return 200, self.get(name).info()
-        _, statements = put_statements(name, spec)
+        _, statements = put_statements(name, spec, await unique_keys(self.db, spec.table))
         await self.db.write(statements)
         await self.refresh()
         return 202, self.get(name).info()  # accepted: the index builds in the background
+
+    async def _heal_replace_triggers(self, table: str) -> None:
+        """Reinstall the table's replace triggers when its unique keys changed since they were
+        installed (or they come from an older edgenode); see edgenode.vectors.feed."""
+        keys = await unique_keys(self.db, table)
+        if not await feed.replace_triggers_current(self.db, table, keys):
+            log.warning("the change-feed triggers of %s do not match its unique keys; reinstalling them", table)
+            await self.db.write(feed.replace_trigger_statements(table, keys))
+
+    async def _heal_in_background(self, c: Collection) -> None:
+        try:
+            await self._heal_replace_triggers(c.spec.table)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # On a replica whose primary is unreachable this waits for the next start or PUT.
+            log.warning("could not check the change-feed triggers of %s: %s", c.spec.table, exc)
 
     async def delete_collection(self, name: str) -> None:
         defs = await load_definitions(self.db)
@@ -383,6 +402,7 @@ class VectorManager:
 
     # opening and building ----------------------------------------------------------------------
     async def _open(self, c: Collection) -> None:
+        self._spawn(self._heal_in_background(c), c)
         try:
             head = await feed.head(self.db)
             compacted = await feed.compacted_through(self.db)
