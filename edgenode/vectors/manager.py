@@ -816,8 +816,10 @@ class VectorManager:
         started = time.perf_counter()
         c = self.get(name)
         self._check_options(k, ef)
-        with np.errstate(over="ignore", invalid="ignore"):
-            queries = np.asarray(vectors, dtype=np.float32)
+        queries = np.asarray(vectors)
+        if queries.dtype != np.float32:
+            with np.errstate(over="ignore", invalid="ignore"):
+                queries = queries.astype(np.float32)  # beyond float32's range becomes inf: caught below
         if queries.ndim == 1:
             queries = queries[None, :]
         if queries.ndim != 2 or queries.shape[1] != c.spec.dim or not 1 <= len(queries) <= MAX_BATCH:
@@ -829,6 +831,16 @@ class VectorManager:
             )
         self._check_values(c, queries, "vectors")
         return await self._run(c, queries, k, filter, mode, ef, include, started)
+
+    def _search_planned(
+        self, c: Collection, queries: np.ndarray, k: int, flt: Filter | None, mode: str, ef: int | None
+    ) -> list[Answer]:
+        """Any search, through the planner, on a worker thread."""
+        with c.swap.shared():
+            if c.index is None or c.sidecar is None:
+                raise VectorError(503, "collection_not_ready", f"collection {c.name!r} is being replaced")
+            compiled = c.sidecar.compile_filter(flt.sql, flt.params) if flt else None
+            return search_many(c.index, c.sidecar, c.spec.metric, queries, k, compiled, mode, ef, self.planner)
 
     async def _run(
         self,
@@ -855,16 +867,9 @@ class VectorManager:
                 503, "collection_not_ready", f"collection {c.name!r} is {c.state} ({c.progress:.0%}); retry shortly"
             )
 
-        def run() -> list[Answer]:
-            with c.swap.shared():
-                if c.index is None or c.sidecar is None:
-                    raise VectorError(503, "collection_not_ready", f"collection {c.name!r} is being replaced")
-                compiled = c.sidecar.compile_filter(flt.sql, flt.params) if flt else None
-                return search_many(c.index, c.sidecar, c.spec.metric, queries, k, compiled, mode, ef, self.planner)
-
         answers = self._search_inline(c, queries, k, flt, mode, ef)
         if answers is None:
-            answers = await asyncio.to_thread(run)
+            answers = await asyncio.to_thread(self._search_planned, c, queries, k, flt, mode, ef)
         rows: dict[int, dict[str, Any]] = {}
         if include:
             ids = sorted({r for a in answers for r in a.rowids})
