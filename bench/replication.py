@@ -4,7 +4,7 @@ Lag: rows are committed on the primary at a steady rate, each carrying the prima
 commit (`julianday('now')`, millisecond precision, same host); a poller process queries the node
 every ~2 ms and records when each row first shows up. Lag = first seen on the node - committed.
 Measured twice in the same run: with the node's long-poll watcher (it learns of a commit as it
-happens) and without it (interval syncs only, `EDGENODE_REPLICA_LONG_POLL=0`), both at the default
+happens) and without it (interval syncs only, `--no-long-poll`), both at the default
 1 s sync interval.
 
 Write latency: sequential single-row INSERTs through the node's `/api/v1/execute` (one Hrana
@@ -125,7 +125,7 @@ def write_latency(primary_url: str, node_url: str, first_id: int, n: int) -> lis
 def run(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
     seconds = 3.0 if quick else 10.0
     writes = 50 if quick else 300
-    modes = [("long-poll watcher", {}), ("interval only (1 s)", {"EDGENODE_REPLICA_LONG_POLL": "0"})]
+    modes = [("long-poll watcher", {}), ("interval only (1 s)", {"EDGENODE_LONG_POLL": "0"})]
     lag_rows: list[dict[str, Any]] = []
     latency_rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edgenode-bench-") as tmp:

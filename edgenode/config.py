@@ -39,6 +39,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     sync_interval: float = 1.0
     sync_timeout: float = 10.0
     max_lag: float = 10.0
+    long_poll: bool = True
     generation_max_frames: int = 2_000
     keep_generations: int = 8
     stream_idle_timeout: float = 10.0
@@ -89,6 +90,11 @@ SETTINGS_DOC: dict[str, SettingDoc] = {
     "sync_interval": SettingDoc("--sync-interval", ("EDGENODE_SYNC_INTERVAL",), "Seconds between replica syncs."),
     "sync_timeout": SettingDoc("--sync-timeout", ("EDGENODE_SYNC_TIMEOUT",), "Seconds one sync may take."),
     "max_lag": SettingDoc("--max-lag", ("EDGENODE_MAX_LAG",), "Seconds of replica lag before /ready is 503."),
+    "long_poll": SettingDoc(
+        "--long-poll/--no-long-poll",
+        ("EDGENODE_LONG_POLL",),
+        "Replica: a held request to the primary triggers a sync on each commit (interval syncs stay).",
+    ),
     "generation_max_frames": SettingDoc(
         "--generation-max-frames", ("EDGENODE_GENERATION_MAX_FRAMES",), "Primary: WAL frames before a new generation."
     ),

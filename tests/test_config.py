@@ -86,3 +86,18 @@ def test_invalid_setting_fails_at_start_with_exit_code_2(tmp_path: Path) -> None
         timeout=60,
     )
     assert run.returncode == 2 and "invalid setting port" in run.stderr
+
+
+def test_long_poll_can_be_switched_off_by_flag_or_env() -> None:
+    from edgenode.pragmas import select_profile
+    from edgenode.replica.database import ReplicaDatabase
+
+    assert load_settings({}, env={}).long_poll is True
+    for settings in (
+        load_settings({"long_poll": False, "primary_url": "http://127.0.0.1:9"}, env={}),
+        load_settings({}, env={"EDGENODE_LONG_POLL": "off", "EDGENODE_PRIMARY_URL": "http://127.0.0.1:9"}),
+    ):
+        assert settings.long_poll is False
+        assert ReplicaDatabase(settings, select_profile("auto")).watcher is None  # interval syncs only
+    on = load_settings({"primary_url": "http://127.0.0.1:9"}, env={})
+    assert ReplicaDatabase(on, select_profile("auto")).watcher is not None

@@ -63,7 +63,8 @@ def test_a_write_is_readable_on_its_node_at_once_and_on_another_node_after_its_n
         # Read-your-writes: no freshness bound needed on the node that wrote.
         assert rows(node, "SELECT v FROM kv WHERE k = 1") == [["one"]]
         # The other node: with the frame as a bound it waits for it; without, it shows up soon.
-        assert rows(other, "SELECT v FROM kv WHERE k = 1", min_frame=written["frame"]) == [["one"]]
+        bound = {"min_generation": written["generation"], "min_frame": written["frame"]}
+        assert rows(other, "SELECT v FROM kv WHERE k = 1", **bound) == [["one"]]
         execute(node, ("INSERT INTO kv(k, v) VALUES (?, ?)", [2, "two"]))
         eventually(lambda: rows(other, "SELECT v FROM kv WHERE k = 2") == [["two"]], timeout=5)
     finally:

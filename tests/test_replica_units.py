@@ -328,3 +328,17 @@ def test_the_relay_cuts_pull_responses_after_whole_transactions() -> None:
     cut = cut_after_commits(body, 4)
     assert len(cut) == 12 * FRAME_SIZE and cut == body[: len(cut)]
     assert cut_after_commits(body, 16) == body
+
+
+def test_a_read_bound_compares_generation_before_frame() -> None:
+    from edgenode.replica.database import position_reached
+    from edgenode.replica.files import Position
+
+    written = (3, 5)  # a write acknowledged at generation 3, frame 5
+    assert not position_reached(Position(2, 1800), *written)  # more frames, but an older generation
+    assert not position_reached(Position(3, 4), *written)
+    assert position_reached(Position(3, 5), *written)
+    assert position_reached(Position(4, 1), *written)
+    assert not position_reached(None, *written)
+    assert position_reached(Position(1, 0), None, None)  # no bound
+    assert position_reached(Position(2, 9), None, 7)  # frame alone: within the current generation

@@ -60,10 +60,12 @@ class Node:
                 return f"{component.name}: {reason}"
         return None
 
-    async def wait_fresh(self, min_frame: int | None, max_staleness_ms: int | None) -> None:
+    async def wait_fresh(
+        self, min_frame: int | None, max_staleness_ms: int | None, min_generation: int | None = None
+    ) -> None:
         waiter = getattr(self.db, "wait_fresh", None)
         if waiter is not None:
-            await waiter(min_frame, max_staleness_ms)
+            await waiter(min_frame, max_staleness_ms, min_generation)
 
     async def migration_status(self) -> list[dict[str, Any]]:
         runner = getattr(self.db, "migration_status", None)

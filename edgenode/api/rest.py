@@ -55,7 +55,7 @@ async def status(request: Request) -> Response:
 async def query(request: Request) -> Response:
     body = decode(await request.body(), schemas.QueryRequest)
     n = node(request)
-    await n.wait_fresh(body.min_frame, body.max_staleness_ms)
+    await n.wait_fresh(body.min_frame, body.max_staleness_ms, body.min_generation)
     start = time.perf_counter()
     result = await n.db.read(body.sql, body.params)
     elapsed = time.perf_counter() - start

@@ -14,8 +14,10 @@ Params = list[Param] | dict[str, Param] | None
 class QueryRequest(msgspec.Struct, forbid_unknown_fields=True):
     sql: str
     params: Params = None
-    # Freshness bounds for replica nodes: wait (bounded) until the replica reaches them.
+    # Freshness bounds for replica nodes: wait (bounded) until the replica reaches them. A write's
+    # response names its (generation, frame); frames count within a generation, so give both.
     min_frame: int | None = None
+    min_generation: int | None = None
     max_staleness_ms: int | None = None
 
 

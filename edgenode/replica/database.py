@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -71,6 +70,16 @@ def http_url(url: str) -> str:
     return normalize_url(url)
 
 
+def position_reached(current: Position | None, min_generation: int | None, min_frame: int | None) -> bool:
+    """Whether a replica at `current` holds everything up to (min_generation, min_frame)."""
+    if min_frame is None and min_generation is None:
+        return True
+    if current is None:
+        return False
+    wanted_generation = current.generation if min_generation is None else min_generation
+    return (current.generation, current.frame) >= (wanted_generation, min_frame or 0)
+
+
 class ReplicaDatabase(Database):
     role = "replica"
 
@@ -93,8 +102,7 @@ class ReplicaDatabase(Database):
         self.scheduler = Scheduler(
             self._sync, interval=settings.sync_interval, timeout=settings.sync_timeout, max_lag=settings.max_lag
         )
-        # EDGENODE_REPLICA_LONG_POLL=0 turns the watcher off (benchmarks compare interval-only syncing).
-        watch = watch and os.environ.get("EDGENODE_REPLICA_LONG_POLL", "1") != "0"
+        watch = watch and settings.long_poll
         self.watcher = Watcher(self) if watch else None
         self.metrics = ReplicaMetrics(self.scheduler.lag, lambda: self.current.generation if self.current else None)
         self.collector = self.metrics.collector
@@ -381,15 +389,20 @@ class ReplicaDatabase(Database):
             raise ReadOnlyError(f"this endpoint only reads: {analysis.why_not_readonly}; use /api/v1/execute")
         return analysis
 
-    async def wait_fresh(self, min_frame: int | None, max_staleness_ms: int | None) -> None:
+    async def wait_fresh(
+        self, min_frame: int | None, max_staleness_ms: int | None, min_generation: int | None = None
+    ) -> None:
         """Wait (bounded by the sync timeout) until the replica meets the bound, else 503.
 
-        `min_frame` counts within the current generation. When it is not met locally, one sync that
-        starts now settles it either way: the frame was acknowledged before this request arrived."""
-        if min_frame is None and max_staleness_ms is None:
+        The position bound is (min_generation, min_frame), compared in that order; without
+        `min_generation`, `min_frame` counts within the replica's current generation (so a replica
+        still on an older generation could pass it: clients should send both). When the bound is
+        not met locally, one sync that starts now settles it either way: the position was
+        acknowledged before this request arrived."""
+        if min_frame is None and max_staleness_ms is None and min_generation is None:
             return
         self._analyzer()
-        fresh_frame = min_frame is None or (self.current is not None and self.current.frame >= min_frame)
+        fresh_frame = position_reached(self.current, min_generation, min_frame)
         lag = self.scheduler.lag()
         fresh_time = max_staleness_ms is None or (lag is not None and lag * 1000 <= max_staleness_ms)
         if fresh_frame and fresh_time:
@@ -397,7 +410,12 @@ class ReplicaDatabase(Database):
         try:
             await self.scheduler.sync_after()
         except SyncFailed as exc:
-            wanted = f"frame {min_frame}" if not fresh_frame else f"staleness at most {max_staleness_ms} ms"
+            position = (
+                f"generation {min_generation} frame {min_frame or 0}"
+                if min_generation is not None
+                else f"frame {min_frame}"
+            )
+            wanted = position if not fresh_frame else f"staleness at most {max_staleness_ms} ms"
             raise Unavailable(f"the replica cannot reach {wanted} now: {exc}") from exc
 
     # -- writes ----------------------------------------------------------------------------------
