@@ -60,3 +60,22 @@ def test_an_internal_value_error_is_503_not_a_client_error(
         monkeypatch.setattr(store, "pull", buggy)
         assert client.get("/sync/1/1/129").status_code == 503
         assert client.get("/sync/1/1/129?wait_ms=abc").status_code == 400
+
+
+def test_the_database_id_is_stable_for_a_data_dir_and_rides_on_every_sync_response(tmp_path: Path) -> None:
+    def serve(data: Path) -> tuple[str, str, str]:
+        settings = Settings(data_dir=str(data), migrate=False, auth_token="t")
+        with TestClient(create_app(settings, store=PrimaryStore(data)), headers={"Authorization": "Bearer t"}) as c:
+            info = c.get("/info")
+            pull = c.get("/sync/1/1/129")
+            assert pull.status_code == 400  # nothing to pull: "checkpoint needed", still carrying the id
+            return (
+                info.json()["database_id"],
+                info.headers["x-edgenode-database-id"],
+                pull.headers["x-edgenode-database-id"],
+            )
+
+    first = serve(tmp_path / "a")
+    assert len(set(first)) == 1 and len(first[0]) == 32
+    assert serve(tmp_path / "a") == first  # restarts keep it
+    assert serve(tmp_path / "b")[0] != first[0]  # another data dir is another database

@@ -53,6 +53,41 @@ def test_a_replica_pointed_at_a_different_primary_is_detected_and_rebuilt(tmp_pa
         second.stop()
 
 
+def test_a_primary_recreated_at_the_same_url_is_detected_before_its_frames_are_applied(tmp_path: Path) -> None:
+    first = start_primary(tmp_path, name="first")
+    port = first.port
+    node = start_node(tmp_path, first)
+    try:
+        primary_write(first, "CREATE TABLE old_t(x)", *[("INSERT INTO old_t VALUES (?)", [i]) for i in range(3)])
+        eventually(lambda: rows(node, "SELECT count(*) FROM old_t") == [[3]], timeout=10)
+        first.stop()
+        # Same URL, another database, with more frames than the replica has: frame numbers alone
+        # would let the replica apply the new primary's frames onto the old database's pages.
+        second = start_primary(tmp_path, name="second", port=port)
+        try:
+            primary_write(second, "CREATE TABLE new_t(y)", *[("INSERT INTO new_t VALUES (?)", [i]) for i in range(30)])
+
+            def new_rows() -> object:
+                response = httpx.post(
+                    node.url + "/api/v1/query", json={"sql": "SELECT count(*) FROM new_t"}, headers=AUTH
+                )
+                return response.json().get("rows") if response.status_code == 200 else response.status_code
+
+            eventually(lambda: new_rows() == [[30]], timeout=20)
+            assert query_fails(node, "SELECT x FROM old_t")
+            database = status(node)
+            assert database["resyncs"] == {"primary_changed": 1}
+            assert "primary database changed" in database["last_resync"]["message"]
+            check = apsw.Connection(str(tmp_path / "node" / "replica" / "replica.db"), flags=apsw.SQLITE_OPEN_READONLY)
+            assert check.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+            check.close()
+        finally:
+            second.stop()
+    finally:
+        node.stop()
+        first.stop()
+
+
 def test_invalid_local_state_is_rebuilt_on_start(tmp_path: Path) -> None:
     primary = start_primary(tmp_path)
     try:

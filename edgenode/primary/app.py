@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 from edgenode.auth import Access, Authenticator, AuthError
 from edgenode.config import Settings
 from edgenode.primary.generations import (
+    DATABASE_ID_HEADER,
     LOCK_TIMEOUT,
     BadRequest,
     CheckpointNeeded,
@@ -267,6 +268,10 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
                         log.exception("%s failed", name)
                         response = error_response(503, f"temporarily unavailable: {exc}")
                 metrics.sync_requests.labels(name, str(response.status_code)).inc()
+                if store.database_id:
+                    # Clients ignore it; edgenode's relay checks it on every pull, so a replica never
+                    # applies frames of another database served at the same URL.
+                    response.headers[DATABASE_ID_HEADER] = store.database_id
                 return response
 
             return endpoint

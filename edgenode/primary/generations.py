@@ -2,7 +2,7 @@
 
 Layout under the data directory:
   primary.db (+ -wal, -shm)   the live database; the main file is the current generation's base
-  primary-state.json          {"generation": G, "rollover_to": G+1 | null}
+  primary-state.json          {"generation": G, "rollover_to": G+1 | null, "database_id": "<uuid>"}
   generations/G.frames        the committed frames of finished generation G (raw WAL frames)
 
 Every connection runs with `wal_autocheckpoint=0` and `SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE`, so within
@@ -26,6 +26,7 @@ import secrets
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ from edgenode.rwlock import LockTimeout, RWLock
 log = logging.getLogger("edgenode.primary")
 
 DB_NAME = "primary.db"
+DATABASE_ID_HEADER = "x-edgenode-database-id"
 STATE_NAME = "primary-state.json"
 ARCHIVE_DIR = "generations"
 # A response may run past the asked range to end on a commit frame, up to this many frames; only a
@@ -72,6 +74,10 @@ class State(msgspec.Struct):
     # (size, mtime_ns) of the main file when the generation started: nothing but our own rollover
     # writes that file, so a difference means something else checkpointed into it.
     base: tuple[int, int] | None = None
+    # Minted with the state file and kept for its life; `/info` reports it so a replica notices a
+    # different database behind the same URL (a wiped and recreated primary), which the sync
+    # protocol itself cannot tell.
+    database_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +184,8 @@ class PrimaryStore:
             # is folded into the main file so that file can be generation 1's base.
             self._checkpoint_truncate()
             self._start_generation(1)
+        if self._state.database_id is None:  # a state file from before database ids
+            self._write_state(msgspec.structs.replace(self._state, database_id=uuid.uuid4().hex))
         if self._state.rollover_to is not None:
             log.warning("finishing the rollover to generation %d interrupted by a crash", self._state.rollover_to)
             self._checkpoint_truncate()
@@ -273,7 +281,8 @@ class PrimaryStore:
         return st.st_size, st.st_mtime_ns
 
     def _start_generation(self, generation: int) -> None:
-        self._write_state(State(generation=generation, base=self._base_fingerprint()))
+        database_id = self._state.database_id or uuid.uuid4().hex
+        self._write_state(State(generation=generation, base=self._base_fingerprint(), database_id=database_id))
 
     def _write_state(self, state: State) -> None:
         atomic_write(self.state_path, msgspec.json.encode(state))
@@ -288,8 +297,12 @@ class PrimaryStore:
         """Frames of the current generation verified as committed."""
         return self._refresh()[0]
 
-    def info(self) -> dict[str, int]:
-        return {"current_generation": self.generation}
+    @property
+    def database_id(self) -> str | None:
+        return self._state.database_id
+
+    def info(self) -> dict[str, int | str | None]:
+        return {"current_generation": self.generation, "database_id": self._state.database_id}
 
     # -- pull ------------------------------------------------------------------------------------
 
@@ -491,7 +504,14 @@ class PrimaryStore:
             os.replace(tmp, archive)
             fsync_dir(self.archive_dir)
             crash_point("rollover-archived")
-            self._write_state(State(generation=generation, rollover_to=generation + 1, base=self._state.base))
+            self._write_state(
+                State(
+                    generation=generation,
+                    rollover_to=generation + 1,
+                    base=self._state.base,
+                    database_id=self._state.database_id,
+                )
+            )
             crash_point("rollover-intent")
             self._checkpoint_truncate()
             crash_point("rollover-checkpointed")

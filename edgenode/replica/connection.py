@@ -100,21 +100,26 @@ def pull(
     before = files.read_info()
     _relay(relay_url, timeout)
     began = time.monotonic()
-    truncated = False
+    ended: dict[str, Any] = {}
+    failure: str | None = None
     try:
         conn.sync()
     except ValueError as exc:
-        message = str(exc)
-        reason = classify(message)
-        if reason:
-            raise ResyncNeeded(reason, message) from None
-        raise ValueError(message) from None
+        failure = str(exc)
     finally:
         duration = time.monotonic() - began
         try:
-            truncated = bool(_relay(relay_url, 0).get("truncated"))
+            ended = _relay(relay_url, 0)
         except (httpx.HTTPError, ValueError):
             pass
+    truncated = bool(ended.get("truncated"))
+    if ended.get("database_changed"):
+        raise ResyncNeeded("primary_changed", str(ended["database_changed"]))
+    if failure is not None:
+        reason = classify(failure)
+        if reason:
+            raise ResyncNeeded(reason, failure) from None
+        raise ValueError(failure) from None
     try:
         after = files.read_info()
     except InvalidInfo as exc:

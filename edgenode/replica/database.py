@@ -114,6 +114,7 @@ class ReplicaDatabase(Database):
         self.resyncs: dict[str, int] = {}
         self.last_resync: dict[str, Any] | None = None
         self.database_id: str | None = None
+        self._relay_database: str | None = None  # what the relay was last told to expect
         self._schema: list[str] = []
         self._checked_primary = False
         self._http: httpx.AsyncClient | None = None
@@ -243,7 +244,8 @@ class ReplicaDatabase(Database):
                 outcome = await self._pull(started)
             except ResyncNeeded as exc:
                 self._count_resync(exc.reason, str(exc))
-                await self._bootstrap("resyncing")
+                # Another database's replica is closed before the download; the same one keeps serving.
+                await self._bootstrap("resyncing", discard_first=exc.reason == "primary_changed")
                 outcome = await self._pull(started)
         except Exception:
             self.metrics.sync_errors.inc()
@@ -276,7 +278,11 @@ class ReplicaDatabase(Database):
             await self._bootstrap("resyncing", discard_first=True)
 
     async def _pull(self, started: float) -> SyncOutcome:
-        if await asyncio.to_thread(self.relay.ensure) or self.owner is None or not self.opened:
+        relay_restarted = await asyncio.to_thread(self.relay.ensure)
+        if relay_restarted or self._relay_database != self.database_id:
+            await asyncio.to_thread(self.relay.set_database, self.database_id)
+            self._relay_database = self.database_id
+        if relay_restarted or self.owner is None or not self.opened:
             await self._open()  # a restarted relay may listen elsewhere; a dead owner needs a new process
         assert self.owner is not None
         try:

@@ -18,6 +18,11 @@ client's `sync_url` at this relay bounds every sync:
   The node learns that a sync was cut when it ends it (`PUT /_relay/deadline` 0 answers
   `{"truncated": true}`) and syncs again at once.
 
+- a primary that names its database (edgenode's sends `x-edgenode-database-id` on every sync
+  response) must name the one the replica follows (`PUT /_relay/database`): a mismatch, such as a
+  primary wiped and recreated at the same URL, is answered 424 before the client sees a frame, and
+  the end of the sync reports it (`{"database_changed": "..."}`) so the node rebuilds the replica.
+
 The relay exits when its stdin closes, so it never outlives the node (even after kill -9).
 """
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -38,6 +44,7 @@ import httpx
 
 log = logging.getLogger("edgenode.replica")
 
+DATABASE_ID_HEADER = "x-edgenode-database-id"  # the same as edgenode.primary.generations
 FAILED = 424  # not retried by the client, not parsed as "checkpoint needed" (400/500 are)
 FRAME_SIZE = 4096 + 24
 MAX_COMMITS_PER_RESPONSE = 16
@@ -66,6 +73,8 @@ class RelayApp:
         self.sync_started: float | None = None
         self.truncated = False
         self.mid_transaction = False
+        self.database_id: str | None = None
+        self.database_changed: str | None = None
         self.http = httpx.AsyncClient(timeout=None, limits=httpx.Limits(max_keepalive_connections=8))
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -78,6 +87,11 @@ class RelayApp:
             if not message.get("more_body"):
                 break
         path = scope["path"]
+        if path == "/_relay/database":
+            self.database_id = body.decode() or None
+            self.database_changed = None
+            await self._reply(send, 200, b"{}")
+            return
         if path == "/_relay/deadline":
             seconds = float(body.decode() or 0)
             truncated = self.truncated
@@ -88,7 +102,8 @@ class RelayApp:
             else:  # it ended
                 self.deadline = self.sync_started = None
             self.truncated = False
-            await self._reply(send, 200, b'{"truncated":%s}' % (b"true" if truncated else b"false"))
+            reply = {"truncated": truncated, "database_changed": self.database_changed}
+            await self._reply(send, 200, json.dumps(reply).encode())
             return
         pull = scope["method"] == "GET" and path.startswith("/sync/")
         if pull and self._slice_over():
@@ -117,6 +132,13 @@ class RelayApp:
             return
         status = response.status_code
         content = response.content
+        reported = response.headers.get(DATABASE_ID_HEADER)
+        if reported and self.database_id and reported != self.database_id:
+            self.database_changed = (
+                f"primary database changed: the replica follows {self.database_id}, the primary serves {reported}"
+            )
+            await self._reply(send, FAILED, json.dumps({"error": self.database_changed}).encode())
+            return
         if pull and status == 200 and len(content) >= FRAME_SIZE:
             content = cut_after_commits(content, MAX_COMMITS_PER_RESPONSE)
             # The client ends its WAL session at commit frames; only cut a sync between transactions.
@@ -227,6 +249,10 @@ class Relay:
         The node's connection process does the same over HTTP (connection.py)."""
         response = self._http.put(f"{self.url}/_relay/deadline", content=str(seconds))
         return bool(response.json().get("truncated"))
+
+    def set_database(self, database_id: str | None) -> None:
+        """The database the replica follows (None: the primary names none, check nothing)."""
+        self._http.put(f"{self.url}/_relay/database", content=database_id or "")
 
     def stop(self) -> None:
         popen, self._popen = self._popen, None
