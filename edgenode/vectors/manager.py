@@ -59,7 +59,7 @@ from edgenode.vectors.models import (
     SearchResult,
     VectorError,
 )
-from edgenode.vectors.search import Answer, PlannerSettings, search_many, try_ann_nowait
+from edgenode.vectors.search import Answer, PlannerSettings, ann_distances, search_many
 
 log = logging.getLogger(__name__)
 
@@ -725,7 +725,7 @@ class VectorManager:
 
     # search ------------------------------------------------------------------------------------
     def _queries(self, c: Collection, req: SearchRequest) -> tuple[np.ndarray, bool]:
-        """The request's vectors as one float32 matrix; 400 naming the first bad element."""
+        """The request's vectors as one float32 matrix (values are checked by `_check_values`)."""
         if (req.vector is None) == (req.vectors is None):
             raise VectorError(400, "invalid_request", "give exactly one of 'vector' or 'vectors'")
         batch = req.vectors is not None
@@ -744,8 +744,7 @@ class VectorManager:
                     f"{where} has {len(v)} dimensions; collection {c.name!r} has dim {c.spec.dim}",
                 )
         with np.errstate(over="ignore", invalid="ignore"):
-            queries = np.array(raw, dtype=np.float32)  # beyond float32's range becomes inf: caught below
-        self._check_values(c, queries, field if batch else None)
+            queries = np.array(raw, dtype=np.float32)  # beyond float32's range becomes inf: see _check_values
         return queries, batch
 
     @staticmethod
@@ -772,21 +771,42 @@ class VectorManager:
         if ef is not None and not 1 <= ef <= MAX_EF:
             raise VectorError(400, "invalid_ef", f"ef must be between 1 and {MAX_EF}, got {ef}")
 
-    def _search_inline(
-        self, c: Collection, queries: np.ndarray, k: int, flt: Filter | None, mode: str, ef: int | None
-    ) -> list[Answer] | None:
-        """The plain single ANN query, on the event loop when nothing holds the locks (see try_ann_nowait)."""
+    def _answer_inline(
+        self, c: Collection, queries: np.ndarray, k: int, mode: str, ef: int | None, started: float
+    ) -> SearchResult | None:
+        """A plain single ANN query answered on the event loop when the index is free right now for
+        a query at this ef; None sends the caller to the planner on a worker thread.
+
+        An HNSW query at ef <= 256 takes at most about a millisecond, less than handing it to a
+        thread and back costs the event loop. There is no hold on c.swap: this reads only `index`,
+        and a swap merely points c.index at a new one while this reference keeps the old one whole.
+        The query's values are checked after the search, from its first distance: hnswlib answers
+        a NaN or inf query at once with NaN distances and a zero cosine query with distance 1, so
+        only those answers pay for `_check_values` (which then names the problem)."""
         index = c.index
-        if len(queries) != 1 or flt is not None or mode == "exact" or index is None:
+        if index is None or mode == "exact" or len(queries) != 1:
             return None
         if (ef or index.ef_search) > INLINE_MAX_EF:
             return None
         if mode == "auto" and index.live <= self.planner.exact_threshold:
             return None
-        # No hold on c.swap: this path reads only `index`, and a swap merely points c.index at a
-        # new one; this reference keeps the old one whole until the query returns.
-        answer = try_ann_nowait(index, c.spec.metric, queries[0], k, ef)
-        return [answer] if answer is not None else None
+        try:
+            found = index.query_nowait(queries, k, ef)
+        except RuntimeError:
+            return None  # fewer than k live neighbours: the planner falls back to exact
+        if found is None:
+            return None
+        labels, dists = found
+        first = float(dists[0, 0])
+        if not math.isfinite(first) or (first == 1.0 and c.spec.metric == "cosine"):
+            self._check_values(c, queries, None)
+        distances = ann_distances(c.spec.metric, dists[0])
+        return SearchResult(
+            results=[Hit(r, d) for r, d in zip(labels[0].tolist(), distances, strict=True)],
+            mode="ann",
+            candidates=len(distances),
+            elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
 
     async def search(self, name: str, req: SearchRequest) -> SearchResult | BatchResult:
         """The HTTP API's search: JSON lists in, one result (`vector`) or a batch (`vectors`) out."""
@@ -794,6 +814,11 @@ class VectorManager:
         c = self.get(name)
         self._check_options(req.k, req.ef)
         queries, batch = self._queries(c, req)
+        if not batch and req.filter is None and not req.include:
+            answer = self._answer_inline(c, queries, req.k, req.mode, req.ef, started)
+            if answer is not None:
+                return answer
+        self._check_values(c, queries, "vectors" if batch else None)
         results = await self._run(c, queries, req.k, req.filter, req.mode, req.ef, req.include, started)
         if batch:
             return BatchResult(batch=results, elapsed_ms=results[0].elapsed_ms)
@@ -829,6 +854,10 @@ class VectorManager:
                 f"vectors have shape {vectors.shape}; collection {c.name!r} takes (dim,) or (n, dim) with "
                 f"dim {c.spec.dim} and 1 <= n <= {MAX_BATCH}",
             )
+        if filter is None and not include:
+            answer = self._answer_inline(c, queries, k, mode, ef, started)
+            if answer is not None:
+                return [answer]
         self._check_values(c, queries, "vectors")
         return await self._run(c, queries, k, filter, mode, ef, include, started)
 
@@ -867,9 +896,7 @@ class VectorManager:
                 503, "collection_not_ready", f"collection {c.name!r} is {c.state} ({c.progress:.0%}); retry shortly"
             )
 
-        answers = self._search_inline(c, queries, k, flt, mode, ef)
-        if answers is None:
-            answers = await asyncio.to_thread(self._search_planned, c, queries, k, flt, mode, ef)
+        answers = await asyncio.to_thread(self._search_planned, c, queries, k, flt, mode, ef)
         rows: dict[int, dict[str, Any]] = {}
         if include:
             ids = sorted({r for a in answers for r in a.rowids})

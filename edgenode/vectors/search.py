@@ -42,7 +42,7 @@ class Answer:
     candidates: int
 
 
-def _ann_distances(metric: str, distances: np.ndarray) -> list[float]:
+def ann_distances(metric: str, distances: np.ndarray) -> list[float]:
     # Plain Python over k values: numpy's per-call cost exceeds the work at this size.
     values: list[float] = distances.tolist()
     if metric == "l2":  # hnswlib's l2 is squared; the API (like sqlite-vec) reports the euclidean distance
@@ -75,22 +75,6 @@ def search_one(
     return Answer(rowids, dists, "exact", seen)
 
 
-def try_ann_nowait(index: HnswIndex, metric: str, query: np.ndarray, k: int, ef: int | None = None) -> Answer | None:
-    """A plain ANN query (no filter) answered on the caller's thread when the index is free right
-    now for a query at this ef; None sends the caller to the full planner on a worker thread.
-
-    At ef 64 an HNSW query takes a few hundred microseconds, less than handing it to a thread and
-    back costs the event loop, so the common query is answered in place."""
-    try:
-        found = index.query_nowait(query[None, :], k, ef)
-    except RuntimeError:
-        return None  # fewer than k live neighbours: the planner falls back to exact
-    if found is None:
-        return None
-    labels, dists = found
-    return Answer(labels[0].tolist(), _ann_distances(metric, dists[0]), "ann", labels.shape[1])
-
-
 def _ann(
     index: HnswIndex,
     sidecar: Sidecar,
@@ -104,7 +88,7 @@ def _ann(
 ) -> Answer:
     if flt is None:
         labels, dists = index.query(query[None, :], k, ef)
-        return Answer(labels[0].tolist(), _ann_distances(metric, dists[0]), "ann", labels.shape[1])
+        return Answer(labels[0].tolist(), ann_distances(metric, dists[0]), "ann", labels.shape[1])
     matches = sidecar.matching_rowids(flt, settings.exact_filter_rows + 1)
     if len(matches) <= settings.exact_filter_rows:
         rowids, dists, seen = sidecar.search_rowids(query, k, matches)
@@ -119,7 +103,7 @@ def _ann(
         keep = [i for i, r in enumerate(ids) if r in accepted]
         if len(keep) >= k or fetch >= size:
             keep = keep[:k]
-            picked = _ann_distances(metric, dists[0][keep])
+            picked = ann_distances(metric, dists[0][keep])
             return Answer([ids[i] for i in keep], picked, "ann", tried)
         needed = math.ceil(k * len(ids) / len(keep) * 1.5) if keep else settings.max_candidates + 1
         if needed > settings.max_candidates or needed <= fetch:
@@ -152,7 +136,7 @@ def search_many(
             pass  # fewer than k reachable for some query: answer one by one, with the exact fallback
         else:
             return [
-                Answer(labels[i].tolist(), _ann_distances(metric, dists[i]), "ann", labels.shape[1])
+                Answer(labels[i].tolist(), ann_distances(metric, dists[i]), "ann", labels.shape[1])
                 for i in range(len(queries))
             ]
     return [search_one(index, sidecar, metric, q, k, flt, mode, ef, settings) for q in queries]
