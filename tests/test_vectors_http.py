@@ -49,8 +49,8 @@ def _start(data: Path, tmp_path: Path, name: str) -> Proc:
     raise RuntimeError(launched.log())
 
 
-def _wait_ready(url: str, name: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 60
+def _wait_ready(url: str, name: str, seconds: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + seconds
     while True:
         info = httpx.get(f"{url}/api/v1/collections/{name}").json()
         if info["state"] == "ready" and info["progress"] >= 1:
@@ -162,3 +162,43 @@ def _serve(data_dir: str, port: int) -> None:
 
 if __name__ == "__main__":
     _serve(sys.argv[1], int(sys.argv[2]))
+
+
+def test_a_build_killed_mid_way_resumes_from_its_checkpoint_after_restart(tmp_path: Path) -> None:
+    import libsql
+
+    data = tmp_path / "data"
+    data.mkdir()
+    n = 120_000  # the node checkpoints a build every 50,000 rows
+    base = clustered(n, DIM, seed=5)
+    conn = libsql.connect(str(data / "edgenode.db"), isolation_level=None)
+    conn.execute(f"CREATE TABLE docs(id INTEGER PRIMARY KEY, emb F32_BLOB({DIM}), tag TEXT)")
+    conn.execute("BEGIN")
+    conn.executemany(
+        "INSERT INTO docs(id, emb, tag) VALUES (?, ?, 'a')",
+        [(i + 1, base[i].astype("<f4").tobytes()) for i in range(n)],
+    )
+    conn.execute("COMMIT")
+    conn.close()
+    proc = _start(data, tmp_path, "first")
+    try:
+        spec = {"table": "docs", "column": "emb", "dim": DIM}
+        assert httpx.put(proc.url + "/api/v1/collections/docs", json=spec, timeout=30).status_code == 202
+        deadline = time.monotonic() + 120
+        while not list(data.glob("vectors/*/build.json")):  # the first checkpoint is written
+            info = httpx.get(proc.url + "/api/v1/collections/docs").json()
+            assert time.monotonic() < deadline and info["state"] != "ready", info
+            time.sleep(0.01)
+    finally:
+        proc.kill()  # kill -9 in the middle of the build
+    again = _start(data, tmp_path, "again")
+    try:
+        info = _wait_ready(again.url, "docs", seconds=180)
+        assert info["resumed_from"] >= 50_000 and info["size"] == n, info
+        search = {"vector": base[77_777].tolist(), "k": 1}
+        assert (
+            httpx.post(again.url + "/api/v1/collections/docs/search", json=search).json()["results"][0]["rowid"]
+            == 77_778
+        )
+    finally:
+        again.stop()

@@ -9,7 +9,10 @@ and applies the feed past each collection's position.
 Files, per collection definition: `<data_dir>/vectors/<name>-<uid12>/` with `current.json`
 (generation), `sidecar-<gen>.sqlite` (vectors + filter columns + position) and
 `index-<gen>.hnsw(.json)` (HNSW + stamp). A full rebuild writes generation n+1 while n keeps
-serving, then swaps.
+serving, then swaps. A build checkpoints every `build_checkpoint_rows` rows (index saved, then
+`build.json` naming the generation, its feed position and the last rowid read), so a build
+interrupted by a stop or a crash resumes there: rows read before the checkpoint are not read
+again, and changes since the build began come from the feed as for any build.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from edgenode.database import DatabaseError
+from edgenode.durable import atomic_write
 from edgenode.rwlock import RWLock
 from edgenode.vectors import feed
 from edgenode.vectors.collections import (
@@ -125,6 +129,7 @@ class Collection:
         self.rebuilding = False
         self.closing = False
         self.failures = 0
+        self.resumed_from = 0  # rows a resumed build found already indexed
 
     @property
     def name(self) -> str:
@@ -156,6 +161,7 @@ class Collection:
             skipped=self.skipped,
             loaded_from_disk=self.loaded_from_disk,
             builds=self.builds,
+            resumed_from=self.resumed_from,
             error=self.error,
         )
 
@@ -164,6 +170,14 @@ def _write_current(directory: Path, gen: int) -> None:
     tmp = directory / "current.json.tmp"
     tmp.write_text(json.dumps({"gen": gen}))
     os.replace(tmp, directory / "current.json")
+
+
+BUILD_NOTE = "build.json"
+
+
+def _forget_build(directory: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (directory / BUILD_NOTE).unlink()
 
 
 def _remove_gen(sidecar_path: Path, index_path: Path) -> None:
@@ -195,6 +209,7 @@ class VectorManager:
         compact_threshold: int = 20_000,
         compact_retain: int = 10_000,
         build_threads: int | None = None,
+        build_checkpoint_rows: int = 50_000,
     ) -> None:
         self.db: DatabaseLike = _RetryingReads(db)
         self.root = Path(data_dir) / "vectors"
@@ -204,6 +219,7 @@ class VectorManager:
         self.compact_threshold = compact_threshold
         self.compact_retain = compact_retain
         self.build_threads = build_threads or os.cpu_count() or 1
+        self.build_checkpoint_rows = build_checkpoint_rows
         self.collections: dict[str, Collection] = {}
         self._refresh_lock = asyncio.Lock()
         self._compacting = False
@@ -490,19 +506,25 @@ class VectorManager:
                 c.state = "building"
             c.progress = 0.0
             await asyncio.to_thread(c.dir.mkdir, parents=True, exist_ok=True)
-            position = await feed.head(self.db)
             if not c.columns:
                 c.columns = await table_columns(self.db, c.spec.table)
             total = int((await self.db.read(f'SELECT count(*) FROM "{c.spec.table}"')).rows[0][0])
             gen = c.gen + 1
             sidecar_path, index_path = c.files(gen)
-            await asyncio.to_thread(_remove_gen, sidecar_path, index_path)
-            sidecar = await asyncio.to_thread(Sidecar, sidecar_path, c.spec, c.definition.uid)
-            index = self._new_index(c, int(total * 1.1) + 16)
+            resumed = await asyncio.to_thread(self._resume_build, c, gen, await feed.compacted_through(self.db))
+            if resumed is not None:
+                sidecar, index, position, last, done = resumed
+                c.resumed_from = done
+                log.info("resuming the build of %s after %d rows (rowid %d)", c.name, done, last)
+            else:
+                position = await feed.head(self.db)
+                await asyncio.to_thread(_remove_gen, sidecar_path, index_path)
+                sidecar = await asyncio.to_thread(Sidecar, sidecar_path, c.spec, c.definition.uid)
+                index = self._new_index(c, int(total * 1.1) + 16)
+                last, done = None, 0
             cols = ", ".join(f'"{name}"' for name in [c.spec.column, *c.spec.filter_columns])
             base = f'SELECT rowid, {cols} FROM "{c.spec.table}"'
-            last: int | None = None
-            done = 0
+            since_checkpoint = 0
             while True:
                 if last is None:
                     result = await self.db.read(f"{base} ORDER BY rowid LIMIT {PAGE}")
@@ -516,7 +538,11 @@ class VectorManager:
                 rows = [(int(r[0]), list(r[1:])) for r in result.rows]
                 await asyncio.to_thread(self._apply_rows, c, sidecar, index, rows, None, True, True)
                 done += len(rows)
-                c.progress = min(done / total, 0.999) if total else 0.999
+                since_checkpoint += len(rows)
+                c.progress = min(done / max(total, done), 0.999) if total else 0.999
+                if since_checkpoint >= self.build_checkpoint_rows:
+                    await asyncio.to_thread(self._checkpoint_build, c, gen, index, position, last, done)
+                    since_checkpoint = 0
             async with c.apply_lock:
                 await asyncio.to_thread(sidecar.apply, [], [], position)
                 position = await self._apply_range(c, sidecar, index, position, force_until=2**62)
@@ -530,6 +556,7 @@ class VectorManager:
                     old[0].close()
                     await asyncio.to_thread(_remove_gen, *c.files(old[1]))
                 c.state, c.error, c.progress, c.failures = "ready", None, 1.0, 0
+                await asyncio.to_thread(_forget_build, c.dir)
                 c.builds += 1
                 c.build_seconds = round(time.monotonic() - started, 3)
                 c.dirty += 1
@@ -546,6 +573,36 @@ class VectorManager:
             c.rebuilding = False
             if sidecar is not None:
                 sidecar.close()
+
+    def _checkpoint_build(self, c: Collection, gen: int, index: HnswIndex, position: int, last: int, done: int) -> None:
+        """Index first, then the note that names it: a crash between them leaves an older note
+        whose index stamp no longer matches, and the build starts over."""
+        _, index_path = c.files(gen)
+        stamp = index.save(index_path, c.definition.uid, position)
+        note = {"uid": c.definition.uid, "gen": gen, "position": position, "last": last, "done": done}
+        note["sha256"] = stamp.sha256
+        atomic_write(c.dir / BUILD_NOTE, json.dumps(note).encode())
+
+    def _resume_build(self, c: Collection, gen: int, compacted: int) -> tuple[Sidecar, HnswIndex, int, int, int] | None:
+        """The checkpointed state of an interrupted build of generation `gen`, when it is still
+        usable: same definition, its feed position not compacted away, files intact."""
+        try:
+            note = json.loads((c.dir / BUILD_NOTE).read_text())
+            uid, note_gen, position = note["uid"], int(note["gen"]), int(note["position"])
+            last, done, sha256 = int(note["last"]), int(note["done"]), str(note["sha256"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        sidecar_path, index_path = c.files(gen)
+        if uid != c.definition.uid or note_gen != gen or position < compacted or not sidecar_path.exists():
+            return None
+        loaded = HnswIndex.load(index_path, c.expected_stamp(), c.spec.hnsw.ef_search)
+        if loaded is None or loaded[1].sha256 != sha256 or loaded[1].position != position:
+            return None
+        try:
+            sidecar = Sidecar(sidecar_path, c.spec, c.definition.uid)
+        except Exception:
+            return None
+        return sidecar, loaded[0], position, last, done
 
     def _failed(self, c: Collection, exc: Exception) -> None:
         """State "error", and another attempt later: the database may only be briefly unavailable."""

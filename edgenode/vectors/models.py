@@ -110,6 +110,7 @@ class CollectionInfo(msgspec.Struct, kw_only=True):
     skipped: int
     loaded_from_disk: bool
     builds: int
+    resumed_from: int = 0
     error: str | None = None
 
 
