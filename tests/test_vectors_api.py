@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from edgenode.vectors import VectorManager, vector_routes
-from edgenode.vectors.search import PlannerSettings
+from edgenode.vectors.planner import PlannerSettings
 from tests.test_vectors_support import clustered, make_items, open_db
 
 DIM = 8

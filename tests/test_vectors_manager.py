@@ -13,7 +13,7 @@ import numpy as np
 from edgenode.vectors import VectorManager
 from edgenode.vectors.feed import CHANGES_TABLE, compact_statements, head
 from edgenode.vectors.models import CollectionSpec, Filter, SearchRequest
-from edgenode.vectors.search import PlannerSettings
+from edgenode.vectors.planner import PlannerSettings
 from tests.test_vectors_support import blob, clustered, exact_topk, insert_items, make_items, open_db, run
 
 DIM = 16
