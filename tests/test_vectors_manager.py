@@ -492,3 +492,33 @@ def test_an_interrupted_build_resumes_from_its_last_checkpoint(tmp_path: Path) -
         await db.stop()
 
     run(main())
+
+
+def test_a_build_whose_feed_start_was_compacted_away_starts_over(tmp_path: Path) -> None:
+    async def main() -> None:
+        db = await open_db(tmp_path)
+        base = clustered(20_000, DIM, seed=31)
+        await make_items(db, base)
+        manager = VectorManager(db, tmp_path, planner=ANN, build_checkpoint_rows=2000, build_threads=1)
+        await manager.start()
+        await manager.put_collection("items", SPEC)
+        c = manager.get("items")
+        while c.progress < 0.3:
+            assert c.state != "ready"
+            await asyncio.sleep(0.001)
+        await manager.stop()
+        # Meanwhile a change lands and another node compacts the feed past it (and past the build's start).
+        probe = clustered(1, DIM, seed=32)[0]
+        await db.write([("UPDATE items SET emb = ? WHERE id = 5", [blob(probe)])])
+        await db.write(compact_statements(await head(db)))
+
+        again = VectorManager(db, tmp_path, planner=ANN, build_checkpoint_rows=2000)
+        await again.start()
+        await again.wait_ready("items")
+        info = again.get("items").info()
+        assert info.resumed_from == 0 and info.size == len(base)  # the checkpoint could not be trusted
+        assert (await _ids(again, probe, k=1))[0] == 5  # and the compacted change is not lost
+        await again.stop()
+        await db.stop()
+
+    run(main())

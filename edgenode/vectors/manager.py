@@ -487,6 +487,25 @@ class VectorManager(SearchRequests):
 
     async def _full_build(self, c: Collection) -> None:
         """Replica rows -> a new sidecar + index generation, caught up and swapped in."""
+        try:
+            for _ in range(3):
+                if await self._build_once(c):
+                    return
+                log.warning("the change feed was compacted past the start of %s's build; building again", c.name)
+            raise RuntimeError("the change feed was compacted past the start of three builds in a row")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("building vector collection %s failed", c.name)
+            if c.index is None:
+                self._failed(c, exc)
+            else:
+                c.error = f"{type(exc).__name__}: {exc}"  # the old index keeps serving
+        finally:
+            c.rebuilding = False
+
+    async def _build_once(self, c: Collection) -> bool:
+        """One build; False when the feed was compacted past its start (nothing swapped in)."""
         started = time.monotonic()
         sidecar: Sidecar | None = None
         try:
@@ -531,6 +550,11 @@ class VectorManager(SearchRequests):
                 if since_checkpoint >= self.build_checkpoint_rows:
                     await asyncio.to_thread(self._checkpoint_build, c, gen, index, position, last, done)
                     since_checkpoint = 0
+            if position < await feed.compacted_through(self.db):
+                # Another node compacted the feed past where this build began: the changes since
+                # then are gone, so the rows read are not enough. Start over from a fresh scan.
+                await asyncio.to_thread(_forget_build, c.dir)
+                return False
             async with c.apply_lock:
                 await asyncio.to_thread(sidecar.apply, [], [], position)
                 position = await self._apply_range(c, sidecar, index, position, force_until=2**62)
@@ -549,16 +573,8 @@ class VectorManager(SearchRequests):
                 c.build_seconds = round(time.monotonic() - started, 3)
                 c.dirty += 1
             await self._save(c)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("building vector collection %s failed", c.name)
-            if c.index is None:
-                self._failed(c, exc)
-            else:
-                c.error = f"{type(exc).__name__}: {exc}"  # the old index keeps serving
+            return True
         finally:
-            c.rebuilding = False
             if sidecar is not None:
                 sidecar.close()
 
