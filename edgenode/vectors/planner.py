@@ -52,6 +52,12 @@ def ann_distances(metric: str, distances: np.ndarray) -> list[float]:
     return values
 
 
+def uses_hnsw(index: HnswIndex | None, mode: str, settings: PlannerSettings) -> bool:
+    """Whether a query goes to HNSW at all: not when exact search is asked for, and not in a
+    collection small enough (`exact_threshold`) that an exact scan is cheap and complete."""
+    return index is not None and (mode == "ann" or (mode == "auto" and index.live > settings.exact_threshold))
+
+
 def search_one(
     index: HnswIndex | None,
     sidecar: Sidecar,
@@ -63,12 +69,11 @@ def search_one(
     ef: int | None,
     settings: PlannerSettings,
 ) -> Answer:
-    size = index.live if index is not None else 0
-    if mode == "exact" or index is None or (mode == "auto" and size <= settings.exact_threshold):
+    if index is None or not uses_hnsw(index, mode, settings):
         rowids, dists, seen = sidecar.search(query, k, flt)
         return Answer(rowids, dists, "exact", seen)
     try:
-        return _ann(index, sidecar, metric, query, k, flt, ef, settings, size)
+        return _ann(index, sidecar, metric, query, k, flt, ef, settings, index.live)
     except RuntimeError:
         pass  # hnswlib found fewer than k live neighbours (many deletions): exact is always complete
     rowids, dists, seen = sidecar.search(query, k, flt)
@@ -125,11 +130,7 @@ def search_many(
     settings: PlannerSettings,
     threads: int = 1,
 ) -> list[Answer]:
-    size = index.live if index is not None else 0
-    plain_ann = (
-        index is not None and flt is None and (mode == "ann" or (mode == "auto" and size > settings.exact_threshold))
-    )
-    if plain_ann and index is not None and len(queries) > 1:
+    if index is not None and flt is None and len(queries) > 1 and uses_hnsw(index, mode, settings):
         try:
             labels, dists = index.query(queries, k, ef, threads=threads)
         except RuntimeError:

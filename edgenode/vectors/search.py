@@ -29,7 +29,7 @@ from edgenode.vectors.models import (
     SearchResult,
     VectorError,
 )
-from edgenode.vectors.planner import Answer, PlannerSettings, ann_distances, search_many
+from edgenode.vectors.planner import Answer, PlannerSettings, ann_distances, search_many, uses_hnsw
 
 if TYPE_CHECKING:
     from edgenode.vectors.manager import Collection
@@ -106,11 +106,9 @@ class SearchRequests:
         a NaN or inf query at once with NaN distances and a zero cosine query with distance 1, so
         only those answers pay for `_check_values` (which then names the problem)."""
         index = c.index
-        if index is None or mode == "exact" or len(queries) != 1:
+        if index is None or len(queries) != 1 or not uses_hnsw(index, mode, self.planner):
             return None
         if (ef or index.ef_search) > INLINE_MAX_EF:
-            return None
-        if mode == "auto" and index.live <= self.planner.exact_threshold:
             return None
         try:
             found = index.query_nowait(queries, k, ef)
@@ -136,12 +134,8 @@ class SearchRequests:
         c = self.get(name)
         self._check_options(req.k, req.ef)
         queries, batch = self._queries(c, req)
-        if not batch and req.filter is None and not req.include:
-            answer = self._answer_inline(c, queries, req.k, req.mode, req.ef, started)
-            if answer is not None:
-                return answer
-        self._check_values(c, queries, "vectors" if batch else None)
-        results = await self._run(c, queries, req.k, req.filter, req.mode, req.ef, req.include, started)
+        field = "vectors" if batch else None
+        results = await self._run(c, queries, req.k, req.filter, req.mode, req.ef, req.include, started, field)
         if batch:
             return BatchResult(batch=results, elapsed_ms=results[0].elapsed_ms)
         return results[0]
@@ -176,12 +170,7 @@ class SearchRequests:
                 f"vectors have shape {vectors.shape}; collection {c.name!r} takes (dim,) or (n, dim) with "
                 f"dim {c.spec.dim} and 1 <= n <= {MAX_BATCH}",
             )
-        if filter is None and not include:
-            answer = self._answer_inline(c, queries, k, mode, ef, started)
-            if answer is not None:
-                return [answer]
-        self._check_values(c, queries, "vectors")
-        return await self._run(c, queries, k, filter, mode, ef, include, started)
+        return await self._run(c, queries, k, filter, mode, ef, include, started, "vectors")
 
     def _search_planned(
         self, c: Collection, queries: np.ndarray, k: int, flt: Filter | None, mode: str, ef: int | None
@@ -203,7 +192,15 @@ class SearchRequests:
         ef: int | None,
         include: Sequence[str],
         started: float,
+        batch_field: str | None,
     ) -> list[SearchResult]:
+        """One result per query: inline when that is possible, else through the planner on a worker
+        thread. The values are checked here; `batch_field` is how errors name a query."""
+        if flt is None and not include:
+            answer = self._answer_inline(c, queries, k, mode, ef, started)
+            if answer is not None:
+                return [answer]
+        self._check_values(c, queries, batch_field)
         if include:
             unknown = [col for col in include if col.lower() not in c.columns]
             if unknown:
