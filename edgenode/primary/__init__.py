@@ -9,3 +9,7 @@ Modules, one job each:
 - `cli`: the `edgenode primary` and `edgenode token` commands.
 - `client`: a small blocking Hrana client for scripts, tests and benchmarks.
 """
+
+# The primary's database id on every sync response (see `generations.State.database_id`). Defined
+# here, in a module without imports, because the replica's relay process checks it too.
+DATABASE_ID_HEADER = "x-edgenode-database-id"

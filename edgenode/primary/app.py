@@ -25,8 +25,8 @@ from starlette.types import Receive, Scope, Send
 
 from edgenode.auth import Access, Authenticator, AuthError
 from edgenode.config import Settings
+from edgenode.primary import DATABASE_ID_HEADER
 from edgenode.primary.generations import (
-    DATABASE_ID_HEADER,
     LOCK_TIMEOUT,
     BadRequest,
     CheckpointNeeded,

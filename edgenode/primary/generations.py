@@ -50,7 +50,6 @@ from edgenode.rwlock import LockTimeout, RWLock
 log = logging.getLogger("edgenode.primary")
 
 DB_NAME = "primary.db"
-DATABASE_ID_HEADER = "x-edgenode-database-id"
 STATE_NAME = "primary-state.json"
 ARCHIVE_DIR = "generations"
 # A response may run past the asked range to end on a commit frame, up to this many frames; only a

@@ -42,9 +42,10 @@ from typing import Any
 
 import httpx
 
+from edgenode.primary import DATABASE_ID_HEADER
+
 log = logging.getLogger("edgenode.replica")
 
-DATABASE_ID_HEADER = "x-edgenode-database-id"  # the same as edgenode.primary.generations
 FAILED = 424  # not retried by the client, not parsed as "checkpoint needed" (400/500 are)
 FRAME_SIZE = 4096 + 24
 MAX_COMMITS_PER_RESPONSE = 16
