@@ -70,11 +70,11 @@ def replace_triggers(table: str, keys: list[list[tuple[str, str]]]) -> dict[str,
     if not keys:
         return {}
     ins = f"INSERT INTO {CHANGES_TABLE}(tbl, rid, op)"
+    match = " OR ".join(
+        "(" + " AND ".join(f'"{col}" = new."{col}" COLLATE {coll}' for col, coll in key) + ")" for key in keys
+    )
     out = {}
     for op, event, self_row in (("ri", "INSERT", ""), ("ru", "UPDATE", " AND rowid IS NOT old.rowid")):
-        match = " OR ".join(
-            "(" + " AND ".join(f'"{col}" = new."{col}" COLLATE {coll}' for col, coll in key) + ")" for key in keys
-        )
         name = _trigger(table, op)
         out[name] = (
             f'CREATE TRIGGER {name} BEFORE {event} ON "{table}" '

@@ -583,8 +583,14 @@ class VectorManager(SearchRequests):
         whose index stamp no longer matches, and the build starts over."""
         _, index_path = c.files(gen)
         stamp = index.save(index_path, c.definition.uid, position)
-        note = {"uid": c.definition.uid, "gen": gen, "position": position, "last": last, "done": done}
-        note["sha256"] = stamp.sha256
+        note = {
+            "uid": c.definition.uid,
+            "gen": gen,
+            "position": position,
+            "last": last,
+            "done": done,
+            "sha256": stamp.sha256,
+        }
         atomic_write(c.dir / BUILD_NOTE, json.dumps(note).encode())
 
     def _resume_build(self, c: Collection, gen: int, compacted: int) -> tuple[Sidecar, HnswIndex, int, int, int] | None:
