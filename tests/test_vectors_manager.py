@@ -459,20 +459,26 @@ def test_a_unique_index_added_later_is_picked_up_by_the_next_put_or_start(tmp_pa
     run(main())
 
 
+async def _interrupted_build(tmp_path: Path, seed: int) -> tuple:
+    """A database of 20,000 items whose first build was stopped at 30%, past several checkpoints."""
+    db = await open_db(tmp_path)
+    base = clustered(20_000, DIM, seed=seed)
+    await make_items(db, base)
+    manager = VectorManager(db, tmp_path, planner=ANN, build_checkpoint_rows=2000, build_threads=1)
+    await manager.start()
+    await manager.put_collection("items", SPEC)
+    c = manager.get("items")
+    deadline = time.monotonic() + 60
+    while c.progress < 0.3:
+        assert time.monotonic() < deadline and c.state != "ready", c.info()
+        await asyncio.sleep(0.001)
+    await manager.stop()  # interrupted mid-build, as a shutdown (or a crash after a checkpoint) would
+    return db, base
+
+
 def test_an_interrupted_build_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     async def main() -> None:
-        db = await open_db(tmp_path)
-        base = clustered(20_000, DIM, seed=21)
-        await make_items(db, base)
-        manager = VectorManager(db, tmp_path, planner=ANN, build_checkpoint_rows=2000, build_threads=1)
-        await manager.start()
-        await manager.put_collection("items", SPEC)
-        c = manager.get("items")
-        deadline = time.monotonic() + 60
-        while c.progress < 0.3:
-            assert time.monotonic() < deadline and c.state != "ready", c.info()
-            await asyncio.sleep(0.001)
-        await manager.stop()  # interrupted mid-build, as a shutdown (or a crash after a checkpoint) would
+        db, base = await _interrupted_build(tmp_path, seed=21)
         # A row changed after the build began reaches the resumed build through the feed.
         probe = clustered(1, DIM, seed=22)[0]
         await db.write([("UPDATE items SET emb = ? WHERE id = 3", [blob(probe)])])
@@ -496,17 +502,7 @@ def test_an_interrupted_build_resumes_from_its_last_checkpoint(tmp_path: Path) -
 
 def test_a_build_whose_feed_start_was_compacted_away_starts_over(tmp_path: Path) -> None:
     async def main() -> None:
-        db = await open_db(tmp_path)
-        base = clustered(20_000, DIM, seed=31)
-        await make_items(db, base)
-        manager = VectorManager(db, tmp_path, planner=ANN, build_checkpoint_rows=2000, build_threads=1)
-        await manager.start()
-        await manager.put_collection("items", SPEC)
-        c = manager.get("items")
-        while c.progress < 0.3:
-            assert c.state != "ready"
-            await asyncio.sleep(0.001)
-        await manager.stop()
+        db, base = await _interrupted_build(tmp_path, seed=31)
         # Meanwhile a change lands and another node compacts the feed past it (and past the build's start).
         probe = clustered(1, DIM, seed=32)[0]
         await db.write([("UPDATE items SET emb = ? WHERE id = 5", [blob(probe)])])
