@@ -1,7 +1,9 @@
 """Run the benchmark suite: `python -m bench [NAME ...] [--quick] [--out DIR]`.
 
 Each member is a module `bench/<name>.py` with `run(quick: bool, out: Path) -> dict`; it prints
-its figures and the suite writes `<out>/<name>.json`.
+its figures and the suite writes `<out>/<name>.json`. A member that could not measure a peer it is
+meant to compare against lists it under `peers_missing`: its figures are still written, but the run
+fails, since a comparison that did not run is not a result.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
             result.setdefault("quick", args.quick)
             path = save(name, result, args.out)
             print(f"   wrote {path} in {time.monotonic() - start:.1f}s", flush=True)
+            if result.get("peers_missing"):
+                print(f"   peers not measured: {'; '.join(result['peers_missing'])}", flush=True)
+                failed.append(name)
         except Exception:
             traceback.print_exc()
             failed.append(name)

@@ -505,6 +505,8 @@ def run(quick: bool = False, out: Path = DEFAULT_OUT, http: bool = True, diskann
         "summary": summary(good),
         "rows": rows,
         "plot": str(out / "vectors.png"),
+        # Any method that failed leaves a comparison unmade: the suite fails the run on these.
+        "peers_missing": [f"{r['method']} ({r['dataset']}): {r['error']}" for r in rows if "error" in r],
     }
 
 
@@ -545,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = run(quick=args.quick, out=args.out, http=args.http, diskann=args.diskann)
     print(f"wrote {save('vectors', result, args.out)} and {args.out / 'vectors.png'}")
-    return 0
+    return 1 if result["peers_missing"] else 0
 
 
 if __name__ == "__main__":
