@@ -1,4 +1,4 @@
-"""Command line: `edgenode serve|primary|dev|migrate|status|version|token|vectors|tune`.
+"""Command line: `edgenode serve|primary|dev|migrate|status|version|token|vectors|text|tune`.
 
 Each subcommand that runs with settings takes the same flags (`settings_options`), resolved by
 `edgenode.config.load_settings` (flags > env > TOML > defaults).
@@ -64,6 +64,7 @@ class LazyGroup(click.Group):
         "token": "edgenode.primary.cli:token",
         "dev": "edgenode.commands.dev:dev",
         "vectors": "edgenode.vectors.cli:vectors",
+        "text": "edgenode.text.cli:text",
         "tune": "edgenode.commands.tune:tune",
     }
 

@@ -33,9 +33,12 @@ def open_database(settings: Settings) -> Database:
 
 def load_components(settings: Settings, db: Database) -> list[Component]:
     from edgenode.hrana_node.component import HranaComponent
+    from edgenode.text.manager import TextManager
     from edgenode.vectors.manager import VectorManager
 
-    components: list[Component] = [VectorManager(db, settings.data_path), HranaComponent(settings, db)]
+    vectors = VectorManager(db, settings.data_path)
+    text = TextManager(db, settings.data_path, vectors=vectors)
+    components: list[Component] = [vectors, text, HranaComponent(settings, db)]
     replica_component = getattr(db, "component", None)
     if replica_component is not None:
         components.insert(0, replica_component())

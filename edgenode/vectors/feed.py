@@ -20,7 +20,8 @@ position fell behind the compacted range that it must rebuild from a full scan.
 
 from __future__ import annotations
 
-from typing import Any
+import weakref
+from typing import Any, Protocol
 
 CHANGES_TABLE = "_edgenode_changes"
 STATE_TABLE = "_edgenode_feed_state"
@@ -150,3 +151,41 @@ def compact_statements(through: int) -> list[tuple[str, list]]:
             [through],
         ),
     ]
+
+
+class Consumer(Protocol):
+    """A local reader of the feed besides the vector collections (text collections): compaction
+    keeps what it still needs, and a table's triggers stay while it indexes the table."""
+
+    def feed_floor(self) -> int | None:
+        """The lowest position it still has to apply past; None while it cannot say (a build)."""
+        ...
+
+    def feed_tables(self) -> set[str]: ...
+
+
+_consumers: weakref.WeakKeyDictionary[Any, list[Consumer]] = weakref.WeakKeyDictionary()
+
+
+def _key(db: Any) -> Any:
+    return getattr(db, "inner", db)  # a wrapper (retrying reads) and its database are one feed
+
+
+def add_consumer(db: Any, consumer: Consumer) -> None:
+    _consumers.setdefault(_key(db), []).append(consumer)
+
+
+def consumers(db: Any) -> list[Consumer]:
+    return list(_consumers.get(_key(db), ()))
+
+
+async def compact(db: Any, floor: int, threshold: int, retain: int) -> None:
+    """Trim the feed through `floor` (what every local consumer applied) when it holds at least
+    `threshold` entries, keeping the newest `retain` for replicas that lag a little."""
+    result = await db.read(f"SELECT min(seq), max(seq) FROM {CHANGES_TABLE}")
+    low, high = result.rows[0] if result.rows else (None, None)
+    if low is None or high - low + 1 < threshold:
+        return
+    through = min(floor, high - retain)
+    if through >= low:
+        await db.write(compact_statements(through))

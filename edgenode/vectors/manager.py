@@ -393,7 +393,9 @@ class VectorManager(SearchRequests):
         definition = defs.get(name)
         if definition is None:
             raise VectorError(404, "collection_not_found", f"no collection named {name!r}")
-        still_used = any(d.spec.table == definition.spec.table for n, d in defs.items() if n != name)
+        still_used = any(d.spec.table == definition.spec.table for n, d in defs.items() if n != name) or any(
+            definition.spec.table in other.feed_tables() for other in feed.consumers(self.db)
+        )
         await self.db.write(delete_statements(name, definition.spec.table, still_used))
         await self.refresh()
 
@@ -782,6 +784,11 @@ class VectorManager(SearchRequests):
             if low is None or high - low + 1 < self.compact_threshold:
                 return
             floor = min(c.position for c in self.collections.values())
+            for other in feed.consumers(self.db):  # text collections read the same feed
+                other_floor = other.feed_floor()
+                if other_floor is None:
+                    return
+                floor = min(floor, other_floor)
             through = min(floor, high - self.compact_retain)
             if through >= low:
                 await self.db.write(feed.compact_statements(through))

@@ -1,0 +1,196 @@
+"""`edgenode text create|list|get|delete|rebuild|search|seed`: text collections of a running node.
+
+Like `edgenode vectors`, the commands talk to the node over its REST API (its client and vector
+loading are reused from edgenode.vectors.cli), so they work the same against a local or a remote node.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import click
+
+from edgenode.vectors.cli import TOKEN_HELP, URL_HELP, Client, _echo, _load_vector
+
+# The seed schema's searchable text (sql/001_core.sql): `edgenode text seed` creates these.
+SEED: dict[str, dict[str, Any]] = {
+    "prompts": {
+        "table": "prompts",
+        "columns": ["title", "content"],
+        "filter_columns": ["user_id", "status", "deleted_at"],
+        "tokenizer": "porter",
+    },
+    "prompt_templates": {
+        "table": "prompt_templates",
+        "columns": ["name", "description", "content"],
+        "filter_columns": [],
+        "tokenizer": "porter",
+    },
+}
+
+
+def _wait_ready(client: Client, name: str, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        info = client.call("GET", f"/api/v1/text/{name}")
+        if info["state"] == "ready" and info.get("progress", 1.0) >= 1.0:
+            return info
+        if info["state"] == "error":
+            raise click.ClickException(f"text collection {name} failed: {info.get('error')}")
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"text collection {name} not ready after {timeout}s ({info['progress']:.0%})")
+        time.sleep(0.2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--url", envvar="EDGENODE_URL", default="http://127.0.0.1:8080", show_default=True, help=URL_HELP)
+@click.option("--token", envvar="EDGENODE_AUTH_TOKEN", default=None, help=TOKEN_HELP)
+@click.pass_context
+def text(ctx: click.Context, url: str, token: str | None) -> None:
+    """Full-text collections of a running node (over its REST API: --url, --token).
+
+    \b
+    Examples:
+      edgenode text seed --wait          # prompts and prompt_templates, searchable
+      edgenode text create docs --table docs --column title --column body --filter-column tag --wait
+      edgenode text search prompts 'summar* NOT draft' --filter "status = ?" --param active
+      edgenode text search docs 'vector database' --vector-file q.json --collection docs_emb
+    """
+    ctx.obj = Client(url, token)
+
+
+@text.command()
+@click.argument("name")
+@click.option("--table", required=True, help="Table holding the text.")
+@click.option("--column", "columns", multiple=True, required=True, help="Text column to index (repeatable).")
+@click.option("--filter-column", "filter_columns", multiple=True, help="Column usable in filters (repeatable).")
+@click.option("--tokenizer", type=click.Choice(["unicode61", "porter", "trigram"]), default="unicode61")
+@click.option("--wait/--no-wait", default=False, help="Wait until the index is built.")
+@click.option("--timeout", type=float, default=3600.0, show_default=True, help="Seconds --wait waits.")
+@click.pass_obj
+def create(
+    client: Client,
+    name: str,
+    table: str,
+    columns: tuple[str, ...],
+    filter_columns: tuple[str, ...],
+    tokenizer: str,
+    wait: bool,
+    timeout: float,
+) -> None:
+    """Create (or replace) text collection NAME; the node builds its index in the background."""
+    body = {"table": table, "columns": list(columns), "filter_columns": list(filter_columns), "tokenizer": tokenizer}
+    info = client.call("PUT", f"/api/v1/text/{name}", body)
+    _echo(_wait_ready(client, name, timeout) if wait else info)
+
+
+@text.command()
+@click.option("--wait/--no-wait", default=False, help="Wait until the indexes are built.")
+@click.option("--timeout", type=float, default=3600.0, show_default=True)
+@click.pass_obj
+def seed(client: Client, wait: bool, timeout: float) -> None:
+    """Make the seed schema's prompts and prompt templates searchable (collections named after their tables)."""
+    for name, body in SEED.items():
+        info = client.call("PUT", f"/api/v1/text/{name}", body)
+        _echo(_wait_ready(client, name, timeout) if wait else info)
+
+
+@text.command(name="list")
+@click.pass_obj
+def list_(client: Client) -> None:
+    """List text collections with their state and size."""
+    for info in client.call("GET", "/api/v1/text")["collections"]:
+        click.echo(
+            f"{info['name']}\t{info['table']}({','.join(info['columns'])})\t{info['tokenizer']}\t"
+            f"{info['state']}\tsize={info['size']}\tposition={info['position']}"
+        )
+
+
+@text.command()
+@click.argument("name")
+@click.pass_obj
+def get(client: Client, name: str) -> None:
+    """Show one text collection as JSON."""
+    _echo(client.call("GET", f"/api/v1/text/{name}"))
+
+
+@text.command()
+@click.argument("name")
+@click.pass_obj
+def delete(client: Client, name: str) -> None:
+    """Delete text collection NAME (its definition and local index files)."""
+    _echo(client.call("DELETE", f"/api/v1/text/{name}"))
+
+
+@text.command()
+@click.argument("name")
+@click.option("--wait/--no-wait", default=False, help="Wait until the rebuilt index is swapped in.")
+@click.option("--timeout", type=float, default=3600.0, show_default=True)
+@click.pass_obj
+def rebuild(client: Client, name: str, wait: bool, timeout: float) -> None:
+    """Rebuild NAME from the table (the old index keeps serving until the new one is ready)."""
+    info = client.call("POST", f"/api/v1/text/{name}/rebuild")
+    if wait:
+        time.sleep(0.2)
+        info = _wait_ready(client, name, timeout)
+    _echo(info)
+
+
+@text.command()
+@click.argument("name")
+@click.argument("q")
+@click.option("-k", "k", type=int, default=10, show_default=True)
+@click.option("--offset", type=int, default=0, show_default=True, help="Skip this many hits (pagination).")
+@click.option("--plain", is_flag=True, help="Q is free text: search for all its words (no query syntax).")
+@click.option("--filter", "filter_sql", help="Boolean SQL expression over the collection's filter columns.")
+@click.option("--param", "params", multiple=True, help="Filter parameter for a ? (repeatable; JSON or text).")
+@click.option("--weight", "weights", multiple=True, help="COLUMN=WEIGHT for BM25 (repeatable; default 1).")
+@click.option("--vector", help="Hybrid: query vector as a JSON array.")
+@click.option("--vector-file", help="Hybrid: file with the query vector (JSON array or .npy; '-' for stdin).")
+@click.option("--collection", help="Hybrid: vector collection over the same table.")
+@click.option("--vector-weight", type=float, default=0.5, show_default=True, help="Hybrid: the vector arm's share.")
+@click.pass_obj
+def search(
+    client: Client,
+    name: str,
+    q: str,
+    k: int,
+    offset: int,
+    plain: bool,
+    filter_sql: str | None,
+    params: tuple[str, ...],
+    weights: tuple[str, ...],
+    vector: str | None,
+    vector_file: str | None,
+    collection: str | None,
+    vector_weight: float,
+) -> None:
+    """Rows of NAME matching Q, best first (BM25), with highlighted snippets, as JSON."""
+
+    def param(value: str) -> Any:
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+
+    body: dict[str, Any] = {"q": q, "k": k, "offset": offset, "syntax": "plain" if plain else "fts5"}
+    if filter_sql:
+        body["filter"] = {"sql": filter_sql, "params": [param(p) for p in params]}
+    if weights:
+        parsed = {}
+        for item in weights:
+            column, sep, value = item.partition("=")
+            try:
+                parsed[column] = float(value)
+            except ValueError:
+                sep = ""
+            if not sep:
+                raise click.UsageError(f"--weight {item!r}: give COLUMN=NUMBER")
+        body["weights"] = parsed
+    if collection or vector or vector_file:
+        body["vector"] = _load_vector(vector, vector_file)
+        body["collection"] = collection
+        body["hybrid"] = {"weight": vector_weight}
+    _echo(client.call("POST", f"/api/v1/text/{name}/search", body))

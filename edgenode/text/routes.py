@@ -1,0 +1,66 @@
+"""Starlette routes of the text API; `text_routes(manager)` returns them for the app to mount.
+
+Errors leave as the vector API's do (edgenode.vectors.routes): `{"error": {"code", "message"}}`,
+400 for bad input naming the field or the place in the query, 404 for an unknown collection,
+503 while a collection is still building.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from edgenode.text.manager import TextManager
+from edgenode.text.models import SearchRequest, TextCollectionList, TextError, TextSpec
+from edgenode.vectors.routes import _body, _error, _json
+
+
+def text_routes(manager: TextManager) -> list[Route]:
+    async def list_collections(request: Request) -> Response:
+        return _json(TextCollectionList([c.info() for c in manager.collections.values()]))
+
+    async def get_collection(request: Request) -> Response:
+        try:
+            return _json(manager.get(request.path_params["name"]).info())
+        except TextError as exc:
+            return _error(exc)
+
+    async def put_collection(request: Request) -> Response:
+        try:
+            spec = await _body(request, TextSpec)
+            status, info = await manager.put_collection(request.path_params["name"], spec)
+            return _json(info, status)
+        except TextError as exc:
+            return _error(exc)
+
+    async def delete_collection(request: Request) -> Response:
+        name = request.path_params["name"]
+        try:
+            await manager.delete_collection(name)
+            return _json({"name": name, "deleted": True})
+        except TextError as exc:
+            return _error(exc)
+
+    async def rebuild_collection(request: Request) -> Response:
+        try:
+            return _json(await manager.rebuild(request.path_params["name"]), 202)
+        except TextError as exc:
+            return _error(exc)
+
+    async def search(request: Request) -> Response:
+        try:
+            manager.get(request.path_params["name"])  # 404 before judging the body
+            req = await _body(request, SearchRequest)
+            return _json(await manager.search(request.path_params["name"], req))
+        except TextError as exc:
+            return _error(exc)
+
+    return [
+        Route("/api/v1/text", list_collections, methods=["GET"]),
+        Route("/api/v1/text/{name}", get_collection, methods=["GET"]),
+        Route("/api/v1/text/{name}", put_collection, methods=["PUT"]),
+        Route("/api/v1/text/{name}", delete_collection, methods=["DELETE"]),
+        Route("/api/v1/text/{name}/rebuild", rebuild_collection, methods=["POST"]),
+        Route("/api/v1/text/{name}/search", search, methods=["POST"]),
+    ]
