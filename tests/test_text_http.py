@@ -1,0 +1,413 @@
+"""Text and hybrid search through real node processes over HTTP, and `edgenode text` against them."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.procs import ROOT, Proc, start
+from tests.test_replica_support import (
+    AUTH,
+    eventually,
+    primary_write,
+    start_node,
+    start_primary,
+    wait_ready,
+)
+
+DOCS = "CREATE TABLE docs(id INTEGER PRIMARY KEY, slug TEXT UNIQUE, title TEXT, body TEXT, tag TEXT, emb F32_BLOB(4))"
+
+
+def _execute(url: str, *statements: str | tuple[str, list[Any]], headers: dict[str, str] | None = None) -> Any:
+    body = {"statements": [{"sql": s} if isinstance(s, str) else {"sql": s[0], "params": s[1]} for s in statements]}
+    r = httpx.post(url + "/api/v1/execute", json=body, headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _rows(url: str, sql: str, headers: dict[str, str] | None = None) -> list[list[Any]]:
+    r = httpx.post(url + "/api/v1/query", json={"sql": sql}, headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["rows"]
+
+
+def _wait_ready(url: str, name: str, headers: dict[str, str] | None = None, seconds: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + seconds
+    while True:
+        info = httpx.get(f"{url}/api/v1/text/{name}", headers=headers).json()
+        if info.get("state") == "ready" and info["progress"] >= 1:
+            return info
+        assert time.monotonic() < deadline, info
+        time.sleep(0.05)
+
+
+def _search(url: str, name: str, headers: dict[str, str] | None = None, **body: Any) -> httpx.Response:
+    return httpx.post(f"{url}/api/v1/text/{name}/search", json=body, headers=headers, timeout=30)
+
+
+def _ids(url: str, name: str, q: str, headers: dict[str, str] | None = None, **body: Any) -> list[int]:
+    r = _search(url, name, headers, q=q, k=1000, **body)
+    assert r.status_code == 200, r.text
+    return [h["rowid"] for h in r.json()["results"]]
+
+
+def _found(url: str, name: str, q: str) -> list[int]:
+    return sorted(_ids(url, name, q))
+
+
+def _cli(url: str, *args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "edgenode", "text", "--url", url, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def _b64(v: list[float]) -> dict[str, str]:
+    return {"base64": base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode()}
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[tuple[Proc, Path]]:
+    data = tmp_path / "data"
+    proc = start(["serve", "--data-dir", str(data)], tmp_path, name="node", ready_path="/ready")
+    yield proc, data
+    proc.stop()
+
+
+def _truth(url: str, word: str) -> list[int]:
+    """Rows whose title or body holds `word` as a whole word, straight from the table."""
+    rows = _rows(url, "SELECT rowid, coalesce(title, '') || ' ' || coalesce(body, '') FROM docs ORDER BY rowid")
+    return sorted(r[0] for r in rows if word in r[1].lower().split())
+
+
+def test_the_index_stays_exact_under_inserts_updates_deletes_and_replaces_and_survives_a_restart(
+    node: tuple[Proc, Path], tmp_path: Path
+) -> None:
+    proc, data = node
+    _execute(
+        proc.url,
+        DOCS,
+        *[
+            (
+                "INSERT INTO docs(id, slug, title, body, tag) VALUES (?, ?, ?, ?, ?)",
+                [i, f"s{i}", f"t{i} alpha", f"b{i}", "ab"[i % 2]],
+            )
+            for i in range(1, 201)
+        ],
+    )
+    created = json.loads(
+        _cli(
+            proc.url,
+            "create",
+            "docs",
+            "--table",
+            "docs",
+            "--column",
+            "title",
+            "--column",
+            "body",
+            "--filter-column",
+            "tag",
+            "--wait",
+        )
+    )
+    assert created["state"] == "ready" and created["size"] == 200
+    assert _found(proc.url, "docs", "t7") == [7]
+    assert len(_found(proc.url, "docs", "alpha")) == 200
+
+    # inserts, updates (text and rowid), deletes: visible when the write returns
+    _execute(proc.url, "INSERT INTO docs(id, slug, title, body, tag) VALUES (500, 's500', 'fresh words', 'gamma', 'a')")
+    assert _found(proc.url, "docs", "fresh") == [500]
+    _execute(proc.url, "UPDATE docs SET body = 'gamma delta' WHERE id = 7")
+    assert _found(proc.url, "docs", "gamma") == [7, 500] and _found(proc.url, "docs", "b7") == []
+    _execute(proc.url, "UPDATE docs SET id = 700 WHERE id = 8")
+    assert _found(proc.url, "docs", "t8") == [700]
+    _execute(proc.url, "DELETE FROM docs WHERE id IN (9, 10)")
+    assert _found(proc.url, "docs", "t9 OR t10") == []
+    # INSERT OR REPLACE on the UNIQUE slug under another rowid: the replaced row 11 leaves the index
+    _execute(
+        proc.url, "INSERT OR REPLACE INTO docs(id, slug, title, body, tag) VALUES (900, 's11', 'replaced', 'x', 'b')"
+    )
+    assert _found(proc.url, "docs", "t11") == [] and _found(proc.url, "docs", "replaced") == [900]
+    # REPLACE on the rowid itself
+    _execute(proc.url, "REPLACE INTO docs(id, slug, title, body, tag) VALUES (12, 's12', 'twelve', 'x', 'b')")
+    assert _found(proc.url, "docs", "t12") == [] and _found(proc.url, "docs", "twelve") == [12]
+    # UPDATE OR REPLACE onto another row's slug retires that row too
+    _execute(proc.url, "UPDATE OR REPLACE docs SET slug = 's13' WHERE id = 14")
+    assert _found(proc.url, "docs", "t13") == [] and _found(proc.url, "docs", "t14") == [14]
+    for word in ("alpha", "gamma", "x", "replaced", "t14"):
+        assert _found(proc.url, "docs", word) == _truth(proc.url, word), word
+    (count,) = _rows(proc.url, "SELECT count(*) FROM docs")[0]
+    assert httpx.get(proc.url + "/api/v1/text/docs").json()["size"] == count
+
+    # restart: the persisted index is loaded, not rebuilt, and catches up with writes made meanwhile
+    proc.stop()
+    again = start(["serve", "--data-dir", str(data)], tmp_path, name="again", ready_path="/ready")
+    try:
+        info = _wait_ready(again.url, "docs")
+        assert info["loaded_from_disk"] is True and info["builds"] == 0
+        assert _found(again.url, "docs", "alpha") == _truth(again.url, "alpha")
+        _execute(again.url, "DELETE FROM docs WHERE id = 1")
+        assert _found(again.url, "docs", "t1") == []
+    finally:
+        again.stop()
+
+
+def test_search_has_phrases_prefixes_boolean_operators_weights_filters_snippets_and_stable_pages(
+    node: tuple[Proc, Path],
+) -> None:
+    proc, _ = node
+    texts = [
+        ("edge database", "a local first database that syncs"),
+        ("vector search", "nearest neighbour search over embeddings"),
+        ("full text search", "ranked text search with bm25 and snippets"),
+        ("database sync", "pull frames from the primary database"),
+        ("search engine", "an engine for search"),
+    ]
+    _execute(
+        proc.url,
+        DOCS,
+        *[
+            ("INSERT INTO docs(id, title, body, tag) VALUES (?, ?, ?, ?)", [i + 1, t, b, "ab"[i % 2]])
+            for i, (t, b) in enumerate(texts)
+        ],
+        *[
+            (
+                "INSERT INTO docs(id, title, body, tag) VALUES (?, ?, ?, 'c')",
+                [100 + i, f"page {i}", "common words here"],
+            )
+            for i in range(57)
+        ],
+    )
+    r = httpx.put(
+        proc.url + "/api/v1/text/docs", json={"table": "docs", "columns": ["title", "body"], "filter_columns": ["tag"]}
+    )
+    assert r.status_code == 202, r.text
+    _wait_ready(proc.url, "docs")
+    assert _ids(proc.url, "docs", '"text search"') == [3]
+    assert sorted(_ids(proc.url, "docs", "datab*")) == [1, 4]
+    assert sorted(_ids(proc.url, "docs", "database AND sync*")) == [1, 4]
+    assert sorted(_ids(proc.url, "docs", "vector OR engine")) == [2, 5]
+    assert sorted(_ids(proc.url, "docs", "search NOT vector")) == [3, 5]
+    assert _ids(proc.url, "docs", "title:engine") == [5]
+    assert sorted(_ids(proc.url, "docs", "search", filter={"sql": "tag = ?", "params": ["a"]})) == [3, 5]
+    # plain syntax: free text with punctuation searches for all its words
+    assert _ids(proc.url, "docs", '(database) "sync!', syntax="plain") == [4]
+    # weights: title matches outrank body matches when the title weighs more, and the other way round
+    assert _ids(proc.url, "docs", "sync*", weights={"title": 10, "body": 0.1}) == [4, 1]  # 4: in the title
+    assert _ids(proc.url, "docs", "sync*", weights={"title": 0.1, "body": 10}) == [1, 4]  # 1: in the body
+    hit = _search(proc.url, "docs", q="bm25").json()["results"][0]
+    assert hit["rowid"] == 3 and "<mark>bm25</mark>" in hit["snippet"] and hit["score"] > 0
+    # pages of a query with many equal scores: together exactly the one long answer, no overlap
+    whole = _ids(proc.url, "docs", "common")
+    pages = [
+        h["rowid"]
+        for o in range(0, 57, 10)
+        for h in _search(proc.url, "docs", q="common", k=10, offset=o).json()["results"]
+    ]
+    assert pages == whole and len(whole) == 57 == len(set(whole))
+
+
+HOSTILE = [
+    ('"unbalanced', "character 0"),
+    ('title:"half', "character 6"),
+    ("a (b OR c", "character 2"),
+    ("a ) b", "character 2"),
+    ("don't", "character 3"),
+    ("nosuchcolumn: word", "nosuchcolumn"),
+    ("tag: a", "tag"),  # a filter column is not a text column
+    ("word AND", "ends too early"),
+    ("OR word", "character 0"),
+    ("NEAR(a b, x)", "integer"),
+    ("(" * 300 + "a", "more than"),
+    ("a" * 5000, "at most"),
+    ("x\x00y", "NUL"),
+    ("   ", "empty"),
+    ("*", "q:"),
+    ("'; DROP TABLE docs; --", "character 0"),
+]
+
+
+def test_hostile_query_strings_get_a_400_that_says_where_and_never_a_500(node: tuple[Proc, Path]) -> None:
+    proc, _ = node
+    _execute(proc.url, DOCS, "INSERT INTO docs(id, title, body, tag) VALUES (1, 'word', 'a b c', 'a')")
+    httpx.put(
+        proc.url + "/api/v1/text/docs", json={"table": "docs", "columns": ["title", "body"], "filter_columns": ["tag"]}
+    )
+    _wait_ready(proc.url, "docs")
+    for q, says in HOSTILE:
+        r = _search(proc.url, "docs", q=q)
+        assert r.status_code == 400, (q, r.text)
+        error = r.json()["error"]
+        assert error["code"] == "invalid_query" and says in error["message"], (q, error)
+    bad = [
+        ({"q": "word", "filter": {"sql": "body = 'x'"}}, "invalid_filter"),  # not a filter column
+        ({"q": "word", "filter": {"sql": "1); DROP TABLE docs; --"}}, "invalid_filter"),
+        ({"q": "word", "weights": {"nope": 1}}, "invalid_weights"),
+        ({"q": "word", "weights": {"title": -1}}, "invalid_weights"),
+        ({"q": "word", "k": 0}, "invalid_k"),
+        ({"q": "word", "offset": -1}, "invalid_offset"),
+        ({"q": "word", "extra": 1}, "invalid_request"),
+        ({"q": "word", "vector": [1, 0, 0, 0]}, "invalid_request"),
+        ({"q": "word", "vector": [1, 0, 0, 0], "collection": "nope"}, "unknown_collection"),
+    ]
+    for body, code in bad:
+        r = _search(proc.url, "docs", **body)
+        assert r.status_code == 400 and r.json()["error"]["code"] == code, (body, r.text)
+    assert _search(proc.url, "nope", q="word").status_code == 404
+    assert _ids(proc.url, "docs", "word") == [1]  # the table survived all of it
+    for spec, code in [
+        ({"table": "docs", "columns": []}, "invalid_collection"),
+        ({"table": "docs", "columns": ["nope"]}, "unknown_column"),
+        ({"table": "nope", "columns": ["title"]}, "unknown_table"),
+        ({"table": "docs", "columns": ["title"], "tokenizer": "icu"}, "invalid_request"),
+        ({"table": "_edgenode_changes", "columns": ["tbl"]}, "invalid_collection"),
+        ({"table": "docs", "columns": ['title"; drop']}, "invalid_collection"),
+    ]:
+        r = httpx.put(proc.url + "/api/v1/text/bad", json=spec)
+        assert r.status_code == 400 and r.json()["error"]["code"] == code, (spec, r.text)
+
+
+def test_trigram_collections_find_substrings(node: tuple[Proc, Path]) -> None:
+    proc, _ = node
+    _execute(
+        proc.url,
+        DOCS,
+        "INSERT INTO docs(id, title, body) VALUES (1, 'edgenode', '東京都の天気'), (2, 'libsql', 'データベース')",
+    )
+    r = httpx.put(
+        proc.url + "/api/v1/text/tri", json={"table": "docs", "columns": ["title", "body"], "tokenizer": "trigram"}
+    )
+    assert r.status_code == 202
+    _wait_ready(proc.url, "tri")
+    assert _ids(proc.url, "tri", "geno") == [1]
+    assert _ids(proc.url, "tri", "京都の") == [1] and _ids(proc.url, "tri", "ベース") == [2]
+
+
+def test_hybrid_search_fuses_text_and_vector_ranks_with_filters_on_both_arms(node: tuple[Proc, Path]) -> None:
+    proc, _ = node
+    rows = [
+        (1, "red apple", [1, 0, 0, 0], "a"),
+        (2, "green apple", [0.9, 0.1, 0, 0], "b"),
+        (3, "red car", [0, 1, 0, 0], "a"),
+        (4, "blue sky", [0.95, 0, 0.05, 0], "a"),
+        (5, "apple pie", [-1, 0, 0, 0], "a"),
+    ]
+    _execute(
+        proc.url,
+        DOCS,
+        *[("INSERT INTO docs(id, title, tag, emb) VALUES (?, ?, ?, ?)", [i, t, tag, _b64(v)]) for i, t, v, tag in rows],
+    )
+    vec = {"table": "docs", "column": "emb", "dim": 4, "filter_columns": ["tag"]}
+    assert httpx.put(proc.url + "/api/v1/collections/emb", json=vec).status_code == 202
+    assert (
+        httpx.put(
+            proc.url + "/api/v1/text/docs", json={"table": "docs", "columns": ["title"], "filter_columns": ["tag"]}
+        ).status_code
+        == 202
+    )
+    _wait_ready(proc.url, "docs")
+    deadline = time.monotonic() + 30
+    while httpx.get(proc.url + "/api/v1/collections/emb").json()["state"] != "ready":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    # 4 candidates per arm (k): the vector arm finds 1, 4, 2, 3 and the text arm 1, 2, 5
+    r = _search(proc.url, "docs", q="apple", k=4, vector=[1, 0, 0, 0], collection="emb", hybrid={"candidates": 3})
+    assert r.status_code == 200, r.text
+    result = r.json()
+    assert result["mode"] == "hybrid"
+    hits = {h["rowid"]: h for h in result["results"]}
+    assert hits[1]["arms"] == ["text", "vector"] and hits[2]["arms"] == ["text", "vector"]
+    assert hits[5]["arms"] == ["text"] and "<mark>apple</mark>" in hits[5]["snippet"]
+    assert hits[4]["arms"] == ["vector"] and "snippet" not in hits[4] and hits[4]["vector_rank"] == 2
+    assert [h["rowid"] for h in result["results"]] == [1, 2, 4, 5]
+    scores = [h["score"] for h in result["results"]]
+    assert scores == sorted(scores, reverse=True)
+    # weight 1: the vector arm alone decides the order; weight 0: the text arm alone
+    only_vector = _search(proc.url, "docs", q="apple", k=5, vector=[1, 0, 0, 0], collection="emb", hybrid={"weight": 1})
+    assert [h["rowid"] for h in only_vector.json()["results"]][:3] == [1, 4, 2]
+    # the filter applies to both arms
+    filtered = _search(
+        proc.url,
+        "docs",
+        q="apple",
+        k=5,
+        vector=[1, 0, 0, 0],
+        collection="emb",
+        filter={"sql": "tag = ?", "params": ["a"]},
+    ).json()
+    assert {h["rowid"] for h in filtered["results"]} <= {1, 3, 4, 5} and 2 not in {
+        h["rowid"] for h in filtered["results"]
+    }
+    # a vector of the wrong size is the vector arm's 400
+    r = _search(proc.url, "docs", q="apple", vector=[1, 0], collection="emb")
+    assert r.status_code == 400 and r.json()["error"]["code"] == "dimension_mismatch"
+
+
+def test_the_seed_schema_becomes_searchable_with_one_command(node: tuple[Proc, Path]) -> None:
+    proc, _ = node
+    _execute(
+        proc.url,
+        "INSERT INTO users(id, email) VALUES ('u1', 'u1@example.com')",
+        (
+            "INSERT INTO prompts(id, user_id, title, content, status) VALUES (?, ?, ?, ?, ?)",
+            ["p1", "u1", "Summarize meetings", "Summarise the notes", "active"],
+        ),
+        "INSERT INTO prompts(id, user_id, title, content) VALUES ('p2', 'u1', 'Translate', 'Translate to French')",
+        (
+            "INSERT INTO prompt_templates(id, name, description, content) VALUES (?, ?, ?, ?)",
+            ["t1", "summary", "Summaries of documents", "{{doc}}"],
+        ),
+    )
+    _cli(proc.url, "seed", "--wait")
+    assert "prompts\tprompts(title,content)\tporter\tready\tsize=2" in _cli(proc.url, "list")
+    found = json.loads(
+        _cli(proc.url, "search", "prompts", "summarizing", "--filter", "status = ?", "--param", "active")
+    )
+    assert [h["rowid"] for h in found["results"]] == [1]  # porter: summarizing ~ summarize
+    templates = json.loads(_cli(proc.url, "search", "prompt_templates", "document", "--plain"))
+    assert len(templates["results"]) == 1 and "<mark>" in templates["results"][0]["snippet"]
+
+
+def test_a_replicas_text_index_follows_writes_made_on_the_primary(tmp_path: Path) -> None:
+    primary = start_primary(tmp_path)
+    try:
+        primary_write(primary, "CREATE TABLE notes(id INTEGER PRIMARY KEY, k TEXT UNIQUE, body TEXT)")
+        primary_write(primary, "INSERT INTO notes(id, k, body) VALUES (1, 'a', 'hello from the primary')")
+        node = start_node(tmp_path, primary)
+        try:
+            wait_ready(node)
+            r = httpx.put(node.url + "/api/v1/text/notes", json={"table": "notes", "columns": ["body"]}, headers=AUTH)
+            assert r.status_code == 202, r.text
+            _wait_ready(node.url, "notes", AUTH)
+            assert _ids(node.url, "notes", "hello", AUTH) == [1]
+            # writes straight on the primary (its triggers record them), pulled by the node's sync
+            primary_write(primary, "INSERT INTO notes(id, k, body) VALUES (2, 'b', 'second hello')")
+            primary_write(primary, "UPDATE notes SET body = 'changed' WHERE id = 1")
+            primary_write(primary, "INSERT OR REPLACE INTO notes(id, k, body) VALUES (3, 'b', 'replacement hello')")
+            eventually(lambda: _ids(node.url, "notes", "hello", AUTH) == [3], timeout=10)
+            assert _ids(node.url, "notes", "changed", AUTH) == [1]
+            # the replica file holds no FTS index: it lives in the node's own files
+            names = [r[0] for r in _rows(node.url, "SELECT name FROM sqlite_master", AUTH)]
+            assert not any("fts" in n for n in names)
+            assert list((tmp_path / "node" / "text").glob("notes-*/index-*.sqlite"))
+        finally:
+            node.stop()
+    finally:
+        primary.stop()
