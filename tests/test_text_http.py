@@ -208,6 +208,7 @@ def test_search_has_phrases_prefixes_boolean_operators_weights_filters_snippets_
     assert sorted(_ids(proc.url, "docs", "search", filter={"sql": "tag = ?", "params": ["a"]})) == [3, 5]
     # plain syntax: free text with punctuation searches for all its words
     assert _ids(proc.url, "docs", '(database) "sync!', syntax="plain") == [4]
+    assert sorted(_ids(proc.url, "docs", "vector, engine!", syntax="any")) == [2, 5]
     # weights: title matches outrank body matches when the title weighs more, and the other way round
     assert _ids(proc.url, "docs", "sync*", weights={"title": 10, "body": 0.1}) == [4, 1]  # 4: in the title
     assert _ids(proc.url, "docs", "sync*", weights={"title": 0.1, "body": 10}) == [1, 4]  # 1: in the body
@@ -381,7 +382,7 @@ def test_the_seed_schema_becomes_searchable_with_one_command(node: tuple[Proc, P
         _cli(proc.url, "search", "prompts", "summarizing", "--filter", "status = ?", "--param", "active")
     )
     assert [h["rowid"] for h in found["results"]] == [1]  # porter: summarizing ~ summarize
-    templates = json.loads(_cli(proc.url, "search", "prompt_templates", "document", "--plain"))
+    templates = json.loads(_cli(proc.url, "search", "prompt_templates", "document", "--syntax", "plain"))
     assert len(templates["results"]) == 1 and "<mark>" in templates["results"][0]["snippet"]
 
 

@@ -143,7 +143,13 @@ def rebuild(client: Client, name: str, wait: bool, timeout: float) -> None:
 @click.argument("q")
 @click.option("-k", "k", type=int, default=10, show_default=True)
 @click.option("--offset", type=int, default=0, show_default=True, help="Skip this many hits (pagination).")
-@click.option("--plain", is_flag=True, help="Q is free text: search for all its words (no query syntax).")
+@click.option(
+    "--syntax",
+    type=click.Choice(["fts5", "plain", "any"]),
+    default="fts5",
+    show_default=True,
+    help="fts5: the query language; plain: rows with every word of Q; any: rows with any word of Q.",
+)
 @click.option("--filter", "filter_sql", help="Boolean SQL expression over the collection's filter columns.")
 @click.option("--param", "params", multiple=True, help="Filter parameter for a ? (repeatable; JSON or text).")
 @click.option("--weight", "weights", multiple=True, help="COLUMN=WEIGHT for BM25 (repeatable; default 1).")
@@ -158,7 +164,7 @@ def search(
     q: str,
     k: int,
     offset: int,
-    plain: bool,
+    syntax: str,
     filter_sql: str | None,
     params: tuple[str, ...],
     weights: tuple[str, ...],
@@ -175,7 +181,7 @@ def search(
         except ValueError:
             return value
 
-    body: dict[str, Any] = {"q": q, "k": k, "offset": offset, "syntax": "plain" if plain else "fts5"}
+    body: dict[str, Any] = {"q": q, "k": k, "offset": offset, "syntax": syntax}
     if filter_sql:
         body["filter"] = {"sql": filter_sql, "params": [param(p) for p in params]}
     if weights:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 
@@ -24,7 +24,7 @@ TOKENIZE = {
     "porter": "porter unicode61 remove_diacritics 2",
     "trigram": "trigram remove_diacritics 1",
 }
-Syntax = Literal["fts5", "plain"]
+Syntax = Literal["fts5", "plain", "any"]
 Arm = Literal["text", "vector"]
 
 
@@ -111,8 +111,3 @@ class TextCollectionInfo(msgspec.Struct, kw_only=True):
 
 class TextCollectionList(msgspec.Struct):
     collections: list[TextCollectionInfo]
-
-
-def describe(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

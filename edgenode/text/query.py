@@ -1,6 +1,7 @@
 """The query language: FTS5's own (phrases in double quotes, `word*` prefixes, AND/OR/NOT, NEAR,
 parentheses, `column:` filters), checked before it reaches the engine so that a bad query gets a
-400 that says where, and the `plain` syntax, which searches for every word of free text.
+400 that says where; and free text in the `plain` syntax (rows with every word) or the `any`
+syntax (rows with any of the words, those with more and rarer ones ranked first).
 
 The check is a lexer over FTS5's tokens (barewords, strings, operators); it finds what FTS5
 would refuse with only "syntax error near X" (an unterminated string, an unbalanced parenthesis,
@@ -96,13 +97,13 @@ def check(q: str | None, syntax: str) -> str:
         raise _fail(f"q is {len(q)} characters long; at most {MAX_QUERY_CHARS}")
     if "\x00" in q:
         raise _fail("q contains a NUL character")
-    if syntax == "plain":
+    if syntax in ("plain", "any"):
         words = re.findall(r"\w+", q)
         if not words:
             raise _fail("q has no words to search for")
         if len(words) > MAX_TOKENS:
             raise _fail(f"q has more than {MAX_TOKENS} words")
-        return " ".join(f'"{w}"' for w in words)
+        return (" " if syntax == "plain" else " OR ").join(f'"{w}"' for w in words)
     tokens(q)
     return q
 
