@@ -57,6 +57,18 @@ def _words(text: str) -> list[str]:
     return re.findall(r"\w+", text)
 
 
+def query_sets(ds: dict[str, Any]) -> dict[str, list[str]]:
+    """`summaries`: each held-out summary whole (long queries, many common words); `keywords`: its
+    first three words that are not stopwords, as typed into a search box."""
+    from edgenode.text.query import STOPWORDS
+
+    def keywords(text: str) -> str:
+        words = [w for w in _words(text) if w.lower() not in STOPWORDS]
+        return " ".join(words[:3]) or text
+
+    return {"summaries": list(ds["qtexts"]), "keywords": [keywords(q) for q in ds["qtexts"]]}
+
+
 # data -------------------------------------------------------------------------------------------
 def load(quick: bool) -> dict[str, Any]:
     n, nq = (3_000, 30) if quick else (50_000, 500)
@@ -86,6 +98,32 @@ def load(quick: bool) -> dict[str, Any]:
         "qtexts": qtexts,
         "queries": queries,
         "gt": gt,
+    }
+
+
+def alignment(ds: dict[str, Any]) -> dict[str, float]:
+    """Do the texts belong to the vectors? Word overlap of each query's text with the texts of its
+    exact vector neighbours, against random rows: near 1x means they do not (then overlap of text
+    or hybrid hits with vector neighbours says nothing about either)."""
+    from edgenode.text.query import STOPWORDS
+
+    def words(text: str) -> set[str]:
+        return {w.lower() for w in _words(text)} - STOPWORDS
+
+    rng = np.random.default_rng(0)
+    texts = ds["texts"]
+    near, rand = [], []
+    for q, row in zip(ds["qtexts"], ds["gt"], strict=True):
+        qw = words(q)
+        if not qw:
+            continue
+        near += [len(qw & words(texts[j])) / len(qw) for j in row.tolist()]
+        rand += [len(qw & words(texts[j])) / len(qw) for j in rng.integers(0, len(texts), len(row)).tolist()]
+    near_mean, rand_mean = float(np.mean(near)), float(np.mean(rand))
+    return {
+        "word_overlap_with_vector_neighbours": round(near_mean, 4),
+        "word_overlap_with_random_rows": round(rand_mean, 4),
+        "ratio": round(near_mean / rand_mean, 2) if rand_mean else float("nan"),
     }
 
 
@@ -179,37 +217,44 @@ def bench_http(ds: dict[str, Any], data: Path, seconds: float, quick: bool) -> d
                 }
             )
 
-            text_bodies = [{"q": q, "k": K, "syntax": "any"} for q in ds["qtexts"]]
-            found_text, lat = _sequential(client, TEXT_PATH, text_bodies)
-            out["http"].append(
-                {
-                    "method": "edgenode text search, HTTP 1 client in sequence",
-                    "n": n,
-                    "queries": len(lat),
-                    "qps": round(len(lat) / sum(lat), 1),
-                    "p50_ms": round(percentile(lat, 50) * 1000, 3),
-                    "p99_ms": round(percentile(lat, 99) * 1000, 3),
-                }
-            )
-            encoded = [msgspec.json.encode(b) for b in text_bodies]
-            for clients in (1, 4):
-                ctx = multiprocessing.get_context("spawn")
-                queue = ctx.Queue()
-                p = ctx.Process(target=_load_process, args=(node.url, encoded, clients, seconds, queue))
-                p.start()
-                res = queue.get(timeout=seconds + 120)
-                p.join(30)
+            found_sets: dict[str, list[list[int]]] = {}
+            lat_sets: dict[str, list[float]] = {}
+            for label, texts in query_sets(ds).items():
+                bodies = [{"q": q, "k": K, "syntax": "any"} for q in texts]
+                found_sets[label], lat = _sequential(client, TEXT_PATH, bodies)
+                lat_sets[label] = lat
                 out["http"].append(
                     {
-                        "method": f"edgenode text search, HTTP {clients} keep-alive client{'s' if clients > 1 else ''}",
+                        "method": f"edgenode text search ({label}), HTTP 1 client in sequence",
                         "n": n,
-                        "queries": res["requests"],
-                        "errors": res["errors"],
-                        "qps": round(res["qps"], 1),
-                        "p50_ms": round(res["p50_ms"], 3),
-                        "p99_ms": round(res["p99_ms"], 3),
+                        "queries": len(lat),
+                        "qps": round(len(lat) / sum(lat), 1),
+                        "p50_ms": round(percentile(lat, 50) * 1000, 3),
+                        "p99_ms": round(percentile(lat, 99) * 1000, 3),
                     }
                 )
+                encoded = [msgspec.json.encode(b) for b in bodies]
+                for clients in (1, 4):
+                    ctx = multiprocessing.get_context("spawn")
+                    queue = ctx.Queue()
+                    p = ctx.Process(target=_load_process, args=(node.url, encoded, clients, seconds, queue))
+                    p.start()
+                    res = queue.get(timeout=seconds + 120)
+                    p.join(30)
+                    plural = "s" if clients > 1 else ""
+                    out["http"].append(
+                        {
+                            "method": f"edgenode text search ({label}), HTTP {clients} keep-alive client{plural}",
+                            "n": n,
+                            "queries": res["requests"],
+                            "errors": res["errors"],
+                            "qps": round(res["qps"], 1),
+                            "p50_ms": round(res["p50_ms"], 3),
+                            "p99_ms": round(res["p99_ms"], 3),
+                        }
+                    )
+            text_bodies = [{"q": q, "k": K, "syntax": "any"} for q in ds["qtexts"]]
+            found_text, lat = found_sets["summaries"], lat_sets["summaries"]
 
             vec_bodies = [{"vector": q.tolist(), "k": K} for q in ds["queries"]]
             found_vec, vlat = _sequential(client, "/api/v1/collections/emb/search", vec_bodies)
@@ -285,18 +330,22 @@ def bench_inprocess(
             "docs_per_s": round(n / build),
         }
     )
-    matches = [check(q, "any") for q in ds["qtexts"]]
+    sets = query_sets(ds)
     ours: list[list[int]] = []
-    lat = []
-    for _ in range(nq_repeat):
-        ours = []
-        for q, m in zip(ds["qtexts"], matches, strict=True):
-            s = time.perf_counter()
-            hits = index.search(m, K, 0, [1.0], None, 16, q)
-            lat.append(time.perf_counter() - s)
-            ours.append([h[0] for h in hits])
+    for label, qtexts in sets.items():
+        matches = [check(q, "any") for q in qtexts]
+        lat = []
+        for _ in range(nq_repeat):
+            found = []
+            for q, m in zip(qtexts, matches, strict=True):
+                s = time.perf_counter()
+                hits = index.search(m, K, 0, [1.0], None, 16, q)
+                lat.append(time.perf_counter() - s)
+                found.append([h[0] for h in hits])
+        if label == "summaries":
+            ours = found
+        rows.append(_row(f"edgenode FTS5 search ({label}, with snippets), in-process", n, lat))
     index.close()
-    rows.append(_row("edgenode FTS5 search (snippets), in-process", n, lat))
 
     theirs: list[list[int]] = []
     try:
@@ -327,24 +376,27 @@ def bench_inprocess(
         }
     )
     searcher = tindex.searcher()
-    parsed = [tindex.parse_query(" ".join(f'"{w}"' for w in _words(q)), ["body"]) for q in ds["qtexts"]]
-    for with_snippets in (False, True):
-        lat = []
-        for _ in range(nq_repeat):
-            theirs_now = []
-            for query in parsed:
-                s = time.perf_counter()
-                hits = searcher.search(query, K).hits
-                ids = [searcher.doc(addr)["id"][0] for _, addr in hits]
-                if with_snippets:
-                    gen = tantivy.SnippetGenerator.create(searcher, query, schema, "body")
-                    for _, addr in hits:
-                        gen.snippet_from_doc(searcher.doc(addr)).to_html()
-                lat.append(time.perf_counter() - s)
-                theirs_now.append(ids)
-            theirs = theirs_now
-        label = "tantivy search (ids + snippets), in-process" if with_snippets else "tantivy search (ids), in-process"
-        rows.append(_row(label, n, lat))
+    for label, qtexts in sets.items():
+        # The words the `any` syntax searches for (stopwords out), each quoted, OR'ed (tantivy's default).
+        parsed = [tindex.parse_query(check(q, "any").replace(" OR ", " "), ["body"]) for q in qtexts]
+        for with_snippets in (False, True):
+            lat = []
+            for _ in range(nq_repeat):
+                found = []
+                for query in parsed:
+                    s = time.perf_counter()
+                    hits = searcher.search(query, K).hits
+                    ids = [searcher.doc(addr)["id"][0] for _, addr in hits]
+                    if with_snippets:
+                        gen = tantivy.SnippetGenerator.create(searcher, query, schema, "body")
+                        for _, addr in hits:
+                            gen.snippet_from_doc(searcher.doc(addr)).to_html()
+                    lat.append(time.perf_counter() - s)
+                    found.append(ids)
+            if label == "summaries" and not with_snippets:
+                theirs = found
+            what = "with snippets" if with_snippets else "ids only"
+            rows.append(_row(f"tantivy search ({label}, {what}), in-process", n, lat))
     return builds, rows, ours, theirs
 
 
@@ -400,6 +452,8 @@ def run(quick: bool = False, out: Path = DEFAULT_OUT) -> dict[str, Any]:
         if theirs
         else None
     )
+    aligned = alignment(ds)
+    print(f"texts vs vectors: {aligned}")
     search_rows = http["http"] + inproc
     builds = http["build"] + builds
     plot(search_rows, http["hybrid"], out / "search.png")
@@ -427,6 +481,14 @@ def run(quick: bool = False, out: Path = DEFAULT_OUT) -> dict[str, Any]:
         }
         for r in http["hybrid"]
     ]
+    summary.append(
+        {
+            "figure": "word overlap of query texts with their vector neighbours' texts / with random rows",
+            "value": f"{aligned['word_overlap_with_vector_neighbours']:.3f} / "
+            f"{aligned['word_overlap_with_random_rows']:.3f} ({aligned['ratio']}x; near 1x: texts and vectors "
+            "do not correspond)",
+        }
+    )
     if agreement is not None:
         summary.append(
             {"figure": "edgenode FTS5 top 10 holding tantivy's top 10 (same queries)", "value": f"{agreement:.3f}"}
@@ -448,6 +510,7 @@ def run(quick: bool = False, out: Path = DEFAULT_OUT) -> dict[str, Any]:
         "build": builds,
         "hybrid": http["hybrid"],
         "agreement_at_10": agreement,
+        "text_vector_alignment": aligned,
         "sample_text_hits": found_text[:3],
         "plot": str(out / "search.png"),
     }

@@ -85,15 +85,32 @@ class TextIndex(Sidecar):
         """(rowid, score, snippet), best first: score is BM25 with the given column weights, negated
         so that higher is better; ties go to the lower rowid, so pages never overlap or skip."""
         marks = ", ".join("?" * len(weights))
-        sql = f"SELECT rowid, -bm25(fts, {marks}) AS score, snippet(fts, -1, ?, ?, ?, ?) FROM fts WHERE fts MATCH ?"
-        params: tuple[Any, ...] = (*weights, *MARK, ELLIPSIS, snippet_tokens, match)
+        sql = f"SELECT rowid, -bm25(fts, {marks}) AS score FROM fts WHERE fts MATCH ?"
+        params: tuple[Any, ...] = (*weights, match)
         if flt is not None:
             where, filter_params = self._where(flt)
             sql += f" AND rowid IN (SELECT rowid FROM filt WHERE {where})"
             params += filter_params
         sql += " ORDER BY score DESC, rowid LIMIT ? OFFSET ?"
+        conn = self._reader()
+        ranked = self._query(conn, sql, (*params, limit, offset), q)
+        if not ranked:
+            return []
+        # Snippets for the page only: in the ranking query SQLite would make one for every match.
+        ids = ",".join(str(int(r[0])) for r in ranked)
+        snippets = dict(
+            self._query(
+                conn,
+                f"SELECT rowid, snippet(fts, -1, ?, ?, ?, ?) FROM fts WHERE fts MATCH ? AND rowid IN ({ids})",
+                (*MARK, ELLIPSIS, snippet_tokens, match),
+                q,
+            )
+        )
+        return [(rowid, score, snippets.get(rowid)) for rowid, score in ranked]
+
+    def _query(self, conn: apsw.Connection, sql: str, params: tuple[Any, ...], q: str) -> list[tuple[Any, ...]]:
         try:
-            return self._run(self._reader(), sql, (*params, limit, offset))
+            return self._run(conn, sql, params)
         except TextError as exc:
             # _run calls every SQL error the filter's, but the filter compiled before the query ran
             # (compile_filter): what is left is the MATCH expression's.

@@ -1,7 +1,8 @@
 """The query language: FTS5's own (phrases in double quotes, `word*` prefixes, AND/OR/NOT, NEAR,
 parentheses, `column:` filters), checked before it reaches the engine so that a bad query gets a
 400 that says where; and free text in the `plain` syntax (rows with every word) or the `any`
-syntax (rows with any of the words, those with more and rarer ones ranked first).
+syntax (rows with any of the words, those with more and rarer ones ranked first); common English
+words (STOPWORDS) are left out of free text unless it has no other words.
 
 The check is a lexer over FTS5's tokens (barewords, strings, operators); it finds what FTS5
 would refuse with only "syntax error near X" (an unterminated string, an unbalanced parenthesis,
@@ -18,6 +19,11 @@ from dataclasses import dataclass
 from edgenode.text.models import MAX_QUERY_CHARS, TextError
 
 MAX_TOKENS = 256
+# Common English words left out of free-text queries (`plain`, `any`) unless nothing else is left.
+STOPWORDS = frozenset(
+    """a an and are as at be by for from has have in into is it its of on or that the this to was were will
+    with""".split()
+)
 _OPERATORS = set("()*:^+{},-")
 
 
@@ -101,6 +107,9 @@ def check(q: str | None, syntax: str) -> str:
         words = re.findall(r"\w+", q)
         if not words:
             raise _fail("q has no words to search for")
+        # Words in most documents say little about any of them, yet every match is scored: left
+        # out, an 'any' query over a 50k-row table is ~8x faster (bench/search.py).
+        words = [w for w in words if w.lower() not in STOPWORDS] or words
         if len(words) > MAX_TOKENS:
             raise _fail(f"q has more than {MAX_TOKENS} words")
         return (" " if syntax == "plain" else " OR ").join(f'"{w}"' for w in words)
