@@ -139,6 +139,7 @@ class TextManager:
         self._refresh_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._compacting = False
+        self.applied = 0  # rows applied from the feed, all collections (tells an apply that changed nothing)
         self._started = False
         self._stopped = False
         self._waiting_for_db: str | None = None
@@ -485,8 +486,10 @@ class TextManager:
                     c.rebuilding = True
                     self._spawn(self._full_build(c), c)
                 return
+            before = self.applied
             c.position = await self._apply_range(c, c.index, c.position, head)
-            c.size = await asyncio.to_thread(c.index.count)
+            if self.applied != before:  # rows of this table changed: its size may have
+                c.size = await asyncio.to_thread(c.index.count)
 
     async def _apply_range(self, c: TextCollection, index: TextIndex, low: int, high: int) -> int:
         """Feed entries (low, high] into `index`, the position committed with each batch."""
@@ -495,7 +498,7 @@ class TextManager:
         while position < high:
             upper = min(high, position + FEED_BATCH)
             rows = await feed.changed_rows(self.db, c.spec.table, columns, position, upper)
-            await asyncio.to_thread(index.apply_rows, rows, upper)
+            self.applied += await asyncio.to_thread(index.apply_rows, rows, upper)
             position = upper
         return position
 
