@@ -164,7 +164,8 @@ class Consumer(Protocol):
     def feed_tables(self) -> set[str]: ...
 
 
-_consumers: weakref.WeakKeyDictionary[Any, list[Consumer]] = weakref.WeakKeyDictionary()
+# Both weak: a consumer holds its database, so strong references here would keep both alive.
+_consumers: weakref.WeakKeyDictionary[Any, weakref.WeakSet[Any]] = weakref.WeakKeyDictionary()
 
 
 def _key(db: Any) -> Any:
@@ -172,7 +173,7 @@ def _key(db: Any) -> Any:
 
 
 def add_consumer(db: Any, consumer: Consumer) -> None:
-    _consumers.setdefault(_key(db), []).append(consumer)
+    _consumers.setdefault(_key(db), weakref.WeakSet()).add(consumer)
 
 
 def consumers(db: Any) -> list[Consumer]:
