@@ -412,3 +412,35 @@ def test_a_replicas_text_index_follows_writes_made_on_the_primary(tmp_path: Path
             node.stop()
     finally:
         primary.stop()
+
+
+def test_a_node_killed_with_sigkill_restarts_on_its_index_without_a_rebuild(
+    node: tuple[Proc, Path], tmp_path: Path
+) -> None:
+    proc, data = node
+    _execute(
+        proc.url,
+        DOCS,
+        *[
+            ("INSERT INTO docs(id, slug, title, body) VALUES (?, ?, ?, ?)", [i, f"s{i}", f"t{i}", "kept"])
+            for i in range(50)
+        ],
+    )
+    assert (
+        httpx.put(proc.url + "/api/v1/text/docs", json={"table": "docs", "columns": ["title", "body"]}).status_code
+        == 202
+    )
+    _wait_ready(proc.url, "docs")
+    for i in range(50, 80):  # one transaction each: many small applies before the kill
+        _execute(
+            proc.url, ("INSERT INTO docs(id, slug, title, body) VALUES (?, ?, ?, ?)", [i, f"s{i}", f"t{i}", "kept"])
+        )
+    _execute(proc.url, "DELETE FROM docs WHERE id < 10")
+    proc.kill()
+    again = start(["serve", "--data-dir", str(data)], tmp_path, name="again", ready_path="/ready")
+    try:
+        info = _wait_ready(again.url, "docs")
+        assert info["loaded_from_disk"] is True and info["builds"] == 0 and info["size"] == 70
+        assert _found(again.url, "docs", "kept") == list(range(10, 80))
+    finally:
+        again.stop()
