@@ -212,8 +212,11 @@ def test_search_has_phrases_prefixes_boolean_operators_weights_filters_snippets_
     # weights: title matches outrank body matches when the title weighs more, and the other way round
     assert _ids(proc.url, "docs", "sync*", weights={"title": 10, "body": 0.1}) == [4, 1]  # 4: in the title
     assert _ids(proc.url, "docs", "sync*", weights={"title": 0.1, "body": 10}) == [1, 4]  # 1: in the body
-    hit = _search(proc.url, "docs", q="bm25").json()["results"][0]
+    hit = _search(proc.url, "docs", q="bm25", include=["title", "tag"]).json()["results"][0]
     assert hit["rowid"] == 3 and "<mark>bm25</mark>" in hit["snippet"] and hit["score"] > 0
+    assert hit["row"] == {"title": "full text search", "tag": "a"}
+    r = _search(proc.url, "docs", q="bm25", include=["nope"])
+    assert r.status_code == 400 and r.json()["error"]["code"] == "unknown_column"
     # pages of a query with many equal scores: together exactly the one long answer, no overlap
     whole = _ids(proc.url, "docs", "common")
     pages = [

@@ -153,6 +153,7 @@ def rebuild(client: Client, name: str, wait: bool, timeout: float) -> None:
 @click.option("--filter", "filter_sql", help="Boolean SQL expression over the collection's filter columns.")
 @click.option("--param", "params", multiple=True, help="Filter parameter for a ? (repeatable; JSON or text).")
 @click.option("--weight", "weights", multiple=True, help="COLUMN=WEIGHT for BM25 (repeatable; default 1).")
+@click.option("--include", multiple=True, help="Table column to return with each hit (repeatable).")
 @click.option("--vector", help="Hybrid: query vector as a JSON array.")
 @click.option("--vector-file", help="Hybrid: file with the query vector (JSON array or .npy; '-' for stdin).")
 @click.option("--collection", help="Hybrid: vector collection over the same table.")
@@ -168,6 +169,7 @@ def search(
     filter_sql: str | None,
     params: tuple[str, ...],
     weights: tuple[str, ...],
+    include: tuple[str, ...],
     vector: str | None,
     vector_file: str | None,
     collection: str | None,
@@ -195,6 +197,8 @@ def search(
             if not sep:
                 raise click.UsageError(f"--weight {item!r}: give COLUMN=NUMBER")
         body["weights"] = parsed
+    if include:
+        body["include"] = list(include)
     if collection or vector or vector_file:
         body["vector"] = _load_vector(vector, vector_file)
         body["collection"] = collection

@@ -50,7 +50,7 @@ from edgenode.text.models import (
     TextSpec,
 )
 from edgenode.vectors import feed
-from edgenode.vectors.collections import DatabaseLike, check_name, unique_keys
+from edgenode.vectors.collections import DatabaseLike, check_name, table_columns, unique_keys
 from edgenode.vectors.collections import load_definitions as load_vector_definitions
 from edgenode.vectors.exact import CompiledFilter
 from edgenode.vectors.manager import _RetryingReads
@@ -84,6 +84,7 @@ class TextCollection:
         self.rebuilding = False
         self.closing = False
         self.failures = 0
+        self.columns: dict[str, str] = {}  # the table's columns (for `include`), read when first needed
 
     @property
     def name(self) -> str:
@@ -536,14 +537,36 @@ class TextManager:
         match = query.check(req.q, req.syntax)
         if req.vector is not None or req.collection is not None:
             return await self._hybrid(c, req, match, weights, started)
+        await self._check_include(c, req.include)
         found = await asyncio.to_thread(
             self._text_search, c, match, req.k, req.offset, weights, req.filter, req.snippet_tokens, req.q or ""
         )
-        return SearchResult(
-            results=[Hit(rowid, score, snippet) for rowid, score, snippet in found],
-            mode="text",
-            elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
+        hits = [Hit(rowid, score, snippet) for rowid, score, snippet in found]
+        await self._include(c, hits, req.include)
+        return SearchResult(results=hits, mode="text", elapsed_ms=round((time.perf_counter() - started) * 1000, 3))
+
+    async def _check_include(self, c: TextCollection, include: list[str]) -> None:
+        if not include:
+            return
+        unknown = [col for col in include if col.lower() not in c.columns]
+        if unknown:
+            c.columns = await table_columns(self.db, c.spec.table)
+            unknown = [col for col in include if col.lower() not in c.columns]
+        if unknown:
+            raise TextError(400, "unknown_column", f"include: {unknown[0]!r} is not a column of table {c.spec.table!r}")
+
+    async def _include(self, c: TextCollection, hits: list[Hit], include: list[str]) -> None:
+        """The requested columns of each hit's row, read from the table (the index holds no rows)."""
+        if not include or not hits:
+            return
+        cols = ", ".join(f'"{col}"' for col in include)
+        ids = ",".join(str(h.rowid) for h in hits)
+        result = await self.db.read(
+            f'SELECT rowid, {cols} FROM "{c.spec.table}" WHERE rowid IN ({ids})', max_rows=len(hits) + 1
         )
+        rows = {int(r[0]): dict(zip(include, r[1:], strict=True)) for r in result.rows}
+        for h in hits:
+            h.row = rows.get(h.rowid)
 
     @staticmethod
     def _weights(c: TextCollection, given: dict[str, float]) -> list[float]:
@@ -611,6 +634,7 @@ class TextManager:
                 f"vector collection {req.collection!r} indexes table {vc.spec.table!r}, "
                 f"text collection {c.name!r} indexes {c.spec.table!r}; hybrid search fuses rows of one table",
             )
+        await self._check_include(c, req.include)
         n = max(h.candidates, req.k + req.offset)
         text_arm = asyncio.to_thread(
             self._text_search, c, match, n, 0, weights, req.filter, req.snippet_tokens, req.q or ""
@@ -618,8 +642,10 @@ class TextManager:
         vector_arm = self.vectors.search(req.collection, VectorSearchRequest(vector=req.vector, k=n, filter=req.filter))
         text_hits, vector_result = await asyncio.gather(text_arm, vector_arm)
         fused = fuse(text_hits, [(v.rowid, v.distance) for v in vector_result.results], h.weight, h.rank_constant)
+        page = fused[req.offset : req.offset + req.k]
+        await self._include(c, page, req.include)
         return SearchResult(
-            results=fused[req.offset : req.offset + req.k],
+            results=page,
             mode="hybrid",
             elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
         )

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -72,6 +72,7 @@ class SearchRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     filter: Filter | None = None
     weights: dict[str, float] = {}
     snippet_tokens: int = 16
+    include: list[str] = []  # table columns returned with each hit, as `row`
     vector: list[float] | None = None
     collection: str | None = None
     hybrid: Hybrid = msgspec.field(default_factory=Hybrid)
@@ -85,6 +86,7 @@ class Hit(msgspec.Struct, omit_defaults=True):
     text_rank: int | None = None
     vector_rank: int | None = None
     distance: float | None = None
+    row: dict[str, Any] | None = None
 
 
 class SearchResult(msgspec.Struct):
