@@ -44,7 +44,14 @@ class TextDefinition:
         return msgspec.json.encode(self.spec) == msgspec.json.encode(other)
 
 
-async def load_definitions(db: DatabaseLike) -> dict[str, TextDefinition]:
+async def load_definitions(db: DatabaseLike, table_known: bool = False) -> dict[str, TextDefinition]:
+    """The stored definitions. Unless the table is `table_known` to exist, a look in sqlite_master
+    comes first: a read of a missing table costs the node a refresh of its statement analyzer's
+    schema mirror, and this runs after every write."""
+    if not table_known:
+        found = await db.read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [DEFINITIONS_TABLE])
+        if not found.rows:
+            return {}
     try:
         result = await db.read(f"SELECT name, spec, uid FROM {DEFINITIONS_TABLE} ORDER BY id")
     except Exception as exc:

@@ -239,7 +239,7 @@ class TextManager:
     # definitions -------------------------------------------------------------------------------
     async def refresh(self) -> None:
         async with self._refresh_lock:
-            defs = await load_definitions(self.db)
+            defs = await load_definitions(self.db, table_known=bool(self.collections))
             for name, definition in defs.items():
                 current = self.collections.get(name)
                 if current is not None and current.definition.uid == definition.uid:
