@@ -72,18 +72,11 @@ class TextIndex(Sidecar):
         """Merge the index's segments into one (after a full build: faster queries, smaller file)."""
         self.writer.execute("INSERT INTO fts(fts) VALUES ('optimize')")
 
-    def search(  # type: ignore[override]
-        self,
-        match: str,
-        limit: int,
-        offset: int,
-        weights: list[float],
-        flt: CompiledFilter | None,
-        snippet_tokens: int,
-        q: str,
-    ) -> list[tuple[int, float, str | None]]:
-        """(rowid, score, snippet), best first: score is BM25 with the given column weights, negated
-        so that higher is better; ties go to the lower rowid, so pages never overlap or skip."""
+    def rank(
+        self, match: str, limit: int, offset: int, weights: list[float], flt: CompiledFilter | None, q: str
+    ) -> list[tuple[int, float]]:
+        """(rowid, score), best first: score is BM25 with the given column weights, negated so that
+        higher is better; ties go to the lower rowid, so pages never overlap or skip."""
         marks = ", ".join("?" * len(weights))
         sql = f"SELECT rowid, -bm25(fts, {marks}) AS score FROM fts WHERE fts MATCH ?"
         params: tuple[Any, ...] = (*weights, match)
@@ -92,21 +85,16 @@ class TextIndex(Sidecar):
             sql += f" AND rowid IN (SELECT rowid FROM filt WHERE {where})"
             params += filter_params
         sql += " ORDER BY score DESC, rowid LIMIT ? OFFSET ?"
-        conn = self._reader()
-        ranked = self._query(conn, sql, (*params, limit, offset), q)
-        if not ranked:
-            return []
-        # Snippets for the page only: in the ranking query SQLite would make one for every match.
-        ids = ",".join(str(int(r[0])) for r in ranked)
-        snippets = dict(
-            self._query(
-                conn,
-                f"SELECT rowid, snippet(fts, -1, ?, ?, ?, ?) FROM fts WHERE fts MATCH ? AND rowid IN ({ids})",
-                (*MARK, ELLIPSIS, snippet_tokens, match),
-                q,
-            )
-        )
-        return [(rowid, score, snippets.get(rowid)) for rowid, score in ranked]
+        return self._query(self._reader(), sql, (*params, limit, offset), q)  # type: ignore[return-value]
+
+    def snippets(self, match: str, rowids: list[int], tokens: int, q: str) -> dict[int, str]:
+        """Highlighted snippets of the given rows for the query. A query of its own, for the rows
+        shown only: in the ranking query SQLite would make one for every match."""
+        if not rowids or tokens == 0:
+            return {}
+        ids = ",".join(str(int(r)) for r in rowids)
+        sql = f"SELECT rowid, snippet(fts, -1, ?, ?, ?, ?) FROM fts WHERE fts MATCH ? AND rowid IN ({ids})"
+        return dict(self._query(self._reader(), sql, (*MARK, ELLIPSIS, tokens, match), q))  # type: ignore[arg-type]
 
     def _query(self, conn: apsw.Connection, sql: str, params: tuple[Any, ...], q: str) -> list[tuple[Any, ...]]:
         try:

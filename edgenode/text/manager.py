@@ -529,9 +529,11 @@ class TextManager:
             raise TextError(400, "invalid_k", f"k must be between 1 and {MAX_K}, got {req.k}")
         if not 0 <= req.offset <= MAX_OFFSET:
             raise TextError(400, "invalid_offset", f"offset must be between 0 and {MAX_OFFSET}, got {req.offset}")
-        if not 1 <= req.snippet_tokens <= 64:
+        if not 0 <= req.snippet_tokens <= 64:
             raise TextError(
-                400, "invalid_request", f"snippet_tokens must be between 1 and 64, got {req.snippet_tokens}"
+                400,
+                "invalid_request",
+                f"snippet_tokens must be between 0 (no snippets) and 64, got {req.snippet_tokens}",
             )
         weights = self._weights(c, req.weights)
         match = query.check(req.q, req.syntax)
@@ -593,16 +595,28 @@ class TextManager:
         snippet_tokens: int,
         q: str,
     ) -> list[tuple[int, float, str | None]]:
+        """Ranked hits with snippets (none when snippet_tokens is 0), on a worker thread."""
         with c.swap.shared():
-            index = c.index
-            if index is None:
-                raise TextError(
-                    503,
-                    "collection_not_ready",
-                    f"text collection {c.name!r} is {c.state} ({c.progress:.0%}); retry shortly",
-                )
+            index = self._index(c)
             compiled: CompiledFilter | None = index.compile_filter(flt.sql, flt.params) if flt else None
-            return index.search(match, limit, offset, weights, compiled, snippet_tokens, q)
+            ranked = index.rank(match, limit, offset, weights, compiled, q)
+            snippets = index.snippets(match, [r for r, _ in ranked], snippet_tokens, q)
+        return [(rowid, score, snippets.get(rowid)) for rowid, score in ranked]
+
+    def _snippets(self, c: TextCollection, match: str, rowids: list[int], tokens: int, q: str) -> dict[int, str]:
+        with c.swap.shared():
+            return self._index(c).snippets(match, rowids, tokens, q)
+
+    @staticmethod
+    def _index(c: TextCollection) -> TextIndex:
+        """The collection's index; the caller holds c.swap shared."""
+        if c.index is None:
+            raise TextError(
+                503,
+                "collection_not_ready",
+                f"text collection {c.name!r} is {c.state} ({c.progress:.0%}); retry shortly",
+            )
+        return c.index
 
     async def _hybrid(
         self, c: TextCollection, req: SearchRequest, match: str, weights: list[float], started: float
@@ -636,13 +650,17 @@ class TextManager:
             )
         await self._check_include(c, req.include)
         n = max(h.candidates, req.k + req.offset)
-        text_arm = asyncio.to_thread(
-            self._text_search, c, match, n, 0, weights, req.filter, req.snippet_tokens, req.q or ""
-        )
+        # Candidates without snippets: only the page's text hits get theirs, afterwards.
+        text_arm = asyncio.to_thread(self._text_search, c, match, n, 0, weights, req.filter, 0, req.q or "")
         vector_arm = self.vectors.search(req.collection, VectorSearchRequest(vector=req.vector, k=n, filter=req.filter))
         text_hits, vector_result = await asyncio.gather(text_arm, vector_arm)
         fused = fuse(text_hits, [(v.rowid, v.distance) for v in vector_result.results], h.weight, h.rank_constant)
         page = fused[req.offset : req.offset + req.k]
+        texts = [h.rowid for h in page if h.text_rank is not None]
+        if texts and req.snippet_tokens:
+            snippets = await asyncio.to_thread(self._snippets, c, match, texts, req.snippet_tokens, req.q or "")
+            for h in page:
+                h.snippet = snippets.get(h.rowid)
         await self._include(c, page, req.include)
         return SearchResult(
             results=page,
