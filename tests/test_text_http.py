@@ -150,7 +150,10 @@ def test_the_index_stays_exact_under_inserts_updates_deletes_and_replaces_and_su
     # UPDATE OR REPLACE onto another row's slug retires that row too
     _execute(proc.url, "UPDATE OR REPLACE docs SET slug = 's13' WHERE id = 14")
     assert _found(proc.url, "docs", "t13") == [] and _found(proc.url, "docs", "t14") == [14]
-    for word in ("alpha", "gamma", "x", "replaced", "t14"):
+    # one REPLACE conflicting on both keys, with two different rows: both leave
+    _execute(proc.url, "INSERT OR REPLACE INTO docs(id, slug, title, body, tag) VALUES (15, 's16', 'double', 'x', 'a')")
+    assert _found(proc.url, "docs", "t15 OR t16") == [] and _found(proc.url, "docs", "double") == [15]
+    for word in ("alpha", "gamma", "x", "replaced", "t14", "double"):
         assert _found(proc.url, "docs", word) == _truth(proc.url, word), word
     (count,) = _rows(proc.url, "SELECT count(*) FROM docs")[0]
     assert httpx.get(proc.url + "/api/v1/text/docs").json()["size"] == count
