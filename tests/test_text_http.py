@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -450,3 +452,28 @@ def test_a_node_killed_with_sigkill_restarts_on_its_index_without_a_rebuild(
         assert _found(again.url, "docs", "kept") == list(range(10, 80))
     finally:
         again.stop()
+
+
+def test_the_readme_text_search_examples_work_against_a_node(node: tuple[Proc, Path]) -> None:
+    proc, _ = node
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Text search", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    _execute(
+        proc.url,
+        "CREATE TABLE docs(id INTEGER PRIMARY KEY, title TEXT, body TEXT, tag TEXT)",
+        "INSERT INTO docs(id, title, body, tag) VALUES (1, 'HNSW graphs', 'vector search in edgenode', 'db')",
+    )
+    lines = [line.split("  #")[0].strip() for line in block.strip().splitlines()]
+    assert lines[0] == "edgenode text seed --wait"
+    _cli(proc.url, "seed", "--wait")
+    for command in [line for line in lines if line.startswith("curl ")]:
+        words = shlex.split(command)
+        path = next(w for w in words if w.startswith("localhost:")).split("localhost:8080", 1)[1]
+        method = words[words.index("-X") + 1] if "-X" in words else "POST"
+        response = httpx.request(method, proc.url + path, content=words[words.index("-d") + 1], timeout=30)
+        assert response.status_code in (200, 202), (command, response.text)
+        if method == "PUT":
+            _wait_ready(proc.url, re.sub(r".*/text/", "", path))
+        else:
+            assert [h["rowid"] for h in response.json()["results"]] == [1]
