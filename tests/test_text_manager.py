@@ -17,7 +17,7 @@ from edgenode.text.query import check, tokens
 from edgenode.vectors import VectorManager
 from edgenode.vectors.feed import CHANGES_TABLE, compact_statements, head
 from edgenode.vectors.models import CollectionSpec
-from tests.test_vectors_support import blob, clustered, open_db, run
+from tests.test_vectors_support import blob, clustered, insert_items, make_items, open_db, run
 
 NOTES = TextSpec(table="notes", columns=["body"])
 
@@ -104,6 +104,51 @@ def test_a_text_only_feed_is_compacted_and_a_text_index_behind_the_compacted_ran
         assert info.builds == 1 and not info.loaded_from_disk and info.size == 650
         assert len(await _hits(again, "later")) == 50
         await again.stop()
+        await db.stop()
+
+    run(main())
+
+
+def test_vector_compaction_keeps_the_changes_a_text_collection_has_not_applied(tmp_path: Path) -> None:
+    async def main() -> None:
+        db = await open_db(tmp_path)
+        await db.write([("CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT, emb BLOB)", [])])
+        await make_items(db, clustered(50, 4))
+        await _notes(db, 0, 10)
+        text = TextManager(db, tmp_path)
+        await text.start()
+        await text.put_collection("notes", NOTES)
+        await text.wait_ready()
+        await text.stop()
+        await db.write([("DROP TABLE notes", [])])
+        vectors = VectorManager(db, tmp_path, compact_threshold=100, compact_retain=10)
+        await vectors.start()
+        await vectors.put_collection("items", CollectionSpec(table="items", column="emb", dim=4))
+        await vectors.wait_ready()
+        await insert_items(db, clustered(150, 4, seed=1), start_id=1000)
+        # the text collection cannot apply the feed (its table is gone): it is not ready, so the
+        # vector side must not compact what it has not applied
+        stuck = TextManager(db, tmp_path)
+        await stuck.start()
+
+        async def failed() -> bool:
+            return stuck.get("notes").state == "error"
+
+        await _eventually(failed)
+        before = (await db.read(f"SELECT count(*) FROM {CHANGES_TABLE}")).rows[0][0]
+        await insert_items(db, clustered(150, 4, seed=2), start_id=2000)
+        await asyncio.sleep(0.5)
+        assert (await db.read(f"SELECT count(*) FROM {CHANGES_TABLE}")).rows[0][0] == before + 150 > 100
+        # once it is gone, compaction goes ahead
+        await stuck.delete_collection("notes")
+        await insert_items(db, clustered(10, 4, seed=3), start_id=3000)
+
+        async def compacted() -> bool:
+            return (await db.read(f"SELECT count(*) FROM {CHANGES_TABLE}")).rows[0][0] < 100
+
+        await _eventually(compacted)
+        await stuck.stop()
+        await vectors.stop()
         await db.stop()
 
     run(main())
