@@ -326,7 +326,8 @@ def test_hybrid_search_fuses_text_and_vector_ranks_with_filters_on_both_arms(nod
     assert httpx.put(proc.url + "/api/v1/collections/emb", json=vec).status_code == 202
     assert (
         httpx.put(
-            proc.url + "/api/v1/text/docs", json={"table": "docs", "columns": ["title"], "filter_columns": ["tag"]}
+            proc.url + "/api/v1/text/docs",
+            json={"table": "docs", "columns": ["title"], "filter_columns": ["tag", "slug"]},
         ).status_code
         == 202
     )
@@ -364,9 +365,11 @@ def test_hybrid_search_fuses_text_and_vector_ranks_with_filters_on_both_arms(nod
     assert {h["rowid"] for h in filtered["results"]} <= {1, 3, 4, 5} and 2 not in {
         h["rowid"] for h in filtered["results"]
     }
-    # a vector of the wrong size is the vector arm's 400
+    # a vector of the wrong size, or a filter the vector collection cannot run: the vector arm's 400
     r = _search(proc.url, "docs", q="apple", vector=[1, 0], collection="emb")
     assert r.status_code == 400 and r.json()["error"]["code"] == "dimension_mismatch"
+    r = _search(proc.url, "docs", q="apple", vector=[1, 0, 0, 0], collection="emb", filter={"sql": "slug IS NULL"})
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("vector collection 'emb': ")
 
 
 def test_the_seed_schema_becomes_searchable_with_one_command(node: tuple[Proc, Path]) -> None:

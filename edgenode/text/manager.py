@@ -618,6 +618,12 @@ class TextManager:
             )
         return c.index
 
+    async def _vector_arm(self, collection: str, req: VectorSearchRequest) -> Any:
+        try:
+            return await self.vectors.search(collection, req)
+        except TextError as exc:  # the vector API's errors: say which collection they are about
+            raise TextError(exc.status, exc.code, f"vector collection {collection!r}: {exc.message}") from exc
+
     async def _hybrid(
         self, c: TextCollection, req: SearchRequest, match: str, weights: list[float], started: float
     ) -> SearchResult:
@@ -652,7 +658,7 @@ class TextManager:
         n = max(h.candidates, req.k + req.offset)
         # Candidates without snippets: only the page's text hits get theirs, afterwards.
         text_arm = asyncio.to_thread(self._text_search, c, match, n, 0, weights, req.filter, 0, req.q or "")
-        vector_arm = self.vectors.search(req.collection, VectorSearchRequest(vector=req.vector, k=n, filter=req.filter))
+        vector_arm = self._vector_arm(req.collection, VectorSearchRequest(vector=req.vector, k=n, filter=req.filter))
         text_hits, vector_result = await asyncio.gather(text_arm, vector_arm)
         fused = fuse(text_hits, [(v.rowid, v.distance) for v in vector_result.results], h.weight, h.rank_constant)
         page = fused[req.offset : req.offset + req.k]
