@@ -397,7 +397,7 @@ def test_the_seed_schema_becomes_searchable_with_one_command(node: tuple[Proc, P
     assert len(templates["results"]) == 1 and "<mark>" in templates["results"][0]["snippet"]
 
 
-def test_a_replicas_text_index_follows_writes_made_on_the_primary(tmp_path: Path) -> None:
+def test_a_replicas_text_index_follows_writes_made_on_the_primary_and_survives_a_restart(tmp_path: Path) -> None:
     primary = start_primary(tmp_path)
     try:
         primary_write(primary, "CREATE TABLE notes(id INTEGER PRIMARY KEY, k TEXT UNIQUE, body TEXT)")
@@ -419,6 +419,14 @@ def test_a_replicas_text_index_follows_writes_made_on_the_primary(tmp_path: Path
             names = [r[0] for r in _rows(node.url, "SELECT name FROM sqlite_master", AUTH)]
             assert not any("fts" in n for n in names)
             assert list((tmp_path / "node" / "text").glob("notes-*/index-*.sqlite"))
+            # a restarted replica loads its index and catches up with what the primary did meanwhile
+            node.stop()
+            primary_write(primary, "DELETE FROM notes WHERE id = 3")
+            node = start_node(tmp_path, primary, name="node")
+            wait_ready(node)
+            info = _wait_ready(node.url, "notes", AUTH)
+            assert info["loaded_from_disk"] is True and info["builds"] == 0
+            eventually(lambda: _ids(node.url, "notes", "hello", AUTH) == [], timeout=10)
         finally:
             node.stop()
     finally:
