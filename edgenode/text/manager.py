@@ -59,7 +59,7 @@ from edgenode.vectors.models import SearchRequest as VectorSearchRequest
 
 log = logging.getLogger(__name__)
 
-PAGE = 2000  # rows per read while building (the node caps a read at max_rows)
+PAGE = 1000  # rows per read while building: texts can be long, and a read comes back in one message
 FEED_BATCH = 5000
 
 
