@@ -127,6 +127,7 @@ class StatementAnalyzer:
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, Analysis] = OrderedDict()
         self._cache_size = cache_size
+        self._slots: OrderedDict[str, tuple[tuple[str, ...], tuple[int, ...]]] = OrderedDict()
         self._mirror = self._build_mirror()
 
     def _build_mirror(self) -> apsw.Connection:
@@ -149,6 +150,7 @@ class StatementAnalyzer:
         fork._lock = threading.Lock()
         fork._cache = OrderedDict()
         fork._cache_size = self._cache_size
+        fork._slots = OrderedDict()
         fork._mirror = apsw.Connection(":memory:")
         for name in _LIBSQL_FUNCTIONS:
             fork._mirror.create_scalar_function(name, _stub, -1, deterministic=True)
@@ -170,6 +172,46 @@ class StatementAnalyzer:
         with self._lock:
             self._mirror = mirror
             self._cache.clear()
+
+    def parameter_slots(self, sql: str, count: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """`sql` cut at its parameters, as SQLite's own tokenizer finds them: `pieces[0] ?slots[0]
+        pieces[1] ... pieces[-1]`, each slot the 1-based index the parameter binds to (`:a` used twice,
+        or `?3`, name its index each time). Comments and string literals are never taken for
+        parameters. `count` is the statement's parameter count (its `param_count`)."""
+        with self._lock:
+            cached = self._slots.get(sql)
+            if cached is not None:
+                return cached
+        # sqlite3_expanded_sql copies the statement's text and puts each parameter's value in its
+        # place: bind a marker per index (text that the SQL does not contain) and cut at the markers.
+        nonce = 0
+        while f"edgenode-slot-{nonce}-" in sql:
+            nonce += 1
+        markers = [f"edgenode-slot-{nonce}-{i}" for i in range(1, count + 1)]
+        expanded: list[str | None] = []
+
+        def capture(cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
+            expanded.append(cursor.expanded_sql)
+            return False  # compiled and bound, never run
+
+        with self._lock:
+            cursor = self._mirror.cursor()
+            cursor.exec_trace = capture
+            try:
+                cursor.execute(sql, markers)
+            except apsw.ExecTraceAbort:
+                pass
+            except apsw.Error as exc:
+                raise AnalysisError(_message(exc)) from exc
+        if not expanded or expanded[0] is None:
+            raise AnalysisError("SQLite could not expand the statement's parameters")
+        parts = re.split(rf"'edgenode-slot-{nonce}-(\d+)'", expanded[0])
+        slots = (tuple(parts[0::2]), tuple(int(i) for i in parts[1::2]))
+        with self._lock:
+            self._slots[sql] = slots
+            if len(self._slots) > self._cache_size:
+                self._slots.popitem(last=False)
+        return slots
 
     def analyze(self, sql: str) -> Analysis:
         with self._lock:

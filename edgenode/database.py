@@ -26,6 +26,7 @@ import libsql
 
 from edgenode import values
 from edgenode.analysis import Analysis, AnalysisError, StatementAnalyzer
+from edgenode.binding import for_libsql
 from edgenode.migrations import LibsqlTarget, MigrationReport, run_migrations
 from edgenode.migrations import status as migration_status
 from edgenode.owner import OwnerDied, ProcessOwner
@@ -142,7 +143,8 @@ class Owner:
 
 
 def bind_params(analysis: Analysis, params: Sequence[Any] | dict[str, Any] | None, where: str) -> list[Any]:
-    """Check parameters against what the statement declares and turn them into a positional list."""
+    """Check parameters against what the statement declares and turn them into a positional list
+    (exact values: `binding.for_libsql` prepares them for a libsql connection)."""
     if params is None:
         params = []
     if isinstance(params, dict):
@@ -164,7 +166,7 @@ def bind_params(analysis: Analysis, params: Sequence[Any] | dict[str, Any] | Non
                 f"{where}: the statement takes {analysis.param_count} parameter(s), {len(ordered)} given"
             )
     try:
-        return [values.for_libsql(values.from_json(v, f"{where}.params[{i}]")) for i, v in enumerate(ordered)]
+        return [values.from_json(v, f"{where}.params[{i}]") for i, v in enumerate(ordered)]
     except values.ValueError_ as exc:
         raise DatabaseError(str(exc)) from exc
 
@@ -312,7 +314,8 @@ def prepare_writes(
             raise ReadOnlyError(f"{where}: ATTACH, DETACH and VACUUM INTO reach outside the database and are refused")
         if analysis.changes_pragma:
             raise ReadOnlyError(f"{where}: PRAGMA settings are managed by the node's profile (--profile)")
-        prepared.append((sql, bind_params(analysis, params, where), analysis))
+        bound_sql, bound = for_libsql(current, sql, bind_params(analysis, params, where))
+        prepared.append((bound_sql, bound, analysis))
     return prepared
 
 
@@ -453,7 +456,7 @@ class LocalDatabase(Database):
         timeout_ms: int | None = None,
     ) -> QueryResult:
         analysis = await self._analyze_read(sql)
-        bound = bind_params(analysis, params, "params")
+        sql, bound = for_libsql(self._analyzer(), sql, bind_params(analysis, params, "params"))
         max_rows = max_rows or self.max_rows
         timeout_ms = timeout_ms or self.timeout_ms
         reader = await self._idle.get()

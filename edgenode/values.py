@@ -1,8 +1,7 @@
-"""Values between JSON, Python and the libsql binding, without losing 64-bit integers.
+"""Values between JSON and Python, without losing 64-bit integers.
 
-JSON carries blobs as `{"base64": "..."}`. The libsql binding binds Python ints outside the
-32-bit range as REAL (2**53 + 1 comes back as 2**53), so such ints are bound as their decimal
-text: INTEGER-affinity columns and comparisons against them convert it back exactly.
+JSON carries blobs as `{"base64": "..."}`. Getting integers beyond 32 bits exactly through the
+libsql binding is `edgenode.binding`'s job.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ import base64
 import binascii
 from typing import Any
 
-I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 
 
@@ -38,12 +36,6 @@ def from_json(value: Any, where: str) -> Any:
     raise ValueError_(
         f'{where}: unsupported value {type(value).__name__}; use null, a number, a string or {{"base64": "..."}}'
     )
-
-
-def for_libsql(value: Any) -> Any:
-    if isinstance(value, int) and not I32_MIN <= value <= I32_MAX:
-        return str(value)
-    return value
 
 
 def to_json(value: Any) -> Any:

@@ -13,8 +13,8 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from edgenode import values
 from edgenode.analysis import Analysis, AnalysisError, StatementAnalyzer
+from edgenode.binding import for_libsql
 from edgenode.database import DatabaseError, SQLError, StatementOutcome
 from edgenode.hrana.backend import Col, DescribeResult, HranaError, StmtResult, Value
 from edgenode.hrana.sql import error_code_for_sqlite_message, named_args_to_positional
@@ -105,9 +105,14 @@ def positional_args(analysis: Analysis, args: list[Value] | dict[str, Value]) ->
     return list(args)
 
 
-def for_libsql(args: list[Value]) -> list[Any]:
-    # The libsql binding rounds ints outside i32 through a float; `values.for_libsql` binds them as text.
-    return [values.for_libsql(value) for value in args]
+def bind(
+    analyzer: StatementAnalyzer, analysis: Analysis, args: list[Value] | dict[str, Value]
+) -> tuple[str, list[Any]]:
+    """The statement and its arguments as a libsql connection runs them exactly (`edgenode.binding`)."""
+    try:
+        return for_libsql(analyzer, analysis.sql, positional_args(analysis, args))
+    except AnalysisError as exc:
+        raise analysis_error(exc) from exc
 
 
 def check_writable(analysis: Analysis, can_write: bool, read_only_txn: bool = False) -> None:

@@ -28,10 +28,9 @@ from edgenode.hrana_node import engine
 from edgenode.hrana_node.common import (
     LoopBridge,
     analyze,
+    bind,
     check_writable,
     describe,
-    for_libsql,
-    positional_args,
     starts_transaction,
     stmt_result,
 )
@@ -164,7 +163,9 @@ class ForwardSession(Session):
     def _read_local(
         self, statement: str, args: list[Value] | dict[str, Value], analysis: Analysis, want_rows: bool
     ) -> StmtResult:
-        params = for_libsql(positional_args(analysis, args))
+        analyzer = self.db.analyzer
+        assert analyzer is not None  # _analyze checked it
+        statement, params = bind(analyzer, analysis, args)
         try:
             outcome, _ = self.backend.bridge.run(
                 self.db.call(engine.execute, statement, params, want_rows, analysis.is_dml, analysis.is_insert)

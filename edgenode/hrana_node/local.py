@@ -31,11 +31,10 @@ from edgenode.hrana_node import engine
 from edgenode.hrana_node.common import (
     LoopBridge,
     analyze,
+    bind,
     check_writable,
     describe,
     empty_result,
-    for_libsql,
-    positional_args,
     starts_transaction,
     stmt_result,
 )
@@ -187,7 +186,7 @@ class LocalSession(Session):
                 # A read-only token's transaction: on a reader, where BEGIN IMMEDIATE would fail.
                 begin = statement if statement.lstrip()[:9].upper() == "SAVEPOINT" else "BEGIN DEFERRED"
                 return self._run(self._begin(False, begin))
-            params = for_libsql(positional_args(analysis, args))
+            statement, params = self._bind(analysis, args)
             if analysis.is_readonly or analysis.is_transaction_control:
                 # COMMIT and friends outside a transaction land here too: the engine words the error.
                 return self._read_once(statement, params, analysis, want_rows)
@@ -197,8 +196,8 @@ class LocalSession(Session):
             raise HranaError("cannot start a transaction within a transaction", "SQLITE_UNKNOWN")
         analysis = self._analyze(statement)
         check_writable(analysis, self.can_write, read_only_txn=not pin.writer)
-        params = for_libsql(positional_args(analysis, args))
-        return self._run(self._in_transaction(pin, statement, params, analysis, want_rows))
+        bound_sql, params = self._bind(analysis, args)
+        return self._run(self._in_transaction(pin, bound_sql, params, analysis, want_rows))
 
     def describe(self, sql: str) -> DescribeResult:
         statement = single_statement(sql)
@@ -228,6 +227,12 @@ class LocalSession(Session):
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.backend.bridge.run(coro)
+
+    def _bind(self, analysis: Analysis, args: list[Value] | dict[str, Value]) -> tuple[str, list[Any]]:
+        analyzer = self._fork or self.db.analyzer
+        if analyzer is None:
+            raise HranaError("the database is not open yet", "SERVER_NOT_READY")
+        return bind(analyzer, analysis, args)
 
     def _analyze(self, statement: str) -> Analysis:
         analyzer = self._fork or self.db.analyzer

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import httpx
 
 from edgenode.analysis import Analysis, StatementAnalyzer
+from edgenode.binding import for_libsql
 from edgenode.config import Settings
 from edgenode.database import (
     Database,
@@ -382,7 +383,7 @@ class ReplicaDatabase(Database):
         timeout_ms: int | None = None,
     ) -> QueryResult:
         analysis = self._analyze_read(sql)
-        bound = bind_params(analysis, params, "params")
+        sql, bound = for_libsql(self._analyzer(), sql, bind_params(analysis, params, "params"))
         max_rows = max_rows or self.max_rows
         timeout_ms = timeout_ms or self.timeout_ms
         result = await self.call(run_read, sql, bound, max_rows, timeout_ms)
