@@ -121,6 +121,11 @@ class RelayApp:
         headers = {
             k.decode().lower(): v.decode() for k, v in scope["headers"] if k.decode().lower() in _FORWARD_HEADERS
         }
+        if headers.get("authorization", "x").strip().lower() in ("", "bearer"):
+            # The libsql client sends `Bearer ` when it has no token (a primary without auth, the
+            # usual local setup): a header value ending in a space is malformed HTTP, and no
+            # credential at all is what it means.
+            del headers["authorization"]
         query = scope.get("query_string", b"").decode()
         url = self.upstream + path + (f"?{query}" if query else "")
         try:
