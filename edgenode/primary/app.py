@@ -36,6 +36,7 @@ from edgenode.primary.generations import (
     PrimaryStore,
 )
 from edgenode.rwlock import LockTimeout
+from edgenode.sync_protocols import PRIMARY_REFUSES_TURSO_SYNC, TURSO_SYNC_PATHS
 
 log = logging.getLogger("edgenode.primary")
 T = TypeVar("T")
@@ -55,6 +56,11 @@ class CheckpointNeededBody(msgspec.Struct):
 def json_response(body: Any, status: int = 200) -> Response:
     # Exactly "application/json": the JS client compares the content type byte for byte.
     return Response(msgspec.json.encode(body), status_code=status, media_type="application/json")
+
+
+# Not Implemented: the server knows the request and does not serve that protocol (a client error
+# status would suggest the request is malformed; Turso Sync clients do not retry 501).
+TURSO_SYNC_STATUS = 501
 
 
 def error_response(status: int, message: str) -> Response:
@@ -354,7 +360,13 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
             return denied
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    async def turso_sync(request: Request) -> Response:
+        # A Turso Sync client (pyturso's turso.sync, @tursodatabase/sync) would otherwise see a bare
+        # 404 "Not Found": name both protocols so the user knows which client to use.
+        return error_response(TURSO_SYNC_STATUS, PRIMARY_REFUSES_TURSO_SYNC)
+
     routes: list[BaseRoute] = [
+        *(Route(path, turso_sync, methods=["GET", "POST"]) for path in TURSO_SYNC_PATHS),
         Route("/health", health),
         Route("/info", info),
         Route("/export/{generation}", export),

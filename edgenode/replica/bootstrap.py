@@ -25,6 +25,7 @@ import msgspec
 
 from edgenode.durable import atomic_write, fsync_dir
 from edgenode.replica.files import Position, ReplicaFiles
+from edgenode.sync_protocols import WrongProtocol, is_turso_sync_server, turso_sync_server_message
 
 log = logging.getLogger("edgenode.replica")
 
@@ -84,6 +85,8 @@ class Progress:
 
 async def primary_info(http: httpx.AsyncClient, url: str) -> dict[str, Any]:
     response = await http.get(f"{url}/info")
+    if response.status_code == 404 and await is_turso_sync_server(http, url):
+        raise WrongProtocol(turso_sync_server_message(url))
     if response.status_code != 200:
         raise BootstrapError(f"GET /info answered {response.status_code}: {response.text[:200]}")
     info = msgspec.json.decode(response.content)

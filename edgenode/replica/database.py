@@ -148,6 +148,10 @@ class ReplicaDatabase(Database):
                 await self.scheduler.run_once()
             finally:
                 reporter.cancel()
+            if self.scheduler.halted and not self.opened:
+                # Nothing to serve and nothing retrying can fix: stop now, saying why.
+                await self.stop()
+                raise RuntimeError(self.scheduler.halted)
             if not self.opened:
                 log.error(
                     "no replica yet and the first bootstrap from %s failed: %s (retrying every few seconds)",
@@ -475,6 +479,8 @@ class ReplicaDatabase(Database):
         return SyncComponent(self)
 
     def not_ready_reason(self) -> str | None:
+        if self.scheduler.halted:
+            return self.scheduler.halted
         if not self.opened:
             return f"replica {self.scheduler.state}"
         lag = self.scheduler.lag()

@@ -10,6 +10,8 @@ State (derived, so it never disagrees with the facts it summarises):
   error          the last sync failed (reads go on from the local replica)
   stale          the last sync worked but lag exceeds max_lag, or no sync yet since start
   synced         the last sync worked and lag is within max_lag
+  halted         a failure retrying cannot fix (an exception with `permanent = True`, such as a
+                 primary URL that speaks another sync protocol): no more syncs, `halted` says why
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class Scheduler:
         self._waiters: list[tuple[int, asyncio.Future[SyncOutcome]]] = []
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self.halted: str | None = None
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -79,6 +82,8 @@ class Scheduler:
 
     @property
     def state(self) -> str:
+        if self.halted:
+            return "halted"
         if self.phase:
             return self.phase
         if self.failures:
@@ -97,6 +102,7 @@ class Scheduler:
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
             "consecutive_failures": self.failures,
+            "halted": self.halted,
             "syncs": self.syncs,
             "sync_errors": self.errors,
             "interval_seconds": self.interval,
@@ -126,6 +132,8 @@ class Scheduler:
 
     async def sync_after(self, limit: float | None = None) -> SyncOutcome:
         """Wait for a sync that starts after this call (bounded by `limit` seconds, else the sync timeout)."""
+        if self.halted:
+            raise SyncFailed(self.halted)
         future: asyncio.Future[SyncOutcome] = asyncio.get_running_loop().create_future()
         # A caller that gave up must not leave "exception never retrieved" behind.
         future.add_done_callback(lambda f: None if f.cancelled() else f.exception())
@@ -182,7 +190,11 @@ class Scheduler:
             self.errors += 1
             self.last_error = str(exc) or type(exc).__name__
             self.last_error_at = time.time()
-            if self.failures == 1 or self.failures % 10 == 0:
+            if getattr(exc, "permanent", False):
+                self.halted = self.last_error
+                self._stopping = True
+                log.error("sync stopped: %s", self.halted)
+            elif self.failures == 1 or self.failures % 10 == 0:
                 log.warning("sync failed (%d in a row): %s", self.failures, self.last_error)
             self._answer(number, error=SyncFailed(self.last_error))
         else:
