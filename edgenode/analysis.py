@@ -99,6 +99,8 @@ class Analysis:
     param_count: int
     param_names: tuple[str | None, ...]
     columns: tuple[tuple[str, str | None], ...]  # (name, declared type)
+    # `PRAGMA name = value` (or `name(value)`): the pragma's name, lower case, and its value as written.
+    pragma_setting: tuple[str, str] | None = None
 
 
 def _deny_reason(action: apsw.ext.QueryAction) -> str | None:
@@ -277,6 +279,14 @@ def _summarise(sql: str, info: apsw.ext.QueryDetails) -> Analysis:
         param_count=info.bindings_count,
         param_names=tuple(info.bindings_names),
         columns=tuple((d[0], d[1]) for d in (info.description_full or info.description or ())),
+        pragma_setting=next(
+            (
+                ((a.pragma_name or "").lower(), a.pragma_value)
+                for a in actions
+                if a.action == apsw.SQLITE_PRAGMA and a.pragma_value is not None
+            ),
+            None,
+        ),
     )
 
 

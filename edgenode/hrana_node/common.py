@@ -18,6 +18,7 @@ from edgenode.binding import for_libsql
 from edgenode.database import DatabaseError, SQLError, StatementOutcome
 from edgenode.hrana.backend import Col, DescribeResult, HranaError, StmtResult, Value
 from edgenode.hrana.sql import error_code_for_sqlite_message, named_args_to_positional
+from edgenode.hrana_node.stream_pragmas import STREAM_PRAGMAS, StreamPragmaError, stream_pragma
 
 T = TypeVar("T")
 
@@ -131,9 +132,22 @@ def check_writable(analysis: Analysis, can_write: bool, read_only_txn: bool = Fa
         )
     if analysis.touches_files:
         raise HranaError("not authorized: ATTACH, DETACH and VACUUM INTO reach outside the database", "SQLITE_AUTH")
-    if analysis.changes_pragma:
-        # Connections are shared by streams: a setting would leak to other clients.
-        raise HranaError("not authorized: PRAGMA settings are managed by the node's profile (--profile)", "SQLITE_AUTH")
+    if analysis.changes_pragma and stream_pragma_of(analysis) is None:
+        # Connections are shared by streams: a setting would leak to other clients (the per-stream
+        # ones sqld allows are kept with the stream: stream_pragmas.py).
+        raise HranaError(
+            "not authorized: PRAGMA settings are managed by the node's profile (--profile); "
+            f"a stream may set {' and '.join(STREAM_PRAGMAS)}",
+            "SQLITE_AUTH",
+        )
+
+
+def stream_pragma_of(analysis: Analysis) -> tuple[str, int] | None:
+    """The per-stream PRAGMA this statement sets (name, 0/1), or None; a bad value is a HranaError."""
+    try:
+        return stream_pragma(analysis)
+    except StreamPragmaError as exc:
+        raise HranaError(str(exc), "SQLITE_UNKNOWN") from exc
 
 
 def stmt_result(outcome: StatementOutcome | SQLError, columns: tuple[tuple[str, str | None], ...] = ()) -> StmtResult:

@@ -31,9 +31,12 @@ from edgenode.hrana_node.common import (
     bind,
     check_writable,
     describe,
+    empty_result,
     starts_transaction,
     stmt_result,
+    stream_pragma_of,
 )
+from edgenode.hrana_node.stream_pragmas import StreamSettings, reads_stream_pragma
 from edgenode.replica.database import ReplicaDatabase
 from edgenode.replica.scheduler import SyncFailed
 
@@ -88,6 +91,7 @@ class ForwardSession(Session):
         self._read_only_txn = False
         self._wrote = False
         self._closed = False
+        self._settings = StreamSettings()  # PRAGMAs this stream set (stream_pragmas.py)
 
     # -- Session -----------------------------------------------------------------------------------
 
@@ -111,6 +115,15 @@ class ForwardSession(Session):
             # Unknown here ("no such table"): a schema change this replica has not pulled yet, or a
             # plain mistake. The primary knows either way.
             return self._forward_once(statement, args, want_rows)
+        setting = stream_pragma_of(analysis)
+        if setting is not None:
+            check_writable(analysis, self.can_write)
+            self._settings.set(*setting)
+            return empty_result()
+        if reads_stream_pragma(statement):
+            # The replica's libsql connection hands bare PRAGMAs to the primary anyway; ask on a
+            # primary stream that has this stream's settings.
+            return self._forward_once(statement, args, want_rows, wrote=False)
         if analysis.is_readonly:
             return self._read_local(statement, args, analysis, want_rows)
         check_writable(analysis, self.can_write)
@@ -174,19 +187,27 @@ class ForwardSession(Session):
             raise HranaError(str(exc), "SERVER_NOT_READY") from exc
         return stmt_result(outcome, analysis.columns)
 
-    def _forward_once(self, statement: str, args: list[Value] | dict[str, Value], want_rows: bool) -> StmtResult:
+    def _forward_once(
+        self, statement: str, args: list[Value] | dict[str, Value], want_rows: bool, wrote: bool = True
+    ) -> StmtResult:
         stream = self.backend.client.stream()
         try:
+            self._give_settings(stream)
             # execute + close in one request: one round trip, and nothing is left open on the primary.
             result = stream.execute(statement, args, want_rows=want_rows, close=True)
         except HranaError as exc:
+            self._close_quietly(stream)
             raise self.backend.primary_error(exc) from exc
+        if not wrote:
+            return result
+        self._settings.transaction_ended()  # an autocommit write is a whole transaction
         self.backend.bridge.run(self.backend.read_your_writes())
         return result
 
     def _begin(self, statement: str, read_only: bool) -> StmtResult:
         stream = self.backend.client.stream()
         try:
+            self._give_settings(stream)
             result = stream.execute(statement, [], want_rows=False)
             in_txn = not stream.is_autocommit()
         except HranaError as exc:
@@ -228,10 +249,17 @@ class ForwardSession(Session):
         if not ended:
             return
         self._remote = None
+        self._settings.transaction_ended()
         self._close_quietly(remote)
         if self._wrote:
             self._wrote = False
             self.backend.bridge.run(self.backend.read_your_writes())
+
+    def _give_settings(self, stream: ClientStream) -> None:
+        """A fresh primary stream gets this stream's PRAGMAs first (the primary keeps them per stream)."""
+        statements = self._settings.statements()
+        if statements:
+            stream.sequence("; ".join(statements))
 
     @staticmethod
     def _close_quietly(stream: ClientStream) -> None:

@@ -37,7 +37,9 @@ from edgenode.hrana_node.common import (
     empty_result,
     starts_transaction,
     stmt_result,
+    stream_pragma_of,
 )
+from edgenode.hrana_node.stream_pragmas import StreamSettings
 from edgenode.owner import OwnerDied, ProcessOwner
 
 log = logging.getLogger(__name__)
@@ -168,6 +170,7 @@ class LocalSession(Session):
         self._fork: StatementAnalyzer | None = None  # schema mirror with this transaction's DDL
         self._ddl = False
         self._closed = False
+        self._settings = StreamSettings()  # PRAGMAs this stream set (stream_pragmas.py)
 
     # -- Session (worker threads) ------------------------------------------------------------------
 
@@ -186,6 +189,11 @@ class LocalSession(Session):
                 # A read-only token's transaction: on a reader, where BEGIN IMMEDIATE would fail.
                 begin = statement if statement.lstrip()[:9].upper() == "SAVEPOINT" else "BEGIN DEFERRED"
                 return self._run(self._begin(False, begin))
+            setting = stream_pragma_of(analysis)
+            if setting is not None:
+                check_writable(analysis, self.can_write)
+                self._settings.set(*setting)
+                return empty_result()
             statement, params = self._bind(analysis, args)
             if analysis.is_readonly or analysis.is_transaction_control:
                 # COMMIT and friends outside a transaction land here too: the engine words the error.
@@ -282,7 +290,7 @@ class LocalSession(Session):
     ) -> Outcome:
         is_dml = analysis.is_dml if analysis else False
         is_insert = analysis.is_insert if analysis else False
-        call = pin.owner.call(engine.execute, sql, params, want_rows, is_dml, is_insert)
+        call = pin.owner.call(engine.execute, sql, params, want_rows, is_dml, is_insert, self._settings.items())
         if pin.writer:
             return await call
         timeout = self.db.timeout_ms / 1000
@@ -328,6 +336,7 @@ class LocalSession(Session):
                 want_rows,
                 analysis.is_dml,
                 analysis.is_insert,
+                self._settings.items(),
             )
         except OwnerDied as exc:
             raise self._died(exc) from exc
@@ -335,6 +344,7 @@ class LocalSession(Session):
 
     async def _write_once(self, sql: str, params: list[Any], analysis: Analysis, want_rows: bool) -> StmtResult:
         outcome, _ = await self._once(True, sql, params, analysis, want_rows)
+        self._settings.transaction_ended()  # an autocommit write is a whole transaction
         if analysis.is_ddl and not isinstance(outcome, SQLError):
             await self.db.schema_changed()
         return stmt_result(outcome, analysis.columns)
@@ -382,6 +392,7 @@ class LocalSession(Session):
         """The transaction is over (or lost): give the connection back and forget its schema copy."""
         pin, self._pin = self._pin, None
         ddl, self._ddl, self._fork = self._ddl, False, None
+        self._settings.transaction_ended()
         if pin is not None:
             await self._release(pin, failure)
         if ddl:
