@@ -30,6 +30,7 @@ from edgenode.auth import Access, AuthError
 from edgenode.hrana import protocol as p
 from edgenode.hrana.backend import Backend, HranaError
 from edgenode.hrana.batons import BatonError, BatonSigner
+from edgenode.hrana.ended import answer_rollback
 from edgenode.hrana.execute import ProtocolError, StreamContext, check_batch, check_request, cursor_entries, error_of
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,14 @@ class HttpError(Exception):
         self.status = status
         self.message = message
         self.code = code
+
+
+class StreamEnded(HttpError):
+    """The baton's stream was closed by the server; `rolled_back` when that ended a transaction."""
+
+    def __init__(self, status: int, message: str, code: str, rolled_back: bool = False):
+        super().__init__(status, message, code)
+        self.rolled_back = rolled_back
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -113,7 +122,8 @@ class HranaServer:
         self._lock = threading.Lock()
         self._streams: dict[int, _Stream] = {}
         self._opening = 0  # streams whose session is being opened, counted against max_streams
-        self._tombstones: OrderedDict[int, tuple[float, str, str]] = OrderedDict()
+        # stream id -> (when, code, message, whether ending it rolled back a transaction)
+        self._tombstones: OrderedDict[int, tuple[float, str, str, bool]] = OrderedDict()
         self._reaper: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -148,15 +158,19 @@ class HranaServer:
                     continue
                 if now - stream.last_used > self.idle_timeout:
                     message = f"the stream expired after {self.idle_timeout:g} s of inactivity"
+                    if stream.txn_since is not None:
+                        message += "; its transaction was rolled back"
                 elif stream.txn_since is not None and now - stream.txn_since > self.transaction_timeout:
                     message = (
-                        f"the stream held a transaction for longer than {self.transaction_timeout:g} s; "
-                        "it was rolled back and the stream closed"
+                        f"the stream held a transaction for longer than {self.transaction_timeout:g} s "
+                        "(the server's transaction timeout); it was rolled back and the stream closed. "
+                        "Commit sooner (clients that open transactions implicitly, such as PyPI libsql's "
+                        "default isolation_level, hold one until commit()); ROLLBACK on this stream succeeds"
                     )
                 else:
                     continue
                 del self._streams[stream.id]
-                self._bury(stream.id, "STREAM_EXPIRED", message, now)
+                self._bury(stream.id, "STREAM_EXPIRED", message, now, rolled_back=stream.txn_since is not None)
                 doomed.append(stream)
         for stream in doomed:
             self._close_quietly(stream)
@@ -195,11 +209,11 @@ class HranaServer:
         except Exception:
             log.exception("hrana: closing stream %x failed", stream.id)
 
-    def _bury(self, stream_id: int, code: str, message: str, now: float) -> None:
+    def _bury(self, stream_id: int, code: str, message: str, now: float, rolled_back: bool = False) -> None:
         """Remember why a stream ended, so its baton gets a precise 400 (caller holds the lock)."""
-        self._tombstones[stream_id] = (now, code, message)
+        self._tombstones[stream_id] = (now, code, message, rolled_back)
         while self._tombstones:
-            oldest_id, (buried_at, _, _) = next(iter(self._tombstones.items()))
+            oldest_id, (buried_at, *_) = next(iter(self._tombstones.items()))
             if len(self._tombstones) <= _TOMBSTONE_MAX and now - buried_at < _TOMBSTONE_SECONDS:
                 break
             del self._tombstones[oldest_id]
@@ -282,7 +296,7 @@ class HranaServer:
                 if stream is None:
                     buried = self._tombstones.get(stream_id)
                     if buried is not None:
-                        raise HttpError(400, buried[2], buried[1])
+                        raise StreamEnded(400, buried[2], buried[1], rolled_back=buried[3])
                     raise HttpError(400, "invalid baton: no such stream", "BATON_INVALID")
                 if stream.seq != seq:
                     raise HttpError(400, "baton was already used", "BATON_REUSED")
@@ -405,7 +419,14 @@ class HranaServer:
             body = await self._decode(request, p.PipelineReqBody)
             for index, stream_request in enumerate(body.requests):
                 check_request(stream_request, index)
-            stream = await self._acquire(body.baton, access)
+            try:
+                stream = await self._acquire(body.baton, access)
+            except StreamEnded as exc:
+                # Ending a transaction the server already rolled back is answered, not refused (ended.py).
+                answered = answer_rollback(body.requests) if exc.rolled_back else None
+                if answered is None:
+                    raise
+                return json_response(p.PipelineRespBody(baton=None, base_url=self.base_url, results=answered))
             lease = stream.seq
 
             def run() -> bytes:
