@@ -171,6 +171,16 @@ def bind_params(analysis: Analysis, params: Sequence[Any] | dict[str, Any] | Non
         raise DatabaseError(str(exc)) from exc
 
 
+def bind_statement(
+    analyzer: StatementAnalyzer, analysis: Analysis, params: Sequence[Any] | dict[str, Any] | None, where: str
+) -> tuple[str, list[Any]]:
+    """The statement and its checked parameters as a libsql connection runs them exactly (`edgenode.binding`)."""
+    try:
+        return for_libsql(analyzer, analysis.sql, bind_params(analysis, params, where))
+    except AnalysisError as exc:
+        raise SQLError(f"{where}: {exc}") from exc
+
+
 def analyze(analyzer: StatementAnalyzer, sql: str, where: str) -> Analysis:
     try:
         analysis = analyzer.analyze(sql)
@@ -314,8 +324,7 @@ def prepare_writes(
             raise ReadOnlyError(f"{where}: ATTACH, DETACH and VACUUM INTO reach outside the database and are refused")
         if analysis.changes_pragma:
             raise ReadOnlyError(f"{where}: PRAGMA settings are managed by the node's profile (--profile)")
-        bound_sql, bound = for_libsql(current, sql, bind_params(analysis, params, where))
-        prepared.append((bound_sql, bound, analysis))
+        prepared.append((*bind_statement(current, analysis, params, where), analysis))
     return prepared
 
 
@@ -456,7 +465,7 @@ class LocalDatabase(Database):
         timeout_ms: int | None = None,
     ) -> QueryResult:
         analysis = await self._analyze_read(sql)
-        sql, bound = for_libsql(self._analyzer(), sql, bind_params(analysis, params, "params"))
+        sql, bound = bind_statement(self._analyzer(), analysis, params, "params")
         max_rows = max_rows or self.max_rows
         timeout_ms = timeout_ms or self.timeout_ms
         reader = await self._idle.get()

@@ -29,7 +29,6 @@ from typing import Any, TypeVar
 import httpx
 
 from edgenode.analysis import Analysis, StatementAnalyzer
-from edgenode.binding import for_libsql
 from edgenode.config import Settings
 from edgenode.database import (
     Database,
@@ -41,7 +40,7 @@ from edgenode.database import (
     Statement,
     Unavailable,
     analyze,
-    bind_params,
+    bind_statement,
     prepare_writes,
     run_read,
 )
@@ -387,7 +386,7 @@ class ReplicaDatabase(Database):
         timeout_ms: int | None = None,
     ) -> QueryResult:
         analysis = self._analyze_read(sql)
-        sql, bound = for_libsql(self._analyzer(), sql, bind_params(analysis, params, "params"))
+        sql, bound = bind_statement(self._analyzer(), analysis, params, "params")
         max_rows = max_rows or self.max_rows
         timeout_ms = timeout_ms or self.timeout_ms
         result = await self.call(run_read, sql, bound, max_rows, timeout_ms)
