@@ -44,6 +44,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     keep_generations: int = 8
     stream_idle_timeout: float = 10.0
     transaction_timeout: float = 5.0
+    idempotency_retention: float = 86_400.0
     migrate: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -109,6 +110,11 @@ SETTINGS_DOC: dict[str, SettingDoc] = {
         ("EDGENODE_TRANSACTION_TIMEOUT",),
         "Seconds a Hrana transaction may hold the write lock.",
     ),
+    "idempotency_retention": SettingDoc(
+        "--idempotency-retention",
+        ("EDGENODE_IDEMPOTENCY_RETENTION",),
+        "Seconds an Idempotency-Key is remembered; a retry later than that writes again.",
+    ),
     "migrate": SettingDoc("--migrate/--no-migrate", ("EDGENODE_MIGRATE",), "Apply sql/ migrations on start."),
     "log_level": SettingDoc("--log-level", ("EDGENODE_LOG_LEVEL",), "debug, info, warning or error."),
 }
@@ -153,7 +159,14 @@ def _validate(settings: Settings) -> None:
             fail(name, "a positive integer", getattr(settings, name))
     if settings.keep_generations < 0:
         fail("keep_generations", "zero or more", settings.keep_generations)
-    for name in ("sync_interval", "sync_timeout", "max_lag", "stream_idle_timeout", "transaction_timeout"):
+    for name in (
+        "sync_interval",
+        "sync_timeout",
+        "max_lag",
+        "stream_idle_timeout",
+        "transaction_timeout",
+        "idempotency_retention",
+    ):
         if getattr(settings, name) <= 0:
             fail(name, "a positive number of seconds", getattr(settings, name))
     if settings.primary_url is not None and not settings.primary_url.startswith(("http://", "https://", "libsql://")):

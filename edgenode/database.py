@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import libsql
 
@@ -31,6 +31,9 @@ from edgenode.migrations import LibsqlTarget, MigrationReport, run_migrations
 from edgenode.migrations import status as migration_status
 from edgenode.owner import OwnerDied, ProcessOwner
 from edgenode.pragmas import PragmaReport, Profile, apply_profile
+
+if TYPE_CHECKING:
+    from edgenode.idempotency import KeyedWrite
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -228,7 +231,9 @@ class Database(ABC):
     ) -> QueryResult: ...
 
     @abstractmethod
-    async def write(self, statements: Sequence[Statement]) -> list[ExecResult]: ...
+    async def write(self, statements: Sequence[Statement], keyed: KeyedWrite | None = None) -> list[ExecResult]:
+        """One transaction. With `keyed`, at most once per key (edgenode.idempotency): a key already
+        recorded returns its recorded results, applies nothing and sets `keyed.replayed`."""
 
     @abstractmethod
     def status(self) -> dict[str, Any]: ...
@@ -273,11 +278,21 @@ def plain(prepared: list[tuple[str, list[Any], Analysis]]) -> list[PlainStatemen
     return [(sql, params, a.is_dml, a.is_insert) for sql, params, a in prepared]
 
 
-def run_transaction(conn: Any, statements: list[PlainStatement]) -> list[ExecResult]:
-    """All statements in one transaction on a connection opened with isolation_level=None."""
+Guard = tuple[Callable[[Any], bool], Callable[[Any, list[ExecResult]], None]]
+
+
+def run_transaction(conn: Any, statements: list[PlainStatement], guard: Guard | None = None) -> list[ExecResult] | None:
+    """All statements in one transaction on a connection opened with isolation_level=None.
+
+    `guard` (see edgenode.idempotency) runs inside the transaction: its first function first, and
+    when that says no the transaction is rolled back and None returned; its second one last,
+    before COMMIT, with the results."""
     conn.execute("BEGIN IMMEDIATE")
     results: list[ExecResult] = []
     try:
+        if guard is not None and not guard[0](conn):
+            conn.execute("ROLLBACK")
+            return None
         for index, (sql, params, is_dml, is_insert) in enumerate(statements):
             try:
                 cursor = conn.execute(sql, params)
@@ -290,6 +305,8 @@ def run_transaction(conn: Any, statements: list[PlainStatement]) -> list[ExecRes
                     last_insert_rowid=cursor.lastrowid if is_insert else None,
                 )
             )
+        if guard is not None:
+            guard[1](conn, results)
         conn.execute("COMMIT")
     except BaseException:
         try:
@@ -516,11 +533,17 @@ class LocalDatabase(Database):
             raise ReadOnlyError(f"this endpoint only reads: {analysis.why_not_readonly}; use /api/v1/execute")
         return analysis
 
-    async def write(self, statements: Sequence[Statement]) -> list[ExecResult]:
+    async def write(self, statements: Sequence[Statement], keyed: KeyedWrite | None = None) -> list[ExecResult]:
         prepared = prepare_writes(self._analyzer(), statements)
         async with self._write_lock:
             try:
-                results = await self._writer.call(run_transaction, plain(prepared))
+                if keyed is None:
+                    results = await self._writer.call(run_transaction, plain(prepared))
+                    assert results is not None
+                else:
+                    from edgenode.idempotency import run_keyed_local  # it builds on this module
+
+                    results, keyed.replayed = await self._writer.call(run_keyed_local, plain(prepared), keyed)
             except OwnerDied as exc:
                 await self._writer.restart()
                 raise Unavailable("the writer process died; the transaction was not committed, retry it") from exc

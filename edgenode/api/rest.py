@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from edgenode import idempotency
 from edgenode.api import schemas
 from edgenode.api.errors import JSONResponse, decode
 from edgenode.versions import versions
@@ -70,12 +71,15 @@ async def query(request: Request) -> Response:
 async def execute(request: Request) -> Response:
     body = decode(await request.body(), schemas.ExecuteRequest)
     n = node(request)
+    statements = [(s.sql, s.params) for s in body.statements]
+    key = idempotency.parse_key(request.headers.get(idempotency.HEADER))
+    keyed = idempotency.keyed(key, statements, n.settings.idempotency_retention)
     start = time.perf_counter()
-    results = await n.db.write([(s.sql, s.params) for s in body.statements])
+    results = await n.db.write(statements, keyed) if keyed else await n.db.write(statements)
     elapsed = time.perf_counter() - start
     n.metrics.query_duration.labels("write").observe(elapsed)
     position: dict[str, Any] = n.db.position() if hasattr(n.db, "position") else {}
-    return encode(
+    response = encode(
         schemas.ExecuteResponse(
             results=[schemas.ExecResult(r.rows_affected, r.last_insert_rowid) for r in results],
             elapsed_ms=round(elapsed * 1000, 3),
@@ -83,6 +87,9 @@ async def execute(request: Request) -> Response:
             frame=position.get("frame"),
         )
     )
+    if keyed is not None:
+        response.headers[idempotency.REPLAYED_HEADER] = "true" if keyed.replayed else "false"
+    return response
 
 
 async def metrics(request: Request) -> Response:

@@ -44,6 +44,7 @@ from edgenode.database import (
     prepare_writes,
     run_read,
 )
+from edgenode.idempotency import KeyedWrite
 from edgenode.owner import OwnerDied, ProcessOwner
 from edgenode.pragmas import Profile
 from edgenode.replica import bootstrap
@@ -430,7 +431,7 @@ class ReplicaDatabase(Database):
 
     # -- writes ----------------------------------------------------------------------------------
 
-    async def write(self, statements: Sequence[Statement]) -> list[ExecResult]:
+    async def write(self, statements: Sequence[Statement], keyed: KeyedWrite | None = None) -> list[ExecResult]:
         prepared = prepare_writes(self._analyzer(), statements)
         exact = [
             (sql, exact_params(analysis, params, f"statements[{i}]"))
@@ -438,7 +439,7 @@ class ReplicaDatabase(Database):
         ]
         self.writes_in_flight += 1
         try:
-            results = await asyncio.to_thread(self.writer.write, exact, prepared)
+            results = await asyncio.to_thread(self.writer.write, exact, prepared, keyed)
         except SQLError:
             self.writes_in_flight -= 1
             self.metrics.writes.labels("rejected").inc()

@@ -2,7 +2,8 @@
 
 `/api/v1/execute` statements are checked and bound here exactly as on a standalone node, then sent
 as ONE pipeline request (BEGIN; each statement if the previous succeeded; COMMIT; ROLLBACK if the
-commit did not happen). Values travel in Hrana's encoding, so 64-bit integers stay exact. Making
+commit did not happen). A keyed write (edgenode.idempotency) claims and records its key in that
+same request. Values travel in Hrana's encoding, so 64-bit integers stay exact. Making
 the write visible locally (read-your-writes) is the database's job, after this returns.
 """
 
@@ -18,6 +19,7 @@ from edgenode.analysis import Analysis
 from edgenode.database import DatabaseError, ExecResult, SQLError, Unavailable
 from edgenode.hrana.backend import HranaError
 from edgenode.hrana.client import BatchStepError, HranaClient, HranaConnectionError, HranaHTTPError
+from edgenode.idempotency import KeyedWrite, run_keyed_hrana
 
 Prepared = list[tuple[str, list[Any], Analysis]]
 
@@ -50,9 +52,14 @@ class PrimaryWriter:
     def close(self) -> None:
         self.client.close()
 
-    def write(self, statements: list[tuple[str, list[Any]]], prepared: Prepared) -> list[ExecResult]:
+    def write(
+        self, statements: list[tuple[str, list[Any]]], prepared: Prepared, keyed: KeyedWrite | None = None
+    ) -> list[ExecResult]:
         try:
-            results = self.client.execute_batch_atomic(statements)
+            if keyed is None:
+                results = self.client.execute_batch_atomic(statements)
+            else:
+                results, keyed.replayed = run_keyed_hrana(self.client, statements, keyed)
         except BatchStepError as exc:
             where = f"statements[{exc.index}]: " if exc.index is not None else ""
             raise SQLError(f"{where}{exc.message}", index=exc.index) from exc
