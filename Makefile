@@ -17,7 +17,10 @@ $(JS): tests/js/package.json
 	cd tests/js && npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
+# Bytecode is compiled here because PYTHONDONTWRITEBYTECODE (set in many shells and in the image)
+# would otherwise make every node process compile the package from source at each start.
 setup: $(STAMP)
+	$(BIN)/python -m compileall -q edgenode
 
 # The whole system on loopback: a local primary and an edge node keeping an embedded replica of it.
 dev: setup

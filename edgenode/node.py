@@ -20,7 +20,9 @@ def open_database(settings: Settings) -> Database:
     if settings.is_replica:
         from edgenode.replica import ReplicaDatabase  # type: ignore[import-not-found]
 
-        return ReplicaDatabase(settings, profile)
+        replica = ReplicaDatabase(settings, profile)
+        replica.spawn_relay()  # its interpreter starts while the node imports and builds the rest
+        return replica
     return LocalDatabase(
         settings.data_path,
         profile,

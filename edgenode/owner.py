@@ -18,6 +18,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,9 +39,18 @@ def _context() -> multiprocessing.context.BaseContext:
     # threads, unlike fork) and in a fraction of spawn's start-up time.
     if sys.platform != "win32" and "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["edgenode.owner", "edgenode.database"])
+        ctx.set_forkserver_preload(["edgenode.owner", "edgenode.database", "edgenode.replica.connection"])
         return ctx
     return multiprocessing.get_context("spawn")
+
+
+def warm_up() -> None:
+    """Start the fork server in the background (a fresh interpreter importing the preloads), so the
+    first connection process forks from a ready server while the node is still importing."""
+    if _context().get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        threading.Thread(target=forkserver.ensure_running, name="forkserver-warm-up", daemon=True).start()
 
 
 def _serve(pipe: multiprocessing.connection.Connection, opener: Opener, args: tuple[Any, ...]) -> None:

@@ -14,6 +14,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 from starlette.types import Scope
 
+from edgenode import startup
 from edgenode.api import openapi, rest
 from edgenode.api.errors import ApiError, api_error_handler, database_error_handler, http_error_handler
 from edgenode.api.middleware import AuthMiddleware, BodyLimitMiddleware, MetricsMiddleware
@@ -58,6 +59,7 @@ class Node:
             reason = component.not_ready_reason()
             if reason:
                 return f"{component.name}: {reason}"
+        startup.ready()
         return None
 
     async def wait_fresh(
@@ -94,12 +96,15 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        startup.mark("lifespan")
         await db.start()
+        startup.mark("database_started")
         started: list[Component] = []
         try:
             for component in components:
                 await component.start()
                 started.append(component)
+                startup.mark(f"{component.name}_started")
             yield
         finally:
             for component in reversed(started):

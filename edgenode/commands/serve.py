@@ -41,5 +41,10 @@ def serve(settings: Settings) -> None:
     """Run the node: REST API, Hrana and vector search over the local database."""
     check_exposure(settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from edgenode import owner, startup
+
+    owner.warm_up()  # connection processes fork from it; it starts while the node imports
+    startup.mark("imports")
     app = build_app(settings)
+    startup.mark("app_built")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)

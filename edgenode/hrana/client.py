@@ -17,6 +17,7 @@ import msgspec
 from edgenode.hrana import protocol as p
 from edgenode.hrana.backend import Col, DescribeResult, HranaError, StmtResult, Value
 from edgenode.hrana.values import from_python, to_python
+from edgenode.tls import client_context
 
 Args = Sequence[Value] | dict[str, Value] | None
 # A statement for batch helpers: bare SQL, or SQL with its arguments.
@@ -89,7 +90,7 @@ class HranaClient:
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
         self.version = version
-        self._http = httpx.Client(headers=headers, timeout=timeout, transport=transport)
+        self._http = httpx.Client(headers=headers, timeout=timeout, transport=transport, verify=client_context())
 
     def stream(self) -> ClientStream:
         return ClientStream(self)

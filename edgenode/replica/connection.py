@@ -17,6 +17,7 @@ import libsql
 from edgenode.database import read_schema
 from edgenode.pragmas import PragmaReport, Profile, apply_profile
 from edgenode.replica.files import InvalidInfo, Position, ReplicaFiles
+from edgenode.tls import client_context
 
 # Messages of the libsql client that mean the local replica can no longer follow the primary.
 _RESYNC_MARKERS = {
@@ -82,14 +83,19 @@ def open_replica(
     files = ReplicaFiles(Path(data_dir))
     conn = libsql.connect(str(files.db), sync_url=relay_url, auth_token=token, isolation_level=None)
     report = apply_replica_profile(profile, conn)
+    _relay_client()  # now, while the relay starts, rather than in the first sync
     return conn, (files.read_info(), read_schema(conn), report)
 
 
-def _relay(relay_url: str, seconds: float) -> dict[str, Any]:
+def _relay_client() -> httpx.Client:
     global _relay_http
     if _relay_http is None:
-        _relay_http = httpx.Client(timeout=2.0)
-    return _relay_http.put(f"{relay_url}/_relay/deadline", content=str(seconds)).json()
+        _relay_http = httpx.Client(timeout=2.0, verify=client_context())
+    return _relay_http
+
+
+def _relay(relay_url: str, seconds: float) -> dict[str, Any]:
+    return _relay_client().put(f"{relay_url}/_relay/deadline", content=str(seconds)).json()
 
 
 def pull(

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from edgenode import startup
 from edgenode.analysis import Analysis, StatementAnalyzer
 from edgenode.config import Settings
 from edgenode.database import (
@@ -56,6 +57,7 @@ from edgenode.replica.relay import Relay
 from edgenode.replica.scheduler import Scheduler, SyncFailed, SyncOutcome
 from edgenode.replica.watcher import Watcher
 from edgenode.replica.writes import PrimaryWriter, exact_params
+from edgenode.tls import client_context
 
 log = logging.getLogger("edgenode.replica")
 T = TypeVar("T")
@@ -129,16 +131,22 @@ class ReplicaDatabase(Database):
 
     async def start(self) -> None:
         headers = {"authorization": f"Bearer {self.settings.primary_token}"} if self.settings.primary_token else {}
-        self._http = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(self.settings.sync_timeout))
+        self._http = httpx.AsyncClient(
+            headers=headers, timeout=httpx.Timeout(self.settings.sync_timeout), verify=client_context()
+        )
         await asyncio.to_thread(self.files.dir.mkdir, parents=True, exist_ok=True)
-        await asyncio.to_thread(self.relay.spawn)
+        if not self.relay.alive():
+            await asyncio.to_thread(self.relay.spawn)
+        startup.mark("replica_relay_spawned")
         problem = await asyncio.to_thread(local_problem, self.files, self.primary_url)
+        startup.mark("replica_files_checked")
         if problem:
             self._count_resync(problem_reason(problem), problem)
             await asyncio.to_thread(self.files.wipe)
         if self.files.db.exists():
             # A replica from an earlier run: serve reads from it at once, even with the primary down.
             await self._open()
+            startup.mark("replica_opened")
         else:
             # Components read the database as they start (vector collections), so the first bootstrap
             # runs before start() returns; if it fails, the scheduler keeps retrying it.
@@ -162,6 +170,10 @@ class ReplicaDatabase(Database):
         self.scheduler.trigger()
         if self.watcher:
             self.watcher.start()
+
+    def spawn_relay(self) -> None:
+        """Start the sync relay ahead of `start()` (it takes an interpreter's start-up to listen)."""
+        self.relay.spawn()
 
     async def _report_progress(self) -> None:
         while True:
@@ -194,7 +206,7 @@ class ReplicaDatabase(Database):
 
     async def _open(self) -> None:
         await self._close()
-        relay_url = await asyncio.to_thread(lambda: self.relay.url)
+        relay_url = self.relay.url
         owner = ProcessOwner(
             "edgenode-replica",
             open_replica,
@@ -205,6 +217,7 @@ class ReplicaDatabase(Database):
         )
         try:
             position, schema, report = await owner.start()
+            startup.mark("replica_connection_open")
         except InvalidInfo as exc:
             raise ResyncNeeded("invalid_local_state", str(exc)) from exc
         self.owner = owner
@@ -256,6 +269,7 @@ class ReplicaDatabase(Database):
             self.metrics.sync_errors.inc()
             raise
         self.metrics.syncs.inc()
+        startup.mark("replica_first_sync")
         self.metrics.sync_duration.observe(outcome.duration)
         if outcome.frames:
             self.metrics.frames_applied.inc(outcome.frames)

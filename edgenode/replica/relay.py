@@ -43,6 +43,7 @@ from typing import Any
 import httpx
 
 from edgenode.primary import DATABASE_ID_HEADER
+from edgenode.tls import client_context
 
 log = logging.getLogger("edgenode.replica")
 
@@ -76,7 +77,9 @@ class RelayApp:
         self.mid_transaction = False
         self.database_id: str | None = None
         self.database_changed: str | None = None
-        self.http = httpx.AsyncClient(timeout=None, limits=httpx.Limits(max_keepalive_connections=8))
+        self.http = httpx.AsyncClient(
+            timeout=None, limits=httpx.Limits(max_keepalive_connections=8), verify=client_context()
+        )
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -170,12 +173,22 @@ class RelayApp:
         await send({"type": "http.response.body", "body": body})
 
 
+def listen(port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(64)
+    return sock
+
+
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     parser = argparse.ArgumentParser(prog="python -m edgenode.replica.relay")
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--fd", type=int, default=None, help="a listening socket inherited from the node")
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--slice", type=float, default=0.1)
     args = parser.parse_args(argv)
@@ -185,12 +198,9 @@ def main(argv: list[str] | None = None) -> None:
         os._exit(0)
 
     threading.Thread(target=watch_parent, daemon=True).start()
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", args.port))
-    sock.listen(64)
-    print(sock.getsockname()[1], flush=True)
+    sock = socket.socket(fileno=args.fd) if args.fd is not None else listen(args.port)
+    if args.fd is None:
+        print(sock.getsockname()[1], flush=True)
     app = RelayApp(args.upstream, args.timeout, args.slice)
     config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
     asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))
@@ -205,40 +215,31 @@ class Relay:
         self.port: int | None = None
         self.restarts = 0
         self._popen: subprocess.Popen[bytes] | None = None
-        self._listening = False
-        self._http = httpx.Client(timeout=2.0)
+        self._http = httpx.Client(timeout=2.0, verify=client_context())
 
     @property
     def url(self) -> str:
-        self.wait_listening()
+        assert self.port is not None, "spawn() the relay first"
         return f"http://127.0.0.1:{self.port}"
 
     def alive(self) -> bool:
         return self._popen is not None and self._popen.poll() is None
 
     def spawn(self) -> None:
-        """Start the process; `wait_listening()` collects its port (the node does other work meanwhile)."""
-        args = [sys.executable, "-m", "edgenode.replica.relay", "--upstream", self.upstream]
-        args += ["--timeout", str(self.timeout)]
-        if self.port:
-            args += ["--port", str(self.port)]  # keep the URL the connection was opened with
-        self._popen = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self._listening = False
-
-    def wait_listening(self) -> None:
-        if self._listening:
-            return
-        assert self._popen is not None and self._popen.stdout is not None
-        line = self._popen.stdout.readline()
-        if not line.strip():
-            code = self._popen.wait(5)
-            raise RuntimeError(f"the sync relay exited with {code} before listening")
-        self.port = int(line)
-        self._listening = True
+        """Start the process on a socket bound here, so its URL is known at once: the replica's
+        connection opens while the relay's interpreter is still starting (connections wait in the
+        socket's backlog meanwhile)."""
+        sock = listen(self.port or 0)  # the same port again on a restart: the connection keeps its URL
+        try:
+            self.port = sock.getsockname()[1]
+            args = [sys.executable, "-m", "edgenode.replica.relay", "--upstream", self.upstream]
+            args += ["--timeout", str(self.timeout), "--fd", str(sock.fileno())]
+            self._popen = subprocess.Popen(args, stdin=subprocess.PIPE, pass_fds=(sock.fileno(),))
+        finally:
+            sock.close()  # the relay holds its own copy
 
     def start(self) -> None:
         self.spawn()
-        self.wait_listening()
 
     def ensure(self) -> bool:
         """Restart the relay if it died; True when it was restarted."""

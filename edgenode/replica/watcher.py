@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import msgspec
 
+from edgenode.tls import client_context
+
 if TYPE_CHECKING:
     from edgenode.replica.database import ReplicaDatabase
 
@@ -60,7 +62,7 @@ class Watcher:
         token = self.db.settings.primary_token
         headers = {"authorization": f"Bearer {token}"} if token else {}
         timeout = httpx.Timeout(WAIT_MS / 1000 + self.db.settings.sync_timeout)
-        async with httpx.AsyncClient(headers=headers, timeout=timeout) as http:
+        async with httpx.AsyncClient(headers=headers, timeout=timeout, verify=client_context()) as http:
             while self.enabled:
                 position = self.db.current
                 if position is None or self.db.scheduler.failures or self.db.scheduler.phase:
