@@ -12,13 +12,18 @@ From the moment the process is spawned, the benchmark polls `/ready` and a k=10 
 10 results. Then `GET /api/v1/collections/docs` must report `builds == 0` and
 `loaded_from_disk`: the persisted HNSW index and sidecar are loaded, never rebuilt.
 
-Standalone mode only: a replica's cold start (bootstrap from a primary, then the same index
-load) is not measured yet.
+The database part above is standalone mode. `kill9_restarts` measures a replica node instead: a
+local `edgenode primary` and a replica node with a small database, the node written to, then
+`kill -9`ed and started again on the same data directory, N times (and a few graceful restarts for
+comparison); each row has the seconds from spawn to the first 200 from `/ready` and the node's own
+start-up timeline (`edgenode.startup` marks, seconds since its process started, from its log).
+Run it alone with `python -m bench.cold_start kill9 [--kills 10]` (writes cold_start_kill9.json).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -32,7 +37,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.common import ROOT, free_port, machine, table
+from bench.common import DEFAULT_OUT, ROOT, NodeProcess, free_port, machine, save, table
 from bench.pragmas import build_database
 
 COLLECTION = "docs"
@@ -319,6 +324,94 @@ def run(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
     }
 
 
+PRIMARY_TOKEN = "bench-kill9-token"
+_TIMELINE = re.compile(r"edgenode\.startup: ready [0-9.]+ s after process start: (.*)$")
+
+
+def _timeline(log: Path) -> dict[str, float]:
+    """The last start-up timeline the node logged (`name seconds, ...`)."""
+    lines = [m.group(1) for line in log.read_text(errors="replace").splitlines() if (m := _TIMELINE.search(line))]
+    if not lines:
+        return {}
+    return {name: float(value) for name, value in (item.rsplit(" ", 1) for item in lines[-1].split(", "))}
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+def kill9_restarts(kills: int = 10, graceful: int = 3) -> dict[str, Any]:
+    """A replica node restarted after `kill -9` (and gracefully): seconds from spawn to `/ready`."""
+    from edgenode.primary.client import execute as primary_execute
+
+    base_dir = Path(os.environ.get("EDGENODE_BENCH_DIR", tempfile.gettempdir()))
+    work = Path(tempfile.mkdtemp(prefix="edgenode-kill9-", dir=base_dir))
+    primary = NodeProcess(
+        ["primary", "--data-dir", str(work / "primary"), "--auth-token", PRIMARY_TOKEN, "--no-migrate"],
+        work / "primary.log",
+    )
+    rows: list[dict[str, Any]] = []
+    try:
+        primary.wait_ready("/health")
+        primary_execute(primary.url, ["CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)"], PRIMARY_TOKEN)
+        node_args = ["serve", "--data-dir", str(work / "node"), "--primary-url", primary.url]
+        node_args += ["--primary-token", PRIMARY_TOKEN]
+        log = work / "node.log"
+        node = NodeProcess(node_args, log)
+        node.wait_ready("/ready")
+        plan = ["kill -9"] * kills + ["graceful"] * graceful
+        for index, how in enumerate(plan):
+            for _ in range(20):  # writes in flight up to the kill: the replica has a live WAL
+                httpx.post(
+                    node.url + "/api/v1/execute",
+                    json={"statements": [{"sql": "INSERT INTO t (v) VALUES (randomblob(2000))"}]},
+                    timeout=10,
+                ).raise_for_status()
+            if how == "kill -9":
+                node.popen.kill()
+                node.popen.wait(10)
+            else:
+                node.stop()
+            load = _load()
+            node = NodeProcess(node_args, log)
+            ready = node.wait_ready("/ready")
+            row = {"restart": index + 1, "after": how, "ready_s": round(ready, 3), "load_1min": round(load, 2)}
+            row["timeline"] = _timeline(log)
+            rows.append(row)
+            print(f"   {how} #{index + 1}: ready {ready:.2f} s (load {load:.1f}) {row['timeline']}", flush=True)
+        node.stop()
+    finally:
+        for process in (locals().get("node"), primary):
+            if process is not None:
+                process.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    def summary(how: str) -> dict[str, float]:
+        times = [r["ready_s"] for r in rows if r["after"] == how]
+        return {"median_s": statistics.median(times), "max_s": max(times), "n": len(times)}
+
+    phases = sorted(
+        {k for r in rows for k in r["timeline"]},
+        key=lambda k: statistics.median(r["timeline"][k] for r in rows if k in r["timeline"]),
+    )
+    median_timeline = {
+        k: round(statistics.median(r["timeline"][k] for r in rows if k in r["timeline"] and r["after"] == "kill -9"), 3)
+        for k in phases
+        if any(k in r["timeline"] for r in rows if r["after"] == "kill -9")
+    }
+    return {
+        "benchmark": "cold_start_kill9",
+        "command": f"python -m bench.cold_start kill9 --kills {kills}",
+        "machine": machine(),
+        "parameters": {"kills": kills, "graceful": graceful, "mode": "replica node of a local edgenode primary"},
+        "bytecode_cached": any((ROOT / "edgenode" / "__pycache__").glob("*.pyc")),
+        "kill9": summary("kill -9"),
+        "graceful": summary("graceful") if graceful else None,
+        "median_timeline_after_kill9": median_timeline,
+        "rows": rows,
+    }
+
+
 def _wait_collection(node: Node, error_grace: float) -> tuple[float, dict[str, Any]]:
     return node.wait(
         f"/api/v1/collections/{COLLECTION}", lambda i: i["state"] == "ready" and i["progress"] >= 1, error_grace
@@ -326,4 +419,18 @@ def _wait_collection(node: Node, error_grace: float) -> tuple[float, dict[str, A
 
 
 if __name__ == "__main__":
-    print(run(quick=True))
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m bench.cold_start")
+    parser.add_argument("case", choices=["all", "kill9"], nargs="?", default="all")
+    parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--graceful", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    cli = parser.parse_args()
+    if cli.case == "kill9":
+        result = kill9_restarts(cli.kills, cli.graceful)
+        print(json.dumps({k: result[k] for k in ("kill9", "graceful", "median_timeline_after_kill9")}, indent=2))
+        print("wrote", save("cold_start_kill9", result, cli.out))
+    else:
+        print(run(quick=True))
