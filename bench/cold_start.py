@@ -325,15 +325,19 @@ def run(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
 
 
 PRIMARY_TOKEN = "bench-kill9-token"
-_TIMELINE = re.compile(r"edgenode\.startup: ready [0-9.]+ s after process start: (.*)$")
+_TIMELINE = re.compile(
+    r"edgenode\.startup: ready [0-9.]+ s after process start \(([0-9.]+) s of CPU in this process\): (.*)$"
+)
 
 
 def _timeline(log: Path) -> dict[str, float]:
-    """The last start-up timeline the node logged (`name seconds, ...`)."""
-    lines = [m.group(1) for line in log.read_text(errors="replace").splitlines() if (m := _TIMELINE.search(line))]
-    if not lines:
+    """The last start-up timeline the node logged (`name seconds, ...`) and the CPU seconds its main
+    process had used by then (`node_process_cpu`)."""
+    found = [m for line in log.read_text(errors="replace").splitlines() if (m := _TIMELINE.search(line))]
+    if not found:
         return {}
-    return {name: float(value) for name, value in (item.rsplit(" ", 1) for item in lines[-1].split(", "))}
+    marks = {name: float(value) for name, value in (item.rsplit(" ", 1) for item in found[-1].group(2).split(", "))}
+    return {**marks, "node_process_cpu": float(found[-1].group(1))}
 
 
 def _load() -> float:

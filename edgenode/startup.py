@@ -43,4 +43,9 @@ def ready() -> None:
         return
     _reported = True
     mark("ready")
-    log.info("ready %.2f s after process start: %s", marks["ready"], ", ".join(f"{k} {v}" for k, v in marks.items()))
+    log.info(
+        "ready %.2f s after process start (%.2f s of CPU in this process): %s",
+        marks["ready"],
+        time.process_time(),
+        ", ".join(f"{k} {v}" for k, v in marks.items()),
+    )
