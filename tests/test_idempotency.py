@@ -225,3 +225,46 @@ def test_kill_9_of_a_standalone_node_with_retrying_clients_applies_every_write_e
         assert len(clients.acked) > 20
     finally:
         node.stop()
+
+
+def test_keys_older_than_the_retention_are_forgotten_so_a_late_retry_writes_again(tmp_path: Path) -> None:
+    args = ["serve", "--data-dir", str(tmp_path / "sa"), "--auth-token", AUTH["Authorization"][7:]]
+    node = start([*args, "--idempotency-retention", "0.5"], tmp_path)
+    try:
+        keyed(node, "setup", ("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)", []))
+        assert keyed(node, "old", ("INSERT INTO t (v) VALUES ('a')", [])).headers["Idempotent-Replayed"] == "false"
+        assert keyed(node, "old", ("INSERT INTO t (v) VALUES ('a')", [])).headers["Idempotent-Replayed"] == "true"
+        time.sleep(0.8)
+        assert keyed(node, "old", ("INSERT INTO t (v) VALUES ('a')", [])).headers["Idempotent-Replayed"] == "false"
+        assert count(node, "SELECT count(*) FROM t") == 2
+        # Purged by that write: "setup" and the first "old"; only the new "old" is left.
+        assert count(node, "SELECT count(*) FROM _edgenode_idempotency") == 1
+    finally:
+        node.stop()
+
+
+def test_concurrent_requests_with_one_key_on_a_replica_apply_the_write_once(tmp_path: Path) -> None:
+    primary = start_primary(tmp_path)
+    primary_write(primary, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    node = start_node(tmp_path, primary)
+    try:
+        wait_ready(node)
+        responses: list[httpx.Response] = []
+        threads = [
+            threading.Thread(
+                target=lambda: responses.append(keyed(node, "same", ("INSERT INTO t (v) VALUES ('a')", [])))
+            )
+            for _ in range(6)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert len(responses) == 6
+        assert {r.status_code for r in responses} <= {200, 409}, [r.text for r in responses]
+        fresh = [r for r in responses if r.status_code == 200 and r.headers["Idempotent-Replayed"] == "false"]
+        assert len(fresh) == 1
+        assert primary_rows(primary, "SELECT count(*) FROM t") == [(1,)]
+    finally:
+        node.stop()
+        primary.stop()
