@@ -199,8 +199,7 @@ def main(argv: list[str] | None = None) -> None:
 
     threading.Thread(target=watch_parent, daemon=True).start()
     sock = socket.socket(fileno=args.fd) if args.fd is not None else listen(args.port)
-    if args.fd is None:
-        print(sock.getsockname()[1], flush=True)
+    print(sock.getsockname()[1], flush=True)  # up: imports done, about to serve
     app = RelayApp(args.upstream, args.timeout, args.slice)
     config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
     asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))
@@ -234,12 +233,18 @@ class Relay:
             self.port = sock.getsockname()[1]
             args = [sys.executable, "-m", "edgenode.replica.relay", "--upstream", self.upstream]
             args += ["--timeout", str(self.timeout), "--fd", str(sock.fileno())]
-            self._popen = subprocess.Popen(args, stdin=subprocess.PIPE, pass_fds=(sock.fileno(),))
+            popen = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(sock.fileno(),))
+            self._popen = popen
         finally:
             sock.close()  # the relay holds its own copy
 
     def start(self) -> None:
+        """Spawn and wait until the relay is up (its first line)."""
         self.spawn()
+        assert self._popen is not None and self._popen.stdout is not None
+        if not self._popen.stdout.readline().strip():
+            code = self._popen.wait(5)
+            raise RuntimeError(f"the sync relay exited with {code} before listening")
 
     def ensure(self) -> bool:
         """Restart the relay if it died; True when it was restarted."""
