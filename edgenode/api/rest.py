@@ -75,7 +75,7 @@ async def execute(request: Request) -> Response:
     key = idempotency.parse_key(request.headers.get(idempotency.HEADER))
     keyed = idempotency.keyed(key, statements, n.settings.idempotency_retention)
     start = time.perf_counter()
-    results = await n.db.write(statements, keyed) if keyed else await n.db.write(statements)
+    results = await n.db.write(statements, keyed)
     elapsed = time.perf_counter() - start
     n.metrics.query_duration.labels("write").observe(elapsed)
     position: dict[str, Any] = n.db.position() if hasattr(n.db, "position") else {}

@@ -37,7 +37,6 @@ from edgenode.database import (
     ExecResult,
     QueryResult,
     ReadOnlyError,
-    SQLError,
     Statement,
     Unavailable,
     analyze,
@@ -454,15 +453,13 @@ class ReplicaDatabase(Database):
         self.writes_in_flight += 1
         try:
             results = await asyncio.to_thread(self.writer.write, exact, prepared, keyed)
-        except SQLError:
+        except BaseException as exc:
             self.writes_in_flight -= 1
-            self.metrics.writes.labels("rejected").inc()
+            refused = isinstance(exc, DatabaseError) and exc.status < 500  # by the primary or the key's record
+            self.metrics.writes.labels("rejected" if refused else "unavailable").inc()
             raise
-        except BaseException:
-            self.writes_in_flight -= 1
-            self.metrics.writes.labels("unavailable").inc()
-            raise
-        self.metrics.writes.labels("committed").inc()
+        # A replay committed nothing now; read-your-writes still holds for the write it stands for.
+        self.metrics.writes.labels("replayed" if keyed is not None and keyed.replayed else "committed").inc()
         # Read-your-writes: any sync that starts after the commit was acknowledged pulls it.
         try:
             await self.scheduler.sync_after()
