@@ -28,15 +28,18 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from edgenode.database import DatabaseError, ExecResult, PlainStatement, SQLError, Unavailable, run_transaction
 from edgenode.hrana import protocol as p
 from edgenode.hrana.backend import StmtResult
-from edgenode.hrana.client import BatchStepError, HranaClient, make_stmt, stmt_result_from_proto
 from edgenode.hrana.values import to_python
+
+if TYPE_CHECKING:
+    # Imported where used: the client pulls in httpx, which a standalone node never needs.
+    from edgenode.hrana.client import HranaClient
 
 TABLE = "_edgenode_idempotency"
 HEADER = "Idempotency-Key"
@@ -175,6 +178,8 @@ def run_keyed_hrana(
 def _hrana_attempt(
     client: HranaClient, statements: Sequence[tuple[str, list[Any]]], write: KeyedWrite
 ) -> tuple[list[StmtResult], bool] | None:
+    from edgenode.hrana.client import BatchStepError, make_stmt, stmt_result_from_proto
+
     def step(sql: str, args: list[Any] | None = None, after: int | None = None, rows: bool = False) -> p.BatchStep:
         condition = None if after is None else p.OkCond(step=after)
         return p.BatchStep(stmt=make_stmt(sql, args, want_rows=rows), condition=condition)
