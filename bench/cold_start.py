@@ -313,7 +313,16 @@ def run(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
             {"figure": "full index rebuilds on restart (builds counter)", "value": f"{len(rebuilt)} of {len(restarts)}"}
         )
     print(table(rows, ["start", "ready_s", "first_answer_s", "builds", "loaded_from_disk"]))
+    print("   replica node restarted after kill -9:", flush=True)
+    kill9 = kill9_restarts(kills=2 if quick else 10, graceful=0 if quick else 3)
+    summary.append(
+        {
+            "figure": f"replica node, kill -9 to /ready (median of {kill9['kill9']['n']})",
+            "value": f"{kill9['kill9']['median_s']:.2f} s (slowest {kill9['kill9']['max_s']:.2f} s)",
+        }
+    )
     return {
+        "kill9": kill9,
         "benchmark": "cold_start",
         "command": "python -m bench cold_start" + (" --quick" if quick else ""),
         "machine": machine(),
