@@ -398,13 +398,16 @@ def kill9_restarts(kills: int = 10, graceful: int = 3) -> dict[str, Any]:
             if process is not None:
                 process.stop()
         shutil.rmtree(work, ignore_errors=True)
+    return summarize_kill9(rows, kills, graceful)
 
-    def summary(how: str) -> dict[str, float]:
+
+def summarize_kill9(rows: list[dict[str, Any]], kills: int, graceful: int) -> dict[str, Any]:
+    def summary_of(how: str) -> dict[str, float]:
         times = [r["ready_s"] for r in rows if r["after"] == how]
         return {"median_s": statistics.median(times), "max_s": max(times), "n": len(times)}
 
     phases = sorted(
-        {k for r in rows for k in r["timeline"]},
+        {k for r in rows for k in r["timeline"]} - {"node_process_cpu"},
         key=lambda k: statistics.median(r["timeline"][k] for r in rows if k in r["timeline"]),
     )
     median_timeline = {
@@ -412,14 +415,42 @@ def kill9_restarts(kills: int = 10, graceful: int = 3) -> dict[str, Any]:
         for k in phases
         if any(k in r["timeline"] for r in rows if r["after"] == "kill -9")
     }
+    killed = [r for r in rows if r["after"] == "kill -9"]
+    cpu = [r["timeline"]["node_process_cpu"] for r in killed if "node_process_cpu" in r["timeline"]]
+    loads = [r["load_1min"] for r in killed]
+    summary = [
+        {
+            "figure": f"replica node, kill -9 to /ready (median of {len(killed)})",
+            "value": f"{summary_of('kill -9')['median_s']:.2f} s (slowest {summary_of('kill -9')['max_s']:.2f} s)",
+        },
+        {
+            "figure": "CPU its main process had used by then (median)",
+            "value": f"{statistics.median(cpu):.2f} s" if cpu else "n/a",
+        },
+        {
+            "figure": "machine load (1-min average) during the restarts",
+            "value": f"{min(loads):.1f} to {max(loads):.1f}",
+        },
+    ]
+    if graceful:
+        summary.append(
+            {
+                "figure": f"replica node, graceful stop to /ready (median of {graceful})",
+                "value": f"{summary_of('graceful')['median_s']:.2f} s",
+            }
+        )
+    summary += [
+        {"figure": f"timeline after kill -9 (median): {k}", "value": f"{v:.2f} s"} for k, v in median_timeline.items()
+    ]
     return {
         "benchmark": "cold_start_kill9",
-        "command": f"python -m bench.cold_start kill9 --kills {kills}",
+        "command": f"python -m bench.cold_start kill9 --kills {kills} --graceful {graceful}",
+        "summary": summary,
         "machine": machine(),
         "parameters": {"kills": kills, "graceful": graceful, "mode": "replica node of a local edgenode primary"},
         "bytecode_cached": any((ROOT / "edgenode" / "__pycache__").glob("*.pyc")),
-        "kill9": summary("kill -9"),
-        "graceful": summary("graceful") if graceful else None,
+        "kill9": summary_of("kill -9"),
+        "graceful": summary_of("graceful") if graceful else None,
         "median_timeline_after_kill9": median_timeline,
         "rows": rows,
     }
