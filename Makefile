@@ -5,12 +5,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 JS := tests/js/node_modules/.installed-stamp
 
-.PHONY: setup dev serve test lint bench bench-quick clean
+.PHONY: setup dev serve test lint bench bench-quick binary wheel clean
 
-$(STAMP): pyproject.toml
+# hnswlib is built for a stated CPU baseline (release/build.py), never -march=native, so the
+# tests run the same hnswlib the wheel and the binary ship.
+$(STAMP): pyproject.toml setup.py release/build.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python release/build.py hnswlib
+	$(BIN)/pip install --quiet --force-reinstall --no-deps --no-index --find-links build/wheelhouse hnswlib
+	$(BIN)/pip install --quiet --find-links build/wheelhouse -e '.[test,bench]'
 	touch $@
 
 $(JS): tests/js/package.json
@@ -31,8 +35,8 @@ serve: setup
 	$(BIN)/edgenode serve
 
 lint: setup
-	$(BIN)/ruff check edgenode tests bench
-	$(BIN)/ruff format --check edgenode tests bench
+	$(BIN)/ruff check edgenode tests bench release
+	$(BIN)/ruff format --check edgenode tests bench release
 
 test: setup $(JS) lint
 	$(BIN)/pytest
@@ -43,5 +47,13 @@ bench-quick: setup
 bench: setup
 	$(BIN)/python -m bench
 
+# dist/edgenode-<version>-py3-none-any.whl
+wheel: setup
+	$(BIN)/python release/build.py wheel
+
+# dist/edgenode-<version>-<os>-<arch>: one self-contained executable (README "Install").
+binary: setup
+	$(BIN)/python release/build.py binary
+
 clean:
-	rm -rf $(VENV) tests/js/node_modules .edgenode
+	rm -rf $(VENV) tests/js/node_modules .edgenode build dist

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from edgenode import __version__
+from edgenode import __version__, lifeline
 from edgenode.config import SETTINGS_DOC, ConfigError, Settings, load_settings
 
 _CLICK_TYPES: dict[type, Any] = {int: int, float: float, str: str}
@@ -76,10 +76,12 @@ class LazyGroup(click.Group):
             module_name, attr = self.lazy[name].split(":")
             try:
                 module = importlib.import_module(module_name)
-            except ModuleNotFoundError as exc:
-                if exc.name and module_name.startswith(exc.name):
-                    return None  # not built yet
-                raise
+            except Exception as exc:
+                # A broken install (a module or an extension missing from a wheel or a frozen
+                # build) must say so, not show a shorter command list.
+                raise click.ClickException(
+                    f"the {name!r} command cannot be loaded: {type(exc).__name__}: {exc}"
+                ) from exc
             return getattr(module, attr)
         return super().get_command(ctx, name)
 
@@ -88,6 +90,7 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="edgenode")
 def main() -> None:
     """edgenode: a local-first edge database node over libSQL."""
+    lifeline.watch()
 
 
 @main.command()

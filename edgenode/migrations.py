@@ -10,6 +10,7 @@ migrations run on the primary through the write path).
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import re
 import sqlite3
 from abc import ABC, abstractmethod
@@ -97,6 +98,12 @@ class LibsqlTarget(MigrationTarget):
 
 
 def default_sql_dir() -> Path:
+    """The shipped migrations: `edgenode/sql` inside an installed wheel or a frozen binary (the
+    build copies the repository's `sql/` there, see setup.py), else `sql/` of the source checkout
+    an editable install runs from."""
+    packaged = importlib.resources.files("edgenode") / "sql"
+    if packaged.is_dir():
+        return Path(str(packaged))
     return Path(__file__).resolve().parent.parent / "sql"
 
 

@@ -42,3 +42,15 @@ def test_status_prints_a_human_summary(node: Proc) -> None:
 def test_status_says_when_no_node_answers() -> None:
     run = edgenode("status", "--url", "http://127.0.0.1:9")
     assert run.returncode == 1 and "no node answering" in run.stderr
+
+
+def test_a_command_whose_import_fails_is_an_error_naming_the_cause() -> None:
+    # A frozen build once lost every command but `version` this way, silently.
+    code = (
+        "from edgenode.cli import LazyGroup, main; "
+        "LazyGroup.lazy['broken'] = 'edgenode.no_such_module:command'; main(['--help'])"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert "the 'broken' command cannot be loaded: ModuleNotFoundError" in run.stderr
+    assert "edgenode.no_such_module" in run.stderr

@@ -19,6 +19,8 @@ from pathlib import Path
 import click
 import httpx
 
+from edgenode import lifeline
+
 TOKEN_FILE = "dev-token"
 
 
@@ -36,13 +38,15 @@ def _token(data_dir: Path) -> str:
 
 def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     log = log_path.open("ab")
-    # A new session: Ctrl-C in the terminal reaches only `edgenode dev`, which stops the children in order.
+    # A new session: Ctrl-C in the terminal reaches only `edgenode dev`, which stops the children in
+    # order. The lifeline stops them if `edgenode dev` itself dies (kill -9). `-m edgenode` runs
+    # from a venv's python and from the frozen executable alike (edgenode.frozen).
     return subprocess.Popen(
         [sys.executable, "-m", "edgenode", *args],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
         start_new_session=True,
+        **lifeline.child_options({**os.environ, "PYTHONUNBUFFERED": "1"}),
     )
 
 
