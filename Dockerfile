@@ -1,7 +1,23 @@
 # edgenode node image. Build: docker build -t edgenode .
 # Run:   docker run -p 8080:8080 -e EDGENODE_AUTH_TOKEN=... -v edgenode-data:/data edgenode
-FROM python:3.11-slim
+#
+# Stage 1 builds with the release script CI runs (release/build.py): hnswlib for the stated CPU
+# baseline (it has no PyPI wheels, so it needs a compiler) and the edgenode wheel (which carries
+# the sql/ migrations), then collects every dependency as a wheel. Stage 2 installs only those
+# wheels: no compiler, no source tree, no editable install.
+FROM python:3.11-slim-bookworm AS build
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends g++ binutils \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml setup.py MANIFEST.in README.md ./
+COPY edgenode ./edgenode
+COPY sql ./sql
+COPY release ./release
+RUN python release/build.py wheel \
+    && pip wheel --no-cache-dir --find-links build/wheelhouse --wheel-dir /wheels dist/edgenode-*.whl
 
+FROM python:3.11-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -9,18 +25,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     EDGENODE_HOST=0.0.0.0 \
     EDGENODE_PORT=8080
 
-RUN groupadd --system edgenode && useradd --system --gid edgenode --home-dir /app edgenode
-
-WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY edgenode ./edgenode
-COPY sql ./sql
-# Editable install keeps sql/ next to the package, where the migrations runner finds it.
-# compileall: with PYTHONDONTWRITEBYTECODE an editable install is never compiled, and each of the
-# node's processes would compile the package from source at every start (~0.2 s of CPU each).
-RUN pip install -e . && python -m compileall -q edgenode && mkdir -p /data && chown edgenode:edgenode /data
+RUN groupadd --system edgenode && useradd --system --gid edgenode --home-dir /data edgenode
+COPY --from=build /wheels /wheels
+# pip compiles the installed package's bytecode itself (PYTHONDONTWRITEBYTECODE only stops Python
+# writing it at run time), so no process compiles the package from source at start.
+RUN pip install --no-index --find-links /wheels edgenode \
+    && rm -rf /wheels \
+    && mkdir -p /data && chown edgenode:edgenode /data
 
 USER edgenode
+WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \

@@ -2,6 +2,11 @@
 database (~1 GB; small in --quick) and a 100k x 384 vector collection (generated Gaussian-mixture
 vectors, not real embeddings).
 
+First, on an empty data dir, spawn to the first `/health` 200 side by side: the venv
+(`python -m edgenode`), the single-file binary's first start (it unpacks its runtime into a fresh
+cache directory) and its later starts (EDGENODE_BINARY, else `make binary`'s file; skipped when
+neither exists).
+
 Sequence: build the database offline with libsql (the node's schema from sql/ plus a `docs` table
 with an F32_BLOB column), start the node (first start), create the collection with
 `PUT /api/v1/collections/docs` and wait for its first build, stop the node gracefully, then start
@@ -41,6 +46,7 @@ from bench.common import DEFAULT_OUT, ROOT, NodeProcess, free_port, machine, sav
 from bench.pragmas import build_database
 
 COLLECTION = "docs"
+VENV = [sys.executable, "-m", "edgenode"]
 
 
 def _die_with_parent() -> None:
@@ -60,17 +66,25 @@ class CollectionFailed(RuntimeError):
 class Node:
     """One node process on a free port; `started` is taken just before the process is spawned."""
 
-    def __init__(self, data_dir: Path, log: Path, timeout: float) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        log: Path,
+        timeout: float,
+        edgenode: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.timeout = timeout
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = ["-m", "edgenode", "serve", "--data-dir", str(data_dir), "--port", str(self.port)]
+        command = [*(edgenode or VENV), "serve", "--data-dir", str(data_dir), "--port", str(self.port)]
         self.log = log
         self._log = log.open("ab")
         self.started = time.monotonic()
         self.popen = subprocess.Popen(
-            [sys.executable, *command],
+            command,
             cwd=ROOT,
+            env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
@@ -147,6 +161,42 @@ def import_seconds() -> float:
     return time.monotonic() - start
 
 
+def binary_path() -> Path | None:
+    """The single-file binary: $EDGENODE_BINARY, else what `make binary` wrote for this version."""
+    if os.environ.get("EDGENODE_BINARY"):
+        return Path(os.environ["EDGENODE_BINARY"])
+    name = subprocess.run(
+        [sys.executable, str(ROOT / "release" / "build.py"), "name"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return Path(name) if Path(name).is_file() else None
+
+
+def process_starts(work: Path, later: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Spawn to the first /health 200 on an empty data dir: the venv, the binary's first start (it
+    unpacks its runtime into a fresh cache directory) and its later starts (the cache is reused)."""
+    rows: list[dict[str, Any]] = []
+
+    def start(how: str, edgenode: list[str], env: dict[str, str] | None = None) -> None:
+        node = Node(work / f"start-{len(rows)}", work / "start.log", 60, edgenode, env)
+        try:
+            seconds, _ = node.wait("/health")
+        finally:
+            node.stop()
+        rows.append({"start": how, "health_s": seconds})
+
+    for _ in range(later):
+        start("venv (python -m edgenode)", VENV)
+    binary = binary_path()
+    if binary is None:
+        return rows, {"binary": "not built (make binary)"}
+    env = {**os.environ, "EDGENODE_RUNTIME_DIR": str(work / "runtime")}
+    start("binary, first start (unpacks)", [str(binary)], env)
+    for _ in range(later):
+        start("binary, later start", [str(binary)], env)
+    sizes = {"binary_bytes": binary.stat().st_size, "runtime_bytes": dir_bytes(work / "runtime")}
+    return rows, {"binary": binary.name, **sizes}
+
+
 def add_vectors(db: Path, n: int, dim: int) -> None:
     import libsql
 
@@ -203,6 +253,10 @@ def run(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
     base_dir = Path(os.environ.get("EDGENODE_BENCH_DIR", tempfile.gettempdir()))
     work = Path(tempfile.mkdtemp(prefix="edgenode-cold-", dir=base_dir))
     try:
+        starts, binary_info = process_starts(work, params["restarts"] + 1)
+        params |= binary_info
+        for row in starts:
+            print(f"   {row['start']}: /health after {row['health_s']:.2f}s", flush=True)
         data = work / "data"
         data.mkdir()
         db = data / "edgenode.db"
@@ -293,6 +347,17 @@ def run(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
         for cache in ("cold", "warm")
     ]
     summary.append({"figure": "of which interpreter + imports", "value": f"{params['import_seconds']:.2f} s"})
+    for how in dict.fromkeys(row["start"] for row in starts):
+        times = [row["health_s"] for row in starts if row["start"] == how]
+        value = f"{statistics.median(times):.2f} s" + (f" (median of {len(times)})" if len(times) > 1 else "")
+        summary.append({"figure": f"spawn to first /health 200, empty data dir: {how}", "value": value})
+    if "binary_bytes" in params:
+        summary.append(
+            {
+                "figure": f"binary {params['binary']}: file / unpacked runtime",
+                "value": f"{params['binary_bytes'] / 2**20:.1f} MiB / {params['runtime_bytes'] / 2**20:.0f} MiB",
+            }
+        )
     if "collection_error" in params:
         summary.append({"figure": "vector collection", "value": f"did not build: {params['collection_error']}"})
     else:
@@ -328,6 +393,7 @@ def run(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
         "machine": machine(),
         "parameters": params,
         "rows": rows,
+        "process_starts": starts,
         "medians": medians,
         "summary": summary,
     }

@@ -28,7 +28,7 @@ import venv
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from isa_check import check, runtime_dispatch  # a sibling script, not a package
+from isa_check import check, native_files, runtime_dispatch  # a sibling script, not a package
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build"
@@ -156,12 +156,26 @@ def freeze(py: Path) -> Path:
     # Not used at run time; tkinter alone is ~10 MB.
     for module in ("tkinter", "pydoc", "lib2to3", "idlelib", "ensurepip", "pip", "setuptools"):
         args += ["--exclude-module", module]
-    # No --strip: stripping auditwheel-repaired libraries (numpy's OpenBLAS) breaks their load
-    # segments ("ELF load command address/offset not page-aligned").
+    # No --strip: see strip_debug_info.
     # cwd outside the checkout: `python -m` puts the cwd first on sys.path, and the checkout's
     # edgenode/ must not shadow the installed wheel.
     run(*args, entry, cwd=work)
     return work / "dist" / "edgenode"
+
+
+def strip_debug_info(onedir: Path) -> None:
+    """Drop debug sections (libpython alone carries 19 MB of them). Not from numpy and the
+    libraries auditwheel/delocate repaired into `*.libs` / `.dylibs`: patchelf rewrote their
+    headers, and strip then breaks them ("ELF load command address/offset not page-aligned")."""
+    strip = shutil.which("strip")
+    if strip is None:
+        print("strip not found: debug sections are kept", flush=True)
+        return
+    for path in native_files(onedir):
+        relative = path.relative_to(onedir).as_posix()
+        if "numpy" in relative or ".libs/" in relative or ".dylibs/" in relative:
+            continue
+        subprocess.run([strip, "-S", str(path)], check=True)
 
 
 def pack(onedir: Path) -> Path:
@@ -193,6 +207,7 @@ def binary() -> Path:
     hnswlib_wheel()
     wheel = edgenode_wheel()
     onedir = freeze(freeze_venv(wheel))
+    strip_debug_info(onedir)
     check(onedir, baseline(), allow=runtime_dispatch())
     out = pack(onedir)
     size = out.stat().st_size

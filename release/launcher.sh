@@ -6,6 +6,8 @@
 # Cache: $EDGENODE_RUNTIME_DIR, else $XDG_CACHE_HOME/edgenode, else ~/.cache/edgenode
 # (~/Library/Caches/edgenode on macOS), else $TMPDIR/edgenode-<uid>.
 set -eu
+# env -i leaves no PATH; not exported, so edgenode's own environment stays as it was given.
+PATH=${PATH:-/usr/bin:/bin}
 key=@KEY@
 skip=@SKIP@
 if [ -n "${EDGENODE_RUNTIME_DIR:-}" ]; then
@@ -20,11 +22,15 @@ else
   base=${TMPDIR:-/tmp}/edgenode-$(id -u)
 fi
 dir=$base/$key
+# An unpack cut short by kill -9 is removed by the next start (its shell's pid is in its name).
+for stale in "$base"/.unpack.*; do
+  pid=${stale#"$base"/.unpack.}
+  pid=${pid%%.*}
+  if [ -d "$stale" ] && ! kill -0 "$pid" 2>/dev/null; then rm -rf "$stale" 2>/dev/null || true; fi
+done
 if [ ! -x "$dir/edgenode" ]; then
   mkdir -p "$base"
-  # Unpacks cut short (a kill -9 during a first start) are removed by a later first start.
-  find "$base" -maxdepth 1 -name '.unpack.*' -mmin +10 -exec rm -rf {} + 2>/dev/null || true
-  tmp=$(mktemp -d "$base/.unpack.XXXXXX")
+  tmp=$(mktemp -d "$base/.unpack.$$.XXXXXX")
   trap 'rm -rf "$tmp"' EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
