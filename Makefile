@@ -9,7 +9,7 @@ JS := tests/js/node_modules/.installed-stamp
 
 # hnswlib is built for a stated CPU baseline (release/build.py), never -march=native, so the
 # tests run the same hnswlib the wheel and the binary ship.
-$(STAMP): pyproject.toml setup.py release/build.py
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/python release/build.py hnswlib

@@ -41,6 +41,9 @@ PYINSTALLER = "pyinstaller>=6.10,<7"
 # would die with SIGILL on an older one). x86-64-v2 (SSE4.2, POPCNT; 2009 onwards) rather than v3
 # (AVX2): edge hosts include Atom/Celeron-class CPUs without AVX. README "Install" has the cost.
 BASELINES = {"x86_64": "x86-64-v2", "amd64": "x86-64-v2", "arm64": "armv8-a", "aarch64": "armv8-a"}
+# The newest glibc symbol version the Linux binary may need (README "Install"): set by the build
+# host (libpython and libstdc++ are bundled from it; Debian 12 here). A build needing more fails.
+GLIBC_FLOOR = (2, 36)
 # Distributions whose metadata the binary must carry (`edgenode version`, importlib.metadata users).
 METADATA = ["edgenode", "libsql", "apsw", "sqlite-vec", "hnswlib", "starlette", "msgspec", "uvicorn", "httpx"]
 
@@ -50,6 +53,10 @@ def machine() -> str:
 
 
 def baseline() -> str:
+    """BASELINES for this machine; EDGENODE_CPU_BASELINE=x86-64-v3 builds for a fleet known to
+    have AVX2 (hnswlib searches ~2x faster at dim 384; README "Install")."""
+    if os.environ.get("EDGENODE_CPU_BASELINE"):
+        return os.environ["EDGENODE_CPU_BASELINE"]
     try:
         return BASELINES[machine()]
     except KeyError:
@@ -163,6 +170,16 @@ def freeze(py: Path) -> Path:
     return work / "dist" / "edgenode"
 
 
+def glibc_floor(onedir: Path) -> tuple[int, int]:
+    """The newest GLIBC_x.y symbol version any bundled file needs: the oldest glibc it runs on."""
+    newest = (2, 0)
+    for path in native_files(onedir):
+        out = subprocess.run(["objdump", "-T", str(path)], capture_output=True, text=True).stdout
+        for major, minor in re.findall(r"GLIBC_(\d+)\.(\d+)", out):
+            newest = max(newest, (int(major), int(minor)))
+    return newest
+
+
 def strip_debug_info(onedir: Path) -> None:
     """Drop debug sections (libpython alone carries 19 MB of them). Not from numpy and the
     libraries auditwheel/delocate repaired into `*.libs` / `.dylibs`: patchelf rewrote their
@@ -209,6 +226,11 @@ def binary() -> Path:
     onedir = freeze(freeze_venv(wheel))
     strip_debug_info(onedir)
     check(onedir, baseline(), allow=runtime_dispatch())
+    if sys.platform.startswith("linux"):
+        floor = glibc_floor(onedir)
+        print(f"glibc floor: {floor[0]}.{floor[1]}", flush=True)
+        if floor > GLIBC_FLOOR:
+            raise SystemExit(f"the binary needs glibc {floor[0]}.{floor[1]}, above the stated {GLIBC_FLOOR}")
     out = pack(onedir)
     size = out.stat().st_size
     print(f"{out} ({size / 2**20:.1f} MiB)")
