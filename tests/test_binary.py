@@ -134,11 +134,6 @@ def test_a_replica_follows_a_primary_with_a_token(edgenode: Installed, tmp_path:
     _replica_round_trip(edgenode, tmp_path, TOKEN)
 
 
-@pytest.mark.xfail(
-    reason="issue 12 item 3 (open when this was written): a replica of a tokenless primary sends an empty "
-    "'Authorization: Bearer ' header and never syncs; the same happens from the venv",
-    strict=False,
-)
 def test_a_replica_follows_a_primary_without_a_token(edgenode: Installed, tmp_path: Path) -> None:
     _replica_round_trip(edgenode, tmp_path, None, ready_timeout=30)
 
