@@ -1,7 +1,7 @@
 # edgenode node image. Build: docker build -t edgenode .
 # Run:   docker run -p 8080:8080 -e EDGENODE_AUTH_TOKEN=... -v edgenode-data:/data edgenode
 #
-# Stage 1 builds with the release script CI runs (release/build.py): hnswlib for the stated CPU
+# Stage 1 builds with the release script CI runs (.ci/release/build.py): hnswlib for the stated CPU
 # baseline (it has no PyPI wheels, so it needs a compiler) and the edgenode wheel (which carries
 # the sql/ migrations), then collects every dependency as a wheel. Stage 2 installs only those
 # wheels: no compiler, no source tree, no editable install.
@@ -10,11 +10,11 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends g++ binutils \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml setup.py MANIFEST.in README.md ./
+COPY pyproject.toml README.md ./
 COPY edgenode ./edgenode
 COPY sql ./sql
-COPY release ./release
-RUN python release/build.py wheel \
+COPY .ci/release ./.ci/release
+RUN python .ci/release/build.py wheel \
     && pip wheel --no-cache-dir --find-links build/wheelhouse --wheel-dir /wheels dist/edgenode-*.whl
 
 FROM python:3.11-slim-bookworm

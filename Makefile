@@ -7,12 +7,12 @@ JS := tests/js/node_modules/.installed-stamp
 
 .PHONY: setup dev serve test lint bench bench-quick binary wheel clean
 
-# hnswlib is built for a stated CPU baseline (release/build.py), never -march=native, so the
+# hnswlib is built for a stated CPU baseline (.ci/release/build.py), never -march=native, so the
 # tests run the same hnswlib the wheel and the binary ship.
-$(STAMP): pyproject.toml setup.py
+$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/python release/build.py hnswlib
+	$(BIN)/python .ci/release/build.py hnswlib
 	$(BIN)/pip install --quiet --force-reinstall --no-deps --no-index --find-links build/wheelhouse hnswlib
 	$(BIN)/pip install --quiet --find-links build/wheelhouse -e '.[test,bench]'
 	touch $@
@@ -35,8 +35,8 @@ serve: setup
 	$(BIN)/edgenode serve
 
 lint: setup
-	$(BIN)/ruff check edgenode tests bench release
-	$(BIN)/ruff format --check edgenode tests bench release
+	$(BIN)/ruff check edgenode tests bench .ci/release
+	$(BIN)/ruff format --check edgenode tests bench .ci/release
 
 test: setup $(JS) lint
 	$(BIN)/pytest
@@ -49,11 +49,11 @@ bench: setup
 
 # dist/edgenode-<version>-py3-none-any.whl
 wheel: setup
-	$(BIN)/python release/build.py wheel
+	$(BIN)/python .ci/release/build.py wheel
 
 # dist/edgenode-<version>-<os>-<arch>: one self-contained executable (README "Install").
 binary: setup
-	$(BIN)/python release/build.py binary
+	$(BIN)/python .ci/release/build.py binary
 
 clean:
 	rm -rf $(VENV) tests/js/node_modules .edgenode build dist

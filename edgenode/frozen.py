@@ -1,4 +1,4 @@
-"""Entry point of the frozen `edgenode` executable (release/build.py freezes this module).
+"""Entry point of the frozen `edgenode` executable (.ci/release/build.py freezes this module).
 
 A frozen executable is its own interpreter: every child process edgenode starts runs
 `sys.executable` again. This entry makes that safe:

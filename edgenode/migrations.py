@@ -98,13 +98,9 @@ class LibsqlTarget(MigrationTarget):
 
 
 def default_sql_dir() -> Path:
-    """The shipped migrations: `edgenode/sql` inside an installed wheel or a frozen binary (the
-    build copies the repository's `sql/` there, see setup.py), else `sql/` of the source checkout
-    an editable install runs from."""
-    packaged = importlib.resources.files("edgenode") / "sql"
-    if packaged.is_dir():
-        return Path(str(packaged))
-    return Path(__file__).resolve().parent.parent / "sql"
+    """The shipped migrations, `edgenode/sql`: in a checkout a link to the repository's `sql/` (the
+    one source), in a wheel or a frozen binary the files the build copied through that link."""
+    return Path(str(importlib.resources.files("edgenode") / "sql"))
 
 
 def split_statements(sql: str) -> list[str]:

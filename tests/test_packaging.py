@@ -17,7 +17,7 @@ from tests.procs import ROOT
 
 def _build(tmp_path: Path) -> tuple[Path, Path]:
     """The wheel, built by the same script `make wheel`, CI and the Dockerfile use."""
-    subprocess.run([sys.executable, "release/build.py", "hnswlib"], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run([sys.executable, ".ci/release/build.py", "hnswlib"], cwd=ROOT, check=True, capture_output=True)
     out = tmp_path / "dist"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", str(ROOT), "-w", str(out)],

@@ -8,7 +8,7 @@ Some third-party libraries carry such code on purpose and pick it at run time af
 CPU (`runtime_dispatch()` names them and says how). They are listed, not disassembled: their
 code paths cannot be told apart by disassembly, and their projects test the dispatch.
 
-    python release/isa_check.py DIR [BASELINE]
+    python .ci/release/isa_check.py DIR [BASELINE]
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """The one build script: the portable hnswlib wheel, the edgenode wheel, and the single-file binary.
 
-    python release/build.py hnswlib   # build/wheelhouse/hnswlib-*.whl for the stated CPU baseline
-    python release/build.py wheel     # dist/edgenode-<version>-py3-none-any.whl
-    python release/build.py binary    # dist/edgenode-<version>-<os>-<arch> (needs the two above)
+    python .ci/release/build.py hnswlib   # build/wheelhouse/hnswlib-*.whl for the stated CPU baseline
+    python .ci/release/build.py wheel     # dist/edgenode-<version>-py3-none-any.whl
+    python .ci/release/build.py binary    # dist/edgenode-<version>-<os>-<arch> (needs the two above)
 
 `make setup`, `make binary`, `.ci/run` and the Dockerfile all call it, so what CI tests is what
 the image and the release ship. The binary is frozen from a clean venv holding only the built
 wheels (never this checkout), with PyInstaller in one-dir mode, checked instruction by instruction
-against the baseline (release/isa_check.py), and packed behind release/launcher.sh, which
+against the baseline (.ci/release/isa_check.py), and packed behind .ci/release/launcher.sh, which
 unpacks it once per build into a cache directory (README "Install" says why this shape).
 """
 
