@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from isa_check import check, native_files, runtime_dispatch  # a sibling script, not a package
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # this file is .ci/release/build.py
 BUILD = ROOT / "build"
 WHEELHOUSE = BUILD / "wheelhouse"
 DIST = ROOT / "dist"
