@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
+from edgenode import bodies
 from edgenode.auth import Access, Authenticator, AuthError
 from edgenode.config import Settings
 from edgenode.primary import DATABASE_ID_HEADER
@@ -35,6 +36,7 @@ from edgenode.primary.generations import (
     NotFound,
     PrimaryStore,
 )
+from edgenode.primary.wal import FRAME_SIZE
 from edgenode.rwlock import LockTimeout
 from edgenode.sync_protocols import PRIMARY_REFUSES_TURSO_SYNC, TURSO_SYNC_PATHS
 
@@ -270,6 +272,8 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
                         response = error_response(503, str(exc))
                     except BadRequest as exc:
                         response = error_response(400, str(exc))
+                    except bodies.BodyError as exc:
+                        response = error_response(exc.status, exc.message)
                     except Exception as exc:
                         log.exception("%s failed", name)
                         response = error_response(503, f"temporarily unavailable: {exc}")
@@ -341,9 +345,9 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
     async def push(request: Request) -> Response:
         generation, start, end = path_ints(request, "generation", "start", "end")
         if end - start > MAX_PUSH_FRAMES:
-            # Clients push 128 frames at a time; refuse before buffering an arbitrarily large body.
             return error_response(413, f"push at most {MAX_PUSH_FRAMES} frames per request")
-        body = await request.body()
+        # Clients push 128 frames at a time; refuse before buffering an arbitrarily large body.
+        body = await bodies.read(request, max(end - start, 0) * FRAME_SIZE)
         reply = await workers.run(store.push, generation, start, end, request.path_params.get("baton"), body)
         if reply.status == "conflict":
             metrics.push_conflicts.inc()
@@ -439,6 +443,7 @@ def hrana_routes(
         authenticate,
         idle_timeout=settings.stream_idle_timeout,
         transaction_timeout=settings.transaction_timeout,
+        max_body_bytes=settings.max_body_bytes,
         on_request=lambda endpoint: metrics.hrana_requests.labels(endpoint).inc(),
         on_error=lambda code: metrics.hrana_errors.labels(code).inc(),
     )
