@@ -138,5 +138,5 @@ def create_app(
         },
     )
     app.state.node = node
-    app.state.openapi = openapi.build(extra_operations)
+    app.state.openapi = openapi.build(openapi.OPERATIONS + openapi.HRANA_OPERATIONS + (extra_operations or []), routes)
     return app

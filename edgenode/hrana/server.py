@@ -67,8 +67,7 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 
 def error_response(status: int, message: str, code: str) -> Response:
-    # "error" for our own REST conventions, "message"/"code" for the Hrana clients, which read Error.
-    return json_response({"error": message, "message": message, "code": code}, status)
+    return json_response(p.HttpErrorBody(error=message, message=message, code=code), status)
 
 
 @dataclass(eq=False)
@@ -398,7 +397,7 @@ class HranaServer:
     # --- endpoints ------------------------------------------------------------------------------
 
     async def _version_probe(self, request: Request) -> Response:
-        return json_response({"hrana": request.url.path.strip("/")})
+        return json_response(p.VersionProbe(hrana=request.url.path.strip("/")))
 
     async def _protobuf_probe(self, request: Request) -> Response:
         # Non-2xx tells @libsql/client's openHttp(url, 3) to fall back to JSON.
