@@ -16,7 +16,13 @@ from starlette.types import Scope
 
 from edgenode import startup
 from edgenode.api import openapi, rest
-from edgenode.api.errors import ApiError, api_error_handler, database_error_handler, http_error_handler
+from edgenode.api.errors import (
+    ApiError,
+    api_error_handler,
+    database_error_handler,
+    http_error_handler,
+    internal_error_handler,
+)
 from edgenode.api.middleware import AuthMiddleware, BodyLimitMiddleware, MetricsMiddleware
 from edgenode.auth import Authenticator
 from edgenode.config import Settings
@@ -135,6 +141,7 @@ def create_app(
             ApiError: api_error_handler,
             DatabaseError: database_error_handler,
             HTTPException: http_error_handler,
+            Exception: internal_error_handler,
         },
     )
     app.state.node = node

@@ -88,6 +88,11 @@ async def read_json(request: Request, kind: type[T]) -> T:
         raise body_error(exc) from None
 
 
+async def internal_error_handler(_: Request, exc: Exception) -> Response:
+    # A bug, not the client's doing: still the documented shape (uvicorn logs the traceback).
+    return error_response(500, "internal", f"internal error: {type(exc).__name__}")
+
+
 def body_error(exc: bodies.BodyError) -> ApiError:
     extra = {"field": exc.field} if exc.field is not None else {}
     return ApiError(exc.status, exc.code, exc.message, **extra)
