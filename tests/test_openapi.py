@@ -20,7 +20,8 @@ from tests.procs import start
 
 RW = "schemathesis-rw-token"
 SEED = "20261202"
-# Per operation; both servers at once, ~30 s on this 2-core machine (the coverage phase alone would take ~70 s each).
+# Per operation; both servers at once: ~1,600 cases in about a minute on this shared 2-core machine
+# (the coverage phase alone would take ~70 s per server).
 MAX_EXAMPLES = "60"
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
 
@@ -83,6 +84,9 @@ def schemathesis(url: str, log: Path) -> subprocess.Popen[bytes]:
         "--no-color",
         "--header",
         f"Authorization: Bearer {RW}",
+        # Turso Sync's path on the primary answers 501 by design (it names the protocol to use instead).
+        "--exclude-path",
+        "/pull-updates",
     ]
     return subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=log.parent)
 

@@ -15,9 +15,10 @@ from typing import Any
 import msgspec
 from starlette.routing import BaseRoute, Route
 
-from edgenode import __version__
+from edgenode import __version__, idempotency
 from edgenode.api import schemas
 from edgenode.hrana import protocol as hrana
+from edgenode.text import models as text
 from edgenode.vectors import models as vectors
 
 JSON = "application/json"
@@ -43,6 +44,7 @@ class Operation:
     ok: tuple[int, ...] = (200,)  # statuses answered with `response`
     other: tuple[tuple[int, str, Body], ...] = ()  # (status, content type, body) outside the two above
     integer_params: tuple[str, ...] = ()  # path parameters that are integers (others are strings)
+    headers: tuple[tuple[str, dict[str, Any]], ...] = ()  # optional request headers and their schemas
 
 
 # Generations and frame numbers: the sync protocol's unsigned 32-bit integers.
@@ -84,6 +86,7 @@ OPERATIONS: list[Operation] = [
         schemas.ExecuteRequest,
         schemas.ExecuteResponse,
         errors=(*_BODY_ERRORS, 408, 503),
+        headers=((idempotency.HEADER, idempotency.KEY_SCHEMA),),
     ),
     Operation(
         "post",
@@ -146,6 +149,46 @@ OPERATIONS: list[Operation] = [
         None,
         errors=(400, 401, 404, 413, 415, 503),
         other=((200, JSON, {"anyOf": [vectors.SearchResult, vectors.SearchBatchResult]}),),
+    ),
+]
+
+# --- full-text collections: the same shape as the vector routes -------------------------------------------
+OPERATIONS += [
+    Operation("get", "/api/v1/text", "List full-text collections.", None, text.TextCollectionList, errors=(401,)),
+    Operation(
+        "get",
+        "/api/v1/text/{name}",
+        "One full-text collection: its spec, state and build progress.",
+        None,
+        text.TextCollectionInfo,
+        errors=(401, 404),
+    ),
+    Operation(
+        "put",
+        "/api/v1/text/{name}",
+        "Create or replace a full-text collection (201 new, 200 unchanged, 202 rebuilding).",
+        text.TextSpec,
+        text.TextCollectionInfo,
+        ok=(200, 201, 202),
+        errors=(400, 401, 403, 404, 409, 413, 415, 503),
+    ),
+    Operation("delete", "/api/v1/text/{name}", "Drop a full-text collection.", None, None, errors=(401, 403, 404)),
+    Operation(
+        "post",
+        "/api/v1/text/{name}/rebuild",
+        "Rebuild a full-text collection from its table.",
+        None,
+        text.TextCollectionInfo,
+        ok=(202,),
+        errors=(401, 403, 404, 503),
+    ),
+    Operation(
+        "post",
+        "/api/v1/text/{name}/search",
+        "Full-text (FTS5) or hybrid (with a vector collection) search.",
+        text.SearchRequest,
+        text.SearchResult,
+        errors=(400, 401, 404, 413, 415, 503),
     ),
 ]
 
@@ -219,17 +262,14 @@ def build(
     if routes is not None:
         mounted = mounted_operations(routes)
         operations = [op for op in operations if (op.method, op.path) in mounted]
-    types: dict[str, type] = {}
+    types: dict[type, None] = {}  # by identity: msgspec names same-named types by module
     for op in operations:
         for body in (op.request, op.response, op.error, *(b for _, _, b in op.other)):
             for kind in _types_in(body):
-                if types.setdefault(kind.__name__, kind) is not kind:
-                    raise ValueError(
-                        f"two types named {kind.__name__} in one document: {kind} and {types[kind.__name__]}"
-                    )
-    ordered = [types[name] for name in sorted(types)]
+                types[kind] = None
+    ordered = sorted(types, key=lambda kind: (kind.__name__, kind.__module__))
     refs, components = msgspec.json.schema_components(ordered, ref_template="#/components/schemas/{name}")
-    ref = {kind: schema for kind, schema in zip(ordered, refs, strict=True)}
+    ref = dict(zip(ordered, refs, strict=True))
 
     def schema(body: Body) -> dict[str, Any]:
         if isinstance(body, dict):
@@ -248,6 +288,7 @@ def build(
             }
             for name in re.findall(r"{(\w+)}", op.path)
         ]
+        parameters += [{"name": name, "in": "header", "required": False, "schema": kind} for name, kind in op.headers]
         if parameters:
             entry["parameters"] = parameters
         if op.request is not None:

@@ -481,6 +481,18 @@ def operations() -> list[openapi.Operation]:
             )
             for path in ("/sync/{generation}/{start}/{end}", "/sync/{generation}/{start}/{end}/{baton}")
         ),
+        *(
+            op(
+                method,
+                path,
+                "Turso Sync (not libSQL's protocol): 501 naming the protocol this primary speaks.",
+                auth=False,
+                ok=(),
+                errors=(TURSO_SYNC_STATUS,),
+            )
+            for path in TURSO_SYNC_PATHS
+            for method in ("get", "post")
+        ),
         op("post", "/rollover", "Start a new generation now.", None, RolloverBody, errors=(401, 403, 503)),
         op("get", "/metrics", "Prometheus metrics.", None, None, errors=(401,), response_type=openapi.TEXT),
         op("get", "/openapi.json", "This document.", None, None, errors=(401,)),
