@@ -33,6 +33,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     primary_token: str | None = None
     profile: str = "auto"
     max_body_bytes: int = 4 * 1024 * 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections: int = 1000
     max_rows: int = 10_000
     query_timeout_ms: int = 5_000
     read_connections: int = 2
@@ -81,6 +84,17 @@ SETTINGS_DOC: dict[str, SettingDoc] = {
     ),
     "profile": SettingDoc("--profile", ("EDGENODE_PROFILE",), "PRAGMA profile: " + ", ".join(PROFILES) + "."),
     "max_body_bytes": SettingDoc("--max-body-bytes", ("EDGENODE_MAX_BODY_BYTES",), "Largest request body (413 above)."),
+    "header_timeout": SettingDoc(
+        "--header-timeout",
+        ("EDGENODE_HEADER_TIMEOUT",),
+        "Seconds a request's headers may take to arrive (connection closed after).",
+    ),
+    "body_timeout": SettingDoc(
+        "--body-timeout", ("EDGENODE_BODY_TIMEOUT",), "Seconds a request body may take to arrive in full (408 after)."
+    ),
+    "max_connections": SettingDoc(
+        "--max-connections", ("EDGENODE_MAX_CONNECTIONS",), "Concurrent connections or requests (503 above)."
+    ),
     "max_rows": SettingDoc("--max-rows", ("EDGENODE_MAX_ROWS",), "Most rows one query may return."),
     "query_timeout_ms": SettingDoc(
         "--query-timeout-ms", ("EDGENODE_QUERY_TIMEOUT_MS",), "Longest a read query may run."
@@ -154,7 +168,8 @@ def _validate(settings: Settings) -> None:
         fail("port", "a TCP port between 1 and 65535", settings.port)
     if settings.profile not in PROFILES:
         fail("profile", "one of " + ", ".join(PROFILES), settings.profile)
-    for name in ("max_body_bytes", "max_rows", "query_timeout_ms", "read_connections", "generation_max_frames"):
+    positive_ints = ("max_body_bytes", "max_connections", "max_rows", "query_timeout_ms", "read_connections")
+    for name in (*positive_ints, "generation_max_frames"):
         if getattr(settings, name) <= 0:
             fail(name, "a positive integer", getattr(settings, name))
     if settings.keep_generations < 0:
@@ -166,6 +181,8 @@ def _validate(settings: Settings) -> None:
         "stream_idle_timeout",
         "transaction_timeout",
         "idempotency_retention",
+        "header_timeout",
+        "body_timeout",
     ):
         if getattr(settings, name) <= 0:
             fail(name, "a positive number of seconds", getattr(settings, name))

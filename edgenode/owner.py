@@ -57,10 +57,11 @@ def _serve(pipe: multiprocessing.connection.Connection, opener: Opener, args: tu
     try:
         conn, meta = opener(*args)
     except BaseException as exc:
-        pipe.send(("err", _portable(exc)))
+        _send_quietly(pipe, ("err", _portable(exc)))
         return
-    pipe.send(("ok", meta))
-    while True:
+    # A failed send: the parent died while we opened (killed during start-up), nobody to serve.
+    serving = _send_quietly(pipe, ("ok", meta))
+    while serving:
         try:
             message = pipe.recv()
         except (EOFError, OSError):
@@ -72,14 +73,20 @@ def _serve(pipe: multiprocessing.connection.Connection, opener: Opener, args: tu
             reply = ("ok", fn(conn, *call_args))
         except BaseException as exc:
             reply = ("err", _portable(exc))
-        try:
-            pipe.send(reply)
-        except (BrokenPipeError, OSError):
-            break
+        serving = _send_quietly(pipe, reply)
     try:
         conn.close()
     except Exception:
         pass
+
+
+def _send_quietly(pipe: multiprocessing.connection.Connection, message: tuple[str, Any]) -> bool:
+    """Send; False when the parent is gone (its end of the pipe closed), which is no error of ours."""
+    try:
+        pipe.send(message)
+        return True
+    except OSError:  # BrokenPipeError, ConnectionResetError
+        return False
 
 
 def _portable(exc: BaseException) -> BaseException:

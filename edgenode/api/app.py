@@ -16,7 +16,13 @@ from starlette.types import Scope
 
 from edgenode import startup
 from edgenode.api import openapi, rest
-from edgenode.api.errors import ApiError, api_error_handler, database_error_handler, http_error_handler
+from edgenode.api.errors import (
+    ApiError,
+    api_error_handler,
+    database_error_handler,
+    http_error_handler,
+    internal_error_handler,
+)
 from edgenode.api.middleware import AuthMiddleware, BodyLimitMiddleware, MetricsMiddleware
 from edgenode.auth import Authenticator
 from edgenode.config import Settings
@@ -135,8 +141,9 @@ def create_app(
             ApiError: api_error_handler,
             DatabaseError: database_error_handler,
             HTTPException: http_error_handler,
+            Exception: internal_error_handler,
         },
     )
     app.state.node = node
-    app.state.openapi = openapi.build(extra_operations)
+    app.state.openapi = openapi.build(openapi.OPERATIONS + openapi.HRANA_OPERATIONS + (extra_operations or []), routes)
     return app

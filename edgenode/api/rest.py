@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from edgenode import idempotency
 from edgenode.api import schemas
-from edgenode.api.errors import JSONResponse, decode
+from edgenode.api.errors import JSONResponse, read_json
 from edgenode.versions import versions
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ async def status(request: Request) -> Response:
 
 
 async def query(request: Request) -> Response:
-    body = decode(await request.body(), schemas.QueryRequest)
+    body = await read_json(request, schemas.QueryRequest)
     n = node(request)
     await n.wait_fresh(body.min_frame, body.max_staleness_ms, body.min_generation)
     start = time.perf_counter()
@@ -69,7 +69,7 @@ async def query(request: Request) -> Response:
 
 
 async def execute(request: Request) -> Response:
-    body = decode(await request.body(), schemas.ExecuteRequest)
+    body = await read_json(request, schemas.ExecuteRequest)
     n = node(request)
     statements = [(s.sql, s.params) for s in body.statements]
     key = idempotency.parse_key(request.headers.get(idempotency.HEADER))

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 # A parameter: null, number, string, or {"base64": "..."} for a blob.
 Param = Any
 Params = list[Param] | dict[str, Param] | None
+# An empty statement is refused by the decoder (422 naming the field), so the schema says so too.
+Sql = Annotated[str, msgspec.Meta(min_length=1)]
 
 
 class QueryRequest(msgspec.Struct, forbid_unknown_fields=True):
-    sql: str
+    sql: Sql
     params: Params = None
     # Freshness bounds for replica nodes: wait (bounded) until the replica reaches them. A write's
     # response names its (generation, frame); frames count within a generation, so give both.
@@ -29,7 +31,7 @@ class QueryResponse(msgspec.Struct):
 
 
 class Statement(msgspec.Struct, forbid_unknown_fields=True):
-    sql: str
+    sql: Sql
     params: Params = None
 
 
@@ -66,6 +68,16 @@ class HealthResponse(msgspec.Struct):
 class ReadyResponse(msgspec.Struct):
     status: str
     reason: str | None = None
+
+
+class SyncResponse(msgspec.Struct):
+    """`POST /api/v1/sync` on a replica node: where the replica is after the sync it waited for."""
+
+    generation: int | None
+    frame: int | None
+    frames_applied: int
+    duration_ms: float
+    state: str
 
 
 class StatusResponse(msgspec.Struct):

@@ -6,7 +6,6 @@ import ipaddress
 import logging
 
 import click
-import uvicorn
 
 from edgenode.cli import settings_options
 from edgenode.config import Settings
@@ -47,4 +46,17 @@ def serve(settings: Settings) -> None:
     startup.mark("imports")
     app = build_app(settings)
     startup.mark("app_built")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    from edgenode import http_server
+
+    http_server.run(app, settings, error_body, access_log=False)
+
+
+def error_body(path: str, code: str, message: str) -> bytes:
+    """An error the HTTP server answers itself (a stalled body's 408), in the shape of the route's API."""
+    import msgspec
+
+    from edgenode.api.middleware import HRANA_PREFIXES
+
+    if path.startswith(HRANA_PREFIXES):
+        return msgspec.json.encode({"error": message, "message": message, "code": code.upper()})
+    return msgspec.json.encode({"error": {"code": code, "message": message}})

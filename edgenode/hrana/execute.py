@@ -11,6 +11,9 @@ from edgenode.hrana.backend import HranaError, Session, StmtResult, Value
 from edgenode.hrana.values import from_python, to_python
 
 MAX_STORED_SQL = 1000  # per stream; the JS client's cache stays far below this
+# Conditions are walked recursively here, when they run, and when a replica forwards them: a bound
+# keeps a deeply nested one (which decodes fine) from reaching Python's recursion limit on any of those.
+MAX_COND_DEPTH = 32
 
 
 class ProtocolError(Exception):
@@ -30,15 +33,17 @@ def check_batch(batch: p.Batch, where: str = "batch") -> None:
             _check_cond(step.condition, index, where)
 
 
-def _check_cond(cond: p.BatchCond, index: int, where: str) -> None:
+def _check_cond(cond: p.BatchCond, index: int, where: str, depth: int = 1) -> None:
+    if depth > MAX_COND_DEPTH:
+        raise ProtocolError(f"{where} step {index}: condition nested deeper than {MAX_COND_DEPTH} levels")
     if isinstance(cond, p.OkCond | p.ErrorCond):
         if cond.step >= index:
             raise ProtocolError(f"{where} step {index}: condition refers to step {cond.step}, which is not earlier")
     elif isinstance(cond, p.NotCond):
-        _check_cond(cond.cond, index, where)
+        _check_cond(cond.cond, index, where, depth + 1)
     elif isinstance(cond, p.AndCond | p.OrCond):
         for sub in cond.conds:
-            _check_cond(sub, index, where)
+            _check_cond(sub, index, where, depth + 1)
 
 
 def check_request(request: p.StreamRequest, index: int) -> None:

@@ -25,6 +25,21 @@ class Error(msgspec.Struct):
     code: str | None = None
 
 
+class HttpErrorBody(msgspec.Struct):
+    """An error answered at the HTTP level: "message"/"code" for the Hrana clients, which read an
+    Error there, and "error" (the same text) for our own REST conventions."""
+
+    error: str
+    message: str
+    code: str
+
+
+class VersionProbe(msgspec.Struct):
+    """`GET /v2`, `GET /v3`: the protocol version served there."""
+
+    hrana: str
+
+
 # --- values -------------------------------------------------------------------------------------
 
 

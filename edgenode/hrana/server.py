@@ -26,6 +26,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from edgenode import bodies
 from edgenode.auth import Access, AuthError
 from edgenode.hrana import protocol as p
 from edgenode.hrana.backend import Backend, HranaError
@@ -66,8 +67,7 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 
 def error_response(status: int, message: str, code: str) -> Response:
-    # "error" for our own REST conventions, "message"/"code" for the Hrana clients, which read Error.
-    return json_response({"error": message, "message": message, "code": code}, status)
+    return json_response(p.HttpErrorBody(error=message, message=message, code=code), status)
 
 
 @dataclass(eq=False)
@@ -244,22 +244,14 @@ class HranaServer:
         return access
 
     async def _decode(self, request: Request, body_type: type[T]) -> T:
-        if self.max_body_bytes is None:
-            raw = await request.body()
-        else:
-            # Read incrementally so an oversized body is refused without being held in memory.
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > self.max_body_bytes:
-                    raise HttpError(413, f"request body exceeds {self.max_body_bytes} bytes", "BODY_TOO_LARGE")
-                chunks.append(chunk)
-            raw = b"".join(chunks)
         try:
-            return msgspec.json.decode(raw, type=body_type)
-        except msgspec.DecodeError as exc:
-            raise HttpError(400, f"invalid request body: {exc}", "PROTOCOL_ERROR") from exc
+            return await bodies.read_json(request, body_type, self.max_body_bytes)
+        except bodies.BodyError as exc:
+            if exc.reason == "too_large":
+                raise HttpError(413, exc.message, "BODY_TOO_LARGE") from None
+            if exc.reason == "media_type":
+                raise HttpError(415, exc.message, "UNSUPPORTED_MEDIA_TYPE") from None
+            raise HttpError(400, f"invalid request body: {exc.message}", "PROTOCOL_ERROR") from None
 
     async def _guarded(self, endpoint: str, handler: Callable[[], Awaitable[Response]]) -> Response:
         self._count_request(endpoint)
@@ -405,7 +397,7 @@ class HranaServer:
     # --- endpoints ------------------------------------------------------------------------------
 
     async def _version_probe(self, request: Request) -> Response:
-        return json_response({"hrana": request.url.path.strip("/")})
+        return json_response(p.VersionProbe(hrana=request.url.path.strip("/")))
 
     async def _protobuf_probe(self, request: Request) -> Response:
         # Non-2xx tells @libsql/client's openHttp(url, 3) to fall back to JSON.

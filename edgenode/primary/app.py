@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,6 +24,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
+from edgenode import bodies
+from edgenode.api import openapi
 from edgenode.auth import Access, Authenticator, AuthError
 from edgenode.config import Settings
 from edgenode.primary import DATABASE_ID_HEADER
@@ -34,7 +37,9 @@ from edgenode.primary.generations import (
     Gone,
     NotFound,
     PrimaryStore,
+    PushReply,
 )
+from edgenode.primary.wal import FRAME_SIZE
 from edgenode.rwlock import LockTimeout
 from edgenode.sync_protocols import PRIMARY_REFUSES_TURSO_SYNC, TURSO_SYNC_PATHS
 
@@ -53,6 +58,24 @@ class CheckpointNeededBody(msgspec.Struct):
     baton: None = None
 
 
+class ErrorBody(msgspec.Struct):
+    error: str
+
+
+class HealthBody(msgspec.Struct):
+    status: str
+    generation: int
+
+
+class InfoBody(msgspec.Struct):
+    current_generation: int
+    database_id: str | None
+
+
+class RolloverBody(msgspec.Struct):
+    generation: int
+
+
 def json_response(body: Any, status: int = 200) -> Response:
     # Exactly "application/json": the JS client compares the content type byte for byte.
     return Response(msgspec.json.encode(body), status_code=status, media_type="application/json")
@@ -64,7 +87,7 @@ TURSO_SYNC_STATUS = 501
 
 
 def error_response(status: int, message: str) -> Response:
-    return json_response({"error": message}, status)
+    return json_response(ErrorBody(message), status)
 
 
 class Metrics:
@@ -270,6 +293,8 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
                         response = error_response(503, str(exc))
                     except BadRequest as exc:
                         response = error_response(400, str(exc))
+                    except bodies.BodyError as exc:
+                        response = error_response(exc.status, exc.message)
                     except Exception as exc:
                         log.exception("%s failed", name)
                         response = error_response(503, f"temporarily unavailable: {exc}")
@@ -294,11 +319,11 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
         return values
 
     async def health(request: Request) -> Response:
-        return json_response({"status": "ok", "generation": store.generation})
+        return json_response(HealthBody("ok", store.generation))
 
     @sync_endpoint("info")
     async def info(request: Request) -> Response:
-        return json_response(store.info())
+        return json_response(msgspec.convert(store.info(), InfoBody))
 
     async def export(request: Request) -> Response:
         denied = authorize(request)
@@ -341,9 +366,9 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
     async def push(request: Request) -> Response:
         generation, start, end = path_ints(request, "generation", "start", "end")
         if end - start > MAX_PUSH_FRAMES:
-            # Clients push 128 frames at a time; refuse before buffering an arbitrarily large body.
             return error_response(413, f"push at most {MAX_PUSH_FRAMES} frames per request")
-        body = await request.body()
+        # Clients push 128 frames at a time; refuse before buffering an arbitrarily large body.
+        body = await bodies.read(request, max(end - start, 0) * FRAME_SIZE)
         reply = await workers.run(store.push, generation, start, end, request.path_params.get("baton"), body)
         if reply.status == "conflict":
             metrics.push_conflicts.inc()
@@ -352,7 +377,13 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
     @sync_endpoint("rollover", write=True)
     async def rollover(request: Request) -> Response:
         await workers.run(store.rollover, True)
-        return json_response({"generation": store.generation})
+        return json_response(RolloverBody(store.generation))
+
+    async def openapi_endpoint(request: Request) -> Response:
+        denied = authorize(request)
+        if isinstance(denied, Response):
+            return denied
+        return Response(document, media_type="application/json")
 
     async def metrics_endpoint(request: Request) -> Response:
         denied = authorize(request)
@@ -375,9 +406,13 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
         Route("/sync/{generation}/{start}/{end}/{baton}", push, methods=["POST"]),
         Route("/rollover", rollover, methods=["POST"]),
         Route("/metrics", metrics_endpoint),
+        Route("/openapi.json", openapi_endpoint),
     ]
     closers: list[Callable[[], None]] = []
     routes.extend(hrana_routes(store, settings, authenticator, metrics, closers))
+    document = msgspec.json.encode(
+        openapi.build(operations() + openapi.HRANA_OPERATIONS, routes, title="edgenode primary")
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -396,9 +431,72 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.store = store
+    app.state.openapi = document
     app.state.metrics = metrics
     app.state.notifier = notifier
     return app
+
+
+def operations() -> list[openapi.Operation]:
+    """The primary's own routes for /openapi.json (Hrana's are edgenode.api.openapi's)."""
+    op = functools.partial(openapi.Operation, error=ErrorBody)
+    sync_errors = (400, 401, 403, 413, 503)
+    frames = ("generation", "start", "end")
+    return [
+        op("get", "/health", "Liveness and the current generation.", None, HealthBody, auth=False, errors=()),
+        op("get", "/info", "The current generation and the database's id.", None, InfoBody, errors=(401, 503)),
+        op(
+            "get",
+            "/export/{generation}",
+            "A generation's base database file (Range: bytes=N- resumes, 206).",
+            None,
+            {"type": "string", "format": "binary"},
+            response_type=openapi.BINARY,
+            ok=(200, 206),
+            errors=(400, 401, 404, 410, 503),
+            other=((416, openapi.TEXT, None),),
+            integer_params=("generation",),
+        ),
+        op(
+            "get",
+            "/sync/{generation}/{start}/{end}",
+            "Pull committed WAL frames [start, end) of a generation (400 with checkpoint_needed at the end).",
+            None,
+            {"type": "string", "format": "binary"},
+            response_type=openapi.BINARY,
+            errors=(401, 403, 410, 413, 503),
+            other=((400, openapi.JSON, {"anyOf": [CheckpointNeededBody, ErrorBody]}),),
+            integer_params=frames,
+        ),
+        *(
+            op(
+                "post",
+                path,
+                "Push WAL frames [start, end) of a generation (the body: 24-byte header + page per frame).",
+                {"type": "string", "format": "binary"},
+                PushReply,
+                request_type=openapi.BINARY,
+                errors=sync_errors,
+                integer_params=frames,
+            )
+            for path in ("/sync/{generation}/{start}/{end}", "/sync/{generation}/{start}/{end}/{baton}")
+        ),
+        *(
+            op(
+                method,
+                path,
+                "Turso Sync (not libSQL's protocol): 501 naming the protocol this primary speaks.",
+                auth=False,
+                ok=(),
+                errors=(TURSO_SYNC_STATUS,),
+            )
+            for path in TURSO_SYNC_PATHS
+            for method in ("get", "post")
+        ),
+        op("post", "/rollover", "Start a new generation now.", None, RolloverBody, errors=(401, 403, 503)),
+        op("get", "/metrics", "Prometheus metrics.", None, None, errors=(401,), response_type=openapi.TEXT),
+        op("get", "/openapi.json", "This document.", None, None, errors=(401,)),
+    ]
 
 
 def apply_migrations(store: PrimaryStore) -> None:
@@ -439,6 +537,7 @@ def hrana_routes(
         authenticate,
         idle_timeout=settings.stream_idle_timeout,
         transaction_timeout=settings.transaction_timeout,
+        max_body_bytes=settings.max_body_bytes,
         on_request=lambda endpoint: metrics.hrana_requests.labels(endpoint).inc(),
         on_error=lambda code: metrics.hrana_errors.labels(code).inc(),
     )

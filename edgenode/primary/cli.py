@@ -15,8 +15,7 @@ from edgenode.config import Settings
 @settings_options
 def primary(settings: Settings) -> None:
     """Run a local libSQL primary that embedded replicas sync from (like `turso dev`)."""
-    import uvicorn
-
+    from edgenode import http_server
     from edgenode.primary.app import create_app
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -27,7 +26,14 @@ def primary(settings: Settings) -> None:
     app = create_app(settings)
     # uvicorn turns SIGTERM/SIGINT into a graceful shutdown, which runs the app's lifespan exit. The
     # bound keeps a long-polling pull (up to 30 s) or a slow download from holding the shutdown up.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=10)
+    http_server.run(app, settings, _error_body, timeout_graceful_shutdown=10)
+
+
+def _error_body(path: str, code: str, message: str) -> bytes:
+    # Sync clients read "error"; Hrana clients read "message" and "code" (the primary serves both).
+    import msgspec
+
+    return msgspec.json.encode({"error": message, "message": message, "code": code.upper()})
 
 
 @click.command()

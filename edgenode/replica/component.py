@@ -10,6 +10,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from edgenode.api.errors import ApiError
+from edgenode.api.schemas import SyncResponse
 from edgenode.metrics import NodeMetrics
 from edgenode.replica.database import ReplicaDatabase
 from edgenode.replica.scheduler import SyncFailed
@@ -46,10 +47,12 @@ class SyncComponent:
             outcome = await self.db.scheduler.sync_after()
         except SyncFailed as exc:
             raise ApiError(503, "sync_failed", f"the sync failed: {exc}; reads go on from the local replica") from exc
-        body = {
-            **self.db.position(),
-            "frames_applied": outcome.frames,
-            "duration_ms": round(outcome.duration * 1000, 3),
-            "state": self.db.scheduler.state,
-        }
+        position = self.db.position()
+        body = SyncResponse(
+            generation=position.get("generation"),
+            frame=position.get("frame"),
+            frames_applied=outcome.frames,
+            duration_ms=round(outcome.duration * 1000, 3),
+            state=self.db.scheduler.state,
+        )
         return Response(msgspec.json.encode(body), media_type="application/json")

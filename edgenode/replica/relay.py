@@ -194,12 +194,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def watch_parent() -> None:
-        sys.stdin.buffer.read()  # returns at EOF: the node is gone
+        # The raw descriptor, not sys.stdin: a daemon thread blocked inside a buffered reader makes
+        # interpreter shutdown die with "Fatal Python error: _enter_buffered_busy".
+        while os.read(0, 4096):
+            pass  # returns b"" at EOF: the node is gone
         os._exit(0)
 
     threading.Thread(target=watch_parent, daemon=True).start()
     sock = socket.socket(fileno=args.fd) if args.fd is not None else listen(args.port)
-    print(sock.getsockname()[1], flush=True)  # up: imports done, about to serve
+    try:
+        os.write(1, b"%d\n" % sock.getsockname()[1])  # up: imports done, about to serve
+    except OSError:  # the node died before reading our port (killed during start-up)
+        os._exit(0)
     app = RelayApp(args.upstream, args.timeout, args.slice)
     config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
     asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))

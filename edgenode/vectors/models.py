@@ -88,7 +88,7 @@ class SearchResult(msgspec.Struct):
     elapsed_ms: float
 
 
-class BatchResult(msgspec.Struct):
+class SearchBatchResult(msgspec.Struct):
     batch: list[SearchResult]
     elapsed_ms: float
 

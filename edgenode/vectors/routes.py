@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from edgenode import bodies
 from edgenode.vectors.manager import VectorManager
 from edgenode.vectors.models import (
     CollectionList,
@@ -36,15 +37,13 @@ def _error(exc: VectorError) -> Response:
 
 
 async def _body(request: Request, kind: type[Any]) -> Any:
-    body = await request.body()
-    if not body.strip():
-        raise VectorError(400, "malformed_json", "request body is empty; send a JSON object")
+    # The rules are edgenode.bodies'; a wrong field is 400 here (the vector API's convention).
     try:
-        return msgspec.json.decode(body, type=kind)
-    except msgspec.ValidationError as exc:
-        raise VectorError(400, "invalid_request", str(exc)) from exc
-    except msgspec.DecodeError as exc:
-        raise VectorError(400, "malformed_json", f"request body is not valid JSON: {exc}") from exc
+        return await bodies.read_json(request, kind)
+    except bodies.BodyError as exc:
+        if exc.reason == "invalid":
+            raise VectorError(400, "invalid_request", exc.message) from None
+        raise VectorError(exc.status, exc.code, exc.message) from None
 
 
 def vector_routes(manager: VectorManager) -> list[Route]:

@@ -21,10 +21,10 @@ from edgenode.vectors.models import (
     MAX_BATCH,
     MAX_EF,
     MAX_K,
-    BatchResult,
     Filter,
     Hit,
     Mode,
+    SearchBatchResult,
     SearchRequest,
     SearchResult,
     VectorError,
@@ -128,7 +128,7 @@ class SearchRequests:
             elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
         )
 
-    async def search(self, name: str, req: SearchRequest) -> SearchResult | BatchResult:
+    async def search(self, name: str, req: SearchRequest) -> SearchResult | SearchBatchResult:
         """The HTTP API's search: JSON lists in, one result (`vector`) or a batch (`vectors`) out."""
         started = time.perf_counter()
         c = self.get(name)
@@ -137,7 +137,7 @@ class SearchRequests:
         field = "vectors" if batch else None
         results = await self._run(c, queries, req.k, req.filter, req.mode, req.ef, req.include, started, field)
         if batch:
-            return BatchResult(batch=results, elapsed_ms=results[0].elapsed_ms)
+            return SearchBatchResult(batch=results, elapsed_ms=results[0].elapsed_ms)
         return results[0]
 
     async def query(

@@ -1,0 +1,152 @@
+"""The HTTP server under node and primary: uvicorn on httptools, with the time limits it lacks.
+
+uvicorn bounds only the idle time between requests (keep-alive). A client that sends half a request
+head, or a body shorter than its Content-Length, holds its connection, and the handler waiting on
+the body, forever: a few such clients would hold the server. `GuardedProtocol` adds
+
+- a head timeout: from a request's first byte (or the connection's opening) to the end of its
+  headers; past it the connection is closed (after a bare 408 if a request had begun);
+- a body timeout: from the end of the headers to the end of the body; past it the client gets a
+  408 in the app's error shape and the connection is closed. The handler reading the body sees the
+  client as gone (its own answer goes nowhere), and the 408 is logged once, here.
+
+`max_connections` is uvicorn's `limit_concurrency`: past it new requests are answered 503 at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from edgenode.bodies import TIMED_OUT_KEY
+from edgenode.config import Settings
+
+log = logging.getLogger(__name__)
+
+# (path, code, message) -> the JSON body of an error answered by the server itself.
+ErrorBody = Callable[[str, str, str], bytes]
+
+_BARE_408 = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    def __init__(
+        self, *args: Any, header_timeout: float, body_timeout: float, error_body: ErrorBody, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timeout = header_timeout
+        self._body_timeout = body_timeout
+        self._error_body = error_body
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._request_begun = False
+
+    # --- the two timers ---------------------------------------------------------------------------
+
+    def _arm_head(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self._header_timeout, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        for timer in (self._head_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._body_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self._request_begun:
+            log.warning(
+                "closed a connection from %s: request headers not complete within %g s",
+                _peer(self.client),
+                self._header_timeout,
+            )
+            self.transport.write(_BARE_408)
+        self.transport.close()
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or self.transport.is_closing():
+            return
+        if not cycle.response_started:
+            path = cycle.scope.get("path", "")
+            log.warning(
+                "answered 408 to %s %s from %s: request body not complete within %g s",
+                cycle.scope.get("method"),
+                path,
+                _peer(self.client),
+                self._body_timeout,
+            )
+            cycle.scope[TIMED_OUT_KEY] = True  # type: ignore[literal-required]
+            message = f"request body not received within {self._body_timeout:g} s (body_timeout)"
+            body = self._error_body(path, "timeout", message)
+            head = (
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+            )
+            self.transport.write(head + body)
+        # The handler's receive() now returns http.disconnect, and whatever it sends is dropped.
+        cycle.disconnected = True
+        cycle.message_event.set()
+        self.transport.close()
+
+    # --- protocol and parser callbacks --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._request_begun = True
+        self._arm_head()
+
+    def on_headers_complete(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self._request_begun = False
+        super().on_headers_complete()
+        self._body_timer = self.loop.call_later(self._body_timeout, self._body_timed_out)
+
+    def on_message_complete(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        super().on_message_complete()
+
+
+def _peer(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "?"
+
+
+def run(app: Any, settings: Settings, error_body: ErrorBody, **options: Any) -> None:
+    """uvicorn.run with the guarded protocol and the settings' connection bound."""
+    protocol = functools.partial(
+        GuardedProtocol,
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        error_body=error_body,
+    )
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        http=protocol,  # type: ignore[arg-type]
+        limit_concurrency=settings.max_connections,
+        **options,
+    )
