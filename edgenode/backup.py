@@ -1,17 +1,23 @@
 """Online backups of a node's database and atomic restores into a data directory.
 
-Backup: a separate apsw connection opens the node's database file (the node's own processes keep
-owning it: this one never writes it, never checkpoints it, `SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE`),
-starts one read transaction (WAL mode: the snapshot; writers go on appending to the WAL) and copies
-the snapshot's pages with SQLite's online backup API in steps, for progress and Ctrl-C. Because the
-read transaction stays open across the steps the backup never restarts when the node commits
-(measured in bench/backup.py against `VACUUM INTO`). The copy goes to a temp file next to the target,
-is switched to a single-file journal mode, checked (`integrity_check`, row counts per table equal to
-the snapshot's), fsynced, then renamed: the target path holds either nothing or a verified backup.
+Backup of a standalone node or a replica: a separate apsw connection opens the node's database
+file (the node's own processes keep owning it: this one never writes it, never checkpoints it,
+`SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE`), starts one read transaction (WAL mode: the snapshot; writers go
+on appending to the WAL) and copies the snapshot's pages with SQLite's online backup API in steps,
+for progress and Ctrl-C. Because the read transaction stays open across the steps the backup never
+restarts when the node commits (write latency meanwhile: bench/backup.py, next to `VACUUM INTO`).
+Every backup goes to a temp file next to the target, is switched to a single-file journal mode,
+checked (`integrity_check`; row counts per table equal to the snapshot's), fsynced, then renamed:
+the target path holds either nothing or a verified backup.
 
-The reported position is a lower bound taken just before the snapshot began: every commit
-acknowledged before `snapshot_at` (and, for a primary, every frame up to `frame` of `generation`)
-is in the backup; a few later ones may be too.
+A primary is copied without any read transaction (one would stall its next rollover, whose
+checkpoint waits for every reader, and the writes queued behind it): its main file is the
+generation's base and its committed WAL frames never change within a generation, so both are
+copied as bytes and SQLite's recovery folds the frames into the copy (`_copy_primary`).
+
+The reported position: every commit acknowledged before `snapshot_at` is in the backup (a few later
+ones may be too); a primary's backup holds exactly frames 1..`frame` of `generation`, a replica's at
+least what its `-info` said it had applied (`generation`, `frame`) when the snapshot began.
 
 Only the database is backed up. Vector and text indexes (`vectors/`, `text/`) are derived from it and
 rebuilt by the node after a restore; a primary's archived generations and a replica's `-info` belong
@@ -245,17 +251,55 @@ def backup(
         raise BackupError(f"{dest} is a directory; give the backup file's path")
     if not dest.parent.is_dir():
         raise BackupError(f"{dest.parent} does not exist")
-    position_of = {PRIMARY: _primary_position, REPLICA: _replica_position}.get(kind)
     tmp = dest.with_name(f".{dest.name}.partial")
-    for stale in (tmp, tmp.with_name(tmp.name + "-journal")):
-        stale.unlink(missing_ok=True)
+    _remove_copy(tmp)
+    try:
+        if kind == PRIMARY:
+            position, snapshot_at, pages, restarts = _copy_primary(data_dir, tmp, progress)
+            expected, note = None, ""
+        else:
+            position, snapshot_at, pages, restarts, expected, note = _copy_snapshot(
+                data_dir, db_path, tmp, kind, progress, step_pages
+            )
+        tables = verify(tmp, expected)
+        _fsync_file(tmp)
+        os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+    except BaseException:
+        _remove_copy(tmp)
+        raise
+    return BackupReport(
+        path=str(dest),
+        kind=kind,
+        bytes=dest.stat().st_size,
+        pages=pages,
+        tables=tables,
+        snapshot_at=snapshot_at,
+        seconds=round(time.monotonic() - started, 3),
+        generation=position[0] if position else None,
+        frame=position[1] if position else None,
+        note=note,
+        restarts=restarts,
+    )
+
+
+def _remove_copy(tmp: Path) -> None:
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        tmp.with_name(tmp.name + suffix).unlink(missing_ok=True)
+
+
+def _copy_snapshot(
+    data_dir: Path, db_path: Path, tmp: Path, kind: str, progress: Progress | None, step_pages: int
+) -> tuple[tuple[int, int] | None, float, int, int, dict[str, int], str]:
+    """Standalone and replica: the pages of one read transaction, with the backup API in steps."""
+    position_of = _replica_position if kind == REPLICA else None
     src = _open_source(db_path)
     try:
         mode = src.execute("PRAGMA journal_mode").fetchall()[0][0]
         note = "" if mode == "wal" else f"journal_mode={mode}: writers waited for the copy"
-        position, snapshot_at, restarts = _begin_snapshot(src, data_dir, position_of)
         if kind == REPLICA:
             note = "a replica's copy of its primary's database at the generation/frame it had applied"
+        position, snapshot_at, restarts = _begin_snapshot(src, data_dir, position_of)
         try:
             dst = apsw.Connection(str(tmp))
             try:
@@ -273,28 +317,78 @@ def backup(
                 dst.close()
         finally:
             src.execute("COMMIT")
-        tables = verify(tmp, expected)
-        _fsync_file(tmp)
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     finally:
         src.close()
-    return BackupReport(
-        path=str(dest),
-        kind=kind,
-        bytes=dest.stat().st_size,
-        pages=pages,
-        tables=tables,
-        snapshot_at=snapshot_at,
-        seconds=round(time.monotonic() - started, 3),
-        generation=position[0] if position else None,
-        frame=position[1] if position else None,
-        note=note,
-        restarts=restarts,
-    )
+    return position, snapshot_at, pages, restarts, expected, note
+
+
+def _fingerprint(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _copy_range(src: Path, dest: Path, length: int, done: int, total: int, progress: Progress | None) -> int:
+    with open(src, "rb") as f, open(dest, "wb") as out:
+        remaining = length
+        while remaining:
+            chunk = f.read(min(remaining, 4 << 20))
+            if not chunk:
+                raise BackupError(f"{src} is shorter than expected")
+            out.write(chunk)
+            remaining -= len(chunk)
+            done += len(chunk)
+            if progress is not None:
+                progress(done, total)
+    return done
+
+
+def _copy_primary(data_dir: Path, tmp: Path, progress: Progress | None) -> tuple[tuple[int, int], float, int, int]:
+    """A primary without any read transaction: its main file is the generation's base and changes only
+    at a rollover, its WAL frames 1..N are final once committed. So the base and the committed frames
+    are copied as bytes, the generation checked unchanged after, and SQLite's own recovery then
+    folds the frames into the copy (checking each frame's checksum: every copied frame must count).
+    A read transaction held by another process would instead stall the primary's next rollover
+    (its checkpoint waits for every reader) and, with it, the primary's writes."""
+    from edgenode.primary.wal import FRAME_SIZE, WAL_HEADER_SIZE
+
+    db_path = data_dir / DB_PATHS[PRIMARY]
+    wal_path = db_path.with_name(db_path.name + "-wal")
+    tmp_wal = tmp.with_name(tmp.name + "-wal")
+    for attempt in range(100):
+        snapshot_at = time.time()
+        position = _primary_position(data_dir)
+        if position is None:
+            time.sleep(0.02)
+            continue
+        generation, frames = position
+        base = _fingerprint(db_path)
+        wal_bytes = WAL_HEADER_SIZE + frames * FRAME_SIZE if frames else 0
+        total = base[0] + wal_bytes
+        try:
+            done = _copy_range(db_path, tmp, base[0], 0, total, progress)
+            if frames:
+                _copy_range(wal_path, tmp_wal, wal_bytes, done, total, progress)
+        except (BackupError, FileNotFoundError):
+            pass  # a rollover truncated the WAL under the copy: the check below retries
+        after = _primary_position(data_dir)
+        if after is None or after[0] != generation or _fingerprint(db_path) != base or not tmp.exists():
+            _remove_copy(tmp)
+            time.sleep(0.02)
+            continue
+        conn = apsw.Connection(str(tmp))
+        try:
+            if frames:
+                busy, in_wal, moved = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+                if busy or in_wal != frames or moved != frames:
+                    raise BackupError(
+                        f"the copy of the primary's WAL holds {in_wal} valid frames, {frames} were committed"
+                    )
+            conn.execute("PRAGMA journal_mode=DELETE")
+            pages = conn.execute("PRAGMA page_count").fetchall()[0][0]
+        finally:
+            conn.close()
+        return (generation, frames), snapshot_at, pages, attempt
+    raise BackupError("the primary rolled over during every attempt to copy it; try again")
 
 
 def _begin_snapshot(

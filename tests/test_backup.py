@@ -134,9 +134,34 @@ def test_backup_under_write_load_holds_every_write_acknowledged_before_its_snaps
         node.stop()
 
 
+class HranaWriteLoad(threading.Thread):
+    """Inserts one row per request on the primary; remembers when each was acknowledged."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.acked: list[tuple[int, float]] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        next_id = 1_000
+        while not self.stopping.is_set():
+            primary_execute(self.url, [("INSERT INTO t(id, data) VALUES (?, randomblob(3000))", [next_id])], TOKEN)
+            self.acked.append((next_id, time.time()))
+            next_id += 1
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(10)
+
+
+def primary_args(pdir: Path, *extra: str) -> list[str]:
+    return ["primary", "--data-dir", str(pdir), "--auth-token", TOKEN, "--no-migrate", *extra]
+
+
 def test_primary_backup_names_generation_and_frame_and_leaves_the_primary_untouched(tmp_path: Path) -> None:
     pdir = tmp_path / "primary"
-    proc = start(["primary", "--data-dir", str(pdir), "--auth-token", TOKEN, "--no-migrate"], tmp_path, "primary")
+    proc = start(primary_args(pdir), tmp_path, "primary")
     try:
         primary_execute(proc.url, ["CREATE TABLE t(id INTEGER PRIMARY KEY, data BLOB)"], TOKEN)
         for i in range(1, 51):
@@ -157,9 +182,34 @@ def test_primary_backup_names_generation_and_frame_and_leaves_the_primary_untouc
     restored = tmp_path / "restored-primary"
     result = edgenode("restore", "--from", str(tmp_path / "p.db"), "--data-dir", str(restored), "--as", "primary")
     assert result.returncode == 0, result.stderr
-    proc = start(["primary", "--data-dir", str(restored), "--auth-token", TOKEN, "--no-migrate"], tmp_path, "p2")
+    proc = start(primary_args(restored), tmp_path, "p2")
     try:
         assert primary_execute(proc.url, ["SELECT count(*) FROM t"], TOKEN)[0] == [(50,)]
+    finally:
+        proc.stop()
+
+
+def test_primary_backup_under_writes_and_rollovers_holds_every_acknowledged_write(tmp_path: Path) -> None:
+    pdir = tmp_path / "primary"
+    proc = start(primary_args(pdir, "--generation-max-frames", "40"), tmp_path, "primary")
+    try:
+        primary_execute(proc.url, ["CREATE TABLE t(id INTEGER PRIMARY KEY, data BLOB)"], TOKEN)
+        load = HranaWriteLoad(proc.url)
+        load.start()
+        reports = []
+        try:
+            time.sleep(0.3)
+            for n in range(3):
+                result = edgenode("backup", "--data-dir", str(pdir), "--to", str(tmp_path / f"p{n}.db"), "--json")
+                assert result.returncode == 0, result.stderr
+                reports.append(json.loads(result.stdout))
+        finally:
+            load.stop()
+        assert httpx.get(proc.url + "/health").json()["generation"] > 2  # rollovers happened meanwhile
+        for n, report in enumerate(reports):
+            present = ids_in(tmp_path / f"p{n}.db")
+            before = {i for i, at in load.acked if at < report["snapshot_at"]}
+            assert before and before <= present
     finally:
         proc.stop()
 
@@ -236,7 +286,7 @@ def test_kill_9_during_restore_leaves_nothing_or_the_whole_verified_database(tmp
         if target.exists() and not (data / RESTORE_MARKER).exists():
             subprocess.run(["rm", "-rf", str(data)], check=True)
         proc = spawn("restore", "--from", str(backup), "--data-dir", str(data))
-        time.sleep(rng.uniform(0, duration * 1.1))
+        time.sleep(rng.uniform(0.2, 1.3) * duration)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         if target.exists():
