@@ -175,6 +175,11 @@ def test_primary_backup_names_generation_and_frame_and_leaves_the_primary_untouc
         # The backup never checkpointed: the main file is still generation 1's base.
         after = (pdir / "primary.db").stat()
         assert (after.st_size, after.st_mtime_ns) == (base.st_size, base.st_mtime_ns)
+        assert httpx.post(proc.url + "/api/v1/backup").status_code == 401
+        over_http = httpx.post(proc.url + "/api/v1/backup", json={"name": "p.db"}, headers=AUTH, timeout=60)
+        assert over_http.status_code == 200, over_http.text
+        assert over_http.json()["frame"] == report["frame"] and over_http.json()["kind"] == "primary"
+        assert ids_in(pdir / "backups" / "p.db") == set(range(1, 51))
         primary_execute(proc.url, [("INSERT INTO t(id, data) VALUES (?, x'00')", [51])], TOKEN)
         assert httpx.get(proc.url + "/health").json()["generation"] == 1
     finally:

@@ -26,7 +26,10 @@ from starlette.types import Receive, Scope, Send
 
 from edgenode import bodies
 from edgenode.api import openapi
+from edgenode.api.errors import ApiError
 from edgenode.auth import Access, Authenticator, AuthError
+from edgenode.backup import PRIMARY
+from edgenode.backup_http import BackupService
 from edgenode.config import Settings
 from edgenode.primary import DATABASE_ID_HEADER
 from edgenode.primary.generations import (
@@ -385,6 +388,16 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
             return denied
         return Response(document, media_type="application/json")
 
+    backups = BackupService(Path(settings.data_dir), PRIMARY)
+
+    @sync_endpoint("backup", write=True)
+    async def backup(request: Request) -> Response:
+        try:
+            report = await backups.run(await request.body())
+        except ApiError as exc:
+            return error_response(exc.status, exc.message)
+        return json_response(report.as_dict())
+
     async def metrics_endpoint(request: Request) -> Response:
         denied = authorize(request)
         if isinstance(denied, Response):
@@ -405,6 +418,7 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
         Route("/sync/{generation}/{start}/{end}", push, methods=["POST"]),
         Route("/sync/{generation}/{start}/{end}/{baton}", push, methods=["POST"]),
         Route("/rollover", rollover, methods=["POST"]),
+        Route("/api/v1/backup", backup, methods=["POST"]),
         Route("/metrics", metrics_endpoint),
         Route("/openapi.json", openapi_endpoint),
     ]
