@@ -209,6 +209,13 @@ def verify(path: Path, expected: dict[str, int] | None = None) -> dict[str, int]
     return counts
 
 
+def _check_header(path: Path) -> None:
+    """Fail before anything is written when the file is plainly not a SQLite database."""
+    with open(path, "rb") as f:
+        if f.read(16) != b"SQLite format 3\x00":
+            raise BackupError(f"{path} is not a SQLite database (an encrypted or foreign file?)")
+
+
 def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -461,7 +468,7 @@ def restore(
     source = source.resolve()
     if not source.is_file():
         raise BackupError(f"no backup file at {source}")
-    expected = verify(source)
+    _check_header(source)
     target = data_dir / DB_PATHS[kind]
     marker, staging = _marker(data_dir), _staging(target)
     resuming = marker.exists()
@@ -473,21 +480,28 @@ def restore(
         )
     if in_use(target):
         raise BackupError(f"{target} is open by a running process; stop the node first")
+    created_dir = not data_dir.exists()
     data_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(
         marker, msgspec.json.encode({"source": str(source), "target": DB_PATHS[kind], "started_at": time.time()})
     )
     total = source.stat().st_size
-    done = 0
-    with open(source, "rb") as src, open(staging, "wb") as out:
-        while chunk := src.read(4 << 20):
-            out.write(chunk)
-            done += len(chunk)
-            if progress is not None:
-                progress(done, total)
-        out.flush()
-        os.fsync(out.fileno())
-    tables = verify(staging, expected)
+    try:
+        # The staging file is a byte copy, so checking it checks the backup too (one pass, not two).
+        _copy_range(source, staging, total, 0, total, progress)
+        _fsync_file(staging)
+        try:
+            tables = verify(staging)
+        except BackupError as exc:
+            raise BackupError(f"{source} is not a usable backup: {exc}") from exc
+    except BaseException:
+        # Nothing was replaced yet: leave the directory as this run found it.
+        staging.unlink(missing_ok=True)
+        if not resuming:
+            marker.unlink(missing_ok=True)
+            if created_dir and not any(data_dir.iterdir()):
+                data_dir.rmdir()
+        raise
     removed: list[str] = []
     # Files that belong to the database being replaced: an old -wal would be replayed into the new file.
     stale = [target.with_name(target.name + suffix) for suffix in ("-wal", "-shm")]

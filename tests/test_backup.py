@@ -273,6 +273,14 @@ def test_restore_refuses_an_existing_database_without_force_and_a_running_one_ev
     bad = edgenode("restore", "--from", str(corrupt), "--data-dir", str(tmp_path / "empty"))
     assert bad.returncode != 0 and "not a" in bad.stderr
     assert not (tmp_path / "empty").exists()
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(backup.read_bytes())
+    with open(damaged, "r+b") as f:  # a valid header, a page in the middle overwritten
+        f.seek(4096 * 5)
+        f.write(b"\xff" * 4096)
+    bad = edgenode("restore", "--from", str(damaged), "--data-dir", str(tmp_path / "empty"))
+    assert bad.returncode != 0 and "not a usable backup" in bad.stderr, bad.stderr
+    assert not (tmp_path / "empty").exists()
 
 
 def test_kill_9_during_restore_leaves_nothing_or_the_whole_verified_database(tmp_path: Path) -> None:
