@@ -136,7 +136,15 @@ def _primary_position(data_dir: Path) -> tuple[int, int] | None:
         return None
     if state.get("rollover_to") is not None:
         return None  # a rollover is moving the WAL into the main file: ask again
-    frame = _shm_frame(data_dir / DB_PATHS[PRIMARY])
+    db_path = data_dir / DB_PATHS[PRIMARY]
+    if in_use(db_path):
+        frame = _shm_frame(db_path)
+    else:
+        # No process has it open: the -shm may be stale (a kill -9, a reboot); judge the WAL as
+        # SQLite's recovery will.
+        from edgenode.primary.wal import WalReader
+
+        frame = WalReader(db_path.with_name(db_path.name + "-wal")).refresh().committed
     return None if frame is None else (int(state["generation"]), frame)
 
 

@@ -184,6 +184,11 @@ def test_primary_backup_names_generation_and_frame_and_leaves_the_primary_untouc
         assert httpx.get(proc.url + "/health").json()["generation"] == 1
     finally:
         proc.stop()
+    # A stopped primary keeps its WAL (it never checkpoints on close): the backup still has every commit.
+    result = edgenode("backup", "--data-dir", str(pdir), "--to", str(tmp_path / "stopped.db"), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["frame"] > report["frame"]
+    assert ids_in(tmp_path / "stopped.db") == set(range(1, 52))
     restored = tmp_path / "restored-primary"
     result = edgenode("restore", "--from", str(tmp_path / "p.db"), "--data-dir", str(restored), "--as", "primary")
     assert result.returncode == 0, result.stderr
