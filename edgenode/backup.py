@@ -254,8 +254,12 @@ def backup(
     kind: str | None = None,
     progress: Progress | None = None,
     step_pages: int = STEP_PAGES,
+    primary_position: Callable[[], tuple[int, int] | None] | None = None,
 ) -> BackupReport:
-    """Copy the data directory's database, as of one moment, to `dest` (verified, then renamed into place)."""
+    """Copy the data directory's database, as of one moment, to `dest` (verified, then renamed into place).
+
+    `primary_position`: the primary's process backing itself up says where it is (it must not probe
+    its own -shm); another process reads the -shm or the WAL instead."""
     started = time.monotonic()
     kind = kind or detect_kind(data_dir)
     db_path = data_dir / DB_PATHS[kind]
@@ -270,7 +274,8 @@ def backup(
     _remove_copy(tmp)
     try:
         if kind == PRIMARY:
-            position, snapshot_at, pages, restarts = _copy_primary(data_dir, tmp, progress)
+            position_of = primary_position or (lambda: _primary_position(data_dir))
+            position, snapshot_at, pages, restarts = _copy_primary(data_dir, tmp, progress, position_of)
             expected, note = None, ""
         else:
             position, snapshot_at, pages, restarts, expected, note = _copy_snapshot(
@@ -357,7 +362,9 @@ def _copy_range(src: Path, dest: Path, length: int, done: int, total: int, progr
     return done
 
 
-def _copy_primary(data_dir: Path, tmp: Path, progress: Progress | None) -> tuple[tuple[int, int], float, int, int]:
+def _copy_primary(
+    data_dir: Path, tmp: Path, progress: Progress | None, position_of: Callable[[], tuple[int, int] | None]
+) -> tuple[tuple[int, int], float, int, int]:
     """A primary without any read transaction: its main file is the generation's base and changes only
     at a rollover, its WAL frames 1..N are final once committed. So the base and the committed frames
     are copied as bytes, the generation checked unchanged after, and SQLite's own recovery then
@@ -371,7 +378,7 @@ def _copy_primary(data_dir: Path, tmp: Path, progress: Progress | None) -> tuple
     tmp_wal = tmp.with_name(tmp.name + "-wal")
     for attempt in range(100):
         snapshot_at = time.time()
-        position = _primary_position(data_dir)
+        position = position_of()
         if position is None:
             time.sleep(0.02)
             continue
@@ -385,7 +392,7 @@ def _copy_primary(data_dir: Path, tmp: Path, progress: Progress | None) -> tuple
                 _copy_range(wal_path, tmp_wal, wal_bytes, done, total, progress)
         except (BackupError, FileNotFoundError):
             pass  # a rollover truncated the WAL under the copy: the check below retries
-        after = _primary_position(data_dir)
+        after = position_of()
         if after is None or after[0] != generation or _fingerprint(db_path) != base or not tmp.exists():
             _remove_copy(tmp)
             time.sleep(0.02)

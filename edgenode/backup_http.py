@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,13 @@ class BackupRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class BackupService:
-    def __init__(self, data_dir: Path, kind: str) -> None:
+    def __init__(
+        self, data_dir: Path, kind: str, primary_position: Callable[[], tuple[int, int] | None] | None = None
+    ) -> None:
         self.directory = data_dir / BACKUP_DIR
         self.data_dir = data_dir
         self.kind = kind
+        self.primary_position = primary_position
         self._running = asyncio.Lock()
         self.last: BackupReport | None = None
 
@@ -70,7 +74,7 @@ class BackupService:
 
     def _backup(self, dest: Path) -> BackupReport:
         self.directory.mkdir(exist_ok=True)
-        return backup(self.data_dir, dest, kind=self.kind)
+        return backup(self.data_dir, dest, kind=self.kind, primary_position=self.primary_position)
 
 
 class BackupComponent:

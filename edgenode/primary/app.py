@@ -388,7 +388,7 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
             return denied
         return Response(document, media_type="application/json")
 
-    backups = BackupService(Path(settings.data_dir), PRIMARY)
+    backups = BackupService(Path(settings.data_dir), PRIMARY, store.durable_position)
 
     @sync_endpoint("backup", write=True)
     async def backup(request: Request) -> Response:
