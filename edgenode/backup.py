@@ -459,7 +459,8 @@ def check_not_half_restored(data_dir: Path) -> None:
         source, target = "BACKUP", "?"
     raise HalfRestored(
         f"{data_dir} holds an interrupted restore of {target} (from {source}); its database may be incomplete. "
-        f"Run `edgenode restore --from {source} --data-dir {data_dir}` again to finish it, or remove "
+        f"Run `edgenode restore --from {source} --data-dir {data_dir}"
+        f"{' --as primary' if target == DB_PATHS[PRIMARY] else ''}` again to finish it, or remove "
         f"{marker} and {_staging(data_dir / target) if target != '?' else 'the .*.restoring file'} "
         "to keep the directory as it is."
     )
