@@ -63,6 +63,13 @@ _SHM_DMS_BYTE = 128  # every connection to a WAL database holds a shared lock on
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
 
+class BackupRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of `POST /api/v1/backup` (edgenode.backup_http)."""
+
+    # A file name inside DATA_DIR/backups/ (default: <kind>-<UTC time>.db).
+    name: str | None = None
+
+
 class BackupError(Exception):
     """A backup or restore that cannot be done as asked; the message says why and what to do."""
 

@@ -20,8 +20,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from edgenode.api.errors import ApiError, decode
-from edgenode.backup import REPLICA, STANDALONE, BackupError, BackupReport, backup
+from edgenode import bodies
+from edgenode.api.errors import ApiError, body_error
+from edgenode.backup import REPLICA, STANDALONE, BackupError, BackupReport, BackupRequest, backup
 from edgenode.config import Settings
 from edgenode.database import Database
 
@@ -29,9 +30,12 @@ BACKUP_DIR = "backups"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-class BackupRequest(msgspec.Struct, forbid_unknown_fields=True):
-    # A file name inside DATA_DIR/backups/ (default: <kind>-<UTC time>.db).
-    name: str | None = None
+class BackupRefused(Exception):
+    """A request the service refuses (bad name, one already running, the backup failed)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
 
 
 class BackupService:
@@ -51,24 +55,26 @@ class BackupService:
             status.update(last_path=self.last.path, last_snapshot_at=self.last.snapshot_at, last_bytes=self.last.bytes)
         return status
 
-    async def run(self, body: bytes) -> BackupReport:
-        """Raises ApiError for a request it refuses or a backup that failed."""
-        spec = decode(body, BackupRequest) if body.strip() else BackupRequest()
+    async def run(self, request: Request) -> BackupReport:
+        """Raises bodies.BodyError for a bad body, BackupRefused for the rest it refuses."""
+        raw = await bodies.read(request, 64 * 1024)  # a file name; the primary has no body limit of its own
+        content_type = request.headers.get("content-type")
+        spec = bodies.decode(raw, BackupRequest, content_type) if raw.strip() else BackupRequest()
         name = spec.name or f"{self.kind}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.db"
         if not _NAME.match(name) or name.endswith((".partial", "-journal", "-wal", "-shm")):
-            raise ApiError(
+            raise BackupRefused(
                 400, "bad_request", "name: a plain file name (letters, digits, '.', '_', '-') within DATA_DIR/backups/"
             )
         if self._running.locked():
-            raise ApiError(409, "backup_running", "a backup is already running; retry when it has finished")
+            raise BackupRefused(409, "backup_running", "a backup is already running; retry when it has finished")
         async with self._running:
             dest = self.directory / name
             if dest.exists():
-                raise ApiError(409, "exists", f"{dest} already exists; choose another name")
+                raise BackupRefused(409, "exists", f"{dest} already exists; choose another name")
             try:
                 report = await asyncio.to_thread(self._backup, dest)
             except BackupError as exc:
-                raise ApiError(503, "backup_failed", str(exc)) from exc
+                raise BackupRefused(503, "backup_failed", str(exc)) from exc
             self.last = report
         return report
 
@@ -99,5 +105,10 @@ class BackupComponent:
         return self.service.status()
 
     async def handle(self, request: Request) -> Response:
-        report = await self.service.run(await request.body())
+        try:
+            report = await self.service.run(request)
+        except bodies.BodyError as exc:
+            raise body_error(exc) from None
+        except BackupRefused as exc:
+            raise ApiError(exc.status, exc.code, exc.message) from None
         return Response(msgspec.json.encode(report.as_dict()), media_type="application/json")
