@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench.common import DEFAULT_OUT, save
 
-SUITE = ["api_reads", "sync", "replication", "vectors", "hrana", "pragmas", "cold_start", "search", "soak"]
+SUITE = ["api_reads", "sync", "replication", "vectors", "hrana", "pragmas", "cold_start", "search", "soak", "backup"]
 
 
 def available() -> list[str]:

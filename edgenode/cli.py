@@ -1,4 +1,4 @@
-"""Command line: `edgenode serve|primary|dev|migrate|status|version|token|vectors|text|tune`.
+"""Command line: `edgenode serve|primary|dev|migrate|status|version|token|vectors|text|tune|backup|restore`.
 
 Each subcommand that runs with settings takes the same flags (`settings_options`), resolved by
 `edgenode.config.load_settings` (flags > env > TOML > defaults).
@@ -66,6 +66,8 @@ class LazyGroup(click.Group):
         "vectors": "edgenode.vectors.cli:vectors",
         "text": "edgenode.text.cli:text",
         "tune": "edgenode.commands.tune:tune",
+        "backup": "edgenode.commands.backup:backup",
+        "restore": "edgenode.commands.backup:restore",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -8,6 +8,7 @@ from starlette.applications import Starlette
 
 from edgenode.api import create_app
 from edgenode.api.app import Component
+from edgenode.backup import check_not_half_restored
 from edgenode.config import Settings
 from edgenode.database import Database, LocalDatabase
 from edgenode.pragmas import select_profile
@@ -16,6 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def open_database(settings: Settings) -> Database:
+    check_not_half_restored(settings.data_path)
     profile = select_profile(settings.profile, data_dir=settings.data_path)
     if settings.is_replica:
         from edgenode.replica import ReplicaDatabase  # type: ignore[import-not-found]
@@ -34,13 +36,14 @@ def open_database(settings: Settings) -> Database:
 
 
 def load_components(settings: Settings, db: Database) -> list[Component]:
+    from edgenode.backup_http import BackupComponent
     from edgenode.hrana_node.component import HranaComponent
     from edgenode.text.manager import TextManager
     from edgenode.vectors.manager import VectorManager
 
     vectors = VectorManager(db, settings.data_path)
     text = TextManager(db, settings.data_path, vectors=vectors)
-    components: list[Component] = [vectors, text, HranaComponent(settings, db)]
+    components: list[Component] = [vectors, text, HranaComponent(settings, db), BackupComponent(settings, db)]
     replica_component = getattr(db, "component", None)
     if replica_component is not None:
         components.insert(0, replica_component())

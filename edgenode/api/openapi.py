@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 from starlette.routing import BaseRoute, Route
 
-from edgenode import __version__, idempotency
+from edgenode import __version__, backup, idempotency
 from edgenode.api import schemas
 from edgenode.hrana import protocol as hrana
 from edgenode.text import models as text
@@ -189,6 +189,18 @@ OPERATIONS += [
         text.SearchRequest,
         text.SearchResult,
         errors=(400, 401, 404, 413, 415, 503),
+    ),
+]
+
+# --- backups (edgenode.backup_http) ------------------------------------------------------------------------
+OPERATIONS += [
+    Operation(
+        "post",
+        "/api/v1/backup",
+        "Online backup of the node's database into DATA_DIR/backups/ (body optional): path, position, row counts.",
+        backup.BackupRequest,
+        backup.BackupReport,
+        errors=(*_BODY_ERRORS, 409, 503),
     ),
 ]
 

@@ -7,6 +7,7 @@ import logging
 
 import click
 
+from edgenode.backup import HalfRestored
 from edgenode.cli import settings_options
 from edgenode.config import Settings
 
@@ -44,7 +45,10 @@ def serve(settings: Settings) -> None:
 
     owner.warm_up()  # connection processes fork from it; it starts while the node imports
     startup.mark("imports")
-    app = build_app(settings)
+    try:
+        app = build_app(settings)
+    except HalfRestored as exc:
+        raise click.ClickException(str(exc)) from exc
     startup.mark("app_built")
     from edgenode import http_server
 

@@ -27,6 +27,8 @@ from starlette.types import Receive, Scope, Send
 from edgenode import bodies
 from edgenode.api import openapi
 from edgenode.auth import Access, Authenticator, AuthError
+from edgenode.backup import PRIMARY, BackupReport, BackupRequest
+from edgenode.backup_http import BackupRefused, BackupService
 from edgenode.config import Settings
 from edgenode.primary import DATABASE_ID_HEADER
 from edgenode.primary.generations import (
@@ -385,6 +387,16 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
             return denied
         return Response(document, media_type="application/json")
 
+    backups = BackupService(Path(settings.data_dir), PRIMARY, store.durable_position)
+
+    @sync_endpoint("backup", write=True)
+    async def backup(request: Request) -> Response:
+        try:
+            report = await backups.run(request)
+        except BackupRefused as exc:
+            return error_response(exc.status, exc.message)
+        return json_response(report)
+
     async def metrics_endpoint(request: Request) -> Response:
         denied = authorize(request)
         if isinstance(denied, Response):
@@ -405,6 +417,7 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
         Route("/sync/{generation}/{start}/{end}", push, methods=["POST"]),
         Route("/sync/{generation}/{start}/{end}/{baton}", push, methods=["POST"]),
         Route("/rollover", rollover, methods=["POST"]),
+        Route("/api/v1/backup", backup, methods=["POST"]),
         Route("/metrics", metrics_endpoint),
         Route("/openapi.json", openapi_endpoint),
     ]
@@ -494,6 +507,14 @@ def operations() -> list[openapi.Operation]:
             for method in ("get", "post")
         ),
         op("post", "/rollover", "Start a new generation now.", None, RolloverBody, errors=(401, 403, 503)),
+        op(
+            "post",
+            "/api/v1/backup",
+            "Online backup into DATA_DIR/backups/ (body optional): where it went, generation, frame, rows.",
+            BackupRequest,
+            BackupReport,
+            errors=(400, 401, 403, 409, 413, 415, 422, 503),
+        ),
         op("get", "/metrics", "Prometheus metrics.", None, None, errors=(401,), response_type=openapi.TEXT),
         op("get", "/openapi.json", "This document.", None, None, errors=(401,)),
     ]

@@ -16,6 +16,7 @@ from edgenode.config import Settings
 def primary(settings: Settings) -> None:
     """Run a local libSQL primary that embedded replicas sync from (like `turso dev`)."""
     from edgenode import http_server
+    from edgenode.backup import HalfRestored, check_not_half_restored
     from edgenode.primary.app import create_app
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -23,6 +24,10 @@ def primary(settings: Settings) -> None:
         settings.auth_token or settings.read_token or settings.jwt_key_file
     ):
         raise click.UsageError("binding a non-loopback address needs --auth-token, --read-token or --jwt-key-file")
+    try:
+        check_not_half_restored(settings.data_path)
+    except HalfRestored as exc:
+        raise click.ClickException(str(exc)) from exc
     app = create_app(settings)
     # uvicorn turns SIGTERM/SIGINT into a graceful shutdown, which runs the app's lifespan exit. The
     # bound keeps a long-polling pull (up to 30 s) or a slow download from holding the shutdown up.

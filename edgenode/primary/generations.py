@@ -296,6 +296,17 @@ class PrimaryStore:
         """Frames of the current generation verified as committed."""
         return self._refresh()[0]
 
+    def durable_position(self) -> tuple[int, int] | None:
+        """(generation, last commit frame SQLite reported committed); None during a rollover. For a
+        backup in this process, which must not read the -shm itself (closing a descriptor of it would
+        drop this process's POSIX locks on it)."""
+        with self.lock.shared(LOCK_TIMEOUT):
+            if self._state.rollover_to is not None:
+                return None
+            _, commits = self._refresh()
+            i = bisect.bisect_right(commits, self._durable) - 1
+            return self.generation, commits[i] if i >= 0 else 0
+
     @property
     def database_id(self) -> str | None:
         return self._state.database_id

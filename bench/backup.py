@@ -1,0 +1,164 @@
+"""Backups: how fast `edgenode backup` and `edgenode restore` move a database, next to a plain copy,
+and what a running backup costs the writes of a live node.
+
+Throughput (page cache warm for every method, so all read the same memory): the database file
+copied with `shutil.copyfile` + fsync (the peer), `edgenode.backup.backup` (snapshot in a held read
+transaction, SQLite's online backup API in 4 MiB steps, switched to a single file, integrity_check,
+row counts, fsync, rename), `VACUUM INTO` (SQLite's other way to snapshot, no progress, no
+verification) and `edgenode.backup.restore` (copy to staging, verify, fsync, rename). MB/s counts
+the database's size.
+
+Write cost: a real `edgenode serve` node on the same database, one client inserting a row per
+`POST /api/v1/execute` back to back; latency p50/p99/max over a window without a backup, then over
+windows during which backups run one after another (backup API, then `VACUUM INTO`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import apsw
+import httpx
+
+from bench.common import NodeProcess, machine, percentile, table
+from edgenode.backup import backup, restore
+
+
+def build(path: Path, megabytes: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = apsw.Connection(str(path))
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, data BLOB)")
+    conn.execute("CREATE TABLE w(id INTEGER PRIMARY KEY, data BLOB)")
+    rows = megabytes * 1024 // 4
+    with conn:
+        conn.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
+            "INSERT INTO t(id, data) SELECT i, randomblob(4000) FROM n",
+            (rows,),
+        )
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
+def plain_copy(src: Path, dest: Path) -> None:
+    shutil.copyfile(src, dest)
+    fd = os.open(dest, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def vacuum_into(src: Path, dest: Path) -> None:
+    dest.unlink(missing_ok=True)
+    conn = apsw.Connection(str(src))
+    conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+    try:
+        conn.execute("VACUUM INTO ?", (str(dest),))
+    finally:
+        conn.close()
+
+
+def timed(fn: Callable[[], Any], repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def write_window(url: str, seconds: float, during: Callable[[], None] | None) -> dict[str, Any]:
+    """Insert rows back to back for `seconds`; `during` runs over and over in a thread meanwhile."""
+    stop = threading.Event()
+    runs = [0]
+
+    def loop() -> None:
+        while not stop.is_set():
+            assert during is not None
+            during()
+            runs[0] += 1
+
+    worker = threading.Thread(target=loop) if during else None
+    latencies: list[float] = []
+    with httpx.Client(base_url=url, timeout=30) as client:
+        if worker:
+            worker.start()
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            start = time.perf_counter()
+            r = client.post(
+                "/api/v1/execute", json={"statements": [{"sql": "INSERT INTO w(data) VALUES (randomblob(200))"}]}
+            )
+            latencies.append(time.perf_counter() - start)
+            r.raise_for_status()
+    stop.set()
+    if worker:
+        worker.join()
+    return {
+        "writes": len(latencies),
+        "p50_ms": round(percentile(latencies, 50) * 1000, 3),
+        "p99_ms": round(percentile(latencies, 99) * 1000, 3),
+        "max_ms": round(max(latencies) * 1000, 3),
+        "backups_completed": runs[0],
+    }
+
+
+def run(quick: bool, out: Path) -> dict[str, Any]:
+    megabytes = 32 if quick else 1024
+    repeats = 1 if quick else 3
+    window = 2.0 if quick else 15.0
+    with tempfile.TemporaryDirectory(prefix="edgenode-bench-backup-") as tmp:
+        root = Path(tmp)
+        data = root / "data"
+        db = data / "edgenode.db"
+        build(db, megabytes)
+        size_mb = db.stat().st_size / 1e6
+        target = root / "out"
+        target.mkdir()
+
+        def fresh_restore() -> None:
+            shutil.rmtree(root / "restored", ignore_errors=True)
+            restore(target / "b.db", root / "restored")
+
+        throughput = []
+        for method, fn in (
+            ("plain copy + fsync (peer)", lambda: plain_copy(db, target / "copy.db")),
+            ("edgenode backup", lambda: backup(data, target / "b.db")),
+            ("VACUUM INTO", lambda: vacuum_into(db, target / "v.db")),
+            ("edgenode restore", fresh_restore),
+        ):
+            seconds = timed(fn, repeats)
+            throughput.append({"method": method, "seconds": round(seconds, 3), "mb_per_s": round(size_mb / seconds, 1)})
+        shutil.rmtree(root / "restored", ignore_errors=True)
+
+        node = NodeProcess(["serve", "--data-dir", str(data)], root / "node.log")
+        try:
+            node.wait_ready()
+            latency = [
+                {"while": "no backup", **write_window(node.url, window, None)},
+                {"while": "edgenode backup", **write_window(node.url, window, lambda: backup(data, target / "b.db"))},
+                {"while": "VACUUM INTO", **write_window(node.url, window, lambda: vacuum_into(db, target / "v.db"))},
+            ]
+        finally:
+            node.stop()
+    print(table(throughput, ["method", "seconds", "mb_per_s"]))
+    print(table(latency, ["while", "writes", "p50_ms", "p99_ms", "max_ms", "backups_completed"]))
+    return {
+        "benchmark": "backup",
+        "command": "python -m bench backup" + (" --quick" if quick else ""),
+        "machine": machine(),
+        "parameters": {"database_mb": round(size_mb, 1), "repeats_best_of": repeats, "write_window_s": window},
+        "throughput": throughput,
+        "write_latency": latency,
+        "peers_missing": [],
+        "notes": "page cache warm for every method; writes are single-row REST transactions back to back",
+    }

@@ -1,0 +1,114 @@
+"""`POST /api/v1/backup`: a running node or primary backs its database up into `DATA_DIR/backups/`.
+
+The route needs the read-write token. The file name is the caller's choice within that directory
+only: a token holder must not be able to write anywhere the process can. One backup runs at a time,
+on a worker thread (apsw releases the GIL while it copies). `BackupService` is the one
+implementation; the node mounts it as a component, the primary's app as one more route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from edgenode import bodies
+from edgenode.api.errors import ApiError, body_error
+from edgenode.backup import REPLICA, STANDALONE, BackupError, BackupReport, BackupRequest, backup
+from edgenode.config import Settings
+from edgenode.database import Database
+
+BACKUP_DIR = "backups"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class BackupRefused(Exception):
+    """A request the service refuses (bad name, one already running, the backup failed)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class BackupService:
+    def __init__(
+        self, data_dir: Path, kind: str, primary_position: Callable[[], tuple[int, int] | None] | None = None
+    ) -> None:
+        self.directory = data_dir / BACKUP_DIR
+        self.data_dir = data_dir
+        self.kind = kind
+        self.primary_position = primary_position
+        self._running = asyncio.Lock()
+        self.last: BackupReport | None = None
+
+    def status(self) -> dict[str, Any]:
+        status: dict[str, Any] = {"running": self._running.locked()}
+        if self.last is not None:
+            status.update(last_path=self.last.path, last_snapshot_at=self.last.snapshot_at, last_bytes=self.last.bytes)
+        return status
+
+    async def run(self, request: Request) -> BackupReport:
+        """Raises bodies.BodyError for a bad body, BackupRefused for the rest it refuses."""
+        raw = await bodies.read(request, 64 * 1024)  # a file name; the primary has no body limit of its own
+        content_type = request.headers.get("content-type")
+        spec = bodies.decode(raw, BackupRequest, content_type) if raw.strip() else BackupRequest()
+        name = spec.name or f"{self.kind}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.db"
+        if not _NAME.match(name) or name.endswith((".partial", "-journal", "-wal", "-shm")):
+            raise BackupRefused(
+                400, "bad_request", "name: a plain file name (letters, digits, '.', '_', '-') within DATA_DIR/backups/"
+            )
+        if self._running.locked():
+            raise BackupRefused(409, "backup_running", "a backup is already running; retry when it has finished")
+        async with self._running:
+            dest = self.directory / name
+            if dest.exists():
+                raise BackupRefused(409, "exists", f"{dest} already exists; choose another name")
+            try:
+                report = await asyncio.to_thread(self._backup, dest)
+            except BackupError as exc:
+                raise BackupRefused(503, "backup_failed", str(exc)) from exc
+            self.last = report
+        return report
+
+    def _backup(self, dest: Path) -> BackupReport:
+        self.directory.mkdir(exist_ok=True)
+        return backup(self.data_dir, dest, kind=self.kind, primary_position=self.primary_position)
+
+
+class BackupComponent:
+    name = "backup"
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.service = BackupService(settings.data_path, REPLICA if db.role == REPLICA else STANDALONE)
+
+    def routes(self) -> list[BaseRoute]:
+        return [Route("/api/v1/backup", self.handle, methods=["POST"])]
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def not_ready_reason(self) -> str | None:
+        return None
+
+    def status(self) -> dict[str, Any]:
+        return self.service.status()
+
+    async def handle(self, request: Request) -> Response:
+        try:
+            report = await self.service.run(request)
+        except bodies.BodyError as exc:
+            raise body_error(exc) from None
+        except BackupRefused as exc:
+            raise ApiError(exc.status, exc.code, exc.message) from None
+        return Response(msgspec.json.encode(report.as_dict()), media_type="application/json")
