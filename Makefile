@@ -35,8 +35,8 @@ serve: setup
 	$(BIN)/edgenode serve
 
 lint: setup
-	$(BIN)/ruff check edgenode tests bench .ci/release
-	$(BIN)/ruff format --check edgenode tests bench .ci/release
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: setup $(JS) lint
 	$(BIN)/pytest
