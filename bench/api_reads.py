@@ -57,8 +57,8 @@ def http_load(url: str, clients: int, seconds: float, n_rows: int) -> dict[str, 
 def in_process(data_dir: Path, seconds: float, n_rows: int) -> list[dict[str, Any]]:
     import libsql
 
-    from edgenode.database import DB_FILE, LocalDatabase
     from edgenode.pragmas import select_profile
+    from edgenode.standalone import DB_FILE, LocalDatabase
 
     rows = []
     rng = random.Random(1)

@@ -434,7 +434,7 @@ def plot(search_rows: list[dict[str, Any]], hybrid_rows: list[dict[str, Any]], p
 
 
 def run(quick: bool = False, out: Path = DEFAULT_OUT) -> dict[str, Any]:
-    from edgenode.database import DB_FILE
+    from edgenode.standalone import DB_FILE
 
     ds = load(quick)
     seconds = 1.0 if quick else 10.0

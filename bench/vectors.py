@@ -183,8 +183,8 @@ def write_libsql(path: Path, base: np.ndarray) -> None:
 async def _edgenode(ds: dict[str, Any], data: Path, quick: bool = False) -> list[dict[str, Any]]:
     import hnswlib
 
-    from edgenode.database import LocalDatabase
     from edgenode.pragmas import select_profile
+    from edgenode.standalone import LocalDatabase
     from edgenode.vectors import VectorManager
     from edgenode.vectors.models import CollectionSpec, Filter, SearchRequest
 
@@ -466,7 +466,7 @@ def run(quick: bool = False, out: Path = DEFAULT_OUT, http: bool = True, diskann
         rows.extend(got)
         print(f"   {label}: {time.perf_counter() - t:.1f}s", flush=True)
 
-    from edgenode.database import DB_FILE
+    from edgenode.standalone import DB_FILE
 
     for ds in load_datasets(quick):
         print(f"-- {ds['name']}: {len(ds['base']):,} x {ds['base'].shape[1]}, {len(ds['queries'])} queries", flush=True)

@@ -18,10 +18,12 @@ from typing import Any
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from edgenode import bodies
+from edgenode.api.component import Component
 from edgenode.api.errors import ApiError, body_error
+from edgenode.api.routing import write_route
 from edgenode.backup import REPLICA, STANDALONE, BackupError, BackupReport, BackupRequest, backup
 from edgenode.config import Settings
 from edgenode.database import Database
@@ -83,23 +85,14 @@ class BackupService:
         return backup(self.data_dir, dest, kind=self.kind, primary_position=self.primary_position)
 
 
-class BackupComponent:
+class BackupComponent(Component):
     name = "backup"
 
     def __init__(self, settings: Settings, db: Database) -> None:
         self.service = BackupService(settings.data_path, REPLICA if db.role == REPLICA else STANDALONE)
 
     def routes(self) -> list[BaseRoute]:
-        return [Route("/api/v1/backup", self.handle, methods=["POST"])]
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-    def not_ready_reason(self) -> str | None:
-        return None
+        return [write_route("/api/v1/backup", self.handle, methods=["POST"])]
 
     def status(self) -> dict[str, Any]:
         return self.service.status()

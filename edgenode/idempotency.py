@@ -32,10 +32,12 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from edgenode.database import DatabaseError, ExecResult, PlainStatement, SQLError, Unavailable, run_transaction
+from edgenode.engine import run_transaction
+from edgenode.errors import DatabaseError, SQLError, Unavailable
 from edgenode.hrana import protocol as p
 from edgenode.hrana.backend import StmtResult
 from edgenode.hrana.values import to_python
+from edgenode.results import ExecResult, PlainStatement
 
 if TYPE_CHECKING:
     # Imported where used: the client pulls in httpx, which a standalone node never needs.

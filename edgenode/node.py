@@ -1,41 +1,48 @@
-"""Assembles a node from settings: the database for its mode, its components, the app."""
+"""Assembles a node from settings: the database for its mode, its components, the app.
+
+The mode is decided here, from the settings, once; nothing downstream probes the database for it.
+Imports are deferred: a replica's relay process is spawned before the heavy front-end modules
+(vectors, text) are imported, so its interpreter starts while this one still imports.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from starlette.applications import Starlette
-
-from edgenode.api import create_app
-from edgenode.api.app import Component
 from edgenode.backup import check_not_half_restored
 from edgenode.config import Settings
-from edgenode.database import Database, LocalDatabase
 from edgenode.pragmas import select_profile
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from edgenode.api.component import Component
+    from edgenode.database import Database
+    from edgenode.replica.database import ReplicaDatabase
+    from edgenode.standalone import LocalDatabase
 
 log = logging.getLogger(__name__)
 
 
 def open_database(settings: Settings) -> Database:
+    """The database for the node's mode."""
     check_not_half_restored(settings.data_path)
-    profile = select_profile(settings.profile, data_dir=settings.data_path)
+    return _replica(settings) if settings.is_replica else _local(settings)
+
+
+def open_node(settings: Settings) -> tuple[Database, list[Component]]:
+    """The database and the components that serve it."""
+    check_not_half_restored(settings.data_path)
+    db: Database
+    components: list[Component] = []
     if settings.is_replica:
-        from edgenode.replica import ReplicaDatabase  # type: ignore[import-not-found]
+        from edgenode.api.sync import SyncComponent
 
-        replica = ReplicaDatabase(settings, profile)
-        replica.spawn_relay()  # its interpreter starts while the node imports and builds the rest
-        return replica
-    return LocalDatabase(
-        settings.data_path,
-        profile,
-        readers=settings.read_connections,
-        migrate=settings.migrate,
-        max_rows=settings.max_rows,
-        timeout_ms=settings.query_timeout_ms,
-    )
-
-
-def load_components(settings: Settings, db: Database) -> list[Component]:
+        replica = db = _replica(settings)
+        components.append(SyncComponent(replica))
+    else:
+        db = _local(settings)
     from edgenode.backup_http import BackupComponent
     from edgenode.hrana_node.component import HranaComponent
     from edgenode.text.manager import TextManager
@@ -43,13 +50,33 @@ def load_components(settings: Settings, db: Database) -> list[Component]:
 
     vectors = VectorManager(db, settings.data_path)
     text = TextManager(db, settings.data_path, vectors=vectors)
-    components: list[Component] = [vectors, text, HranaComponent(settings, db), BackupComponent(settings, db)]
-    replica_component = getattr(db, "component", None)
-    if replica_component is not None:
-        components.insert(0, replica_component())
-    return components
+    components += [vectors, text, HranaComponent(settings, db), BackupComponent(settings, db)]
+    return db, components
+
+
+def _replica(settings: Settings) -> ReplicaDatabase:
+    from edgenode.replica.database import ReplicaDatabase
+
+    replica = ReplicaDatabase(settings, select_profile(settings.profile, data_dir=settings.data_path))
+    replica.spawn_relay()  # its interpreter starts while the node imports and builds the rest
+    return replica
+
+
+def _local(settings: Settings) -> LocalDatabase:
+    from edgenode.standalone import LocalDatabase
+
+    return LocalDatabase(
+        settings.data_path,
+        select_profile(settings.profile, data_dir=settings.data_path),
+        readers=settings.read_connections,
+        migrate=settings.migrate,
+        max_rows=settings.max_rows,
+        timeout_ms=settings.query_timeout_ms,
+    )
 
 
 def build_node_app(settings: Settings) -> Starlette:
-    db = open_database(settings)
-    return create_app(settings, db, components=load_components(settings, db))
+    from edgenode.api import create_app
+
+    db, components = open_node(settings)
+    return create_app(settings, db, components=components)

@@ -39,7 +39,7 @@ def _context() -> multiprocessing.context.BaseContext:
     # threads, unlike fork) and in a fraction of spawn's start-up time.
     if sys.platform != "win32" and "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["edgenode.owner", "edgenode.database", "edgenode.replica.connection"])
+        ctx.set_forkserver_preload(["edgenode.owner", "edgenode.engine", "edgenode.replica.connection"])
         return ctx
     return multiprocessing.get_context("spawn")
 

@@ -12,10 +12,10 @@ import msgspec
 import pytest
 
 from edgenode.api import openapi
+from edgenode.api.sync import SyncComponent
 from edgenode.config import Settings
 from edgenode.node import build_node_app
 from edgenode.primary.app import create_app as create_primary_app
-from edgenode.replica.component import SyncComponent
 from tests.procs import start
 
 RW = "schemathesis-rw-token"

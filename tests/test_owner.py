@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from edgenode.database import SQLError, open_local, run_read
+from edgenode.engine import open_local, run_read
+from edgenode.errors import SQLError
 from edgenode.owner import OwnerDied, ProcessOwner
 from edgenode.pragmas import select_profile
 

@@ -284,7 +284,7 @@ def test_the_relay_answers_424_fast_when_the_primary_is_down_or_the_deadline_pas
 @pytest.mark.anyio
 async def test_a_dead_relay_or_connection_process_is_replaced_by_the_next_sync(tmp_path: Path) -> None:
     from edgenode.config import load_settings
-    from edgenode.database import Unavailable
+    from edgenode.errors import Unavailable
     from edgenode.pragmas import select_profile
     from edgenode.replica.database import ReplicaDatabase
     from tests.test_replica_support import TOKEN, primary_write, start_primary

@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from edgenode.database import LocalDatabase
 from edgenode.pragmas import select_profile
+from edgenode.standalone import LocalDatabase
 
 T = TypeVar("T")
 

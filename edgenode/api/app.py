@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -16,6 +14,7 @@ from starlette.types import Scope
 
 from edgenode import startup
 from edgenode.api import openapi, rest
+from edgenode.api.component import Component
 from edgenode.api.errors import (
     ApiError,
     api_error_handler,
@@ -24,60 +23,15 @@ from edgenode.api.errors import (
     internal_error_handler,
 )
 from edgenode.api.middleware import AuthMiddleware, BodyLimitMiddleware, MetricsMiddleware
+from edgenode.api.node import Node
+from edgenode.api.routing import AccessMap
 from edgenode.auth import Authenticator
 from edgenode.config import Settings
-from edgenode.database import Database, DatabaseError
+from edgenode.database import Database
+from edgenode.errors import DatabaseError
 from edgenode.metrics import NodeMetrics
 
 log = logging.getLogger(__name__)
-
-
-class Component(Protocol):
-    """A part of the node with routes and a lifecycle: vector indexes, Hrana, the sync scheduler."""
-
-    name: str
-
-    def routes(self) -> list[BaseRoute]: ...
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    def status(self) -> dict[str, Any]: ...
-
-    def not_ready_reason(self) -> str | None: ...
-
-
-class Node:
-    """What request handlers reach through `request.app.state.node`."""
-
-    def __init__(self, settings: Settings, db: Database, metrics: NodeMetrics, components: list[Component]) -> None:
-        self.settings = settings
-        self.db = db
-        self.metrics = metrics
-        self.components = components
-        self.started_at = time.monotonic()
-
-    def not_ready_reason(self) -> str | None:
-        if not getattr(self.db, "started", False):
-            return "database is not open yet"
-        for component in self.components:
-            reason = component.not_ready_reason()
-            if reason:
-                return f"{component.name}: {reason}"
-        startup.ready()
-        return None
-
-    async def wait_fresh(
-        self, min_frame: int | None, max_staleness_ms: int | None, min_generation: int | None = None
-    ) -> None:
-        waiter = getattr(self.db, "wait_fresh", None)
-        if waiter is not None:
-            await waiter(min_frame, max_staleness_ms, min_generation)
-
-    async def migration_status(self) -> list[dict[str, Any]]:
-        runner = getattr(self.db, "migration_status", None)
-        return await runner() if runner is not None else []
 
 
 def create_app(
@@ -92,10 +46,7 @@ def create_app(
     metrics = NodeMetrics()
     node = Node(settings, db, metrics, components)
     for component in components:
-        # Components that count into the node's metrics (Hrana's requests and errors) get them here.
-        bind_metrics = getattr(component, "bind_metrics", None)
-        if bind_metrics is not None:
-            bind_metrics(metrics)
+        component.bind_metrics(metrics)
     authenticator = authenticator or Authenticator.from_settings(
         settings.auth_token, settings.read_token, settings.jwt_key_file
     )
@@ -135,7 +86,7 @@ def create_app(
         middleware=[
             Middleware(MetricsMiddleware, metrics=metrics, route_label=route_label),
             Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
-            Middleware(AuthMiddleware, authenticator=authenticator),
+            Middleware(AuthMiddleware, authenticator=authenticator, access=AccessMap(routes)),
         ],
         exception_handlers={
             ApiError: api_error_handler,

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from edgenode import bodies
-from edgenode.database import DatabaseError
+from edgenode.errors import DatabaseError
 
 T = TypeVar("T")
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgenode.api.errors import error_response
+from edgenode.api.routing import AccessMap
 from edgenode.auth import Access, Authenticator, AuthError
 from edgenode.metrics import NodeMetrics
 
@@ -15,17 +16,6 @@ OPEN_PATHS = frozenset({"/health", "/ready"})
 # The Hrana server authenticates its own routes and answers in Hrana's error format.
 HRANA_PREFIXES = ("/v1/", "/v2", "/v3")
 ACCESS_KEY = "edgenode.access"
-# POST routes that only read; every other non-GET route changes something and needs write access.
-READ_ONLY_POSTS = ("/api/v1/query",)
-READ_ONLY_POST_SUFFIXES = ("/search",)
-
-
-def needs_write(method: str, path: str) -> bool:
-    if method in ("GET", "HEAD", "OPTIONS"):
-        return False
-    if method == "POST" and (path in READ_ONLY_POSTS or path.endswith(READ_ONLY_POST_SUFFIXES)):
-        return False
-    return True
 
 
 class MetricsMiddleware:
@@ -56,9 +46,12 @@ class MetricsMiddleware:
 
 
 class AuthMiddleware:
-    def __init__(self, app: ASGIApp, authenticator: Authenticator) -> None:
+    """Bearer auth; a read-only token reaches only routes that declare they read (`api/routing.py`)."""
+
+    def __init__(self, app: ASGIApp, authenticator: Authenticator, access: AccessMap) -> None:
         self.app = app
         self.authenticator = authenticator
+        self.access = access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -80,7 +73,7 @@ class AuthMiddleware:
             response = error_response(401, "unauthorized", str(exc), headers={"WWW-Authenticate": "Bearer"})
             await response(scope, receive, send)
             return
-        if not access.can_write and needs_write(scope["method"], path):
+        if not access.can_write and self.access.needs_write(scope["method"], path):
             response = error_response(
                 403, "forbidden", "this token is read-only; this route needs the read-write token"
             )

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from edgenode import idempotency
 from edgenode.api import schemas
 from edgenode.api.errors import JSONResponse, read_json
+from edgenode.api.node import Node
+from edgenode.api.routing import read_route, write_route
 from edgenode.versions import versions
-
-if TYPE_CHECKING:
-    from edgenode.api.app import Node
 
 
 def node(request: Request) -> Node:
@@ -45,7 +42,7 @@ async def status(request: Request) -> Response:
         schemas.StatusResponse(
             role=n.db.role,
             database=n.db.status(),
-            migrations=await n.migration_status(),
+            migrations=await n.db.migration_status(),
             versions=versions(),
             uptime_seconds=round(time.monotonic() - n.started_at, 3),
             components={c.name: c.status() for c in n.components},
@@ -56,7 +53,8 @@ async def status(request: Request) -> Response:
 async def query(request: Request) -> Response:
     body = await read_json(request, schemas.QueryRequest)
     n = node(request)
-    await n.wait_fresh(body.min_frame, body.max_staleness_ms, body.min_generation)
+    if body.min_frame is not None or body.max_staleness_ms is not None or body.min_generation is not None:
+        await n.db.wait_fresh(body.min_frame, body.max_staleness_ms, body.min_generation)
     start = time.perf_counter()
     result = await n.db.read(body.sql, body.params)
     elapsed = time.perf_counter() - start
@@ -75,20 +73,19 @@ async def execute(request: Request) -> Response:
     key = idempotency.parse_key(request.headers.get(idempotency.HEADER))
     keyed = idempotency.keyed(key, statements, n.settings.idempotency_retention)
     start = time.perf_counter()
-    results = await n.db.write(statements, keyed)
+    written = await n.db.write(statements, keyed)
     elapsed = time.perf_counter() - start
     n.metrics.query_duration.labels("write").observe(elapsed)
-    position: dict[str, Any] = n.db.position() if hasattr(n.db, "position") else {}
     response = encode(
         schemas.ExecuteResponse(
-            results=[schemas.ExecResult(r.rows_affected, r.last_insert_rowid) for r in results],
+            results=[schemas.ExecResult(r.rows_affected, r.last_insert_rowid) for r in written.results],
             elapsed_ms=round(elapsed * 1000, 3),
-            generation=position.get("generation"),
-            frame=position.get("frame"),
+            generation=written.position.generation,
+            frame=written.position.frame,
         )
     )
     if keyed is not None:
-        response.headers[idempotency.REPLAYED_HEADER] = "true" if keyed.replayed else "false"
+        response.headers[idempotency.REPLAYED_HEADER] = "true" if written.replayed else "false"
     return response
 
 
@@ -105,11 +102,11 @@ async def openapi(request: Request) -> Response:
 
 
 ROUTES = [
-    Route("/health", health, methods=["GET"]),
-    Route("/ready", ready, methods=["GET"]),
-    Route("/api/v1/status", status, methods=["GET"]),
-    Route("/api/v1/query", query, methods=["POST"]),
-    Route("/api/v1/execute", execute, methods=["POST"]),
-    Route("/metrics", metrics, methods=["GET"]),
-    Route("/openapi.json", openapi, methods=["GET"]),
+    read_route("/health", health, methods=["GET"]),
+    read_route("/ready", ready, methods=["GET"]),
+    read_route("/api/v1/status", status, methods=["GET"]),
+    read_route("/api/v1/query", query, methods=["POST"]),
+    write_route("/api/v1/execute", execute, methods=["POST"]),
+    read_route("/metrics", metrics, methods=["GET"]),
+    read_route("/openapi.json", openapi, methods=["GET"]),
 ]

@@ -7,8 +7,8 @@ import libsql
 
 from edgenode.cli import settings_options
 from edgenode.config import Settings
-from edgenode.database import DB_FILE
 from edgenode.migrations import LibsqlTarget, MigrationError, run_migrations
+from edgenode.standalone import DB_FILE
 
 
 @click.command()

@@ -7,33 +7,33 @@ gets read-only sessions).
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from starlette.requests import Request
 from starlette.routing import BaseRoute
 
+from edgenode.api.component import Component
 from edgenode.auth import Access, Authenticator
 from edgenode.config import Settings
-from edgenode.database import Database, LocalDatabase
-from edgenode.hrana.backend import Backend
+from edgenode.database import Database
 from edgenode.hrana.server import HranaServer
-from edgenode.hrana_node.common import LoopBridge
 from edgenode.metrics import NodeMetrics
 
 
-class HranaComponent:
+class HranaComponent(Component):
     name = "hrana"
 
     def __init__(self, settings: Settings, db: Database, authenticator: Authenticator | None = None) -> None:
         self.settings = settings
         self.db = db
-        self.bridge = LoopBridge()
         self.authenticator = authenticator or Authenticator.from_settings(
             settings.auth_token, settings.read_token, settings.jwt_key_file
         )
         self.metrics: NodeMetrics | None = None
-        self.backend = self._backend()
+        # A statement waiting for a lease outlasts the holder's transaction timeout by a margin.
+        self.backend = db.connections(
+            lease_timeout=settings.transaction_timeout + 1.0, readers=settings.read_connections
+        )
         self.server = HranaServer(
             self.backend,
             self._authenticate,
@@ -43,22 +43,6 @@ class HranaComponent:
             on_request=self._on_request,
             on_error=self._on_error,
         )
-
-    def _backend(self) -> Backend:
-        # A statement waiting for a lease outlasts the holder's transaction timeout by a margin.
-        lease_timeout = self.settings.transaction_timeout + 1.0
-        if isinstance(self.db, LocalDatabase):
-            from edgenode.hrana_node.local import LocalBackend
-
-            return LocalBackend(
-                self.db, self.bridge, lease_timeout=lease_timeout, readers=self.settings.read_connections
-            )
-        from edgenode.hrana_node.forward import ForwardBackend
-        from edgenode.replica.database import ReplicaDatabase
-
-        if not isinstance(self.db, ReplicaDatabase):
-            raise TypeError(f"no Hrana backend for {type(self.db).__name__}")
-        return ForwardBackend(self.db, self.bridge, self.settings)
 
     def _authenticate(self, request: Request) -> Access:
         return self.authenticator.check(request.headers.get("authorization"))
@@ -79,17 +63,12 @@ class HranaComponent:
         return list(self.server.routes())
 
     async def start(self) -> None:
-        self.bridge.attach(asyncio.get_running_loop())
-        start = getattr(self.backend, "start", None)
-        if start is not None:
-            await start()
+        await self.backend.start()
 
     async def stop(self) -> None:
         # Rolls back open transactions and gives leased connections back before the database closes.
         await self.server.aclose()
-        stop = getattr(self.backend, "stop", None)
-        if stop is not None:
-            await stop()
+        await self.backend.stop()
 
     def status(self) -> dict[str, Any]:
         return {
@@ -97,6 +76,3 @@ class HranaComponent:
             "requests": dict(self.server.request_counts),
             "errors": dict(self.server.error_counts),
         }
-
-    def not_ready_reason(self) -> str | None:
-        return None

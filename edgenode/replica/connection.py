@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import libsql
 
-from edgenode.database import read_schema
+from edgenode.engine import read_schema
 from edgenode.pragmas import PragmaReport, Profile, apply_profile
 from edgenode.replica.files import InvalidInfo, Position, ReplicaFiles
 from edgenode.tls import client_context

@@ -19,57 +19,41 @@ Traps of the PyPI `libsql` 0.1.x binding this module is shaped by:
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from edgenode import startup
-from edgenode.analysis import Analysis, StatementAnalyzer
+from edgenode import engine, startup
+from edgenode.analysis import StatementAnalyzer
 from edgenode.config import Settings
-from edgenode.database import (
-    Database,
-    DatabaseError,
-    ExecResult,
-    QueryResult,
-    ReadOnlyError,
-    Statement,
-    Unavailable,
-    analyze,
-    bind_statement,
-    prepare_writes,
-    run_read,
-)
-from edgenode.idempotency import KeyedWrite
+from edgenode.database import Connections, Database
+from edgenode.errors import DatabaseError, Unavailable
 from edgenode.owner import OwnerDied, ProcessOwner
 from edgenode.pragmas import Profile
 from edgenode.replica import bootstrap
 from edgenode.replica.connection import ResyncNeeded, classify, open_replica, pull
 from edgenode.replica.files import InvalidInfo, Position, ReplicaFiles
+from edgenode.replica.forwarder import Forwarder
 from edgenode.replica.identity import database_id_problem, local_problem, normalize_url, write_identity
 from edgenode.replica.metrics import ReplicaMetrics
 from edgenode.replica.relay import Relay
 from edgenode.replica.scheduler import Scheduler, SyncFailed, SyncOutcome
+from edgenode.replica.sessions import ReplicaConnections
 from edgenode.replica.watcher import Watcher
-from edgenode.replica.writes import PrimaryWriter, exact_params
+from edgenode.results import NO_POSITION, Params, QueryResult, Statement, WritePosition, WriteResult
+from edgenode.statements import bind_params, bind_statement, prepare_read, prepare_writes
 from edgenode.tls import client_context
+
+if TYPE_CHECKING:
+    from edgenode.idempotency import KeyedWrite
 
 log = logging.getLogger("edgenode.replica")
 T = TypeVar("T")
 __all__ = ["ReplicaDatabase", "ResyncNeeded", "classify"]
-
-# Where a write became visible, for the API's `position()` call right after `write()` in the same task.
-_write_position: contextvars.ContextVar[dict[str, int | None] | None] = contextvars.ContextVar(
-    "edgenode_replica_write_position", default=None
-)
-
-
-def http_url(url: str) -> str:
-    return normalize_url(url)
 
 
 def position_reached(current: Position | None, min_generation: int | None, min_frame: int | None) -> bool:
@@ -93,26 +77,41 @@ class ReplicaDatabase(Database):
             logging.getLogger("httpx").setLevel(logging.WARNING)
         self.settings = settings
         self.profile = profile
-        self.primary_url = http_url(settings.primary_url)
+        self.primary_url = normalize_url(settings.primary_url)
         self.files = ReplicaFiles(settings.data_path)
         self.path: Path = self.files.db
         self.max_rows = settings.max_rows
         self.timeout_ms = settings.query_timeout_ms
         self.relay = Relay(self.primary_url, settings.sync_timeout)
         self.owner: ProcessOwner | None = None
-        self.writer = PrimaryWriter(self.primary_url, settings.primary_token, timeout=min(5.0, settings.sync_timeout))
         self.scheduler = Scheduler(
             self._sync, interval=settings.sync_interval, timeout=settings.sync_timeout, max_lag=settings.max_lag
         )
-        watch = watch and settings.long_poll
-        self.watcher = Watcher(self) if watch else None
         self.metrics = ReplicaMetrics(self.scheduler.lag, lambda: self.current.generation if self.current else None)
         self.collector = self.metrics.collector
+        self.forwarder = Forwarder(
+            self.primary_url,
+            settings.primary_token,
+            min(5.0, settings.sync_timeout),
+            self.scheduler,
+            self.metrics,
+            lambda: self.current,
+        )
+        self.watcher = (
+            Watcher(
+                self.primary_url,
+                settings,
+                self.scheduler,
+                position=lambda: self.current,
+                writes_in_flight=lambda: self.forwarder.in_flight,
+            )
+            if watch and settings.long_poll
+            else None
+        )
         self.analyzer: StatementAnalyzer | None = None
         self.current: Position | None = None
         self.progress: bootstrap.Progress | None = None
         self.opened = False
-        self.writes_in_flight = 0
         self.resyncs: dict[str, int] = {}
         self.last_resync: dict[str, Any] | None = None
         self.database_id: str | None = None
@@ -122,11 +121,6 @@ class ReplicaDatabase(Database):
         self._http: httpx.AsyncClient | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
-
-    @property
-    def started(self) -> bool:
-        """Open on a usable replica (the API's first readiness gate; lag is the component's)."""
-        return self.opened
 
     async def start(self) -> None:
         headers = {"authorization": f"Bearer {self.settings.primary_token}"} if self.settings.primary_token else {}
@@ -193,7 +187,7 @@ class ReplicaDatabase(Database):
         await self.scheduler.stop()
         await self._close()
         await asyncio.to_thread(self.relay.stop)
-        await asyncio.to_thread(self.writer.close)
+        await asyncio.to_thread(self.forwarder.close)
         if self._http:
             await self._http.aclose()
 
@@ -392,26 +386,16 @@ class ReplicaDatabase(Database):
         return self.analyzer
 
     async def read(
-        self,
-        sql: str,
-        params: Sequence[Any] | dict[str, Any] | None = None,
-        *,
-        max_rows: int | None = None,
-        timeout_ms: int | None = None,
+        self, sql: str, params: Params = None, *, max_rows: int | None = None, timeout_ms: int | None = None
     ) -> QueryResult:
-        analysis = self._analyze_read(sql)
-        sql, bound = bind_statement(self._analyzer(), analysis, params, "params")
+        analyzer = self._analyzer()
+        analysis = prepare_read(analyzer, sql)
+        sql, bound = bind_statement(analyzer, analysis, params, "params")
         max_rows = max_rows or self.max_rows
         timeout_ms = timeout_ms or self.timeout_ms
-        result = await self.call(run_read, sql, bound, max_rows, timeout_ms)
+        result = await self.call(engine.run_read, sql, bound, max_rows, timeout_ms)
         result.decltypes = [t for _, t in analysis.columns]
         return result
-
-    def _analyze_read(self, sql: str) -> Analysis:
-        analysis = analyze(self._analyzer(), sql, "sql")
-        if not analysis.is_readonly:
-            raise ReadOnlyError(f"this endpoint only reads: {analysis.why_not_readonly}; use /api/v1/execute")
-        return analysis
 
     async def wait_fresh(
         self, min_frame: int | None, max_staleness_ms: int | None, min_generation: int | None = None
@@ -444,56 +428,30 @@ class ReplicaDatabase(Database):
 
     # -- writes ----------------------------------------------------------------------------------
 
-    async def write(self, statements: Sequence[Statement], keyed: KeyedWrite | None = None) -> list[ExecResult]:
+    async def write(self, statements: Sequence[Statement], keyed: KeyedWrite | None = None) -> WriteResult:
         prepared = prepare_writes(self._analyzer(), statements)
+        # Hrana carries 64-bit integers: the primary gets the statements as sent, parameters exact.
         exact = [
-            (sql, exact_params(analysis, params, f"statements[{i}]"))
+            (sql, bind_params(analysis, params, f"statements[{i}]"))
             for i, ((sql, params), (_, _, analysis)) in enumerate(zip(statements, prepared, strict=True))
         ]
-        self.writes_in_flight += 1
-        try:
-            results = await asyncio.to_thread(self.writer.write, exact, prepared, keyed)
-        except BaseException as exc:
-            self.writes_in_flight -= 1
-            refused = isinstance(exc, DatabaseError) and exc.status < 500  # by the primary or the key's record
-            self.metrics.writes.labels("rejected" if refused else "unavailable").inc()
-            raise
-        # A replay committed nothing now; read-your-writes still holds for the write it stands for.
-        self.metrics.writes.labels("replayed" if keyed is not None and keyed.replayed else "committed").inc()
-        # Read-your-writes: any sync that starts after the commit was acknowledged pulls it.
-        try:
-            await self.scheduler.sync_after()
-        except SyncFailed as exc:
-            self.metrics.ryw_timeouts.inc()
-            log.warning("write committed on the primary but not yet visible on this node: %s", exc)
-            _write_position.set({"generation": None, "frame": None})
-        else:
-            assert self.current is not None
-            _write_position.set({"generation": self.current.generation, "frame": self.current.frame})
-        finally:
-            self.writes_in_flight -= 1
-        return results
+        return await self.forwarder.write(exact, prepared, keyed)
 
-    def position(self) -> dict[str, int | None]:
-        written = _write_position.get()
-        if written is not None:
-            return written
-        if self.current is None:
-            return {"generation": None, "frame": None}
-        return {"generation": self.current.generation, "frame": self.current.frame}
+    def connections(self, *, lease_timeout: float, readers: int) -> Connections:
+        # Reads of every stream share the replica's one connection; transactions hold primary streams.
+        return ReplicaConnections(self)
+
+    def position(self) -> WritePosition:
+        current = self.current
+        return WritePosition(current.generation, current.frame) if current is not None else NO_POSITION
 
     # -- status --------------------------------------------------------------------------------------
-
-    def component(self) -> Any:
-        from edgenode.replica.component import SyncComponent
-
-        return SyncComponent(self)
 
     def not_ready_reason(self) -> str | None:
         if self.scheduler.halted:
             return self.scheduler.halted
         if not self.opened:
-            return f"replica {self.scheduler.state}"
+            return f"database is not open yet (replica {self.scheduler.state})"
         lag = self.scheduler.lag()
         if lag is None:
             return "no sync with the primary since start"
@@ -518,7 +476,7 @@ class ReplicaDatabase(Database):
             "last_resync": self.last_resync,
             "relay_restarts": self.relay.restarts,
             "long_poll": self.watcher.status() if self.watcher else None,
-            "writes": {"sent": self.writer.writes, "failed": self.writer.failures},
+            "writes": self.forwarder.status(),
             "pragmas": self.pragma_report.as_dict() if self.pragma_report else None,
         }
         return status

@@ -14,15 +14,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import msgspec
 
+from edgenode.config import Settings
+from edgenode.replica.files import Position
+from edgenode.replica.scheduler import Scheduler
 from edgenode.tls import client_context
-
-if TYPE_CHECKING:
-    from edgenode.replica.database import ReplicaDatabase
 
 log = logging.getLogger("edgenode.replica")
 
@@ -32,8 +33,20 @@ IMMEDIATE_LIMIT = 3
 
 
 class Watcher:
-    def __init__(self, db: ReplicaDatabase) -> None:
-        self.db = db
+    def __init__(
+        self,
+        primary_url: str,
+        settings: Settings,
+        scheduler: Scheduler,
+        *,
+        position: Callable[[], Position | None],
+        writes_in_flight: Callable[[], int],
+    ) -> None:
+        self.primary_url = primary_url
+        self.settings = settings
+        self.scheduler = scheduler
+        self.position = position
+        self.writes_in_flight = writes_in_flight
         self.enabled = True
         self.wakeups = 0
         self.errors = 0
@@ -59,39 +72,39 @@ class Watcher:
         }
 
     async def _run(self) -> None:
-        token = self.db.settings.primary_token
+        token = self.settings.primary_token
         headers = {"authorization": f"Bearer {token}"} if token else {}
-        timeout = httpx.Timeout(WAIT_MS / 1000 + self.db.settings.sync_timeout)
+        timeout = httpx.Timeout(WAIT_MS / 1000 + self.settings.sync_timeout)
         async with httpx.AsyncClient(headers=headers, timeout=timeout, verify=client_context()) as http:
             while self.enabled:
-                position = self.db.current
-                if position is None or self.db.scheduler.failures or self.db.scheduler.phase:
-                    await asyncio.sleep(self.db.settings.sync_interval)
+                position = self.position()
+                if position is None or self.scheduler.failures or self.scheduler.phase:
+                    await asyncio.sleep(self.settings.sync_interval)
                     continue
                 try:
                     news = await self._poll(http, position.generation, position.frame)
                 except (httpx.HTTPError, msgspec.DecodeError, ValueError) as exc:
                     self.errors += 1
                     log.debug("watcher poll failed: %s", exc)
-                    await asyncio.sleep(self.db.settings.sync_interval)
+                    await asyncio.sleep(self.settings.sync_interval)
                     continue
-                if news and self.db.current != position:
+                if news and self.position() != position:
                     continue  # a sync moved the replica while the poll was out: ask again from there
                 if news:
                     self.wakeups += 1
-                    if self.db.writes_in_flight:
+                    if self.writes_in_flight():
                         # Likely that write's own commit: its read-your-writes sync brings it; a sync
                         # started now would only make that write wait for two.
-                        await self.db.scheduler.wait_finished(self.db.settings.sync_interval)
+                        await self.scheduler.wait_finished(self.settings.sync_interval)
                         continue
                     with contextlib.suppress(Exception):
-                        await self.db.scheduler.sync_after()
-                    if self.db.current == position:
+                        await self.scheduler.sync_after()
+                    if self.position() == position:
                         # The sync did not move (failing, or frames beyond what it pulled): do not spin.
-                        await asyncio.sleep(self.db.settings.sync_interval)
+                        await asyncio.sleep(self.settings.sync_interval)
 
     async def _poll(self, http: httpx.AsyncClient, generation: int, frame: int) -> bool:
-        url = f"{self.db.primary_url}/sync/{generation}/{frame + 1}/{frame + 2}"
+        url = f"{self.primary_url}/sync/{generation}/{frame + 1}/{frame + 2}"
         began = time.monotonic()
         response = await http.get(url, params={"wait_ms": WAIT_MS})
         elapsed = time.monotonic() - began

@@ -26,8 +26,9 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from edgenode.database import DatabaseError
+from edgenode.api.component import Component
 from edgenode.durable import atomic_write
+from edgenode.errors import DatabaseError
 from edgenode.rwlock import RWLock
 from edgenode.text import query
 from edgenode.text.definitions import (
@@ -117,7 +118,7 @@ def _remove_files(path: Path) -> None:
             p.unlink()
 
 
-class TextManager:
+class TextManager(Component):
     """All text collections of one node. `vectors` (optional) answers the vector arm of hybrid searches."""
 
     name = "text"

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from edgenode.api.routing import read_route, write_route
 from edgenode.text.manager import TextManager
 from edgenode.text.models import SearchRequest, TextCollectionList, TextError, TextSpec
 from edgenode.vectors.routes import _body, _error, _json
@@ -57,10 +58,10 @@ def text_routes(manager: TextManager) -> list[Route]:
             return _error(exc)
 
     return [
-        Route("/api/v1/text", list_collections, methods=["GET"]),
-        Route("/api/v1/text/{name}", get_collection, methods=["GET"]),
-        Route("/api/v1/text/{name}", put_collection, methods=["PUT"]),
-        Route("/api/v1/text/{name}", delete_collection, methods=["DELETE"]),
-        Route("/api/v1/text/{name}/rebuild", rebuild_collection, methods=["POST"]),
-        Route("/api/v1/text/{name}/search", search, methods=["POST"]),
+        read_route("/api/v1/text", list_collections, methods=["GET"]),
+        read_route("/api/v1/text/{name}", get_collection, methods=["GET"]),
+        write_route("/api/v1/text/{name}", put_collection, methods=["PUT"]),
+        write_route("/api/v1/text/{name}", delete_collection, methods=["DELETE"]),
+        write_route("/api/v1/text/{name}/rebuild", rebuild_collection, methods=["POST"]),
+        read_route("/api/v1/text/{name}/search", search, methods=["POST"]),
     ]

@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from edgenode.database import DatabaseError
+from edgenode.api.component import Component
 from edgenode.durable import atomic_write
+from edgenode.errors import DatabaseError
 from edgenode.rwlock import RWLock
 from edgenode.vectors import feed
 from edgenode.vectors.collections import (
@@ -181,7 +182,7 @@ def _remove_gen(sidecar_path: Path, index_path: Path) -> None:
             path.unlink()
 
 
-class VectorManager(SearchRequests):
+class VectorManager(SearchRequests, Component):
     """All vector collections of one node. Depends only on Database.read/write/add_change_listener."""
 
     name = "vectors"

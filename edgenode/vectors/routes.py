@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from edgenode import bodies
+from edgenode.api.routing import read_route, write_route
 from edgenode.vectors.manager import VectorManager
 from edgenode.vectors.models import (
     CollectionList,
@@ -87,10 +88,10 @@ def vector_routes(manager: VectorManager) -> list[Route]:
             return _error(exc)
 
     return [
-        Route("/api/v1/collections", list_collections, methods=["GET"]),
-        Route("/api/v1/collections/{name}", get_collection, methods=["GET"]),
-        Route("/api/v1/collections/{name}", put_collection, methods=["PUT"]),
-        Route("/api/v1/collections/{name}", delete_collection, methods=["DELETE"]),
-        Route("/api/v1/collections/{name}/rebuild", rebuild_collection, methods=["POST"]),
-        Route("/api/v1/collections/{name}/search", search, methods=["POST"]),
+        read_route("/api/v1/collections", list_collections, methods=["GET"]),
+        read_route("/api/v1/collections/{name}", get_collection, methods=["GET"]),
+        write_route("/api/v1/collections/{name}", put_collection, methods=["PUT"]),
+        write_route("/api/v1/collections/{name}", delete_collection, methods=["DELETE"]),
+        write_route("/api/v1/collections/{name}/rebuild", rebuild_collection, methods=["POST"]),
+        read_route("/api/v1/collections/{name}/search", search, methods=["POST"]),
     ]

@@ -1,8 +1,9 @@
-"""What the standalone and the replica backends share.
+"""What the standalone and the replica sessions (the database side of protocol streams) share.
 
-Hrana sessions are synchronous and run in the server's worker threads, while the node's database
+Sessions are synchronous and run in the Hrana server's worker threads, while the node's database
 is driven from the event loop (connection owners, leases, the replica's scheduler). `LoopBridge`
 runs a coroutine on the loop and waits for it, so each session call costs one hop to the loop.
+Statement rules come from `edgenode.statements`; their errors become Hrana errors here.
 """
 
 from __future__ import annotations
@@ -13,18 +14,18 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from edgenode import statements
 from edgenode.analysis import Analysis, AnalysisError, StatementAnalyzer
 from edgenode.binding import for_libsql
-from edgenode.database import DatabaseError, SQLError, StatementOutcome
+from edgenode.errors import DatabaseError, SQLError
 from edgenode.hrana.backend import Col, DescribeResult, HranaError, StmtResult, Value
 from edgenode.hrana.sql import error_code_for_sqlite_message, named_args_to_positional
-from edgenode.hrana_node.stream_pragmas import STREAM_PRAGMAS, StreamPragmaError, stream_pragma
+from edgenode.results import StatementOutcome
 
 T = TypeVar("T")
 
 # Statements that open a transaction when none is open (the others of their kind end one).
 _STARTS_TRANSACTION = re.compile(r"^\s*(?:BEGIN|SAVEPOINT)\b", re.IGNORECASE)
-_ENDS_TRANSACTION = re.compile(r"^\s*(?:COMMIT|END|ROLLBACK|RELEASE)\b", re.IGNORECASE)
 
 
 class LoopBridge:
@@ -51,24 +52,34 @@ def starts_transaction(sql: str) -> bool:
     return _STARTS_TRANSACTION.match(sql) is not None
 
 
-def ends_transaction(sql: str) -> bool:
-    return _ENDS_TRANSACTION.match(sql) is not None
-
-
-def analysis_error(exc: AnalysisError | DatabaseError) -> HranaError:
-    message = str(exc)
-    return HranaError(message, error_code_for_sqlite_message(message))
+def hrana_error(exc: DatabaseError) -> HranaError:
+    """A data-layer refusal in Hrana's terms (SQL errors keep the code SQLite's message implies)."""
+    if type(exc) is SQLError:
+        return HranaError(exc.message, error_code_for_sqlite_message(exc.message))
+    return HranaError(exc.message, exc.hrana_code)
 
 
 def analyze(analyzer: StatementAnalyzer, sql: str) -> Analysis:
     """Classify one statement (already split off by `single_statement`) or raise a HranaError."""
     try:
-        analysis = analyzer.analyze(sql)
-    except AnalysisError as exc:
-        raise analysis_error(exc) from exc
-    if analysis.has_more_statements:
-        raise HranaError("SQL string contains more than one statement", "SQL_MANY_STATEMENTS")
-    return analysis
+        return statements.analyze(analyzer, sql)
+    except DatabaseError as exc:
+        raise hrana_error(exc) from exc
+
+
+def check_write(analysis: Analysis, can_write: bool, read_only_txn: bool = False) -> None:
+    try:
+        statements.check_write(analysis, can_write=can_write, read_only_txn=read_only_txn, stream=True)
+    except DatabaseError as exc:
+        raise hrana_error(exc) from exc
+
+
+def stream_pragma_of(analysis: Analysis) -> tuple[str, int] | None:
+    """The per-stream PRAGMA this statement sets (name, 0/1), or None; a bad value is a HranaError."""
+    try:
+        return statements.stream_setting(analysis)
+    except DatabaseError as exc:
+        raise HranaError(exc.message, "SQLITE_UNKNOWN") from exc
 
 
 def with_prefix(sql: str, name: str | None) -> str | None:
@@ -113,41 +124,7 @@ def bind(
     try:
         return for_libsql(analyzer, analysis.sql, positional_args(analysis, args))
     except AnalysisError as exc:
-        raise analysis_error(exc) from exc
-
-
-def check_writable(analysis: Analysis, can_write: bool, read_only_txn: bool = False) -> None:
-    """Refuse a statement that writes on a read-only session or transaction, or reaches past the database."""
-    if analysis.is_readonly or analysis.is_transaction_control:
-        return
-    if not can_write:
-        raise HranaError(
-            f"attempt to write a readonly database: this token is read-only ({analysis.why_not_readonly})",
-            "SQLITE_READONLY",
-        )
-    if read_only_txn:
-        raise HranaError(
-            f"attempt to write a readonly database: the transaction is read-only ({analysis.why_not_readonly})",
-            "SQLITE_READONLY",
-        )
-    if analysis.touches_files:
-        raise HranaError("not authorized: ATTACH, DETACH and VACUUM INTO reach outside the database", "SQLITE_AUTH")
-    if analysis.changes_pragma and stream_pragma_of(analysis) is None:
-        # Connections are shared by streams: a setting would leak to other clients (the per-stream
-        # ones sqld allows are kept with the stream: stream_pragmas.py).
-        raise HranaError(
-            "not authorized: PRAGMA settings are managed by the node's profile (--profile); "
-            f"a stream may set {' and '.join(STREAM_PRAGMAS)}",
-            "SQLITE_AUTH",
-        )
-
-
-def stream_pragma_of(analysis: Analysis) -> tuple[str, int] | None:
-    """The per-stream PRAGMA this statement sets (name, 0/1), or None; a bad value is a HranaError."""
-    try:
-        return stream_pragma(analysis)
-    except StreamPragmaError as exc:
-        raise HranaError(str(exc), "SQLITE_UNKNOWN") from exc
+        raise HranaError(str(exc), error_code_for_sqlite_message(str(exc))) from exc
 
 
 def stmt_result(outcome: StatementOutcome | SQLError, columns: tuple[tuple[str, str | None], ...] = ()) -> StmtResult:

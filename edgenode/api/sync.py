@@ -1,4 +1,4 @@
-"""The replica's API component: `POST /api/v1/sync`, its status block and its readiness."""
+"""The replica's API component: `POST /api/v1/sync`, its status block and its metrics."""
 
 from __future__ import annotations
 
@@ -7,38 +7,31 @@ from typing import Any
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
+from edgenode.api.component import Component
 from edgenode.api.errors import ApiError
+from edgenode.api.routing import write_route
 from edgenode.api.schemas import SyncResponse
 from edgenode.metrics import NodeMetrics
 from edgenode.replica.database import ReplicaDatabase
 from edgenode.replica.scheduler import SyncFailed
 
 
-class SyncComponent:
+class SyncComponent(Component):
     name = "sync"
 
     def __init__(self, db: ReplicaDatabase) -> None:
         self.db = db
 
     def routes(self) -> list[BaseRoute]:
-        return [Route("/api/v1/sync", self.sync, methods=["POST"])]
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
+        return [write_route("/api/v1/sync", self.sync, methods=["POST"])]
 
     def status(self) -> dict[str, Any]:
         return {"state": self.db.scheduler.state, "lag_seconds": self.db.status()["lag_seconds"]}
 
-    def not_ready_reason(self) -> str | None:
-        return self.db.not_ready_reason()
-
     def bind_metrics(self, metrics: NodeMetrics) -> None:
-        """Called by `create_app`: the replica's collector joins the node's registry."""
+        """The replica's collector joins the node's registry."""
         metrics.registry.register(self.db.collector)
 
     async def sync(self, request: Request) -> Response:
@@ -49,8 +42,8 @@ class SyncComponent:
             raise ApiError(503, "sync_failed", f"the sync failed: {exc}; reads go on from the local replica") from exc
         position = self.db.position()
         body = SyncResponse(
-            generation=position.get("generation"),
-            frame=position.get("frame"),
+            generation=position.generation,
+            frame=position.frame,
             frames_applied=outcome.frames,
             duration_ms=round(outcome.duration * 1000, 3),
             state=self.db.scheduler.state,

@@ -1,4 +1,4 @@
-"""The standalone node's Hrana backend, over `LocalDatabase`'s connection-owner processes.
+"""Sessions of protocol streams (Hrana) over `LocalDatabase`'s connection-owner processes.
 
 - Autocommit statements: reads on a reader from the pool, writes on the writer, each statement its
   own transaction; the connection goes back right after.
@@ -20,27 +20,32 @@ import logging
 import queue
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from edgenode import engine
 from edgenode.analysis import Analysis, StatementAnalyzer
 from edgenode.auth import Access
-from edgenode.database import LocalDatabase, SQLError, StatementOutcome, open_local
-from edgenode.hrana.backend import Backend, DescribeResult, HranaError, Session, StmtResult, Value
+from edgenode.database import Connections
+from edgenode.errors import SQLError
+from edgenode.hrana.backend import DescribeResult, HranaError, Session, StmtResult, Value
 from edgenode.hrana.sql import is_begin_readonly, single_statement, split_statements
-from edgenode.hrana_node import engine
-from edgenode.hrana_node.common import (
+from edgenode.owner import OwnerDied, ProcessOwner
+from edgenode.results import StatementOutcome
+from edgenode.sessions import (
     LoopBridge,
     analyze,
     bind,
-    check_writable,
+    check_write,
     describe,
     empty_result,
     starts_transaction,
     stmt_result,
     stream_pragma_of,
 )
-from edgenode.hrana_node.stream_pragmas import StreamSettings
-from edgenode.owner import OwnerDied, ProcessOwner
+from edgenode.stream_pragmas import StreamSettings
+
+if TYPE_CHECKING:
+    from edgenode.standalone.database import LocalDatabase
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -94,7 +99,7 @@ class ReaderPool:
     def __init__(self, db: LocalDatabase, size: int, bridge: LoopBridge) -> None:
         self.bridge = bridge
         self.owners = [
-            _BlockingOwner(f"edgenode-hrana-reader-{i}", open_local, str(db.path), db.profile, True)
+            _BlockingOwner(f"edgenode-hrana-reader-{i}", engine.open_local, str(db.path), db.profile, True)
             for i in range(size)
         ]
         self._idle: queue.Queue[_BlockingOwner] = queue.Queue()
@@ -140,18 +145,17 @@ class ReaderPool:
             asyncio.run_coroutine_threadsafe(restart(), loop)
 
 
-class LocalBackend(Backend):
-    open_session_blocks = False
-
-    def __init__(self, db: LocalDatabase, bridge: LoopBridge, *, lease_timeout: float, readers: int = 2) -> None:
+class LocalConnections(Connections):
+    def __init__(self, db: LocalDatabase, *, lease_timeout: float, readers: int = 2) -> None:
+        super().__init__()
         self.db = db
-        self.bridge = bridge
         # How long a statement waits for the writer (or a reader) held by other streams' transactions:
         # a little over the transaction timeout, after which the holder has been rolled back.
         self.lease_timeout = lease_timeout
-        self.readers = ReaderPool(db, readers, bridge)
+        self.readers = ReaderPool(db, readers, self.bridge)
 
     async def start(self) -> None:
+        await super().start()
         await self.readers.start()
 
     async def stop(self) -> None:
@@ -162,7 +166,7 @@ class LocalBackend(Backend):
 
 
 class LocalSession(Session):
-    def __init__(self, backend: LocalBackend, access: Access) -> None:
+    def __init__(self, backend: LocalConnections, access: Access) -> None:
         self.backend = backend
         self.db = backend.db
         self.can_write = access.can_write
@@ -191,19 +195,19 @@ class LocalSession(Session):
                 return self._run(self._begin(False, begin))
             setting = stream_pragma_of(analysis)
             if setting is not None:
-                check_writable(analysis, self.can_write)
+                check_write(analysis, self.can_write)
                 self._settings.set(*setting)
                 return empty_result()
             statement, params = self._bind(analysis, args)
             if analysis.is_readonly or analysis.is_transaction_control:
                 # COMMIT and friends outside a transaction land here too: the engine words the error.
                 return self._read_once(statement, params, analysis, want_rows)
-            check_writable(analysis, self.can_write)
+            check_write(analysis, self.can_write)
             return self._run(self._write_once(statement, params, analysis, want_rows))
         if is_begin_readonly(statement):
             raise HranaError("cannot start a transaction within a transaction", "SQLITE_UNKNOWN")
         analysis = self._analyze(statement)
-        check_writable(analysis, self.can_write, read_only_txn=not pin.writer)
+        check_write(analysis, self.can_write, read_only_txn=not pin.writer)
         bound_sql, params = self._bind(analysis, args)
         return self._run(self._in_transaction(pin, bound_sql, params, analysis, want_rows))
 
@@ -346,7 +350,7 @@ class LocalSession(Session):
         outcome, _ = await self._once(True, sql, params, analysis, want_rows)
         self._settings.transaction_ended()  # an autocommit write is a whole transaction
         if analysis.is_ddl and not isinstance(outcome, SQLError):
-            await self.db.schema_changed()
+            await self.db.refresh_schema()
         return stmt_result(outcome, analysis.columns)
 
     async def _begin(self, writer: bool, sql: str) -> StmtResult:
@@ -396,7 +400,7 @@ class LocalSession(Session):
         if pin is not None:
             await self._release(pin, failure)
         if ddl:
-            await self.db.schema_changed()
+            await self.db.refresh_schema()
 
     async def _abort(self) -> None:
         pin = self._pin

@@ -1,8 +1,8 @@
-"""The replica node's Hrana backend: reads on the local replica, the rest forwarded to the primary.
+"""Sessions of protocol streams (Hrana) on a replica: reads on the local replica, the rest to the primary.
 
 - Autocommit reads run on the replica's connection (the replica file has one opener).
-- Autocommit writes go to the primary as one request on a fresh primary stream (execute + close);
-  then the node syncs until it sees them (read-your-writes, as `/api/v1/execute`).
+- Autocommit writes go to the primary through the replica's `Forwarder` (the same one REST writes
+  use): one request on a fresh primary stream, then read-your-writes.
 - An interactive transaction pins a primary stream to the node's stream from its BEGIN until the
   primary reports autocommit again (COMMIT, ROLLBACK, an error that ended it) or the node's stream
   closes or expires (closing the primary stream rolls back there). If it wrote, the node syncs
@@ -16,74 +16,57 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
+from edgenode import engine
 from edgenode.analysis import Analysis
 from edgenode.auth import Access
-from edgenode.config import Settings
-from edgenode.database import DatabaseError
-from edgenode.hrana.backend import Backend, DescribeResult, HranaError, Session, StmtResult, Value
-from edgenode.hrana.client import ClientStream, HranaClient, HranaConnectionError, HranaHTTPError
+from edgenode.database import Connections
+from edgenode.errors import DatabaseError
+from edgenode.hrana.backend import DescribeResult, HranaError, Session, StmtResult, Value
+from edgenode.hrana.client import ClientStream, HranaConnectionError, HranaHTTPError
 from edgenode.hrana.sql import is_begin_readonly, single_statement, split_statements
-from edgenode.hrana_node import engine
-from edgenode.hrana_node.common import (
-    LoopBridge,
+from edgenode.results import WritePosition
+from edgenode.sessions import (
     analyze,
     bind,
-    check_writable,
+    check_write,
     describe,
     empty_result,
+    hrana_error,
     starts_transaction,
     stmt_result,
     stream_pragma_of,
 )
-from edgenode.hrana_node.stream_pragmas import StreamSettings, reads_stream_pragma
-from edgenode.replica.database import ReplicaDatabase
-from edgenode.replica.scheduler import SyncFailed
+from edgenode.stream_pragmas import StreamSettings, reads_stream_pragma
+
+if TYPE_CHECKING:
+    from edgenode.replica.database import ReplicaDatabase
 
 log = logging.getLogger(__name__)
 
 
-class ForwardBackend(Backend):
-    open_session_blocks = False
-
-    def __init__(self, db: ReplicaDatabase, bridge: LoopBridge, settings: Settings) -> None:
+class ReplicaConnections(Connections):
+    def __init__(self, db: ReplicaDatabase) -> None:
+        super().__init__()
         self.db = db
-        self.bridge = bridge
-        self.timeout = min(5.0, settings.sync_timeout)
-        self.client = HranaClient(db.primary_url, settings.primary_token, timeout=self.timeout)
+        self.forwarder = db.forwarder
 
     def open_session(self, access: Access) -> Session:
         return ForwardSession(self, access)
 
     def primary_error(self, exc: HranaError) -> HranaError:
-        """A statement error from the primary passes through; failures to talk to it get a clear message."""
-        url = self.db.primary_url
-        if isinstance(exc, HranaConnectionError):
-            return HranaError(
-                f"the primary at {url} cannot be reached or did not answer within {self.timeout:g} s ({exc.message}); "
-                "reads still work on this node",
-                "PRIMARY_UNAVAILABLE",
-            )
-        if isinstance(exc, HranaHTTPError):
-            if exc.status in (401, 403):
-                return HranaError(
-                    f"the primary at {url} refused this node's credentials ({exc.status}); check --primary-token",
-                    "PRIMARY_UNAVAILABLE",
-                )
-            return HranaError(f"the primary at {url} refused the request: {exc.message}", exc.code)
-        return exc
+        """A statement error from the primary passes through; failures to talk to it are the forwarder's."""
+        refusal = self.forwarder.refusal(exc)
+        return hrana_error(refusal) if refusal is not None else exc
 
-    async def read_your_writes(self) -> None:
-        """Wait for a sync that started after the write was acknowledged (then this node shows it)."""
-        try:
-            await self.db.scheduler.sync_after()
-        except SyncFailed as exc:
-            self.db.metrics.ryw_timeouts.inc()
-            log.warning("a Hrana write committed on the primary but is not yet visible on this node: %s", exc)
+    def settle(self) -> WritePosition:
+        """Read-your-writes, from a session's worker thread."""
+        return self.bridge.run(self.forwarder.settle())
 
 
 class ForwardSession(Session):
-    def __init__(self, backend: ForwardBackend, access: Access) -> None:
+    def __init__(self, backend: ReplicaConnections, access: Access) -> None:
         self.backend = backend
         self.db = backend.db
         self.can_write = access.can_write
@@ -117,7 +100,7 @@ class ForwardSession(Session):
             return self._forward_once(statement, args, want_rows)
         setting = stream_pragma_of(analysis)
         if setting is not None:
-            check_writable(analysis, self.can_write)
+            check_write(analysis, self.can_write)
             self._settings.set(*setting)
             return empty_result()
         if reads_stream_pragma(statement):
@@ -126,7 +109,7 @@ class ForwardSession(Session):
             return self._forward_once(statement, args, want_rows, wrote=False)
         if analysis.is_readonly:
             return self._read_local(statement, args, analysis, want_rows)
-        check_writable(analysis, self.can_write)
+        check_write(analysis, self.can_write)
         # COMMIT and friends outside a transaction land here too: the primary words the error.
         return self._forward_once(statement, args, want_rows)
 
@@ -143,7 +126,7 @@ class ForwardSession(Session):
         try:
             if self._remote is not None:
                 return self._remote.describe(statement)
-            stream = self.backend.client.stream()
+            stream = self.backend.forwarder.open_stream()
             try:
                 return stream.describe(statement)
             finally:
@@ -184,28 +167,25 @@ class ForwardSession(Session):
                 self.db.call(engine.execute, statement, params, want_rows, analysis.is_dml, analysis.is_insert)
             )
         except DatabaseError as exc:
-            raise HranaError(str(exc), "SERVER_NOT_READY") from exc
+            raise hrana_error(exc) from exc
         return stmt_result(outcome, analysis.columns)
 
     def _forward_once(
         self, statement: str, args: list[Value] | dict[str, Value], want_rows: bool, wrote: bool = True
     ) -> StmtResult:
-        stream = self.backend.client.stream()
+        settle = self.backend.settle if wrote else None
         try:
-            self._give_settings(stream)
-            # execute + close in one request: one round trip, and nothing is left open on the primary.
-            result = stream.execute(statement, args, want_rows=want_rows, close=True)
-        except HranaError as exc:
-            self._close_quietly(stream)
-            raise self.backend.primary_error(exc) from exc
-        if not wrote:
-            return result
-        self._settings.transaction_ended()  # an autocommit write is a whole transaction
-        self.backend.bridge.run(self.backend.read_your_writes())
+            result = self.backend.forwarder.execute_once(
+                statement, args, want_rows, settle, self._settings.statements()
+            )
+        except DatabaseError as exc:
+            raise hrana_error(exc) from exc
+        if wrote:
+            self._settings.transaction_ended()  # an autocommit write is a whole transaction
         return result
 
     def _begin(self, statement: str, read_only: bool) -> StmtResult:
-        stream = self.backend.client.stream()
+        stream = self.backend.forwarder.open_stream()
         try:
             self._give_settings(stream)
             result = stream.execute(statement, [], want_rows=False)
@@ -225,7 +205,7 @@ class ForwardSession(Session):
         if is_begin_readonly(statement):
             raise HranaError("cannot start a transaction within a transaction", "SQLITE_UNKNOWN")
         if not self.can_write:
-            check_writable(self._analyze(statement), False)
+            check_write(self._analyze(statement), False)
         elif not self._read_only_txn and not self._wrote:
             try:
                 self._wrote = not self._analyze(statement).is_readonly
@@ -253,7 +233,7 @@ class ForwardSession(Session):
         self._close_quietly(remote)
         if self._wrote:
             self._wrote = False
-            self.backend.bridge.run(self.backend.read_your_writes())
+            self.backend.settle()
 
     def _give_settings(self, stream: ClientStream) -> None:
         """A fresh primary stream gets this stream's PRAGMAs first (the primary keeps them per stream)."""

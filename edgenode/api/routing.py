@@ -1,0 +1,67 @@
+"""Routes declare the access they need where they are defined; the auth middleware reads it.
+
+`read_route` serves read-only tokens too (GETs, and POSTs that only read such as /api/v1/query);
+`write_route` needs the read-write token. A plain Starlette `Route` counts as a read for GET/HEAD
+and as a write otherwise, as does a path no route matches (so an unknown POST is refused early).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from enum import Enum
+from typing import Any
+
+from starlette.routing import BaseRoute, Route
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class Needs(Enum):
+    READ = "read"
+    WRITE = "write"
+
+
+class AccessRoute(Route):
+    def __init__(self, path: str, endpoint: Callable[..., Any], *, methods: list[str], needs: Needs) -> None:
+        super().__init__(path, endpoint, methods=methods)
+        self.needs = needs
+
+
+def read_route(path: str, endpoint: Callable[..., Any], *, methods: list[str]) -> AccessRoute:
+    return AccessRoute(path, endpoint, methods=methods, needs=Needs.READ)
+
+
+def write_route(path: str, endpoint: Callable[..., Any], *, methods: list[str]) -> AccessRoute:
+    return AccessRoute(path, endpoint, methods=methods, needs=Needs.WRITE)
+
+
+class AccessMap:
+    """Which access a (method, path) needs, from the routes' own declarations."""
+
+    def __init__(self, routes: Iterable[BaseRoute]) -> None:
+        self._static: dict[tuple[str, str], Needs] = {}
+        self._dynamic: list[tuple[Route, Needs]] = []
+        for route in routes:
+            if not isinstance(route, Route):
+                continue
+            for method in route.methods or ():
+                needs = route.needs if isinstance(route, AccessRoute) else self._default(method)
+                if route.param_convertors:
+                    self._dynamic.append((route, needs))
+                else:
+                    self._static[(method, route.path)] = needs
+
+    @staticmethod
+    def _default(method: str) -> Needs:
+        return Needs.READ if method in SAFE_METHODS else Needs.WRITE
+
+    def needs_write(self, method: str, path: str) -> bool:
+        if method in SAFE_METHODS:
+            return False
+        needs = self._static.get((method, path))
+        if needs is None:
+            for route, route_needs in self._dynamic:
+                if route.methods and method in route.methods and route.path_regex.match(path):
+                    needs = route_needs
+                    break
+        return needs is not Needs.READ

@@ -1,0 +1,169 @@
+"""What runs inside a connection-owner process (`edgenode.owner.ProcessOwner.call` sends these by reference).
+
+Each function takes the owner's libSQL connection first. Kept light: owner processes import this
+module (and what it imports) on their first call, never the rest of the node.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import libsql
+
+from edgenode import stream_pragmas, values
+from edgenode.errors import DatabaseError, LimitError, QueryTimeout, ReadOnlyError, SQLError
+from edgenode.migrations import LibsqlTarget, MigrationReport, run_migrations
+from edgenode.migrations import status as migration_status
+from edgenode.pragmas import PragmaReport, Profile, apply_profile
+from edgenode.results import ExecResult, PlainStatement, QueryResult, StatementOutcome
+
+SCHEMA_SQL = "SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY rowid"
+
+
+def open_local(path: str, profile: Profile, reader: bool) -> tuple[Any, PragmaReport]:
+    conn = libsql.connect(path, isolation_level=None)
+    report = apply_profile(profile, lambda sql: conn.execute(sql).fetchall())
+    if reader:
+        # Defence in depth behind the analyzer: the engine itself refuses writes here.
+        conn.execute("PRAGMA query_only = 1")
+    return conn, report
+
+
+def read_schema(conn: Any) -> list[str]:
+    return [row[0] for row in conn.execute(SCHEMA_SQL).fetchall()]
+
+
+def migrate_local(conn: Any, sql_dir: Path | None) -> MigrationReport:
+    return run_migrations(LibsqlTarget(conn), sql_dir)
+
+
+def migration_status_local(conn: Any, sql_dir: Path | None) -> list[dict[str, Any]]:
+    return migration_status(LibsqlTarget(conn), sql_dir)
+
+
+def _fetch(cursor: Any, max_rows: int, deadline: float, timeout_ms: int) -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    while True:
+        batch = cursor.fetchmany(64)
+        if not batch:
+            return rows
+        rows.extend([values.to_json(v) for v in row] for row in batch)
+        if len(rows) > max_rows:
+            raise LimitError(f"query returned more than max_rows={max_rows} rows; add a LIMIT or raise --max-rows")
+        if time.monotonic() > deadline:
+            raise QueryTimeout(
+                f"query ran longer than query_timeout_ms={timeout_ms}; narrow it or raise --query-timeout-ms"
+            )
+
+
+def run_read(conn: Any, sql: str, params: list[Any], max_rows: int, timeout_ms: int) -> QueryResult:
+    """One read, rows JSON-ready (REST), bounded by `max_rows` and `timeout_ms`."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    try:
+        cursor = conn.execute(sql, params)
+        rows = _fetch(cursor, max_rows, deadline, timeout_ms)
+    except DatabaseError:
+        raise
+    except ValueError as exc:
+        message = str(exc)
+        if "readonly" in message or "read-only" in message:
+            raise ReadOnlyError(message) from exc
+        raise SQLError(message) from exc
+    columns = [d[0] for d in cursor.description] if cursor.description else []
+    return QueryResult(columns=columns, rows=rows)
+
+
+Guard = tuple[Callable[[Any], bool], Callable[[Any, list[ExecResult]], None]]
+
+
+def run_transaction(conn: Any, statements: list[PlainStatement], guard: Guard | None = None) -> list[ExecResult] | None:
+    """All statements in one transaction on a connection opened with isolation_level=None.
+
+    `guard` (see edgenode.idempotency) runs inside the transaction: its first function first, and
+    when that says no the transaction is rolled back and None returned; its second one last,
+    before COMMIT, with the results."""
+    conn.execute("BEGIN IMMEDIATE")
+    results: list[ExecResult] = []
+    try:
+        if guard is not None and not guard[0](conn):
+            conn.execute("ROLLBACK")
+            return None
+        for index, (sql, params, is_dml, is_insert) in enumerate(statements):
+            try:
+                cursor = conn.execute(sql, params)
+                cursor.fetchall()
+            except ValueError as exc:
+                raise SQLError(f"statements[{index}]: {exc}", index) from exc
+            results.append(
+                ExecResult(
+                    rows_affected=max(cursor.rowcount, 0) if is_dml else 0,
+                    last_insert_rowid=cursor.lastrowid if is_insert else None,
+                )
+            )
+        if guard is not None:
+            guard[1](conn, results)
+        conn.execute("COMMIT")
+    except BaseException:
+        try:
+            conn.execute("ROLLBACK")
+        except ValueError:
+            pass  # already rolled back by the engine
+        raise
+    return results
+
+
+def run_statement(
+    conn: Any, sql: str, params: list[Any], want_rows: bool, is_dml: bool, is_insert: bool
+) -> StatementOutcome:
+    """Run one statement as is (no implicit transaction).
+
+    Rows keep their Python types (bytes stay bytes): the caller encodes them for its protocol.
+    """
+    try:
+        cursor = conn.execute(sql, params)
+        rows = [list(row) for row in cursor.fetchall() or ()]
+    except ValueError as exc:
+        raise SQLError(str(exc)) from exc
+    columns = [d[0] for d in cursor.description] if cursor.description else []
+    return StatementOutcome(
+        columns=columns,
+        rows=rows if want_rows else [],
+        rows_affected=max(cursor.rowcount, 0) if is_dml else 0,
+        last_insert_rowid=cursor.lastrowid if is_insert else None,
+    )
+
+
+def execute(
+    conn: Any,
+    sql: str,
+    params: list[Any],
+    want_rows: bool,
+    is_dml: bool,
+    is_insert: bool,
+    settings: stream_pragmas.Settings = (),
+) -> tuple[StatementOutcome | SQLError, bool]:
+    """One statement of a protocol stream, under the stream's PRAGMA settings, with whether the
+    connection is left inside a transaction (a stream learns both in one round trip). An engine
+    error is returned, not raised, so the transaction state comes back too."""
+    stream_pragmas.enter(conn, settings)
+    try:
+        outcome: StatementOutcome | SQLError = run_statement(conn, sql, params, want_rows, is_dml, is_insert)
+    except SQLError as exc:
+        outcome = exc
+    finally:
+        stream_pragmas.leave(conn)
+    return outcome, bool(conn.in_transaction)
+
+
+def rollback(conn: Any) -> bool:
+    """Roll back whatever is open; True when the connection is clean afterwards."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except ValueError:
+            pass  # the engine already rolled back
+    stream_pragmas.leave(conn)
+    return not conn.in_transaction

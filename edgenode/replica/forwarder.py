@@ -1,0 +1,223 @@
+"""A replica's one way to the primary for everything that writes, whichever front-end asked.
+
+REST batches (`ReplicaDatabase.write`) and Hrana sessions (`replica/sessions.py`) both go through
+`Forwarder`: one Hrana client, one mapping of "the primary cannot be reached or refused us" to
+`PrimaryUnavailable`, one set of write counters, and one read-your-writes wait that returns where
+the write became visible here. Values travel in Hrana's encoding, so 64-bit integers stay exact.
+
+Calls that talk to the primary block (the client is synchronous): REST runs them in a worker
+thread, Hrana sessions already are in one. `settle` runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from edgenode.errors import DatabaseError, PrimaryUnavailable, SQLError
+from edgenode.hrana.backend import HranaError, StmtResult, Value
+from edgenode.hrana.client import BatchStepError, ClientStream, HranaClient, HranaConnectionError, HranaHTTPError
+from edgenode.replica.files import Position
+from edgenode.replica.metrics import ReplicaMetrics
+from edgenode.replica.scheduler import Scheduler, SyncFailed
+from edgenode.results import NO_POSITION, ExecResult, WritePosition, WriteResult
+from edgenode.statements import Prepared
+
+if TYPE_CHECKING:
+    from edgenode.idempotency import KeyedWrite
+
+log = logging.getLogger("edgenode.replica")
+
+
+class Forwarder:
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        timeout: float,
+        scheduler: Scheduler,
+        metrics: ReplicaMetrics,
+        current: Callable[[], Position | None],
+    ) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.client = HranaClient(url, token, timeout=timeout)
+        self.scheduler = scheduler
+        self.metrics = metrics
+        self._current = current
+        self.sent = 0
+        self.failed = 0
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.client.close()
+
+    @property
+    def in_flight(self) -> int:
+        """Writes sent and not yet visible here (the watcher leaves their commits to `settle`)."""
+        return self._in_flight
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        with self._lock:
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _outcome(self, outcome: str) -> None:
+        """committed, replayed (an Idempotency-Key's recorded outcome), rejected (the primary refused a
+        statement, or the key's record refused the request) or unavailable (no answer, or refused us)."""
+        with self._lock:
+            if outcome == "committed":
+                self.sent += 1
+            elif outcome == "unavailable":
+                self.failed += 1
+        self.metrics.writes.labels(outcome).inc()
+
+    def status(self) -> dict[str, int]:
+        return {"sent": self.sent, "failed": self.failed}
+
+    # -- the one error mapping -------------------------------------------------------------------
+
+    def refusal(self, exc: HranaError) -> DatabaseError | None:
+        """What a failure to talk to the primary means here; None for the primary's own statement errors."""
+        if isinstance(exc, HranaConnectionError):
+            cause = exc.__cause__
+            if isinstance(cause, httpx.ConnectError):
+                return PrimaryUnavailable(
+                    f"the primary at {self.url} is unreachable ({cause}); the write was not applied. "
+                    "Reads still work from this node's replica."
+                )
+            return PrimaryUnavailable(
+                f"the primary at {self.url} did not answer within {self.timeout:g} s "
+                f"({type(cause).__name__ if cause else exc.message}); the write may or may not have been applied. "
+                "Reads still work from this node's replica."
+            )
+        if isinstance(exc, HranaHTTPError):
+            if exc.status in (401, 403):
+                return PrimaryUnavailable(
+                    f"the primary at {self.url} refused this node's credentials ({exc.status}); check --primary-token"
+                )
+            return PrimaryUnavailable(f"the primary at {self.url} could not take the request: {exc.message}")
+        return None
+
+    def _raise_refusal(self, exc: HranaError) -> None:
+        refusal = self.refusal(exc)
+        if refusal is not None:
+            raise refusal from exc
+
+    # -- read-your-writes (event loop) -----------------------------------------------------------
+
+    async def settle(self) -> WritePosition:
+        """Wait for a sync that starts after the primary acknowledged the write, then say where it is.
+
+        If that sync fails in time the write is still committed: the position is unknown (None)."""
+        try:
+            await self.scheduler.sync_after()
+        except SyncFailed as exc:
+            self.metrics.ryw_timeouts.inc()
+            log.warning("write committed on the primary but not yet visible on this node: %s", exc)
+            return NO_POSITION
+        current = self._current()
+        return WritePosition(current.generation, current.frame) if current is not None else NO_POSITION
+
+    async def write(
+        self, statements: list[tuple[str, list[Any]]], prepared: Prepared, keyed: KeyedWrite | None = None
+    ) -> WriteResult:
+        """A REST batch: forwarded atomically (with its Idempotency-Key claimed and recorded in the same
+        request, edgenode.idempotency), then visible here before this returns."""
+        with self._writing():
+            try:
+                results, replayed = await asyncio.to_thread(self._write_batch, statements, prepared, keyed)
+            except BaseException as exc:
+                refused = isinstance(exc, DatabaseError) and exc.status < 500  # by the primary or the key's record
+                self._outcome("rejected" if refused else "unavailable")
+                raise
+            # A replay committed nothing now; read-your-writes still holds for the write it stands for.
+            self._outcome("replayed" if replayed else "committed")
+            return WriteResult(results, await self.settle(), replayed)
+
+    # -- blocking calls to the primary (worker threads) ------------------------------------------
+
+    def _write_batch(
+        self, statements: list[tuple[str, list[Any]]], prepared: Prepared, keyed: KeyedWrite | None
+    ) -> tuple[list[ExecResult], bool]:
+        """ONE atomic pipeline request (BEGIN; each statement if the previous succeeded; COMMIT; ROLLBACK)."""
+        replayed = False
+        try:
+            if keyed is None:
+                results = self.client.execute_batch_atomic(statements)
+            else:
+                from edgenode.idempotency import run_keyed_hrana
+
+                results, replayed = run_keyed_hrana(self.client, statements, keyed)
+        except BatchStepError as exc:
+            where = f"statements[{exc.index}]: " if exc.index is not None else ""
+            raise SQLError(f"{where}{exc.message}", index=exc.index) from exc
+        except HranaError as exc:
+            self._raise_refusal(exc)
+            raise PrimaryUnavailable(f"the primary could not take the write: {exc.message} ({exc.code})") from exc
+        return [
+            ExecResult(
+                rows_affected=result.affected_row_count if analysis.is_dml else 0,
+                last_insert_rowid=result.last_insert_rowid if analysis.is_insert else None,
+            )
+            for (_, _, analysis), result in zip(prepared, results, strict=True)
+        ], replayed
+
+    def execute_once(
+        self,
+        sql: str,
+        args: list[Value] | dict[str, Value],
+        want_rows: bool,
+        settle: Callable[[], WritePosition] | None,
+        prelude: Sequence[str] = (),
+    ) -> StmtResult:
+        """One autocommit statement of a protocol stream on a fresh primary stream (execute + close in
+        one round trip: nothing is left open there), after the `prelude` statements (the stream's
+        PRAGMA settings). A write then waits for `settle` (run on the loop by the caller); without
+        `settle` the statement is a read asked of the primary (nothing counted, nothing to wait for)."""
+        if settle is None:
+            return self._once(sql, args, want_rows, prelude)
+        with self._writing():
+            try:
+                result = self._once(sql, args, want_rows, prelude)
+            except PrimaryUnavailable:
+                self._outcome("unavailable")
+                raise
+            except HranaError:
+                self._outcome("rejected")
+                raise  # the primary's answer to the statement passes through
+            self._outcome("committed")
+            settle()
+        return result
+
+    def _once(
+        self, sql: str, args: list[Value] | dict[str, Value], want_rows: bool, prelude: Sequence[str]
+    ) -> StmtResult:
+        stream = self.client.stream()
+        try:
+            if prelude:
+                stream.sequence("; ".join(prelude))
+            return stream.execute(sql, args, want_rows=want_rows, close=True)
+        except HranaError as exc:
+            try:
+                stream.close()
+            except HranaError:
+                pass  # the primary expires the stream on its own
+            self._raise_refusal(exc)
+            raise
+
+    def open_stream(self) -> ClientStream:
+        """A primary stream for an interactive transaction (its errors go through `refusal`)."""
+        return self.client.stream()

@@ -1,0 +1,228 @@
+"""`LocalDatabase`: a standalone node's data, one writer and a few readers on a plain local file.
+
+Every libSQL connection lives in its own process (`edgenode.owner.ProcessOwner`), so blocking
+engine calls never touch the event loop and a runaway read can be stopped by killing its process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from edgenode import engine
+from edgenode.analysis import StatementAnalyzer
+from edgenode.database import Connections, Database
+from edgenode.errors import QueryTimeout, SQLError, Unavailable
+from edgenode.idempotency import KeyedWrite, run_keyed_local
+from edgenode.migrations import MigrationReport
+from edgenode.owner import OwnerDied, ProcessOwner
+from edgenode.pragmas import Profile
+from edgenode.results import NO_POSITION, Params, QueryResult, Statement, WritePosition, WriteResult
+from edgenode.standalone.sessions import LocalConnections
+from edgenode.statements import bind_statement, plain, prepare_read, prepare_writes
+
+log = logging.getLogger(__name__)
+DB_FILE = "edgenode.db"
+
+
+class LocalDatabase(Database):
+    """Standalone: a plain local libSQL file, one writer and `readers` reader connections,
+    each owned by its own process (see `edgenode.owner`)."""
+
+    role = "standalone"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        profile: Profile,
+        readers: int = 2,
+        *,
+        migrate: bool = True,
+        sql_dir: Path | None = None,
+        max_rows: int = 10_000,
+        timeout_ms: int = 5_000,
+    ) -> None:
+        super().__init__()
+        self.data_dir = data_dir
+        self.path = data_dir / DB_FILE
+        self.profile = profile
+        self.migrate = migrate
+        self.sql_dir = sql_dir
+        self.max_rows = max_rows
+        self.timeout_ms = timeout_ms
+        self.migration_report: MigrationReport | None = None
+        self._writer = ProcessOwner("edgenode-writer", engine.open_local, str(self.path), profile, False)
+        self._readers = [
+            ProcessOwner(f"edgenode-reader-{i}", engine.open_local, str(self.path), profile, True)
+            for i in range(readers)
+        ]
+        self._idle: asyncio.Queue[ProcessOwner] = asyncio.Queue()
+        self._write_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
+        self.analyzer: StatementAnalyzer | None = None
+        self.started = False
+        self.readers_replaced = 0
+
+    async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # The writer first: it creates the file and switches it to WAL before readers open it.
+        self.pragma_report = await self._writer.start()
+        if self.migrate:
+            self.migration_report = await self._writer.call(engine.migrate_local, self.sql_dir)
+        schema = await self._writer.call(engine.read_schema)
+        self.analyzer = StatementAnalyzer(lambda: schema)
+        await asyncio.gather(*(reader.start() for reader in self._readers))
+        for reader in self._readers:
+            self._idle.put_nowait(reader)
+        self.started = True
+
+    async def stop(self) -> None:
+        self.started = False
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*(r.close(self.profile.on_close) for r in self._readers), return_exceptions=True)
+        await self._writer.close(self.profile.on_close)
+
+    def not_ready_reason(self) -> str | None:
+        return None if self.started else "database is not open yet"
+
+    async def refresh_schema(self) -> None:
+        """Rebuild the analyzer's schema mirror (after DDL, or a schema change by another connection)."""
+        schema = await self._writer.call(engine.read_schema)
+        analyzer = self.analyzer
+        if analyzer is not None:
+            analyzer._schema = lambda: schema  # the next refresh reads the new schema
+            await asyncio.to_thread(analyzer.refresh)
+
+    async def migration_status(self) -> list[dict[str, Any]]:
+        return await self._writer.call(engine.migration_status_local, self.sql_dir)
+
+    def _analyzer(self) -> StatementAnalyzer:
+        if self.analyzer is None:
+            raise Unavailable("database is not open yet")
+        return self.analyzer
+
+    # -- REST reads and writes -------------------------------------------------------------------
+
+    async def read(
+        self, sql: str, params: Params = None, *, max_rows: int | None = None, timeout_ms: int | None = None
+    ) -> QueryResult:
+        analyzer = self._analyzer()
+        try:
+            analysis = prepare_read(analyzer, sql)
+        except SQLError:
+            # The mirror may trail a schema change made by another connection to the file.
+            await self.refresh_schema()
+            analysis = prepare_read(analyzer, sql)
+        sql, bound = bind_statement(analyzer, analysis, params, "params")
+        max_rows = max_rows or self.max_rows
+        timeout_ms = timeout_ms or self.timeout_ms
+        reader = await self._idle.get()
+        try:
+            result = await asyncio.wait_for(
+                reader.call(engine.run_read, sql, bound, max_rows, timeout_ms), timeout_ms / 1000 + 0.05
+            )
+        except (TimeoutError, OwnerDied) as exc:
+            # The binding cannot interrupt a statement that computes without yielding rows:
+            # stop its process and give the pool a fresh reader.
+            reader.kill()
+            self._replace_later(reader)
+            if isinstance(exc, TimeoutError):
+                raise QueryTimeout(
+                    f"query ran longer than query_timeout_ms={timeout_ms}; narrow it or raise --query-timeout-ms"
+                ) from None
+            raise Unavailable("the reader process died; retry the request") from exc
+        except BaseException:
+            self._idle.put_nowait(reader)
+            raise
+        self._idle.put_nowait(reader)
+        result.decltypes = [t for _, t in analysis.columns]
+        return result
+
+    def _replace_later(self, reader: ProcessOwner) -> None:
+        async def replace() -> None:
+            try:
+                await reader.restart()
+            except Exception:
+                log.exception("restarting %s failed", reader.name)
+                return
+            self.readers_replaced += 1
+            self._idle.put_nowait(reader)
+
+        task = asyncio.create_task(replace())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def write(self, statements: Sequence[Statement], keyed: KeyedWrite | None = None) -> WriteResult:
+        prepared = prepare_writes(self._analyzer(), statements)
+        replayed = False
+        async with self._write_lock:
+            try:
+                if keyed is None:
+                    results = await self._writer.call(engine.run_transaction, plain(prepared))
+                    assert results is not None
+                else:
+                    # The key is claimed and recorded in the write's own transaction (edgenode.idempotency).
+                    results, replayed = await self._writer.call(run_keyed_local, plain(prepared), keyed)
+            except OwnerDied as exc:
+                await self._writer.restart()
+                raise Unavailable("the writer process died; the transaction was not committed, retry it") from exc
+        if any(a.is_ddl for _, _, a in prepared):
+            await self.refresh_schema()
+        await self.notify_changed()
+        return WriteResult(results, replayed=replayed)
+
+    # -- protocol streams ------------------------------------------------------------------------
+
+    def connections(self, *, lease_timeout: float, readers: int) -> Connections:
+        return LocalConnections(self, lease_timeout=lease_timeout, readers=readers)
+
+    @contextlib.asynccontextmanager
+    async def lease_writer(self) -> AsyncIterator[ProcessOwner]:
+        """The writer connection alone, for a protocol stream's statement or interactive transaction.
+
+        Held until the stream commits, rolls back or expires; REST writes wait meanwhile (SQLite
+        has one writer anyway). Callers must leave no transaction open when they give it back.
+        """
+        async with self._write_lock:
+            yield self._writer
+        await self.notify_changed()
+
+    @contextlib.asynccontextmanager
+    async def lease_reader(self) -> AsyncIterator[ProcessOwner]:
+        """One reader connection alone (read transactions of protocol streams)."""
+        reader = await self._idle.get()
+        try:
+            yield reader
+        except OwnerDied:
+            reader.kill()
+            self._replace_later(reader)
+            raise
+        self._idle.put_nowait(reader)
+
+    # -- freshness and reporting -----------------------------------------------------------------
+
+    async def wait_fresh(
+        self, min_frame: int | None, max_staleness_ms: int | None, min_generation: int | None = None
+    ) -> None:
+        return None  # one file, read where it is written: always fresh
+
+    def position(self) -> WritePosition:
+        return NO_POSITION
+
+    def status(self) -> dict[str, Any]:
+        size = self.path.stat().st_size if self.path.exists() else 0
+        wal = self.path.with_name(self.path.name + "-wal")
+        return {
+            "role": self.role,
+            "path": str(self.path.resolve()),
+            "size_bytes": size,
+            "wal_bytes": wal.stat().st_size if wal.exists() else 0,
+            "pragmas": self.pragma_report.as_dict() if self.pragma_report else None,
+            "readers": len(self._readers),
+            "readers_replaced": self.readers_replaced,
+        }
