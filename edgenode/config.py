@@ -6,12 +6,13 @@ and meaning, and README's configuration table is checked against it by a test.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_type_hints
 
 import msgspec
 
@@ -22,34 +23,51 @@ class ConfigError(Exception):
     """A setting has an invalid value; the message names the setting and the expected form."""
 
 
+@dataclass(frozen=True)
+class Doc:
+    """A setting's help text; its flag is `--name-with-dashes` (`--x/--no-x` for switches) and its
+    environment variable `EDGENODE_NAME`, then any `also_env` (read in that order)."""
+
+    help: str
+    also_env: tuple[str, ...] = ()
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    data_dir: str = "./.edgenode"
-    host: str = "127.0.0.1"
-    port: int = 8080
-    auth_token: str | None = None
-    read_token: str | None = None
-    jwt_key_file: str | None = None
-    primary_url: str | None = None
-    primary_token: str | None = None
-    profile: str = "auto"
-    max_body_bytes: int = 4 * 1024 * 1024
-    header_timeout: float = 10.0
-    body_timeout: float = 30.0
-    max_connections: int = 1000
-    max_rows: int = 10_000
-    query_timeout_ms: int = 5_000
-    read_connections: int = 2
-    sync_interval: float = 1.0
-    sync_timeout: float = 10.0
-    max_lag: float = 10.0
-    long_poll: bool = True
-    generation_max_frames: int = 2_000
-    keep_generations: int = 8
-    stream_idle_timeout: float = 10.0
-    transaction_timeout: float = 5.0
-    idempotency_retention: float = 86_400.0
-    migrate: bool = True
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Every setting, declared once: its type, default and documentation."""
+
+    data_dir: Annotated[str, Doc("Directory holding the database and indexes.")] = "./.edgenode"
+    host: Annotated[str, Doc("Address to bind; non-loopback needs a token.")] = "127.0.0.1"
+    port: Annotated[int, Doc("TCP port to listen on.")] = 8080
+    auth_token: Annotated[str | None, Doc("Read-write bearer token.")] = None
+    read_token: Annotated[str | None, Doc("Read-only bearer token.")] = None
+    jwt_key_file: Annotated[str | None, Doc("Ed25519 public key (PEM) accepting sqld-style JWTs.")] = None
+    primary_url: Annotated[str | None, Doc("Primary to replicate; unset = standalone.", ("TURSO_DATABASE_URL",))] = None
+    primary_token: Annotated[str | None, Doc("Bearer token for the primary.", ("TURSO_AUTH_TOKEN",))] = None
+    profile: Annotated[str, Doc("PRAGMA profile: " + ", ".join(PROFILES) + ".")] = "auto"
+    max_body_bytes: Annotated[int, Doc("Largest request body (413 above).")] = 4 * 1024 * 1024
+    header_timeout: Annotated[
+        float, Doc("Seconds a request's headers may take to arrive (connection closed after).")
+    ] = 10.0
+    body_timeout: Annotated[float, Doc("Seconds a request body may take to arrive in full (408 after).")] = 30.0
+    max_connections: Annotated[int, Doc("Concurrent connections or requests (503 above).")] = 1000
+    max_rows: Annotated[int, Doc("Most rows one query may return.")] = 10_000
+    query_timeout_ms: Annotated[int, Doc("Longest a read query may run.")] = 5_000
+    read_connections: Annotated[int, Doc("Reader connections in standalone mode.")] = 2
+    sync_interval: Annotated[float, Doc("Seconds between replica syncs.")] = 1.0
+    sync_timeout: Annotated[float, Doc("Seconds one sync may take.")] = 10.0
+    max_lag: Annotated[float, Doc("Seconds of replica lag before /ready is 503.")] = 10.0
+    long_poll: Annotated[
+        bool, Doc("Replica: a held request to the primary triggers a sync on each commit (interval syncs stay).")
+    ] = True
+    generation_max_frames: Annotated[int, Doc("Primary: WAL frames before a new generation.")] = 2_000
+    keep_generations: Annotated[int, Doc("Primary: old generations kept for lagging replicas.")] = 8
+    stream_idle_timeout: Annotated[float, Doc("Seconds before an idle Hrana stream expires.")] = 10.0
+    transaction_timeout: Annotated[float, Doc("Seconds a Hrana transaction may hold the write lock.")] = 5.0
+    idempotency_retention: Annotated[
+        float, Doc("Seconds an Idempotency-Key is remembered; a retry later than that writes again.")
+    ] = 86_400.0
+    migrate: Annotated[bool, Doc("Apply sql/ migrations on start.")] = True
+    log_level: Annotated[Literal["debug", "info", "warning", "error"], Doc("debug, info, warning or error.")] = "info"
 
     @property
     def data_path(self) -> Path:
@@ -59,6 +77,20 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def is_replica(self) -> bool:
         return bool(self.primary_url)
 
+    @property
+    def binds_loopback(self) -> bool:
+        """Whether `host` is reachable from this machine only (then no token is required)."""
+        return is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
 
 @dataclass(frozen=True)
 class SettingDoc:
@@ -67,71 +99,20 @@ class SettingDoc:
     help: str
 
 
-SETTINGS_DOC: dict[str, SettingDoc] = {
-    "data_dir": SettingDoc("--data-dir", ("EDGENODE_DATA_DIR",), "Directory holding the database and indexes."),
-    "host": SettingDoc("--host", ("EDGENODE_HOST",), "Address to bind; non-loopback needs a token."),
-    "port": SettingDoc("--port", ("EDGENODE_PORT",), "TCP port to listen on."),
-    "auth_token": SettingDoc("--auth-token", ("EDGENODE_AUTH_TOKEN",), "Read-write bearer token."),
-    "read_token": SettingDoc("--read-token", ("EDGENODE_READ_TOKEN",), "Read-only bearer token."),
-    "jwt_key_file": SettingDoc(
-        "--jwt-key-file", ("EDGENODE_JWT_KEY_FILE",), "Ed25519 public key (PEM) accepting sqld-style JWTs."
-    ),
-    "primary_url": SettingDoc(
-        "--primary-url", ("EDGENODE_PRIMARY_URL", "TURSO_DATABASE_URL"), "Primary to replicate; unset = standalone."
-    ),
-    "primary_token": SettingDoc(
-        "--primary-token", ("EDGENODE_PRIMARY_TOKEN", "TURSO_AUTH_TOKEN"), "Bearer token for the primary."
-    ),
-    "profile": SettingDoc("--profile", ("EDGENODE_PROFILE",), "PRAGMA profile: " + ", ".join(PROFILES) + "."),
-    "max_body_bytes": SettingDoc("--max-body-bytes", ("EDGENODE_MAX_BODY_BYTES",), "Largest request body (413 above)."),
-    "header_timeout": SettingDoc(
-        "--header-timeout",
-        ("EDGENODE_HEADER_TIMEOUT",),
-        "Seconds a request's headers may take to arrive (connection closed after).",
-    ),
-    "body_timeout": SettingDoc(
-        "--body-timeout", ("EDGENODE_BODY_TIMEOUT",), "Seconds a request body may take to arrive in full (408 after)."
-    ),
-    "max_connections": SettingDoc(
-        "--max-connections", ("EDGENODE_MAX_CONNECTIONS",), "Concurrent connections or requests (503 above)."
-    ),
-    "max_rows": SettingDoc("--max-rows", ("EDGENODE_MAX_ROWS",), "Most rows one query may return."),
-    "query_timeout_ms": SettingDoc(
-        "--query-timeout-ms", ("EDGENODE_QUERY_TIMEOUT_MS",), "Longest a read query may run."
-    ),
-    "read_connections": SettingDoc(
-        "--read-connections", ("EDGENODE_READ_CONNECTIONS",), "Reader connections in standalone mode."
-    ),
-    "sync_interval": SettingDoc("--sync-interval", ("EDGENODE_SYNC_INTERVAL",), "Seconds between replica syncs."),
-    "sync_timeout": SettingDoc("--sync-timeout", ("EDGENODE_SYNC_TIMEOUT",), "Seconds one sync may take."),
-    "max_lag": SettingDoc("--max-lag", ("EDGENODE_MAX_LAG",), "Seconds of replica lag before /ready is 503."),
-    "long_poll": SettingDoc(
-        "--long-poll/--no-long-poll",
-        ("EDGENODE_LONG_POLL",),
-        "Replica: a held request to the primary triggers a sync on each commit (interval syncs stay).",
-    ),
-    "generation_max_frames": SettingDoc(
-        "--generation-max-frames", ("EDGENODE_GENERATION_MAX_FRAMES",), "Primary: WAL frames before a new generation."
-    ),
-    "keep_generations": SettingDoc(
-        "--keep-generations", ("EDGENODE_KEEP_GENERATIONS",), "Primary: old generations kept for lagging replicas."
-    ),
-    "stream_idle_timeout": SettingDoc(
-        "--stream-idle-timeout", ("EDGENODE_STREAM_IDLE_TIMEOUT",), "Seconds before an idle Hrana stream expires."
-    ),
-    "transaction_timeout": SettingDoc(
-        "--transaction-timeout",
-        ("EDGENODE_TRANSACTION_TIMEOUT",),
-        "Seconds a Hrana transaction may hold the write lock.",
-    ),
-    "idempotency_retention": SettingDoc(
-        "--idempotency-retention",
-        ("EDGENODE_IDEMPOTENCY_RETENTION",),
-        "Seconds an Idempotency-Key is remembered; a retry later than that writes again.",
-    ),
-    "migrate": SettingDoc("--migrate/--no-migrate", ("EDGENODE_MIGRATE",), "Apply sql/ migrations on start."),
-    "log_level": SettingDoc("--log-level", ("EDGENODE_LOG_LEVEL",), "debug, info, warning or error."),
-}
+def _setting_docs() -> dict[str, SettingDoc]:
+    hints = get_type_hints(Settings, include_extras=True)
+    defaults = Settings()
+    docs: dict[str, SettingDoc] = {}
+    for name in Settings.__struct_fields__:
+        doc = next(m for m in hints[name].__metadata__ if isinstance(m, Doc))
+        dashed = name.replace("_", "-")
+        flag = f"--{dashed}/--no-{dashed}" if isinstance(getattr(defaults, name), bool) else f"--{dashed}"
+        docs[name] = SettingDoc(flag, (f"EDGENODE_{name.upper()}", *doc.also_env), doc.help)
+    return docs
+
+
+# Flags, environment variables and help of every setting, derived from `Settings` (CLI, README check).
+SETTINGS_DOC: dict[str, SettingDoc] = _setting_docs()
 
 _EXPECTED = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 

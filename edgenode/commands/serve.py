@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 
 import click
@@ -12,17 +11,8 @@ from edgenode.cli import settings_options
 from edgenode.config import Settings
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_exposure(settings: Settings) -> None:
-    if not is_loopback(settings.host) and not (settings.auth_token or settings.jwt_key_file):
+    if not settings.binds_loopback and not (settings.auth_token or settings.jwt_key_file):
         raise click.UsageError(
             f"refusing to listen on {settings.host} without a token: anyone who can reach it could read and write. "
             "Set --auth-token / EDGENODE_AUTH_TOKEN (or --jwt-key-file), or bind 127.0.0.1."

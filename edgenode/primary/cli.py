@@ -20,9 +20,7 @@ def primary(settings: Settings) -> None:
     from edgenode.primary.app import create_app
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.host not in ("127.0.0.1", "localhost", "::1") and not (
-        settings.auth_token or settings.read_token or settings.jwt_key_file
-    ):
+    if not settings.binds_loopback and not (settings.auth_token or settings.read_token or settings.jwt_key_file):
         raise click.UsageError("binding a non-loopback address needs --auth-token, --read-token or --jwt-key-file")
     try:
         check_not_half_restored(settings.data_path)
