@@ -54,9 +54,9 @@ from edgenode.vectors import feed
 from edgenode.vectors.collections import DatabaseLike, check_name, table_columns, unique_keys
 from edgenode.vectors.collections import load_definitions as load_vector_definitions
 from edgenode.vectors.exact import CompiledFilter
-from edgenode.vectors.manager import _RetryingReads
 from edgenode.vectors.models import Filter
 from edgenode.vectors.models import SearchRequest as VectorSearchRequest
+from edgenode.vectors.state import RetryingReads
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class TextManager(Component):
         compact_threshold: int = 20_000,
         compact_retain: int = 10_000,
     ) -> None:
-        self.db: DatabaseLike = _RetryingReads(db)
+        self.db: DatabaseLike = RetryingReads(db)
         self.root = Path(data_dir) / "text"
         self.vectors = vectors
         self.compact_threshold = compact_threshold

@@ -7,6 +7,7 @@ name on another primary, never matches and is rebuilt.
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import msgspec
 from edgenode.vectors import feed
 from edgenode.vectors.models import NAME_RE, CollectionSpec, VectorError
 
+log = logging.getLogger(__name__)
 DEFINITIONS_TABLE = "_edgenode_collections"
 
 SCHEMA: list[tuple[str, list[Any]]] = [
@@ -34,17 +36,12 @@ SCHEMA: list[tuple[str, list[Any]]] = [
 _F32_TYPE = re.compile(r"^\s*F32_BLOB\s*\(\s*(\d+)\s*\)\s*$", re.IGNORECASE)
 
 
-class QueryResultLike(Protocol):
-    columns: list[str]
-    rows: list[Any]
-
-
 class DatabaseLike(Protocol):
     """The three methods of `edgenode.database.Database` the vector layer uses."""
 
     async def read(self, sql: str, params: list | None = None) -> Any: ...
 
-    async def write(self, statements: list[tuple[str, list]]) -> list[Any]: ...
+    async def write(self, statements: list[tuple[str, list]]) -> Any: ...
 
     def add_change_listener(self, callback: Any) -> None: ...
 
@@ -121,6 +118,15 @@ async def check_against_table(db: DatabaseLike, spec: CollectionSpec) -> None:
         await db.read(f'SELECT rowid FROM "{spec.table}" LIMIT 0')
     except Exception as exc:
         raise VectorError(400, "invalid_collection", f"table {spec.table!r} has no rowid: {exc}") from exc
+
+
+async def heal_replace_triggers(db: DatabaseLike, table: str) -> None:
+    """Reinstall the table's replace triggers when its unique keys changed since they were
+    installed (or they come from an older edgenode); see edgenode.vectors.feed."""
+    keys = await unique_keys(db, table)
+    if not await feed.replace_triggers_current(db, table, keys):
+        log.warning("the change-feed triggers of %s do not match its unique keys; reinstalling them", table)
+        await db.write(feed.replace_trigger_statements(table, keys))
 
 
 def put_statements(

@@ -6,7 +6,7 @@ problem), 404 for an unknown collection, 503 while a collection is still buildin
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from starlette.requests import Request
@@ -15,15 +15,36 @@ from starlette.routing import Route
 
 from edgenode import bodies
 from edgenode.api.routing import read_route, write_route
-from edgenode.vectors.manager import VectorManager
 from edgenode.vectors.models import (
+    CollectionInfo,
     CollectionList,
     CollectionSpec,
     ErrorBody,
     ErrorResponse,
+    SearchBatchResult,
     SearchRequest,
+    SearchResult,
     VectorError,
 )
+from edgenode.vectors.state import Collection
+
+
+class Vectors(Protocol):
+    """What the routes call (`VectorManager`)."""
+
+    @property
+    def collections(self) -> dict[str, Collection]: ...
+
+    def get(self, name: str) -> Collection: ...
+
+    async def put_collection(self, name: str, spec: CollectionSpec) -> tuple[int, CollectionInfo]: ...
+
+    async def delete_collection(self, name: str) -> None: ...
+
+    async def rebuild(self, name: str) -> CollectionInfo: ...
+
+    async def search(self, name: str, req: SearchRequest) -> SearchResult | SearchBatchResult: ...
+
 
 _encoder = msgspec.json.Encoder()
 
@@ -47,7 +68,7 @@ async def _body(request: Request, kind: type[Any]) -> Any:
         raise VectorError(exc.status, exc.code, exc.message) from None
 
 
-def vector_routes(manager: VectorManager) -> list[Route]:
+def vector_routes(manager: Vectors) -> list[Route]:
     async def list_collections(request: Request) -> Response:
         return _json(CollectionList([c.info() for c in manager.collections.values()]))
 

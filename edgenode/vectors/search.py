@@ -1,9 +1,8 @@
 """Search requests on a node's collections: checks that name what is wrong, the inline answer
 for a plain single query, the planner on a worker thread for everything else, result objects.
 
-`SearchRequests` is mixed into `VectorManager`, which provides the collections, the planner
-settings and the database; `search` (the HTTP API's JSON lists) and `query` (numpy arrays, for
-code in the node's process) are its entry points.
+`Searcher.search` (the HTTP API's JSON lists) and `Searcher.query` (numpy arrays, for code in the
+node's process) are the entry points; collections come from the registry's `get`.
 """
 
 from __future__ import annotations
@@ -11,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,21 +29,18 @@ from edgenode.vectors.models import (
     VectorError,
 )
 from edgenode.vectors.planner import Answer, PlannerSettings, ann_distances, search_many, uses_hnsw
-
-if TYPE_CHECKING:
-    from edgenode.vectors.manager import Collection
+from edgenode.vectors.state import Collection
 
 # Past this ef one query takes over a millisecond (384 dims, 2 cores): long enough that the event
 # loop is better off handing it to a thread, where it runs beside other requests.
 INLINE_MAX_EF = 256
 
 
-class SearchRequests:
-    db: DatabaseLike
-    planner: PlannerSettings
-
-    def get(self, name: str) -> Collection:
-        raise NotImplementedError
+class Searcher:
+    def __init__(self, get: Callable[[str], Collection], db: DatabaseLike, planner: PlannerSettings) -> None:
+        self.get = get
+        self.db = db
+        self.planner = planner
 
     def _queries(self, c: Collection, req: SearchRequest) -> tuple[np.ndarray, bool]:
         """The request's vectors as one float32 matrix (values are checked by `_check_values`)."""
