@@ -26,6 +26,8 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from starlette.routing import BaseRoute
+
 from edgenode.api.component import Component
 from edgenode.durable import atomic_write
 from edgenode.errors import DatabaseError
@@ -50,10 +52,12 @@ from edgenode.text.models import (
     TextError,
     TextSpec,
 )
+from edgenode.text.routes import text_routes
 from edgenode.vectors import feed
 from edgenode.vectors.collections import DatabaseLike, check_name, table_columns, unique_keys
 from edgenode.vectors.collections import load_definitions as load_vector_definitions
 from edgenode.vectors.exact import CompiledFilter
+from edgenode.vectors.manager import VectorManager
 from edgenode.vectors.models import Filter
 from edgenode.vectors.models import SearchRequest as VectorSearchRequest
 from edgenode.vectors.state import RetryingReads
@@ -128,7 +132,7 @@ class TextManager(Component):
         db: DatabaseLike,
         data_dir: Path,
         *,
-        vectors: Any = None,
+        vectors: VectorManager | None = None,
         compact_threshold: int = 20_000,
         compact_retain: int = 10_000,
     ) -> None:
@@ -219,10 +223,8 @@ class TextManager(Component):
         loading = sorted(n for n, c in self.collections.items() if c.state == "loading")
         return f"loading text collection(s) {', '.join(loading)} from disk" if loading else None
 
-    def routes(self) -> list[Any]:
-        from edgenode.text.routes import text_routes
-
-        return text_routes(self)
+    def routes(self) -> list[BaseRoute]:
+        return list(text_routes(self))
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], c: TextCollection | None = None) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -505,7 +507,7 @@ class TextManager(Component):
         return position
 
     def _vector_floor(self) -> int | None:
-        vector_collections = getattr(self.vectors, "collections", {})
+        vector_collections = self.vectors.collections if self.vectors is not None else {}
         if not all(v.state == "ready" and not v.rebuilding for v in vector_collections.values()):
             return None
         return min((v.position for v in vector_collections.values()), default=2**62)

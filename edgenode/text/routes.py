@@ -7,17 +7,42 @@ Errors leave as the vector API's do (edgenode.vectors.routes): `{"error": {"code
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from edgenode.api.routing import read_route, write_route
-from edgenode.text.manager import TextManager
-from edgenode.text.models import SearchRequest, TextCollectionList, TextError, TextSpec
+from edgenode.text.models import (
+    SearchRequest,
+    SearchResult,
+    TextCollectionInfo,
+    TextCollectionList,
+    TextError,
+    TextSpec,
+)
 from edgenode.vectors.routes import _body, _error, _json
 
 
-def text_routes(manager: TextManager) -> list[Route]:
+class Texts(Protocol):
+    """What the routes call (`TextManager`)."""
+
+    @property
+    def collections(self) -> dict[str, Any]: ...
+
+    def get(self, name: str) -> Any: ...
+
+    async def put_collection(self, name: str, spec: TextSpec) -> tuple[int, TextCollectionInfo]: ...
+
+    async def delete_collection(self, name: str) -> None: ...
+
+    async def rebuild(self, name: str) -> TextCollectionInfo: ...
+
+    async def search(self, name: str, req: SearchRequest) -> SearchResult: ...
+
+
+def text_routes(manager: Texts) -> list[Route]:
     async def list_collections(request: Request) -> Response:
         return _json(TextCollectionList([c.info() for c in manager.collections.values()]))
 
