@@ -48,7 +48,6 @@ REPORT_PRAGMAS = frozenset(
     "foreign_keys query_only synchronous cache_size busy_timeout mmap_size".split()
 )
 
-_READ_ACTIONS = frozenset({apsw.SQLITE_SELECT, apsw.SQLITE_READ, apsw.SQLITE_FUNCTION, apsw.SQLITE_RECURSIVE})
 _DML_ACTIONS = frozenset({apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE})
 _DDL_ACTIONS = frozenset(
     {

@@ -123,11 +123,6 @@ async def compacted_through(db: Any) -> int:
     return int(result.rows[0][0]) if result.rows else 0
 
 
-async def pending(db: Any, position: int) -> int:
-    result = await db.read(f"SELECT count(*) FROM {CHANGES_TABLE} WHERE seq > ?", [position])
-    return int(result.rows[0][0])
-
-
 async def changed_rows(
     db: Any, table: str, columns: list[str], low: int, high: int
 ) -> list[tuple[int, list[Any] | None]]:
