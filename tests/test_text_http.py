@@ -265,31 +265,31 @@ def test_hostile_query_strings_get_a_400_that_says_where_and_never_a_500(node: t
         error = r.json()["error"]
         assert error["code"] == "invalid_query" and says in error["message"], (q, error)
     bad = [
-        ({"q": "word", "filter": {"sql": "body = 'x'"}}, "invalid_filter"),  # not a filter column
-        ({"q": "word", "filter": {"sql": "1); DROP TABLE docs; --"}}, "invalid_filter"),
-        ({"q": "word", "weights": {"nope": 1}}, "invalid_weights"),
-        ({"q": "word", "weights": {"title": -1}}, "invalid_weights"),
-        ({"q": "word", "k": 0}, "invalid_k"),
-        ({"q": "word", "offset": -1}, "invalid_offset"),
-        ({"q": "word", "extra": 1}, "invalid_request"),
-        ({"q": "word", "vector": [1, 0, 0, 0]}, "invalid_request"),
-        ({"q": "word", "vector": [1, 0, 0, 0], "collection": "nope"}, "unknown_collection"),
+        ({"q": "word", "filter": {"sql": "body = 'x'"}}, 400, "invalid_filter"),  # not a filter column
+        ({"q": "word", "filter": {"sql": "1); DROP TABLE docs; --"}}, 400, "invalid_filter"),
+        ({"q": "word", "weights": {"nope": 1}}, 400, "invalid_weights"),
+        ({"q": "word", "weights": {"title": -1}}, 400, "invalid_weights"),
+        ({"q": "word", "k": 0}, 400, "invalid_k"),
+        ({"q": "word", "offset": -1}, 400, "invalid_offset"),
+        ({"q": "word", "extra": 1}, 422, "invalid_field"),
+        ({"q": "word", "vector": [1, 0, 0, 0]}, 400, "invalid_request"),
+        ({"q": "word", "vector": [1, 0, 0, 0], "collection": "nope"}, 400, "unknown_collection"),
     ]
-    for body, code in bad:
+    for body, status, code in bad:
         r = _search(proc.url, "docs", **body)
-        assert r.status_code == 400 and r.json()["error"]["code"] == code, (body, r.text)
+        assert r.status_code == status and r.json()["error"]["code"] == code, (body, r.text)
     assert _search(proc.url, "nope", q="word").status_code == 404
     assert _ids(proc.url, "docs", "word") == [1]  # the table survived all of it
-    for spec, code in [
-        ({"table": "docs", "columns": []}, "invalid_collection"),
-        ({"table": "docs", "columns": ["nope"]}, "unknown_column"),
-        ({"table": "nope", "columns": ["title"]}, "unknown_table"),
-        ({"table": "docs", "columns": ["title"], "tokenizer": "icu"}, "invalid_request"),
-        ({"table": "_edgenode_changes", "columns": ["tbl"]}, "invalid_collection"),
-        ({"table": "docs", "columns": ['title"; drop']}, "invalid_collection"),
+    for spec, status, code in [
+        ({"table": "docs", "columns": []}, 400, "invalid_collection"),
+        ({"table": "docs", "columns": ["nope"]}, 400, "unknown_column"),
+        ({"table": "nope", "columns": ["title"]}, 400, "unknown_table"),
+        ({"table": "docs", "columns": ["title"], "tokenizer": "icu"}, 422, "invalid_field"),
+        ({"table": "_edgenode_changes", "columns": ["tbl"]}, 400, "invalid_collection"),
+        ({"table": "docs", "columns": ['title"; drop']}, 400, "invalid_collection"),
     ]:
         r = httpx.put(proc.url + "/api/v1/text/bad", json=spec)
-        assert r.status_code == 400 and r.json()["error"]["code"] == code, (spec, r.text)
+        assert r.status_code == status and r.json()["error"]["code"] == code, (spec, r.text)
 
 
 def test_trigram_collections_find_substrings(node: tuple[Proc, Path]) -> None:

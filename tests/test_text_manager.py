@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from edgenode.api.errors import ApiError
 from edgenode.text.hybrid import fuse
 from edgenode.text.manager import TextManager
-from edgenode.text.models import SearchRequest, TextError, TextSpec
+from edgenode.text.models import SearchRequest, TextSpec
 from edgenode.text.query import check, tokens
 from edgenode.vectors import VectorManager
 from edgenode.vectors.feed import CHANGES_TABLE, compact_statements, head
@@ -183,7 +184,7 @@ def test_the_query_lexer_names_the_character_fts5_cannot_read() -> None:
         "title", ":", '"a ""b"""', "AND", "(", "c", "*", "OR", "^", "d", ")", "NOT", "e",
     ]  # fmt: skip
     for q, where in [('ab "cd', 3), ("a (b", 2), ("a) b", 1), ("a.b", 1), ("x & y", 2)]:
-        with pytest.raises(TextError) as err:
+        with pytest.raises(ApiError) as err:
             check(q, "fts5")
         assert f"character {where}" in err.value.message and err.value.code == "invalid_query", q
     assert check("The Vector, and search!", "plain") == '"Vector" "search"'

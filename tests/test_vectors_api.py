@@ -105,18 +105,18 @@ def test_batch_search_answers_each_vector(client: TestClient) -> None:
     [
         ({"vector": [0.1] * 3, "k": 5}, 400, "dimension_mismatch", ("3 dimensions", "dim 8")),
         ({"vectors": [[0.1] * 8, [0.1] * 9]}, 400, "dimension_mismatch", ("vectors[1]",)),
-        ({"vector": [0.1] * 7 + ["x"]}, 400, "invalid_request", ("$.vector[7]",)),
-        ({"vector": [0.1] * 7 + [None]}, 400, "invalid_request", ("$.vector[7]",)),
+        ({"vector": [0.1] * 7 + ["x"]}, 422, "invalid_field", ("$.vector[7]",)),
+        ({"vector": [0.1] * 7 + [None]}, 422, "invalid_field", ("$.vector[7]",)),
         ({"vector": [0.1] * 7 + [1e39]}, 400, "invalid_vector", ("vector[7]", "finite")),
         ({"vector": [0.0] * 8}, 400, "invalid_vector", ("zero vector",)),
         ({"vector": [0.1] * 8, "k": 0}, 400, "invalid_k", ("k must be",)),
         ({"vector": [0.1] * 8, "k": 100_000}, 400, "invalid_k", ("k must be",)),
-        ({"vector": [0.1] * 8, "k": "ten"}, 400, "invalid_request", ("$.k",)),
+        ({"vector": [0.1] * 8, "k": "ten"}, 422, "invalid_field", ("$.k",)),
         ({"vector": [0.1] * 8, "ef": 0}, 400, "invalid_ef", ("ef",)),
-        ({"vector": [0.1] * 8, "mode": "fast"}, 400, "invalid_request", ("$.mode",)),
+        ({"vector": [0.1] * 8, "mode": "fast"}, 422, "invalid_field", ("$.mode",)),
         ({"k": 3}, 400, "invalid_request", ("exactly one",)),
         ({"vector": [0.1] * 8, "vectors": [[0.1] * 8]}, 400, "invalid_request", ("exactly one",)),
-        ({"vector": [0.1] * 8, "bogus": 1}, 400, "invalid_request", ("bogus",)),
+        ({"vector": [0.1] * 8, "bogus": 1}, 422, "invalid_field", ("bogus",)),
         ({"vector": [0.1] * 8, "include": ["nope"]}, 400, "unknown_column", ("nope",)),
         ({"vector": [0.1] * 8, "filter": {"sql": "color = 1"}}, 400, "invalid_filter", ("color", "cat, price")),
         ({"vector": [0.1] * 8, "filter": {"sql": "emb IS NULL"}}, 400, "invalid_filter", ("emb",)),
@@ -173,24 +173,24 @@ def test_unknown_collection_is_404(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "body", "code", "words"),
+    ("name", "body", "status", "code", "words"),
     [
-        ("x", {"table": "missing", "column": "emb", "dim": 8}, "unknown_table", ("missing",)),
-        ("x", {"table": "items", "column": "nope", "dim": 8}, "unknown_column", ("nope",)),
-        ("x", {"table": "items", "column": "emb", "dim": 8, "filter_columns": ["zz"]}, "unknown_column", ("zz",)),
-        ("x", {"table": "items", "column": "emb", "dim": 9}, "dimension_mismatch", ("F32_BLOB(8)",)),
-        ("x", {"table": "items", "column": "emb", "dim": 8, "metric": "dot"}, "invalid_request", ("$.metric",)),
-        ("x", {"table": "items", "column": "emb", "dim": 0}, "invalid_request", ("$.dim",)),
-        ("x", {"table": 'items"; drop', "column": "emb", "dim": 8}, "invalid_collection", ("identifier",)),
-        ("x", {"table": "_edgenode_changes", "column": "tbl", "dim": 8}, "invalid_collection", ("internal",)),
-        ("bad-name", {"table": "items", "column": "emb", "dim": 8}, "invalid_collection_name", ("bad-name",)),
-        ("x", {"table": "items", "column": "emb", "dim": 8, "hnsw": {"m": 1}}, "invalid_request", ("$.hnsw.m",)),
+        ("x", {"table": "missing", "column": "emb", "dim": 8}, 400, "unknown_table", ("missing",)),
+        ("x", {"table": "items", "column": "nope", "dim": 8}, 400, "unknown_column", ("nope",)),
+        ("x", {"table": "items", "column": "emb", "dim": 8, "filter_columns": ["zz"]}, 400, "unknown_column", ("zz",)),
+        ("x", {"table": "items", "column": "emb", "dim": 9}, 400, "dimension_mismatch", ("F32_BLOB(8)",)),
+        ("x", {"table": "items", "column": "emb", "dim": 8, "metric": "dot"}, 422, "invalid_field", ("$.metric",)),
+        ("x", {"table": "items", "column": "emb", "dim": 0}, 422, "invalid_field", ("$.dim",)),
+        ("x", {"table": 'items"; drop', "column": "emb", "dim": 8}, 400, "invalid_collection", ("identifier",)),
+        ("x", {"table": "_edgenode_changes", "column": "tbl", "dim": 8}, 400, "invalid_collection", ("internal",)),
+        ("bad-name", {"table": "items", "column": "emb", "dim": 8}, 400, "invalid_collection_name", ("bad-name",)),
+        ("x", {"table": "items", "column": "emb", "dim": 8, "hnsw": {"m": 1}}, 422, "invalid_field", ("$.hnsw.m",)),
     ],
 )
-def test_bad_collection_definitions_are_400(
-    client: TestClient, name: str, body: dict[str, Any], code: str, words: tuple[str, ...]
+def test_bad_collection_definitions_are_a_4xx_naming_the_problem(
+    client: TestClient, name: str, body: dict[str, Any], status: int, code: str, words: tuple[str, ...]
 ) -> None:
-    _error(client.put(f"/api/v1/collections/{name}", json=body), 400, code, *words)
+    _error(client.put(f"/api/v1/collections/{name}", json=body), status, code, *words)
 
 
 def test_a_collection_can_be_created_searched_and_deleted(client: TestClient) -> None:

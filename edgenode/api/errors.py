@@ -1,4 +1,10 @@
-"""Every error leaves the API as `{"error": {"code": "...", "message": "..."}}` with a fitting status."""
+"""Every error leaves the HTTP API (REST and vectors) as `{"error": {"code": "...", "message": "..."}}`.
+
+One status per kind of bad input: a body that is not JSON (or empty) is 400 `malformed_json`; a
+body that does not match the request type is 422 `invalid_field` naming the field; a value the
+type allows but the operation refuses (SQL, parameters, a vector's dimension, k) is 400 with a
+code naming the problem; refusals of the data layer carry their kind's status (`edgenode.errors`).
+"""
 
 from __future__ import annotations
 
@@ -53,6 +59,8 @@ def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> Response:
     body: dict[str, Any] = {"code": code, "message": message, **extra}
+    if status == 503 and headers is None:
+        headers = {"Retry-After": "1"}  # unavailable for a moment: clients back off and retry
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 

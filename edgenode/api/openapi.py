@@ -122,7 +122,7 @@ OPERATIONS: list[Operation] = [
         vectors.CollectionSpec,
         vectors.CollectionInfo,
         ok=(200, 201, 202),
-        errors=(400, 401, 403, 404, 409, 413, 415, 503),
+        errors=(400, 401, 403, 404, 409, 413, 415, 422, 503),
     ),
     Operation(
         "delete",
@@ -147,7 +147,7 @@ OPERATIONS: list[Operation] = [
         "k nearest neighbours of one vector (`vector`) or of each of several (`vectors`).",
         vectors.SearchRequest,
         None,
-        errors=(400, 401, 404, 413, 415, 503),
+        errors=(400, 401, 404, 413, 415, 422, 503),
         other=((200, JSON, {"anyOf": [vectors.SearchResult, vectors.SearchBatchResult]}),),
     ),
 ]
@@ -170,7 +170,7 @@ OPERATIONS += [
         text.TextSpec,
         text.TextCollectionInfo,
         ok=(200, 201, 202),
-        errors=(400, 401, 403, 404, 409, 413, 415, 503),
+        errors=(400, 401, 403, 404, 409, 413, 415, 422, 503),
     ),
     Operation("delete", "/api/v1/text/{name}", "Drop a full-text collection.", None, None, errors=(401, 403, 404)),
     Operation(
@@ -188,7 +188,7 @@ OPERATIONS += [
         "Full-text (FTS5) or hybrid (with a vector collection) search.",
         text.SearchRequest,
         text.SearchResult,
-        errors=(400, 401, 404, 413, 415, 503),
+        errors=(400, 401, 404, 413, 415, 422, 503),
     ),
 ]
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import msgspec
 
-from edgenode.text.models import TextError, TextSpec
+from edgenode.api.errors import ApiError
+from edgenode.text.models import TextSpec
 from edgenode.vectors import feed
 from edgenode.vectors.collections import DatabaseLike, is_missing_table, table_columns
 
@@ -71,14 +72,14 @@ async def load_definitions(db: DatabaseLike, table_known: bool = False) -> dict[
 async def check_against_table(db: DatabaseLike, spec: TextSpec) -> None:
     columns = await table_columns(db, spec.table)
     if not columns:
-        raise TextError(400, "unknown_table", f"table {spec.table!r} does not exist")
+        raise ApiError(400, "unknown_table", f"table {spec.table!r} does not exist")
     for label, col in [("column", c) for c in spec.columns] + [("filter column", c) for c in spec.filter_columns]:
         if col.lower() not in columns:
-            raise TextError(400, "unknown_column", f"{label} {col!r} is not a column of table {spec.table!r}")
+            raise ApiError(400, "unknown_column", f"{label} {col!r} is not a column of table {spec.table!r}")
     try:
         await db.read(f'SELECT rowid FROM "{spec.table}" LIMIT 0')
     except Exception as exc:
-        raise TextError(400, "invalid_collection", f"table {spec.table!r} has no rowid: {exc}") from exc
+        raise ApiError(400, "invalid_collection", f"table {spec.table!r} has no rowid: {exc}") from exc
 
 
 def put_statements(name: str, spec: TextSpec, keys: list[list[tuple[str, str]]]) -> list[tuple[str, list]]:

@@ -12,7 +12,8 @@ from typing import Any
 
 import apsw
 
-from edgenode.text.models import TOKENIZE, TextError, TextSpec
+from edgenode.api.errors import ApiError
+from edgenode.text.models import TOKENIZE, TextSpec
 from edgenode.text.query import engine_error
 from edgenode.vectors.exact import CompiledFilter, Sidecar
 
@@ -99,7 +100,7 @@ class TextIndex(Sidecar):
     def _query(self, conn: apsw.Connection, sql: str, params: tuple[Any, ...], q: str) -> list[tuple[Any, ...]]:
         try:
             return self._run(conn, sql, params)
-        except TextError as exc:
+        except ApiError as exc:
             # _run calls every SQL error the filter's, but the filter compiled before the query ran
             # (compile_filter): what is left is the MATCH expression's.
             if isinstance(exc.__cause__, apsw.SQLError) and exc.message.startswith("filter failed:"):

@@ -29,6 +29,7 @@ from typing import Any
 from starlette.routing import BaseRoute
 
 from edgenode.api.component import Component
+from edgenode.api.errors import ApiError
 from edgenode.durable import atomic_write
 from edgenode.errors import DatabaseError
 from edgenode.rwlock import RWLock
@@ -49,7 +50,6 @@ from edgenode.text.models import (
     SearchRequest,
     SearchResult,
     TextCollectionInfo,
-    TextError,
     TextSpec,
 )
 from edgenode.text.routes import text_routes
@@ -275,7 +275,7 @@ class TextManager(Component):
     def get(self, name: str) -> TextCollection:
         c = self.collections.get(name)
         if c is None:
-            raise TextError(404, "collection_not_found", f"no text collection named {name!r}")
+            raise ApiError(404, "collection_not_found", f"no text collection named {name!r}")
         return c
 
     async def put_collection(self, name: str, spec: TextSpec) -> tuple[int, TextCollectionInfo]:
@@ -295,7 +295,7 @@ class TextManager(Component):
         defs = await load_definitions(self.db)
         definition = defs.get(name)
         if definition is None:
-            raise TextError(404, "collection_not_found", f"no text collection named {name!r}")
+            raise ApiError(404, "collection_not_found", f"no text collection named {name!r}")
         table = definition.spec.table
         still_used = any(d.spec.table == table for n, d in defs.items() if n != name) or any(
             d.spec.table == table for d in (await load_vector_definitions(self.db)).values()
@@ -529,11 +529,11 @@ class TextManager(Component):
         started = time.perf_counter()
         c = self.get(name)
         if not 1 <= req.k <= MAX_K:
-            raise TextError(400, "invalid_k", f"k must be between 1 and {MAX_K}, got {req.k}")
+            raise ApiError(400, "invalid_k", f"k must be between 1 and {MAX_K}, got {req.k}")
         if not 0 <= req.offset <= MAX_OFFSET:
-            raise TextError(400, "invalid_offset", f"offset must be between 0 and {MAX_OFFSET}, got {req.offset}")
+            raise ApiError(400, "invalid_offset", f"offset must be between 0 and {MAX_OFFSET}, got {req.offset}")
         if not 0 <= req.snippet_tokens <= 64:
-            raise TextError(
+            raise ApiError(
                 400,
                 "invalid_request",
                 f"snippet_tokens must be between 0 (no snippets) and 64, got {req.snippet_tokens}",
@@ -558,7 +558,7 @@ class TextManager(Component):
             c.columns = await table_columns(self.db, c.spec.table)
             unknown = [col for col in include if col.lower() not in c.columns]
         if unknown:
-            raise TextError(400, "unknown_column", f"include: {unknown[0]!r} is not a column of table {c.spec.table!r}")
+            raise ApiError(400, "unknown_column", f"include: {unknown[0]!r} is not a column of table {c.spec.table!r}")
 
     async def _include(self, c: TextCollection, hits: list[Hit], include: list[str]) -> None:
         """The requested columns of each hit's row, read from the table (the index holds no rows)."""
@@ -579,12 +579,12 @@ class TextManager(Component):
         columns = [col.lower() for col in c.spec.columns]
         unknown = [k for k in given if k.lower() not in columns]
         if unknown:
-            raise TextError(
+            raise ApiError(
                 400, "invalid_weights", f"weights: {unknown[0]!r} is not a text column ({', '.join(c.spec.columns)})"
             )
         for k, v in given.items():
             if not math.isfinite(v) or not 0 <= v <= 1000:
-                raise TextError(400, "invalid_weights", f"weights: {k!r} must be between 0 and 1000, got {v}")
+                raise ApiError(400, "invalid_weights", f"weights: {k!r} must be between 0 and 1000, got {v}")
         return [float(lowered.get(col, 1.0)) for col in columns]
 
     def _text_search(
@@ -614,7 +614,7 @@ class TextManager(Component):
     def _index(c: TextCollection) -> TextIndex:
         """The collection's index; the caller holds c.swap shared."""
         if c.index is None:
-            raise TextError(
+            raise ApiError(
                 503,
                 "collection_not_ready",
                 f"text collection {c.name!r} is {c.state} ({c.progress:.0%}); retry shortly",
@@ -624,34 +624,34 @@ class TextManager(Component):
     async def _vector_arm(self, collection: str, req: VectorSearchRequest) -> Any:
         try:
             return await self.vectors.search(collection, req)
-        except TextError as exc:  # the vector API's errors: say which collection they are about
-            raise TextError(exc.status, exc.code, f"vector collection {collection!r}: {exc.message}") from exc
+        except ApiError as exc:  # the vector API's errors: say which collection they are about
+            raise ApiError(exc.status, exc.code, f"vector collection {collection!r}: {exc.message}") from exc
 
     async def _hybrid(
         self, c: TextCollection, req: SearchRequest, match: str, weights: list[float], started: float
     ) -> SearchResult:
         if req.vector is None or req.collection is None:
-            raise TextError(400, "invalid_request", "a hybrid search needs both 'vector' and 'collection'")
+            raise ApiError(400, "invalid_request", "a hybrid search needs both 'vector' and 'collection'")
         h = req.hybrid
         if not (math.isfinite(h.weight) and 0 <= h.weight <= 1):
-            raise TextError(400, "invalid_request", f"hybrid.weight must be between 0 and 1, got {h.weight}")
+            raise ApiError(400, "invalid_request", f"hybrid.weight must be between 0 and 1, got {h.weight}")
         if not 1 <= h.rank_constant <= 10_000:
-            raise TextError(
+            raise ApiError(
                 400, "invalid_request", f"hybrid.rank_constant must be between 1 and 10000, got {h.rank_constant}"
             )
         if not 1 <= h.candidates <= MAX_K:
-            raise TextError(
+            raise ApiError(
                 400, "invalid_request", f"hybrid.candidates must be between 1 and {MAX_K}, got {h.candidates}"
             )
         if req.k + req.offset > MAX_K:
-            raise TextError(400, "invalid_offset", f"in a hybrid search k + offset may be at most {MAX_K}")
+            raise ApiError(400, "invalid_offset", f"in a hybrid search k + offset may be at most {MAX_K}")
         if self.vectors is None:
-            raise TextError(400, "invalid_request", "this node has no vector collections")
+            raise ApiError(400, "invalid_request", "this node has no vector collections")
         vc = self.vectors.collections.get(req.collection)
         if vc is None:
-            raise TextError(400, "unknown_collection", f"no vector collection named {req.collection!r}")
+            raise ApiError(400, "unknown_collection", f"no vector collection named {req.collection!r}")
         if vc.spec.table != c.spec.table:
-            raise TextError(
+            raise ApiError(
                 400,
                 "invalid_request",
                 f"vector collection {req.collection!r} indexes table {vc.spec.table!r}, "

@@ -1,5 +1,5 @@
-"""Request/response types of the text API (msgspec). Errors are the vector API's `VectorError`
-(status, stable code, message), so both APIs answer bad input the same way."""
+"""Request/response types of the text API (msgspec). Errors are the HTTP API's `ApiError`
+(edgenode.api.errors: status, stable code, message), so every route answers bad input the same way."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from edgenode.vectors.models import NAME_RE, Filter, State, VectorError
-
-TextError = VectorError
+from edgenode.api.errors import ApiError
+from edgenode.vectors.models import NAME_RE, Filter, State
 
 MAX_K = 1000
 MAX_OFFSET = 10_000
@@ -36,24 +35,24 @@ class TextSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     def validate(self) -> None:
         if not self.columns:
-            raise TextError(400, "invalid_collection", "columns must name at least one text column")
+            raise ApiError(400, "invalid_collection", "columns must name at least one text column")
         if len(self.columns) > MAX_COLUMNS:
-            raise TextError(400, "invalid_collection", f"at most {MAX_COLUMNS} text columns")
+            raise ApiError(400, "invalid_collection", f"at most {MAX_COLUMNS} text columns")
         for label, ident in [
             ("table", self.table),
             *(("column", c) for c in self.columns),
             *(("filter column", c) for c in self.filter_columns),
         ]:
             if not NAME_RE.match(ident):
-                raise TextError(400, "invalid_collection", f"{label} {ident!r} is not a plain SQL identifier")
+                raise ApiError(400, "invalid_collection", f"{label} {ident!r} is not a plain SQL identifier")
         if self.table.lower().startswith(("_edgenode", "sqlite_", "_litestream", "libsql_")):
-            raise TextError(400, "invalid_collection", f"table {self.table!r} is internal and cannot be indexed")
+            raise ApiError(400, "invalid_collection", f"table {self.table!r} is internal and cannot be indexed")
         for label, names in (("columns", self.columns), ("filter_columns", self.filter_columns)):
             lowered = [c.lower() for c in names]
             if len(set(lowered)) != len(lowered):
-                raise TextError(400, "invalid_collection", f"{label} has duplicates")
+                raise ApiError(400, "invalid_collection", f"{label} has duplicates")
             if any(c in ("rowid", "oid", "_rowid_", "rank") for c in lowered):
-                raise TextError(400, "invalid_collection", f"{label} may not name rowid or rank")
+                raise ApiError(400, "invalid_collection", f"{label} may not name rowid or rank")
 
 
 class Hybrid(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -16,7 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from edgenode.text.models import MAX_QUERY_CHARS, TextError
+from edgenode.api.errors import ApiError
+from edgenode.text.models import MAX_QUERY_CHARS
 
 MAX_TOKENS = 256
 # Common English words left out of free-text queries (`plain`, `any`) unless nothing else is left.
@@ -38,8 +39,8 @@ def _bareword_char(ch: str) -> bool:
     return ord(ch) > 127 or (ch.isascii() and (ch.isalnum() or ch == "_")) or ch == "\x1a"
 
 
-def _fail(message: str) -> TextError:
-    return TextError(400, "invalid_query", message)
+def _fail(message: str) -> ApiError:
+    return ApiError(400, "invalid_query", message)
 
 
 def _around(q: str, at: int) -> str:
@@ -120,7 +121,7 @@ def check(q: str | None, syntax: str) -> str:
 _NEAR = re.compile(r'fts5: syntax error near "(.*)"$', re.S)
 
 
-def engine_error(q: str, message: str) -> TextError:
+def engine_error(q: str, message: str) -> ApiError:
     """FTS5's complaint about a query that passed `check`, with the position of what it names."""
     message = message.removeprefix("SQLError: ")
     near = _NEAR.search(message)

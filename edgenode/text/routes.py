@@ -1,8 +1,8 @@
 """Starlette routes of the text API; `text_routes(manager)` returns them for the app to mount.
 
-Errors leave as the vector API's do (edgenode.vectors.routes): `{"error": {"code", "message"}}`,
-400 for bad input naming the field or the place in the query, 404 for an unknown collection,
-503 while a collection is still building.
+Errors are the REST API's (edgenode.api.errors): `{"error": {"code", "message"}}`, 400 for a bad
+value naming the problem or the place in the query, 422 `invalid_field` for a body that does not
+match the request type, 404 for an unknown collection, 503 while a collection is being replaced.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from edgenode.api.errors import ApiError
 from edgenode.api.routing import read_route, write_route
 from edgenode.text.models import (
     SearchRequest,
     SearchResult,
     TextCollectionInfo,
     TextCollectionList,
-    TextError,
     TextSpec,
 )
 from edgenode.vectors.routes import _body, _error, _json
@@ -49,7 +49,7 @@ def text_routes(manager: Texts) -> list[Route]:
     async def get_collection(request: Request) -> Response:
         try:
             return _json(manager.get(request.path_params["name"]).info())
-        except TextError as exc:
+        except ApiError as exc:
             return _error(exc)
 
     async def put_collection(request: Request) -> Response:
@@ -57,7 +57,7 @@ def text_routes(manager: Texts) -> list[Route]:
             spec = await _body(request, TextSpec)
             status, info = await manager.put_collection(request.path_params["name"], spec)
             return _json(info, status)
-        except TextError as exc:
+        except ApiError as exc:
             return _error(exc)
 
     async def delete_collection(request: Request) -> Response:
@@ -65,13 +65,13 @@ def text_routes(manager: Texts) -> list[Route]:
         try:
             await manager.delete_collection(name)
             return _json({"name": name, "deleted": True})
-        except TextError as exc:
+        except ApiError as exc:
             return _error(exc)
 
     async def rebuild_collection(request: Request) -> Response:
         try:
             return _json(await manager.rebuild(request.path_params["name"]), 202)
-        except TextError as exc:
+        except ApiError as exc:
             return _error(exc)
 
     async def search(request: Request) -> Response:
@@ -79,7 +79,7 @@ def text_routes(manager: Texts) -> list[Route]:
             manager.get(request.path_params["name"])  # 404 before judging the body
             req = await _body(request, SearchRequest)
             return _json(await manager.search(request.path_params["name"], req))
-        except TextError as exc:
+        except ApiError as exc:
             return _error(exc)
 
     return [

@@ -15,8 +15,9 @@ from typing import Any, Protocol
 
 import msgspec
 
+from edgenode.api.errors import ApiError
 from edgenode.vectors import feed
-from edgenode.vectors.models import NAME_RE, CollectionSpec, VectorError
+from edgenode.vectors.models import NAME_RE, CollectionSpec
 
 log = logging.getLogger(__name__)
 DEFINITIONS_TABLE = "_edgenode_collections"
@@ -58,7 +59,7 @@ class Definition:
 
 def check_name(name: str) -> None:
     if not NAME_RE.match(name):
-        raise VectorError(400, "invalid_collection_name", f"collection name {name!r} must match {NAME_RE.pattern}")
+        raise ApiError(400, "invalid_collection_name", f"collection name {name!r} must match {NAME_RE.pattern}")
 
 
 def is_missing_table(exc: Exception) -> bool:
@@ -103,13 +104,13 @@ async def unique_keys(db: DatabaseLike, table: str) -> list[list[tuple[str, str]
 async def check_against_table(db: DatabaseLike, spec: CollectionSpec) -> None:
     columns = await table_columns(db, spec.table)
     if not columns:
-        raise VectorError(400, "unknown_table", f"table {spec.table!r} does not exist")
+        raise ApiError(400, "unknown_table", f"table {spec.table!r} does not exist")
     for label, col in [("column", spec.column)] + [("filter column", c) for c in spec.filter_columns]:
         if col.lower() not in columns:
-            raise VectorError(400, "unknown_column", f"{label} {col!r} is not a column of table {spec.table!r}")
+            raise ApiError(400, "unknown_column", f"{label} {col!r} is not a column of table {spec.table!r}")
     declared = _F32_TYPE.match(columns[spec.column.lower()])
     if declared and int(declared.group(1)) != spec.dim:
-        raise VectorError(
+        raise ApiError(
             400,
             "dimension_mismatch",
             f"column {spec.column!r} is declared F32_BLOB({declared.group(1)}) but dim is {spec.dim}",
@@ -117,7 +118,7 @@ async def check_against_table(db: DatabaseLike, spec: CollectionSpec) -> None:
     try:
         await db.read(f'SELECT rowid FROM "{spec.table}" LIMIT 0')
     except Exception as exc:
-        raise VectorError(400, "invalid_collection", f"table {spec.table!r} has no rowid: {exc}") from exc
+        raise ApiError(400, "invalid_collection", f"table {spec.table!r} has no rowid: {exc}") from exc
 
 
 async def heal_replace_triggers(db: DatabaseLike, table: str) -> None:

@@ -27,7 +27,8 @@ import msgspec
 import numpy as np
 import sqlite_vec
 
-from edgenode.vectors.models import CollectionSpec, VectorError
+from edgenode.api.errors import ApiError
+from edgenode.vectors.models import CollectionSpec
 
 SAFE_FUNCTIONS = frozenset(
     """abs char coalesce concat concat_ws glob hex ifnull iif if instr length like likelihood likely lower ltrim
@@ -180,12 +181,12 @@ class Sidecar:
     # filters -----------------------------------------------------------------------------------
     def compile_filter(self, sql: str, params: list[Any]) -> CompiledFilter:
         if not sql.strip():
-            raise VectorError(400, "invalid_filter", "filter.sql is empty")
+            raise ApiError(400, "invalid_filter", "filter.sql is empty")
         if "\x00" in sql:
-            raise VectorError(400, "invalid_filter", "filter.sql contains a NUL character")
+            raise ApiError(400, "invalid_filter", "filter.sql contains a NUL character")
         for p in params:
             if isinstance(p, int) and not -(2**63) <= p < 2**63:
-                raise VectorError(400, "invalid_filter", f"filter parameter {p} does not fit in 64 bits")
+                raise ApiError(400, "invalid_filter", f"filter parameter {p} does not fit in 64 bits")
         conn = self._reader()
         declared = {c.lower() for c in self.columns} | {"rowid", ""}  # "" is how the rowid alias is reported
         for form in (f"SELECT rowid FROM filt WHERE ({sql}\n)", f"SELECT ({sql}\n) FROM filt"):
@@ -193,40 +194,38 @@ class Sidecar:
                 info = apsw.ext.query_info(conn, form, actions=True)
             except apsw.SQLError as exc:
                 if self._several_statements(conn, sql):
-                    raise VectorError(
+                    raise ApiError(
                         400, "invalid_filter", "filter.sql must be a single expression, not several statements"
                     ) from exc
                 message = str(exc).removeprefix("SQLError: ")
                 if "no such column" in message:
                     allowed = ", ".join(self.columns) or "none"
                     message += f" (filter columns of this collection: {allowed})"
-                raise VectorError(400, "invalid_filter", f"filter.sql does not compile: {message}") from exc
+                raise ApiError(400, "invalid_filter", f"filter.sql does not compile: {message}") from exc
             except apsw.Error as exc:
-                raise VectorError(400, "invalid_filter", f"filter.sql does not compile: {exc}") from exc
+                raise ApiError(400, "invalid_filter", f"filter.sql does not compile: {exc}") from exc
             if info.query_remaining and info.query_remaining.strip(" \t\r\n;"):
-                raise VectorError(400, "invalid_filter", "filter.sql must be a single expression, not statements")
+                raise ApiError(400, "invalid_filter", "filter.sql must be a single expression, not statements")
             if form.startswith("SELECT (") and len(info.description or ()) != 1:
-                raise VectorError(400, "invalid_filter", "filter.sql must be a single boolean expression")
+                raise ApiError(400, "invalid_filter", "filter.sql must be a single boolean expression")
             if any(name is not None for name in info.bindings_names):
-                raise VectorError(400, "invalid_filter", "filter.sql may only use positional ? parameters")
+                raise ApiError(400, "invalid_filter", "filter.sql may only use positional ? parameters")
             if info.bindings_count != len(params):
-                raise VectorError(
+                raise ApiError(
                     400,
                     "invalid_filter",
                     f"filter.sql has {info.bindings_count} ? parameters but {len(params)} params were given",
                 )
             for action in info.actions or []:
                 if action.action not in _OK_ACTIONS:
-                    raise VectorError(400, "invalid_filter", f"filter.sql may not use {action.action_name}")
+                    raise ApiError(400, "invalid_filter", f"filter.sql may not use {action.action_name}")
                 if action.action == apsw.SQLITE_READ and (
                     action.table_name != "filt" or (action.column_name or "").lower() not in declared
                 ):
                     what = action.column_name if action.table_name == "filt" else action.table_name
-                    raise VectorError(400, "invalid_filter", f"filter.sql may only read filter columns, not {what!r}")
+                    raise ApiError(400, "invalid_filter", f"filter.sql may only read filter columns, not {what!r}")
                 if action.action == apsw.SQLITE_FUNCTION and (action.function_name or "").lower() not in SAFE_FUNCTIONS:
-                    raise VectorError(
-                        400, "invalid_filter", f"filter.sql may not call function {action.function_name!r}"
-                    )
+                    raise ApiError(400, "invalid_filter", f"filter.sql may not call function {action.function_name!r}")
         compiled = CompiledFilter(sql=sql, params=tuple(params))
         # A non-boolean expression shows on the first rows; checking a few here rejects it even when
         # the rows a query reaches would not happen to reveal it.
@@ -253,12 +252,12 @@ class Sidecar:
         except apsw.Error as exc:
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, _NotBoolean):
-                raise VectorError(400, "invalid_filter", str(cause)) from exc
+                raise ApiError(400, "invalid_filter", str(cause)) from exc
             if isinstance(exc, apsw.SQLError | apsw.MismatchError | apsw.RangeError):
-                raise VectorError(400, "invalid_filter", f"filter failed: {exc}") from exc
+                raise ApiError(400, "invalid_filter", f"filter failed: {exc}") from exc
             raise
         except _NotBoolean as exc:
-            raise VectorError(400, "invalid_filter", str(exc)) from exc
+            raise ApiError(400, "invalid_filter", str(exc)) from exc
 
     def matching(self, rowids: list[int], flt: CompiledFilter) -> set[int]:
         """The subset of `rowids` the filter accepts (post-filtering ANN candidates)."""

@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from edgenode.api.errors import ApiError
+
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 MAX_DIM = 4096
 MAX_K = 1000
@@ -16,16 +18,6 @@ MAX_BATCH = 1000
 Metric = Literal["cosine", "l2", "ip"]
 Mode = Literal["auto", "ann", "exact"]
 State = Literal["loading", "building", "ready", "error"]
-
-
-class VectorError(Exception):
-    """An error with an HTTP status and a stable code; the message names the problem."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 class HnswParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -48,16 +40,16 @@ class CollectionSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             ("filter column", c) for c in self.filter_columns
         ]:
             if not NAME_RE.match(ident):
-                raise VectorError(400, "invalid_collection", f"{label} {ident!r} is not a plain SQL identifier")
+                raise ApiError(400, "invalid_collection", f"{label} {ident!r} is not a plain SQL identifier")
         if self.table.lower().startswith(("_edgenode", "sqlite_", "_litestream", "libsql_")):
-            raise VectorError(400, "invalid_collection", f"table {self.table!r} is internal and cannot be indexed")
+            raise ApiError(400, "invalid_collection", f"table {self.table!r} is internal and cannot be indexed")
         lowered = [c.lower() for c in self.filter_columns]
         if len(set(lowered)) != len(lowered):
-            raise VectorError(400, "invalid_collection", "filter_columns has duplicates")
+            raise ApiError(400, "invalid_collection", "filter_columns has duplicates")
         if self.column.lower() in lowered:
-            raise VectorError(400, "invalid_collection", "the embedding column cannot be a filter column")
+            raise ApiError(400, "invalid_collection", "the embedding column cannot be a filter column")
         if any(c in ("rowid", "oid", "_rowid_") for c in lowered):
-            raise VectorError(400, "invalid_collection", "rowid cannot be a filter column")
+            raise ApiError(400, "invalid_collection", "rowid cannot be a filter column")
 
 
 class Filter(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -116,12 +108,3 @@ class CollectionInfo(msgspec.Struct, kw_only=True):
 
 class CollectionList(msgspec.Struct):
     collections: list[CollectionInfo]
-
-
-class ErrorBody(msgspec.Struct):
-    code: str
-    message: str
-
-
-class ErrorResponse(msgspec.Struct):
-    error: ErrorBody

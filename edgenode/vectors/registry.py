@@ -11,6 +11,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from edgenode.api.errors import ApiError
 from edgenode.vectors import feed
 from edgenode.vectors.builds import Builder
 from edgenode.vectors.collections import (
@@ -23,7 +24,7 @@ from edgenode.vectors.collections import (
     put_statements,
     unique_keys,
 )
-from edgenode.vectors.models import CollectionInfo, CollectionSpec, VectorError
+from edgenode.vectors.models import CollectionInfo, CollectionSpec
 from edgenode.vectors.state import Collection, Tasks
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class Registry:
     def get(self, name: str) -> Collection:
         c = self.collections.get(name)
         if c is None:
-            raise VectorError(404, "collection_not_found", f"no collection named {name!r}")
+            raise ApiError(404, "collection_not_found", f"no collection named {name!r}")
         return c
 
     async def refresh(self) -> None:
@@ -89,7 +90,7 @@ class Registry:
         defs = await load_definitions(self.db)
         definition = defs.get(name)
         if definition is None:
-            raise VectorError(404, "collection_not_found", f"no collection named {name!r}")
+            raise ApiError(404, "collection_not_found", f"no collection named {name!r}")
         still_used = any(d.spec.table == definition.spec.table for n, d in defs.items() if n != name) or any(
             definition.spec.table in other.feed_tables() for other in feed.consumers(self.db)
         )

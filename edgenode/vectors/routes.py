@@ -1,7 +1,9 @@
 """Starlette routes of the vector API; `vector_routes(manager)` returns them for the app to mount.
 
-Errors leave as `{"error": {"code", "message"}}`: 400 for bad input (naming the field or the
-problem), 404 for an unknown collection, 503 while a collection is still building.
+Errors are the REST API's (`edgenode.api.errors`): `{"error": {"code", "message"}}`, 400 for a
+malformed body or a bad value (naming the problem), 422 `invalid_field` for a body that does not
+match the request type (naming the field), 404 for an unknown collection, 503 while a collection
+is being replaced.
 """
 
 from __future__ import annotations
@@ -13,18 +15,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from edgenode import bodies
+from edgenode.api.errors import ApiError, error_response, read_json
 from edgenode.api.routing import read_route, write_route
 from edgenode.vectors.models import (
     CollectionInfo,
     CollectionList,
     CollectionSpec,
-    ErrorBody,
-    ErrorResponse,
     SearchBatchResult,
     SearchRequest,
     SearchResult,
-    VectorError,
 )
 from edgenode.vectors.state import Collection
 
@@ -49,23 +48,17 @@ class Vectors(Protocol):
 _encoder = msgspec.json.Encoder()
 
 
-def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(_encoder.encode(content), status_code=status, media_type="application/json", headers=headers)
+def _json(content: Any, status: int = 200) -> Response:
+    return Response(_encoder.encode(content), status_code=status, media_type="application/json")
 
 
-def _error(exc: VectorError) -> Response:
-    headers = {"Retry-After": "1"} if exc.status == 503 else None
-    return _json(ErrorResponse(ErrorBody(exc.code, exc.message)), exc.status, headers)
+def _error(exc: ApiError) -> Response:
+    # Rendered here as well as by the node app's handler: the routes also serve bare Starlette apps.
+    return error_response(exc.status, exc.code, exc.message, **exc.extra)
 
 
 async def _body(request: Request, kind: type[Any]) -> Any:
-    # The rules are edgenode.bodies'; a wrong field is 400 here (the vector API's convention).
-    try:
-        return await bodies.read_json(request, kind)
-    except bodies.BodyError as exc:
-        if exc.reason == "invalid":
-            raise VectorError(400, "invalid_request", exc.message) from None
-        raise VectorError(exc.status, exc.code, exc.message) from None
+    return await read_json(request, kind)
 
 
 def vector_routes(manager: Vectors) -> list[Route]:
@@ -75,7 +68,7 @@ def vector_routes(manager: Vectors) -> list[Route]:
     async def get_collection(request: Request) -> Response:
         try:
             return _json(manager.get(request.path_params["name"]).info())
-        except VectorError as exc:
+        except ApiError as exc:
             return _error(exc)
 
     async def put_collection(request: Request) -> Response:
@@ -83,7 +76,7 @@ def vector_routes(manager: Vectors) -> list[Route]:
             spec = await _body(request, CollectionSpec)
             status, info = await manager.put_collection(request.path_params["name"], spec)
             return _json(info, status)
-        except VectorError as exc:
+        except ApiError as exc:
             return _error(exc)
 
     async def delete_collection(request: Request) -> Response:
@@ -91,13 +84,13 @@ def vector_routes(manager: Vectors) -> list[Route]:
         try:
             await manager.delete_collection(name)
             return _json({"name": name, "deleted": True})
-        except VectorError as exc:
+        except ApiError as exc:
             return _error(exc)
 
     async def rebuild_collection(request: Request) -> Response:
         try:
             return _json(await manager.rebuild(request.path_params["name"]), 202)
-        except VectorError as exc:
+        except ApiError as exc:
             return _error(exc)
 
     async def search(request: Request) -> Response:
@@ -105,7 +98,7 @@ def vector_routes(manager: Vectors) -> list[Route]:
             manager.get(request.path_params["name"])  # 404 before judging the body
             req = await _body(request, SearchRequest)
             return _json(await manager.search(request.path_params["name"], req))
-        except VectorError as exc:
+        except ApiError as exc:
             return _error(exc)
 
     return [

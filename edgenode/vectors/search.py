@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from edgenode.api.errors import ApiError
 from edgenode.vectors.collections import DatabaseLike, table_columns
 from edgenode.vectors.models import (
     MAX_BATCH,
@@ -26,7 +27,6 @@ from edgenode.vectors.models import (
     SearchBatchResult,
     SearchRequest,
     SearchResult,
-    VectorError,
 )
 from edgenode.vectors.planner import Answer, PlannerSettings, ann_distances, search_many, uses_hnsw
 from edgenode.vectors.state import Collection
@@ -45,18 +45,18 @@ class Searcher:
     def _queries(self, c: Collection, req: SearchRequest) -> tuple[np.ndarray, bool]:
         """The request's vectors as one float32 matrix (values are checked by `_check_values`)."""
         if (req.vector is None) == (req.vectors is None):
-            raise VectorError(400, "invalid_request", "give exactly one of 'vector' or 'vectors'")
+            raise ApiError(400, "invalid_request", "give exactly one of 'vector' or 'vectors'")
         batch = req.vectors is not None
         raw = req.vectors if req.vectors is not None else [req.vector or []]
         if not raw:
-            raise VectorError(400, "invalid_request", "'vectors' is empty")
+            raise ApiError(400, "invalid_request", "'vectors' is empty")
         if len(raw) > MAX_BATCH:
-            raise VectorError(400, "invalid_request", f"at most {MAX_BATCH} vectors per request, got {len(raw)}")
+            raise ApiError(400, "invalid_request", f"at most {MAX_BATCH} vectors per request, got {len(raw)}")
         field = "vectors" if batch else "vector"
         for i, v in enumerate(raw):
             if len(v) != c.spec.dim:
                 where = f"{field}[{i}]" if batch else field
-                raise VectorError(
+                raise ApiError(
                     400,
                     "dimension_mismatch",
                     f"{where} has {len(v)} dimensions; collection {c.name!r} has dim {c.spec.dim}",
@@ -78,16 +78,16 @@ class Searcher:
         if not np.isfinite(queries).all():
             row, col = (int(x) for x in np.argwhere(~np.isfinite(queries))[0])
             where = f"{batch_field}[{row}][{col}]" if batch_field else f"vector[{col}]"
-            raise VectorError(400, "invalid_vector", f"{where} is not a finite float32 number (NaN, inf or too large)")
+            raise ApiError(400, "invalid_vector", f"{where} is not a finite float32 number (NaN, inf or too large)")
         if c.spec.metric == "cosine" and not queries.any(axis=1).all():
-            raise VectorError(400, "invalid_vector", "a zero vector has no cosine distance")
+            raise ApiError(400, "invalid_vector", "a zero vector has no cosine distance")
 
     @staticmethod
     def _check_options(k: int, ef: int | None) -> None:
         if not 1 <= k <= MAX_K:
-            raise VectorError(400, "invalid_k", f"k must be between 1 and {MAX_K}, got {k}")
+            raise ApiError(400, "invalid_k", f"k must be between 1 and {MAX_K}, got {k}")
         if ef is not None and not 1 <= ef <= MAX_EF:
-            raise VectorError(400, "invalid_ef", f"ef must be between 1 and {MAX_EF}, got {ef}")
+            raise ApiError(400, "invalid_ef", f"ef must be between 1 and {MAX_EF}, got {ef}")
 
     def _answer_inline(
         self, c: Collection, queries: np.ndarray, k: int, mode: str, ef: int | None, started: float
@@ -160,7 +160,7 @@ class Searcher:
         if queries.ndim == 1:
             queries = queries[None, :]
         if queries.ndim != 2 or queries.shape[1] != c.spec.dim or not 1 <= len(queries) <= MAX_BATCH:
-            raise VectorError(
+            raise ApiError(
                 400,
                 "dimension_mismatch",
                 f"vectors have shape {vectors.shape}; collection {c.name!r} takes (dim,) or (n, dim) with "
@@ -174,7 +174,7 @@ class Searcher:
         """Any search, through the planner, on a worker thread."""
         with c.swap.shared():
             if c.index is None or c.sidecar is None:
-                raise VectorError(503, "collection_not_ready", f"collection {c.name!r} is being replaced")
+                raise ApiError(503, "collection_not_ready", f"collection {c.name!r} is being replaced")
             compiled = c.sidecar.compile_filter(flt.sql, flt.params) if flt else None
             return search_many(c.index, c.sidecar, c.spec.metric, queries, k, compiled, mode, ef, self.planner)
 
@@ -203,11 +203,11 @@ class Searcher:
                 c.columns = await table_columns(self.db, c.spec.table)
                 unknown = [col for col in include if col.lower() not in c.columns]
             if unknown:
-                raise VectorError(
+                raise ApiError(
                     400, "unknown_column", f"include: {unknown[0]!r} is not a column of table {c.spec.table!r}"
                 )
         if c.index is None or c.sidecar is None:
-            raise VectorError(
+            raise ApiError(
                 503, "collection_not_ready", f"collection {c.name!r} is {c.state} ({c.progress:.0%}); retry shortly"
             )
 
