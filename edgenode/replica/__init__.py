@@ -1,7 +1,7 @@
 """Replica mode: the node keeps an embedded libSQL replica of a primary (Turso or `edgenode primary`).
 
 Modules, one job each:
-  database.py    `ReplicaDatabase`: lifecycle, reads (local), writes (primary + read-your-writes),
+  database.py    `ReplicaDatabase`: lifecycle, reads (local), writes (through the forwarder),
                  freshness waits, status; owns the pieces below
   connection.py  what runs in the child process that owns the replica's one libSQL connection
   relay.py       helper process the client's sync requests go through: deadlines, no 5xx retries
@@ -12,8 +12,10 @@ Modules, one job each:
   bootstrap.py   resumable, verified download of `/export/G` with progress, then placement
   files.py       the replica directory and the client's `-info` file (crc32 format of sync.rs)
   identity.py    which primary the replica belongs to; what makes a local replica unusable
-  writes.py      statements → one atomic Hrana request to the primary
-  metrics.py     Prometheus collector; component.py: `POST /api/v1/sync`, readiness, metrics hook
+  forwarder.py   every write to the primary (REST batches, Hrana statements and transactions):
+                 one client, one error mapping, read-your-writes returning the position, counters
+  sessions.py    Hrana sessions on a replica: local reads, the rest through the forwarder
+  metrics.py     Prometheus collector (`POST /api/v1/sync` is `edgenode.api.sync`)
   migrate.py     `edgenode migrate` on a replica node runs on the primary
 
 Data: `DATA_DIR/replica/` (replica.db, its -wal/-shm/-info, identity.json) and
