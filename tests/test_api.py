@@ -6,7 +6,10 @@ import base64
 
 import httpx
 import pytest
+from starlette.responses import Response
+from starlette.routing import Route
 
+from edgenode.api.routing import AccessMap, read_route, write_route
 from tests.conftest import RO, RW
 from tests.procs import Proc
 
@@ -281,3 +284,25 @@ def test_read_token_may_search_but_not_change_collections(ro: httpx.Client, rw: 
     created = rw.put("/api/v1/collections/prompts_vec", json=spec)
     assert created.status_code in (200, 201, 202), created.text
     assert ro.get("/api/v1/collections/prompts_vec").json()["name"] == "prompts_vec"
+
+
+def test_routes_declare_the_access_a_token_needs() -> None:
+    """The auth middleware asks the routes, not a list of paths: a POST that reads serves the read
+    token, a plain route writes unless it is a GET, and a path no route matches needs write access."""
+
+    async def endpoint(_: object) -> Response:
+        return Response()
+
+    access = AccessMap(
+        [
+            read_route("/reads", endpoint, methods=["POST"]),
+            read_route("/things/{name}/search", endpoint, methods=["POST"]),
+            write_route("/things/{name}", endpoint, methods=["PUT", "DELETE"]),
+            Route("/plain", endpoint, methods=["GET", "POST"]),
+        ]
+    )
+    assert not access.needs_write("POST", "/reads")
+    assert not access.needs_write("POST", "/things/a/search")
+    assert access.needs_write("PUT", "/things/a") and access.needs_write("DELETE", "/things/a")
+    assert not access.needs_write("GET", "/plain") and access.needs_write("POST", "/plain")
+    assert access.needs_write("POST", "/nowhere") and not access.needs_write("GET", "/nowhere")

@@ -168,3 +168,30 @@ def test_with_the_primary_down_writes_fail_fast_with_a_clear_error_and_reads_go_
     finally:
         node.stop()
         primary.stop()
+
+
+def test_rest_and_hrana_writes_go_through_one_forwarder(node: Proc) -> None:
+    """The replica's REST and Hrana writes share one path to the primary: one set of counters, and
+    both answer only once the write is visible on this node."""
+    auth = {"authorization": f"Bearer {NODE_TOKEN}"}
+
+    def sent() -> int:
+        status = httpx.get(node.url + "/api/v1/status", headers=auth, timeout=10).json()
+        return int(status["database"]["writes"]["sent"])
+
+    before = sent()
+    with HranaClient(node.url, NODE_TOKEN, timeout=30) as client:
+        client.execute("CREATE TABLE one_path(a INTEGER)")
+        client.execute("INSERT INTO one_path VALUES (1)")
+    written = httpx.post(
+        node.url + "/api/v1/execute",
+        headers=auth,
+        json={"statements": [{"sql": "INSERT INTO one_path VALUES (2)"}]},
+        timeout=30,
+    ).json()
+    assert written["generation"] is not None and written["frame"] is not None
+    assert sent() - before == 3
+    rows = httpx.post(
+        node.url + "/api/v1/query", headers=auth, json={"sql": "SELECT a FROM one_path ORDER BY a"}, timeout=10
+    ).json()["rows"]
+    assert rows == [[1], [2]]
