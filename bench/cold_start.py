@@ -166,7 +166,7 @@ def binary_path() -> Path | None:
     if os.environ.get("EDGENODE_BINARY"):
         return Path(os.environ["EDGENODE_BINARY"])
     name = subprocess.run(
-        [sys.executable, str(ROOT / "release" / "build.py"), "name"], capture_output=True, text=True, check=True
+        [sys.executable, str(ROOT / ".ci" / "release" / "build.py"), "name"], capture_output=True, text=True, check=True
     ).stdout.strip()
     return Path(name) if Path(name).is_file() else None
 
