@@ -199,6 +199,40 @@ def process_starts(work: Path, later: int) -> tuple[list[dict[str, Any]], dict[s
     return rows, {"binary": binary.name, **sizes}
 
 
+def starts_only(later: int) -> dict[str, Any]:
+    """venv and binary process starts alone (no database build): `python -m bench.cold_start starts`."""
+    work = Path(tempfile.mkdtemp(prefix="edgenode-starts-"))
+    try:
+        load_before = os.getloadavg()
+        rows, info = process_starts(work, later)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    summary = []
+    for how in dict.fromkeys(r["start"] for r in rows):
+        times = [r["health_s"] for r in rows if r["start"] == how]
+        summary.append(
+            {
+                "figure": f"{how}: spawn to first /health 200 (n={len(times)})",
+                "value": f"median {statistics.median(times):.2f} s, slowest {max(times):.2f} s",
+            }
+        )
+    if "binary_bytes" in info:
+        summary.append(
+            {
+                "figure": f"binary {info['binary']}: file / unpacked runtime",
+                "value": f"{info['binary_bytes'] / 2**20:.1f} MiB / {info['runtime_bytes'] / 2**20:.0f} MiB",
+            }
+        )
+    return {
+        "benchmark": "cold_start_starts",
+        "command": f"python -m bench.cold_start starts --later {later}",
+        "machine": machine(),
+        "parameters": {"later": later, "load_average_before": [round(x, 2) for x in load_before], **info},
+        "summary": summary,
+        "rows": rows,
+    }
+
+
 def add_vectors(db: Path, n: int, dim: int) -> None:
     import libsql
 
@@ -535,8 +569,9 @@ if __name__ == "__main__":
     import json
 
     parser = argparse.ArgumentParser(prog="python -m bench.cold_start")
-    parser.add_argument("case", choices=["all", "kill9"], nargs="?", default="all")
+    parser.add_argument("case", choices=["all", "kill9", "starts"], nargs="?", default="all")
     parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--later", type=int, default=6, help="starts: later starts of each build")
     parser.add_argument("--graceful", type=int, default=3)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     cli = parser.parse_args()
@@ -544,5 +579,7 @@ if __name__ == "__main__":
         result = kill9_restarts(cli.kills, cli.graceful)
         print(json.dumps({k: result[k] for k in ("kill9", "graceful", "median_timeline_after_kill9")}, indent=2))
         print("wrote", save("cold_start_kill9", result, cli.out))
+    elif cli.case == "starts":
+        print("wrote", save("cold_start_starts", starts_only(cli.later), cli.out))
     else:
         print(run(quick=True))
