@@ -1,18 +1,17 @@
 """`edgenode text create|list|get|delete|rebuild|search|seed`: text collections of a running node.
 
-Like `edgenode vectors`, the commands talk to the node over its REST API (its client and vector
-loading are reused from edgenode.vectors.cli), so they work the same against a local or a remote node.
+Like `edgenode vectors`, the commands talk to the node over its REST API
+(edgenode.commands.node_client), so they work the same against a local or a remote node.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 import click
 
-from edgenode.vectors.cli import TOKEN_HELP, URL_HELP, Client, _echo, _load_vector
+from edgenode.commands.node_client import NodeClient, echo_json, filter_body, load_vector, node_options
 
 # The seed schema's searchable text (sql/001_core.sql): `edgenode text seed` creates these.
 SEED: dict[str, dict[str, Any]] = {
@@ -31,22 +30,12 @@ SEED: dict[str, dict[str, Any]] = {
 }
 
 
-def _wait_ready(client: Client, name: str, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        info = client.call("GET", f"/api/v1/text/{name}")
-        if info["state"] == "ready" and info.get("progress", 1.0) >= 1.0:
-            return info
-        if info["state"] == "error":
-            raise click.ClickException(f"text collection {name} failed: {info.get('error')}")
-        if time.monotonic() > deadline:
-            raise click.ClickException(f"text collection {name} not ready after {timeout}s ({info['progress']:.0%})")
-        time.sleep(0.2)
+def _wait_ready(client: NodeClient, name: str, timeout: float) -> Any:
+    return client.wait_ready(f"/api/v1/text/{name}", f"text collection {name}", timeout)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--url", envvar="EDGENODE_URL", default="http://127.0.0.1:8080", show_default=True, help=URL_HELP)
-@click.option("--token", envvar="EDGENODE_AUTH_TOKEN", default=None, help=TOKEN_HELP)
+@node_options
 @click.pass_context
 def text(ctx: click.Context, url: str, token: str | None) -> None:
     """Full-text collections of a running node (over its REST API: --url, --token).
@@ -58,7 +47,7 @@ def text(ctx: click.Context, url: str, token: str | None) -> None:
       edgenode text search prompts 'summar* NOT draft' --filter "status = ?" --param active
       edgenode text search docs 'vector database' --vector-file q.json --collection docs_emb
     """
-    ctx.obj = Client(url, token)
+    ctx.obj = NodeClient(url, token)
 
 
 @text.command()
@@ -71,7 +60,7 @@ def text(ctx: click.Context, url: str, token: str | None) -> None:
 @click.option("--timeout", type=float, default=3600.0, show_default=True, help="Seconds --wait waits.")
 @click.pass_obj
 def create(
-    client: Client,
+    client: NodeClient,
     name: str,
     table: str,
     columns: tuple[str, ...],
@@ -83,23 +72,23 @@ def create(
     """Create (or replace) text collection NAME; the node builds its index in the background."""
     body = {"table": table, "columns": list(columns), "filter_columns": list(filter_columns), "tokenizer": tokenizer}
     info = client.call("PUT", f"/api/v1/text/{name}", body)
-    _echo(_wait_ready(client, name, timeout) if wait else info)
+    echo_json(_wait_ready(client, name, timeout) if wait else info)
 
 
 @text.command()
 @click.option("--wait/--no-wait", default=False, help="Wait until the indexes are built.")
 @click.option("--timeout", type=float, default=3600.0, show_default=True)
 @click.pass_obj
-def seed(client: Client, wait: bool, timeout: float) -> None:
+def seed(client: NodeClient, wait: bool, timeout: float) -> None:
     """Make the seed schema's prompts and prompt templates searchable (collections named after their tables)."""
     for name, body in SEED.items():
         info = client.call("PUT", f"/api/v1/text/{name}", body)
-        _echo(_wait_ready(client, name, timeout) if wait else info)
+        echo_json(_wait_ready(client, name, timeout) if wait else info)
 
 
 @text.command(name="list")
 @click.pass_obj
-def list_(client: Client) -> None:
+def list_(client: NodeClient) -> None:
     """List text collections with their state and size."""
     for info in client.call("GET", "/api/v1/text")["collections"]:
         click.echo(
@@ -111,17 +100,17 @@ def list_(client: Client) -> None:
 @text.command()
 @click.argument("name")
 @click.pass_obj
-def get(client: Client, name: str) -> None:
+def get(client: NodeClient, name: str) -> None:
     """Show one text collection as JSON."""
-    _echo(client.call("GET", f"/api/v1/text/{name}"))
+    echo_json(client.call("GET", f"/api/v1/text/{name}"))
 
 
 @text.command()
 @click.argument("name")
 @click.pass_obj
-def delete(client: Client, name: str) -> None:
+def delete(client: NodeClient, name: str) -> None:
     """Delete text collection NAME (its definition and local index files)."""
-    _echo(client.call("DELETE", f"/api/v1/text/{name}"))
+    echo_json(client.call("DELETE", f"/api/v1/text/{name}"))
 
 
 @text.command()
@@ -129,13 +118,13 @@ def delete(client: Client, name: str) -> None:
 @click.option("--wait/--no-wait", default=False, help="Wait until the rebuilt index is swapped in.")
 @click.option("--timeout", type=float, default=3600.0, show_default=True)
 @click.pass_obj
-def rebuild(client: Client, name: str, wait: bool, timeout: float) -> None:
+def rebuild(client: NodeClient, name: str, wait: bool, timeout: float) -> None:
     """Rebuild NAME from the table (the old index keeps serving until the new one is ready)."""
     info = client.call("POST", f"/api/v1/text/{name}/rebuild")
     if wait:
         time.sleep(0.2)
         info = _wait_ready(client, name, timeout)
-    _echo(info)
+    echo_json(info)
 
 
 @text.command()
@@ -160,7 +149,7 @@ def rebuild(client: Client, name: str, wait: bool, timeout: float) -> None:
 @click.option("--vector-weight", type=float, default=0.5, show_default=True, help="Hybrid: the vector arm's share.")
 @click.pass_obj
 def search(
-    client: Client,
+    client: NodeClient,
     name: str,
     q: str,
     k: int,
@@ -177,15 +166,9 @@ def search(
 ) -> None:
     """Rows of NAME matching Q, best first (BM25), with highlighted snippets, as JSON."""
 
-    def param(value: str) -> Any:
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-
     body: dict[str, Any] = {"q": q, "k": k, "offset": offset, "syntax": syntax}
     if filter_sql:
-        body["filter"] = {"sql": filter_sql, "params": [param(p) for p in params]}
+        body["filter"] = filter_body(filter_sql, params)
     if weights:
         parsed = {}
         for item in weights:
@@ -200,7 +183,7 @@ def search(
     if include:
         body["include"] = list(include)
     if collection or vector or vector_file:
-        body["vector"] = _load_vector(vector, vector_file)
+        body["vector"] = load_vector(vector, vector_file)
         body["collection"] = collection
         body["hybrid"] = {"weight": vector_weight}
-    _echo(client.call("POST", f"/api/v1/text/{name}/search", body))
+    echo_json(client.call("POST", f"/api/v1/text/{name}/search", body))
