@@ -186,3 +186,37 @@ def test_a_first_start_stopped_mid_unpack_leaves_no_partial_runtime(tmp_path: Pa
     while [p for p in runtime.iterdir() if p.name.startswith(".unpack")] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [p.name for p in runtime.iterdir() if p.name.startswith(".unpack")] == []
+
+
+def test_a_start_removes_builds_unused_for_30_days_unless_a_process_runs_from_them(tmp_path: Path) -> None:
+    runtime = tmp_path / "runtime"
+    month_ago = time.time() - 40 * 86400
+
+    def build(name: str, last_used: float) -> Path:
+        path = runtime / name
+        path.mkdir(parents=True)
+        (path / "edgenode").write_text("#!/bin/sh\nsleep 60\n")
+        (path / "edgenode").chmod(0o755)
+        (path / ".used").touch()
+        os.utime(path / ".used", (last_used, last_used))
+        return path
+
+    stale, busy, recent = (
+        build("0.0.1-stale", month_ago),
+        build("0.0.1-busy", month_ago),
+        build("0.0.1-recent", time.time()),
+    )
+    notes = runtime / "notes"
+    notes.mkdir()
+    os.utime(notes, (month_ago, month_ago))
+    env = {"EDGENODE_RUNTIME_DIR": str(runtime)}
+    running = subprocess.Popen([str(busy / "edgenode")], start_new_session=True)
+    try:
+        assert subprocess.run([str(Path(BINARY).resolve()), "version"], env=env, capture_output=True).returncode == 0
+        assert not stale.exists()
+        assert busy.exists() and recent.exists() and notes.exists()
+    finally:
+        os.killpg(running.pid, signal.SIGKILL)
+        running.wait()
+    assert subprocess.run([str(Path(BINARY).resolve()), "version"], env=env, capture_output=True).returncode == 0
+    assert not busy.exists() and recent.exists() and notes.exists()

@@ -1,8 +1,9 @@
 #!/bin/sh
 # edgenode @VERSION@ for @PLATFORM@: one self-contained executable (a self-extracting archive).
 # The first start unpacks the runtime appended below (Python, edgenode and its libraries) into a
-# per-build cache directory; every later start runs it from there at once. Delete the cache
-# directory to reclaim the space; it is unpacked again on the next start.
+# per-build cache directory; every later start runs it from there at once. A build not started for
+# 30 days, with no process running from it, is removed by the next start of any build; delete the
+# cache directory to reclaim the space at once (it is unpacked again on the next start).
 # Cache: $EDGENODE_RUNTIME_DIR, else $XDG_CACHE_HOME/edgenode, else ~/.cache/edgenode
 # (~/Library/Caches/edgenode on macOS), else $TMPDIR/edgenode-<uid>.
 set -eu
@@ -41,4 +42,19 @@ if [ ! -x "$dir/edgenode" ]; then
   rm -rf "$tmp" "$dir/${tmp##*/}"
   trap - EXIT INT TERM
 fi
+# The stamp says when this build last started (the directory's own mtime would not: a file
+# written inside it is not a change of the directory).
+touch "$dir/.used" 2>/dev/null || :
+for old in "$base"/*; do
+  # Only runtimes this launcher unpacked; anything else in the directory is not ours to remove.
+  if [ "$old" = "$dir" ] || [ ! -x "$old/edgenode" ]; then continue; fi
+  stamp=$old/.used
+  [ -e "$stamp" ] || stamp=$old
+  if [ -z "$(find "$stamp" -prune -mtime +30 2>/dev/null)" ]; then continue; fi
+  # A node of that build may run for months and re-executes its binary for child processes: keep
+  # the build while any process runs from it, and when ps cannot say, keep it too.
+  running=$(ps -axo command= 2>/dev/null) || continue
+  case $running in *"$old/"*) continue ;; esac
+  rm -rf "$old" 2>/dev/null || :
+done
 exec "$dir/edgenode" "$@"
