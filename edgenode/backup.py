@@ -461,12 +461,12 @@ def check_not_half_restored(data_dir: Path) -> None:
         return
     try:
         info = msgspec.json.decode(marker.read_bytes())
-        source, target = info["source"], info["target"]
+        source, target, again = info["source"], info["target"], info.get("again", "")
     except (OSError, msgspec.DecodeError, KeyError, TypeError):
-        source, target = "BACKUP", "?"
+        source, target, again = "BACKUP", "?", ""
     raise HalfRestored(
         f"{data_dir} holds an interrupted restore of {target} (from {source}); its database may be incomplete. "
-        f"Run `edgenode restore --from {source} --data-dir {data_dir}"
+        f"Run `edgenode restore --from {source}{' ' + again if again else ''} --data-dir {data_dir}"
         f"{' --as primary' if target == DB_PATHS[PRIMARY] else ''}` again to finish it, or remove "
         f"{marker} and {_staging(data_dir / target) if target != '?' else 'the .*.restoring file'} "
         "to keep the directory as it is."
@@ -482,16 +482,39 @@ def restore(
     progress: Progress | None = None,
 ) -> RestoreReport:
     """Place a verified copy of `source` as the data directory's database in one rename."""
+    source = source.resolve()
+    if not source.is_file():
+        raise BackupError(f"no backup file at {source}")
+    _check_header(source)
+    total = source.stat().st_size
+
+    def copy(staging: Path) -> int:
+        # The staging file is a byte copy, so checking it checks the backup too (one pass, not two).
+        _copy_range(source, staging, total, 0, total, progress)
+        return total
+
+    return restore_built(copy, str(source), data_dir, kind=kind, force=force)
+
+
+def restore_built(
+    build: Callable[[Path], int],
+    source: str,
+    data_dir: Path,
+    *,
+    kind: str = STANDALONE,
+    force: bool = False,
+    again: str = "",
+) -> RestoreReport:
+    """The one way a database is placed into a data directory: `build(staging)` writes the new
+    database file (returns its byte count); it is fsynced, verified, and renamed into place, with the
+    marker that makes a node refuse a half-restored directory written first and removed last.
+    `again`: the extra arguments that repeat this restore (e.g. `--to-time T`), for that message."""
     started = time.monotonic()
     if kind not in (STANDALONE, PRIMARY):
         raise BackupError(
             f"a {kind} database is not restored: a replica bootstraps from its primary; "
             "restore the backup as a standalone node or as the primary"
         )
-    source = source.resolve()
-    if not source.is_file():
-        raise BackupError(f"no backup file at {source}")
-    _check_header(source)
     target = data_dir / DB_PATHS[kind]
     marker, staging = _marker(data_dir), _staging(target)
     resuming = marker.exists()
@@ -506,12 +529,14 @@ def restore(
     created_dir = not data_dir.exists()
     data_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(
-        marker, msgspec.json.encode({"source": str(source), "target": DB_PATHS[kind], "started_at": time.time()})
+        marker,
+        msgspec.json.encode({"source": source, "again": again, "target": DB_PATHS[kind], "started_at": time.time()}),
     )
-    total = source.stat().st_size
     try:
-        # The staging file is a byte copy, so checking it checks the backup too (one pass, not two).
-        _copy_range(source, staging, total, 0, total, progress)
+        _remove_copy(staging)
+        total = build(staging)
+        for suffix in ("-journal", "-wal", "-shm"):  # a builder's own leftovers, never the new database's
+            staging.with_name(staging.name + suffix).unlink(missing_ok=True)
         _fsync_file(staging)
         try:
             tables = verify(staging)
@@ -519,7 +544,7 @@ def restore(
             raise BackupError(f"{source} is not a usable backup: {exc}") from exc
     except BaseException:
         # Nothing was replaced yet: leave the directory as this run found it.
-        staging.unlink(missing_ok=True)
+        _remove_copy(staging)
         if not resuming:
             marker.unlink(missing_ok=True)
             if created_dir and not any(data_dir.iterdir()):
@@ -548,7 +573,7 @@ def restore(
     return RestoreReport(
         path=str(target.resolve()),
         kind=kind,
-        source=str(source),
+        source=source,
         bytes=total,
         tables=tables,
         seconds=round(time.monotonic() - started, 3),
