@@ -331,3 +331,31 @@ def test_kill_9_during_restore_to_time_leaves_nothing_or_the_whole_database(tmp_
         assert result.returncode == 0, result.stderr
         assert state_of(db) == (3000, set(range(1, 3001)))
         db.unlink()
+
+
+def test_retention_deletes_what_no_moment_in_the_window_needs(tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    args = primary_args(
+        tmp_path / "primary", str(archive), "--archive-retention", "1", "--archive-snapshot-interval", "0.3"
+    )
+    proc = start(args, tmp_path, "primary")
+    try:
+        setup_schema(proc.url)
+        history = History(proc.url)
+        history.start()
+        time.sleep(3.0)
+        history.stop()
+        status = wait_archived(proc)
+    finally:
+        proc.stop()
+    listing = parse_listing([key for key, _ in open_target(str(archive)).list("")])
+    assert status["snapshots"] > 3 and status["deleted"] > 0, status
+    assert len(listing.snapshots) < status["snapshots"]
+    anchor = listing.snapshots[0][0]
+    assert min(listing.segments) >= anchor and min(listing.ends, default=anchor) >= anchor
+    # The oldest kept snapshot began at or before the window's start: the window is still restorable.
+    cutoff = history.acked[-1][2] - 1
+    assert listing.snapshots[0][1] <= cutoff + 0.5
+    check_moment(history, str(archive), cutoff + 0.5, tmp_path / "in-window", None)
+    with pytest.raises(BackupError, match="before the archive's earliest restorable time"):
+        restore_to_time(str(archive), history.acked[0][1], tmp_path / "pruned", endpoint=None)
