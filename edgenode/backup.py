@@ -44,6 +44,7 @@ import apsw
 import msgspec
 
 from edgenode.durable import atomic_write, fsync_dir
+from edgenode.encryption import is_encrypted
 
 STANDALONE = "standalone"
 PRIMARY = "primary"
@@ -272,6 +273,11 @@ def backup(
     db_path = data_dir / DB_PATHS[kind]
     if not db_path.exists():
         raise BackupError(f"no {kind} database at {db_path}")
+    if is_encrypted(db_path):
+        raise BackupError(
+            f"{db_path} is encrypted at rest; edgenode backup does not copy encrypted databases yet "
+            "(VACUUM INTO from a keyed connection would write the copy in plaintext)"
+        )
     dest = dest.resolve()
     if dest.is_dir():
         raise BackupError(f"{dest} is a directory; give the backup file's path")

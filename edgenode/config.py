@@ -61,6 +61,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ] = True
     generation_max_frames: Annotated[int, Doc("Primary: WAL frames before a new generation.")] = 2_000
     keep_generations: Annotated[int, Doc("Primary: old generations kept for lagging replicas.")] = 8
+    encryption_key_file: Annotated[
+        str | None,
+        Doc("File holding the database's encryption key (standalone; or env EDGENODE_ENCRYPTION_KEY)."),
+    ] = None
+    allow_plaintext_derived: Annotated[
+        bool, Doc("With an encryption key: accept that vector/text indexes and backups stay plaintext.")
+    ] = False
     archive: Annotated[
         str | None, Doc("Primary: continuous archive for point-in-time restore, a directory or s3://BUCKET/PREFIX.")
     ] = None

@@ -46,6 +46,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "edgenode.http_server",
             "edgenode.lifeline",
             "edgenode.s3",
+            "edgenode.encryption",
             "edgenode.objectstore",
             "edgenode.primary",  # the package itself: import-free constants shared with the relay
         ),
