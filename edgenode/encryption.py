@@ -45,15 +45,20 @@ class Secret:
 
 
 def load_key(settings: Settings, env: dict[str, str] | None = None) -> Secret | None:
+    return load_key_from(settings.encryption_key_file, env)
+
+
+def load_key_from(key_file: str | None, env: dict[str, str] | None = None) -> Secret | None:
+    """The key from the environment or from `key_file` (one of them, not both), or None."""
     env = dict(os.environ) if env is None else env
     from_env = env.get(KEY_ENV) or None
-    if from_env and settings.encryption_key_file:
+    if from_env and key_file:
         raise EncryptionError(f"both {KEY_ENV} and encryption_key_file are set; keep one")
     if from_env:
         return Secret(from_env)
-    if not settings.encryption_key_file:
+    if not key_file:
         return None
-    path = Path(settings.encryption_key_file)
+    path = Path(key_file)
     try:
         value = path.read_text().strip()
     except OSError as exc:
@@ -107,7 +112,7 @@ def coverage(data_dir: Path, db_name: str) -> list[tuple[str, bool]]:
         (f"{data_dir / db_name} and its -wal (libSQL encryption_key)", True),
         (f"{data_dir / 'vectors'}/ (HNSW indexes, sqlite-vec sidecars)", False),
         (f"{data_dir / 'text'}/ (FTS5 full-text indexes)", False),
-        ("backups (edgenode backup, POST /api/v1/backup): refused for an encrypted database", False),
+        ("backups (edgenode backup, POST /api/v1/backup): encrypted with the same key", True),
     ]
 
 

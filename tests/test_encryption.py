@@ -5,6 +5,7 @@ are refused at start in one line, nothing overwritten."""
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,9 @@ def test_encrypted_node_is_unreadable_without_its_key_and_refuses_a_wrong_one(tm
         assert httpx.post(proc.url + "/api/v1/execute", json={"statements": statements}).status_code == 200
         status = httpx.get(proc.url + "/api/v1/status").text
         assert KEY not in status
+        over_http = httpx.post(proc.url + "/api/v1/backup", json={"name": "h.db"}, timeout=60)
+        assert over_http.status_code == 200, over_http.text
+        assert (data / "backups" / "h.db").read_bytes()[:16] != b"SQLite format 3\x00"
     finally:
         proc.stop()
     log = proc.log()
@@ -77,12 +81,53 @@ def test_encrypted_node_is_unreadable_without_its_key_and_refuses_a_wrong_one(tm
     assert backup.returncode != 0 and "encrypted at rest" in backup.stderr and not (tmp_path / "b.db").exists()
     assert fingerprint(data) == before  # nothing was overwritten by any refusal
 
-    proc = start([*args, "--allow-plaintext-derived"], tmp_path, "again")
-    try:
-        rows = httpx.post(proc.url + "/api/v1/query", json={"sql": "SELECT body FROM t ORDER BY id"}).json()["rows"]
-        assert rows == [["secret-row-1"], ["secret-row-2"]]
-    finally:
-        proc.stop()
+    # A backup of an encrypted node is encrypted with the same key; restoring it needs the key.
+    backup = run_edgenode(
+        "backup",
+        "--data-dir",
+        str(data),
+        "--to",
+        str(tmp_path / "b.db"),
+        "--json",
+        env={"EDGENODE_ENCRYPTION_KEY": KEY},
+    )
+    assert backup.returncode == 0, backup.stderr
+    assert json.loads(backup.stdout)["tables"] == {"t": 2}
+    assert (tmp_path / "b.db").read_bytes()[:16] != b"SQLite format 3\x00"
+    assert b"secret-row" not in (tmp_path / "b.db").read_bytes()
+    no_key = run_edgenode("restore", "--from", str(tmp_path / "b.db"), "--data-dir", str(tmp_path / "r0"))
+    assert no_key.returncode != 0 and "encrypted" in no_key.stderr and not (tmp_path / "r0").exists()
+    wrong_key = run_edgenode(
+        "restore",
+        "--from",
+        str(tmp_path / "b.db"),
+        "--data-dir",
+        str(tmp_path / "r1"),
+        env={"EDGENODE_ENCRYPTION_KEY": "wrong"},
+    )
+    assert wrong_key.returncode != 0 and "wrong encryption key" in wrong_key.stderr
+    assert not (tmp_path / "r1" / "edgenode.db").exists()
+    restored = run_edgenode(
+        "restore",
+        "--from",
+        str(tmp_path / "b.db"),
+        "--data-dir",
+        str(tmp_path / "r2"),
+        "--encryption-key-file",
+        str(key_file),
+    )
+    assert restored.returncode == 0, restored.stderr
+    assert fingerprint(data) == before
+
+    for name, where in (("again", data), ("restored", tmp_path / "r2")):
+        node_args = ["serve", "--data-dir", str(where), "--no-migrate", "--encryption-key-file", str(key_file)]
+        proc = start([*node_args, "--allow-plaintext-derived"], tmp_path, name)
+        try:
+            body = {"sql": "SELECT body FROM t ORDER BY id"}
+            rows = httpx.post(proc.url + "/api/v1/query", json=body).json()["rows"]
+            assert rows == [["secret-row-1"], ["secret-row-2"]]
+        finally:
+            proc.stop()
 
 
 def test_a_key_without_accepting_plaintext_derived_files_refuses_to_start_naming_them(tmp_path: Path) -> None:

@@ -26,6 +26,25 @@ def _progress(verb: str) -> Progress:
     return report
 
 
+def _key_option(func):  # type: ignore[no-untyped-def]
+    return click.option(
+        "--encryption-key-file",
+        envvar="EDGENODE_ENCRYPTION_KEY_FILE",
+        default=None,
+        type=click.Path(dir_okay=False),
+        help="An encrypted node's key file (or its key in env EDGENODE_ENCRYPTION_KEY).",
+    )(func)
+
+
+def _key(key_file: str | None):  # type: ignore[no-untyped-def]
+    from edgenode.encryption import EncryptionError, load_key_from
+
+    try:
+        return load_key_from(key_file)
+    except EncryptionError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _data_dir_option(func):  # type: ignore[no-untyped-def]
     return click.option(
         "--data-dir",
@@ -47,8 +66,9 @@ def _data_dir_option(func):  # type: ignore[no-untyped-def]
     default=None,
     help="Which database of the data directory (default: the only one there).",
 )
+@_key_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def backup(data_dir: Path, dest: Path, kind: str | None, as_json: bool) -> None:
+def backup(data_dir: Path, dest: Path, kind: str | None, encryption_key_file: str | None, as_json: bool) -> None:
     """Write a consistent copy of a node's database to a file, while the node keeps serving.
 
     Works on a running or stopped standalone node, primary or replica. The copy is one moment of
@@ -59,7 +79,7 @@ def backup(data_dir: Path, dest: Path, kind: str | None, as_json: bool) -> None:
     from edgenode.backup import backup as run_backup
 
     try:
-        report = run_backup(data_dir, dest, kind=kind, progress=_progress("backup"))
+        report = run_backup(data_dir, dest, kind=kind, progress=_progress("backup"), key=_key(encryption_key_file))
     except KeyboardInterrupt:
         click.echo(f"backup interrupted; nothing was written at {dest}", err=True)
         sys.exit(130)
@@ -113,6 +133,7 @@ def backup(data_dir: Path, dest: Path, kind: str | None, as_json: bool) -> None:
     help="Restore as a standalone node's database or as a primary's (a new database id: replicas re-bootstrap).",
 )
 @click.option("--force", is_flag=True, help="Replace an existing database (never one a running process has open).")
+@_key_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def restore(
     source: str,
@@ -122,6 +143,7 @@ def restore(
     data_dir: Path,
     kind: str,
     force: bool,
+    encryption_key_file: str | None,
     as_json: bool,
 ) -> None:
     """Restore a backup file as the database of a data directory, verified and in one rename.
@@ -139,7 +161,9 @@ def restore(
     if source.startswith("s3://"):
         raise click.UsageError("an s3:// source is an archive: give --to-time (e.g. --to-time now)")
     try:
-        report = run_restore(Path(source), data_dir, kind=kind, force=force, progress=_progress("restore"))
+        report = run_restore(
+            Path(source), data_dir, kind=kind, force=force, progress=_progress("restore"), key=_key(encryption_key_file)
+        )
     except BackupError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
