@@ -76,9 +76,10 @@ def make_bucket(endpoint: str, name: str) -> str:
 class History(threading.Thread):
     """One writer; remembers (k, sent, acknowledged) of every write."""
 
-    def __init__(self, url: str, rate: float = 100.0) -> None:
+    def __init__(self, url: str, rate: float = 100.0, recover_seconds: float = 60.0) -> None:
         super().__init__(daemon=True)
         self.url = url
+        self.recover_seconds = recover_seconds
         self.pause = 1 / rate
         self.next = 1
         self.acked: list[tuple[int, float, float]] = []
@@ -101,7 +102,7 @@ class History(threading.Thread):
         except (httpx.HTTPError, HranaClientError):
             self.unknown.append((k, sent))
             # Its outcome is unknown: once the primary is back, go on from whatever it holds.
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + self.recover_seconds
             while time.monotonic() < deadline and not self.stopping.is_set():
                 try:
                     rows = primary_execute(self.url, ["SELECT last FROM meta"], TOKEN)[0]
@@ -110,6 +111,7 @@ class History(threading.Thread):
                     continue
                 self.next = rows[0][0] + 1
                 return
+            self.next = k + 1  # not recovered (the caller restarts the primary): never reuse k
             return
         self.acked.append((k, sent, time.time()))
         self.next = k + 1
@@ -359,3 +361,54 @@ def test_retention_deletes_what_no_moment_in_the_window_needs(tmp_path: Path) ->
     check_moment(history, str(archive), cutoff + 0.5, tmp_path / "in-window", None)
     with pytest.raises(BackupError, match="before the archive's earliest restorable time"):
         restore_to_time(str(archive), history.acked[0][1], tmp_path / "pruned", endpoint=None)
+
+
+@pytest.mark.parametrize("point", ["archive-snapshot-shipped", "archive-segment-shipped", "archive-end-marked"])
+def test_a_primary_killed_right_after_an_upload_resumes_from_what_the_archive_holds(tmp_path: Path, point: str) -> None:
+    """The narrow window between an object becoming visible and the archiver noting it: the restart
+    must read its position back from the archive (shipping a segment twice is harmless)."""
+    archive = str(tmp_path / "archive")
+    args = primary_args(tmp_path / "primary", archive, "--generation-max-frames", "6")
+    history = History("", recover_seconds=0)
+    if point == "archive-snapshot-shipped":
+        # The first snapshot is shipped as the primary starts: it dies before it ever answers.
+        env = {**os.environ, "EDGENODE_PRIMARY_CRASH_AT": point}
+        port = free_port()
+        child = subprocess.Popen(
+            [sys.executable, "-m", "edgenode", *args, "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        assert child.wait(30) == -signal.SIGKILL, "the crash point was not reached"
+        proc = Proc(args=args, port=port, log_path=tmp_path / "primary.log")
+        history.url = proc.url
+        proc.start()
+        setup_schema(proc.url)
+    else:
+        proc = start(args, tmp_path, "primary", env={"EDGENODE_PRIMARY_CRASH_AT": point})
+        history.url = proc.url
+        try:
+            setup_schema(proc.url)
+            deadline = time.monotonic() + 20
+            while proc.popen is not None and proc.popen.poll() is None and time.monotonic() < deadline:
+                history.write()
+            assert proc.popen is not None and proc.popen.returncode == -signal.SIGKILL, "crash point not reached"
+        finally:
+            proc.kill()
+        proc.env = {}
+        proc.start()
+        # The write in flight at the kill may or may not have committed: go on from what the primary holds.
+        history.next = primary_execute(proc.url, ["SELECT last FROM meta"], TOKEN)[0][0][0] + 1
+    try:
+        for _ in range(10):
+            history.write()
+        wait_archived(proc)
+    finally:
+        proc.stop()
+    all_objects_whole(archive, None)
+    check_moment(history, archive, time.time() + 1, tmp_path / "latest", None)
+    first, last = history.acked[0][1], history.acked[-1][2]
+    for n, t in enumerate(sorted(random.Random(point).uniform(first, last) for _ in range(3))):
+        check_moment(history, archive, t, tmp_path / f"at-{n}", None)
