@@ -412,3 +412,29 @@ def test_a_primary_killed_right_after_an_upload_resumes_from_what_the_archive_ho
     first, last = history.acked[0][1], history.acked[-1][2]
     for n, t in enumerate(sorted(random.Random(point).uniform(first, last) for _ in range(3))):
         check_moment(history, archive, t, tmp_path / f"at-{n}", None)
+
+
+def test_an_archive_of_another_database_is_left_alone_and_the_status_says_why(tmp_path: Path) -> None:
+    archive = str(tmp_path / "archive")
+    first = start(primary_args(tmp_path / "a", archive), tmp_path, "a")
+    try:
+        setup_schema(first.url)
+        wait_archived(first)
+    finally:
+        first.stop()
+    before = sorted(key for key, _ in open_target(archive).list(""))
+    # A different primary (e.g. one restored --as primary: a new database id) pointed at the same place.
+    other = start(primary_args(tmp_path / "b", archive), tmp_path, "b")
+    try:
+        setup_schema(other.url)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            info = httpx.get(other.url + "/info", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+            if info["archive"]["last_error"]:
+                break
+            time.sleep(0.05)
+        assert "archives another database" in info["archive"]["last_error"]
+        assert "new location" in info["archive"]["last_error"]
+    finally:
+        other.stop()
+    assert sorted(key for key, _ in open_target(archive).list("")) == before

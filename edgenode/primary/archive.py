@@ -35,8 +35,11 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from edgenode.objectstore import Target
 from edgenode.primary.archive_format import (
+    IDENTITY,
     encode_segment,
     end_key,
     parse_listing,
@@ -55,6 +58,10 @@ SNAPSHOT_TMP = "archive-snapshot.partial"
 TIMES_FILE = "archive-commit-times"
 _TIME_RECORD = struct.Struct("<IId")  # generation, frames after the commit, unix seconds
 _COMPACT_TIMES_AT = 1 << 20
+
+
+class ArchiveMismatch(Exception):
+    """The target holds another database's archive; nothing is shipped there."""
 
 
 class Archiver:
@@ -202,7 +209,20 @@ class Archiver:
     def _resume(self) -> None:
         """Find where the archive ends (it is the only record of what was shipped)."""
         self.target.clean()
-        listing = parse_listing([key for key, _ in self.target.list("")])
+        keys = [key for key, _ in self.target.list("")]
+        ours = {"database_id": self.store.database_id}
+        if IDENTITY in keys:
+            theirs = msgspec.json.decode(self.target.get_bytes(IDENTITY))
+            if theirs.get("database_id") != ours["database_id"]:
+                # Generation numbers of two databases would mix: a restored or recreated primary
+                # (a new database id) needs an archive location of its own.
+                raise ArchiveMismatch(
+                    f"{self.target.url} archives another database ({theirs.get('database_id')}, this one is "
+                    f"{ours['database_id']}); point --archive at a new location"
+                )
+        else:
+            self.target.put_bytes(IDENTITY, msgspec.json.encode(ours))
+        listing = parse_listing(keys)
         current = self.store.generation
         usable = [s for s in listing.snapshots if s[0] <= current]
         if not usable:

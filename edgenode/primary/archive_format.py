@@ -4,6 +4,7 @@
                               time (ms) G began, so every commit it holds was acknowledged by then
   frames/G/FIRST-LAST.seg     committed WAL frames FIRST..LAST of generation G, with commit times
   frames/G/end-N              generation G finished with exactly N frames (all shipped before it)
+  database.json               {"database_id": ...}: the primary database this archive belongs to
 
 A segment is `MAGIC`, a 4-byte big-endian header length, a JSON header (generation, first, last,
 the sha256 of the frames, and [commit frame, unix seconds] for each commit frame in it), then the
@@ -21,6 +22,7 @@ import msgspec
 from edgenode.primary.wal import FRAME_SIZE
 
 MAGIC = b"ENSEG001"
+IDENTITY = "database.json"
 SNAPSHOTS = "snapshots/"
 FRAMES = "frames/"
 _SNAPSHOT = re.compile(r"^snapshots/(\d{10})-(\d{13})\.db$")
