@@ -255,8 +255,8 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
         "parameters": {"database_mb": round(size_mb, 1), "repeats_best_of": repeats, "write_window_s": window},
         "throughput": throughput,
         "write_latency": latency,
-        "archive_lag": lag,
-        "point_in_time_restore": pitr,
+        "archive_lag": [lag],
+        "point_in_time_restore": [pitr],
         "peers_missing": [],
         "notes": "page cache warm for every method; writes are single-row REST transactions back to back",
     }
