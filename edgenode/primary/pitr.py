@@ -27,6 +27,7 @@ from edgenode.primary.archive_format import ArchiveFormatError, decode_segment, 
 from edgenode.primary.wal import FRAME_SIZE, WalHeader, encode_frames
 
 Progress = Callable[[int, int], None]
+_FLUSH_BYTES = 8 << 20
 
 
 def parse_time(text: str) -> float:
@@ -140,6 +141,7 @@ def restore_to_time(
         commits, last_at = 0, None
         generation, frame = snapshot_generation, 0
         reached = False  # a commit after to_time was found: the state at to_time is complete
+        accepted = bytearray()  # committed frames not yet re-checksummed into the WAL (written in batches)
         try:
             while not reached:
                 pending = bytearray()  # frames of a transaction whose commit frame is not seen yet
@@ -163,8 +165,11 @@ def restore_to_time(
                                 reached = True
                                 break
                             pending += raw
-                            wal.append(bytes(pending))
+                            accepted += pending
                             pending.clear()
+                            if len(accepted) >= _FLUSH_BYTES:
+                                wal.append(bytes(accepted))
+                                accepted.clear()
                             commits, last_at, frame = commits + 1, times[number], number
                         else:
                             pending += raw
@@ -188,6 +193,7 @@ def restore_to_time(
                         )
                     break  # the end of the archive: to_time is after its last commit
                 generation, frame = generation + 1, 0
+            wal.append(bytes(accepted))
             wal.close()
             _fold_wal(staging, wal.frames)
             outcome.update(generation=generation, frame=frame, commits=commits, last_at=last_at, reached=reached)
