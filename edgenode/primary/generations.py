@@ -154,6 +154,7 @@ class PrimaryStore:
         # file drops every POSIX lock this process holds on it (SQLite's included), so exports and
         # archive snapshots read through this one instead of opening and closing their own.
         self._base_fd: int | None = None
+        self._shm_fd: int | None = None  # the same, for the push path's write to the -shm header
         self._began_at = 0.0
         self._rollover_wanted = threading.Event()
         self._stop = threading.Event()
@@ -179,6 +180,8 @@ class PrimaryStore:
             self._create()
         self._control = self.connect()
         self._base_fd = os.open(self.db_path, os.O_RDONLY)
+        # The control connection keeps the -shm in existence for the store's life.
+        self._shm_fd = os.open(self.shm_path, os.O_RDWR)
         page_size = self._control.execute("PRAGMA page_size").fetchall()[0][0]
         if page_size != PAGE_SIZE:
             raise RuntimeError(f"{self.db_path} has page size {page_size}; the sync protocol needs {PAGE_SIZE}")
@@ -242,6 +245,9 @@ class PrimaryStore:
         if self._base_fd is not None:
             os.close(self._base_fd)
             self._base_fd = None
+        if self._shm_fd is not None:
+            os.close(self._shm_fd)
+            self._shm_fd = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -520,11 +526,9 @@ class PrimaryStore:
                 crash_point("push-appended")
             finally:
                 os.close(fd)
-            fd = os.open(self.shm_path, os.O_RDWR)
-            try:
-                os.pwrite(fd, bytes(96), 0)
-            finally:
-                os.close(fd)
+            # Through the kept descriptor: closing a new one would drop SQLite's locks on the -shm.
+            assert self._shm_fd is not None
+            os.pwrite(self._shm_fd, bytes(96), 0)
         assert self._control is not None
         # Starting a read transaction runs the recovery now, under our lock, not in a later request.
         self._control.execute("SELECT count(*) FROM sqlite_schema").fetchall()
