@@ -44,6 +44,7 @@ import apsw
 import msgspec
 
 from edgenode.durable import atomic_write, fsync_dir
+from edgenode.encryption import Secret, is_encrypted
 
 STANDALONE = "standalone"
 PRIMARY = "primary"
@@ -183,7 +184,7 @@ def in_use(db_path: Path) -> bool:
         os.close(fd)
 
 
-def _tables(conn: apsw.Connection) -> list[str]:
+def _tables(conn: Any) -> list[str]:
     # Virtual tables need their module (sqlite-vec, fts5); their shadow tables are counted instead.
     rows = conn.execute(
         "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
@@ -192,26 +193,35 @@ def _tables(conn: apsw.Connection) -> list[str]:
     return [r[0] for r in rows]
 
 
-def row_counts(conn: apsw.Connection) -> dict[str, int]:
+def row_counts(conn: Any) -> dict[str, int]:
     return {
         name: conn.execute(f'SELECT count(*) FROM "{name.replace(chr(34), chr(34) * 2)}"').fetchall()[0][0]
         for name in _tables(conn)
     }
 
 
-def verify(path: Path, expected: dict[str, int] | None = None) -> dict[str, int]:
-    """integrity_check and row counts of a database file (not in WAL mode, opened read-only)."""
+def verify(path: Path, expected: dict[str, int] | None = None, key: Secret | None = None) -> dict[str, int]:
+    """integrity_check and row counts of a database file (not in WAL mode, opened read-only); an
+    encrypted one through libSQL with its key."""
+    errors: tuple[type[Exception], ...] = (apsw.Error,)
     try:
-        conn = apsw.Connection(f"file:{path}?mode=ro", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
-    except apsw.Error as exc:
+        if key is not None:
+            import libsql
+
+            errors = (apsw.Error, ValueError)
+            conn: Any = libsql.connect(f"file:{path}?mode=ro", encryption_key=key.value)
+        else:
+            conn = apsw.Connection(f"file:{path}?mode=ro", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+    except errors as exc:
         raise BackupError(f"{path} is not a readable SQLite database: {exc}") from exc
     try:
         problems = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
         if problems != ["ok"]:
             raise BackupError(f"{path} fails integrity_check: {'; '.join(problems[:5])}")
         counts = row_counts(conn)
-    except apsw.Error as exc:
-        raise BackupError(f"{path} is not a usable SQLite database: {exc}") from exc
+    except errors as exc:
+        hint = " (wrong encryption key?)" if key is not None else ""
+        raise BackupError(f"{path} is not a usable SQLite database{hint}: {exc}") from exc
     finally:
         conn.close()
     if expected is not None and counts != expected:
@@ -262,6 +272,7 @@ def backup(
     progress: Progress | None = None,
     step_pages: int = STEP_PAGES,
     primary_position: Callable[[], tuple[int, int] | None] | None = None,
+    key: Secret | None = None,
 ) -> BackupReport:
     """Copy the data directory's database, as of one moment, to `dest` (verified, then renamed into place).
 
@@ -272,6 +283,12 @@ def backup(
     db_path = data_dir / DB_PATHS[kind]
     if not db_path.exists():
         raise BackupError(f"no {kind} database at {db_path}")
+    encrypted = bool(is_encrypted(db_path))
+    if encrypted and key is None:
+        raise BackupError(
+            f"{db_path} is encrypted at rest: give its key (EDGENODE_ENCRYPTION_KEY or --encryption-key-file); "
+            "the backup is encrypted with it too"
+        )
     dest = dest.resolve()
     if dest.is_dir():
         raise BackupError(f"{dest} is a directory; give the backup file's path")
@@ -284,11 +301,14 @@ def backup(
             position_of = primary_position or (lambda: _primary_position(data_dir))
             position, snapshot_at, pages, restarts = _copy_primary(data_dir, tmp, progress, position_of)
             expected, note = None, ""
+        elif encrypted:
+            assert key is not None
+            position, snapshot_at, pages, restarts, expected, note = _copy_encrypted(db_path, tmp, key, progress)
         else:
             position, snapshot_at, pages, restarts, expected, note = _copy_snapshot(
                 data_dir, db_path, tmp, kind, progress, step_pages
             )
-        tables = verify(tmp, expected)
+        tables = verify(tmp, expected, key if encrypted else None)
         _fsync_file(tmp)
         os.replace(tmp, dest)
         fsync_dir(dest.parent)
@@ -347,6 +367,41 @@ def _copy_snapshot(
     finally:
         src.close()
     return position, snapshot_at, pages, restarts, expected, note
+
+
+def _copy_encrypted(
+    db_path: Path, tmp: Path, key: Secret, progress: Progress | None
+) -> tuple[None, float, int, int, None, str]:
+    """An encrypted standalone database: libSQL (SQLite3 Multiple Ciphers) has no backup API in the
+    Python binding and `VACUUM INTO` from a keyed connection writes plaintext, so the copy is made with
+    `VACUUM INTO` (one read transaction: a consistent snapshot) and re-keyed at once (`PRAGMA rekey`)
+    with the same key, before it is verified and renamed into place."""
+    import libsql
+
+    quoted = key.value.replace("'", "''")
+    snapshot_at = time.time()
+    src = libsql.connect(str(db_path), isolation_level=None, encryption_key=key.value)
+    try:
+        src.execute(f"VACUUM INTO '{str(tmp).replace(chr(39), chr(39) * 2)}'")
+    finally:
+        src.close()
+    copy = libsql.connect(str(tmp), isolation_level=None)
+    try:
+        copy.execute("PRAGMA journal_mode=DELETE").fetchall()
+        if copy.execute(f"PRAGMA rekey='{quoted}'").fetchall() != [("ok",)]:
+            raise BackupError("could not encrypt the backup copy (PRAGMA rekey failed)")
+    finally:
+        copy.close()
+    if is_encrypted(tmp) is not True:
+        raise BackupError("the backup copy is not encrypted after PRAGMA rekey; refusing to keep it")
+    size = tmp.stat().st_size
+    if progress is not None:
+        progress(size, size)
+    note = (
+        "encrypted with the node's key (VACUUM INTO, then PRAGMA rekey: the copy is plaintext for a moment "
+        "in the .partial file beside the target); restore it with the same key"
+    )
+    return None, snapshot_at, size // 4096, 0, None, note
 
 
 def _fingerprint(path: Path) -> tuple[int, int]:
@@ -461,12 +516,12 @@ def check_not_half_restored(data_dir: Path) -> None:
         return
     try:
         info = msgspec.json.decode(marker.read_bytes())
-        source, target = info["source"], info["target"]
+        source, target, again = info["source"], info["target"], info.get("again", "")
     except (OSError, msgspec.DecodeError, KeyError, TypeError):
-        source, target = "BACKUP", "?"
+        source, target, again = "BACKUP", "?", ""
     raise HalfRestored(
         f"{data_dir} holds an interrupted restore of {target} (from {source}); its database may be incomplete. "
-        f"Run `edgenode restore --from {source} --data-dir {data_dir}"
+        f"Run `edgenode restore --from {source}{' ' + again if again else ''} --data-dir {data_dir}"
         f"{' --as primary' if target == DB_PATHS[PRIMARY] else ''}` again to finish it, or remove "
         f"{marker} and {_staging(data_dir / target) if target != '?' else 'the .*.restoring file'} "
         "to keep the directory as it is."
@@ -480,18 +535,44 @@ def restore(
     kind: str = STANDALONE,
     force: bool = False,
     progress: Progress | None = None,
+    key: Secret | None = None,
 ) -> RestoreReport:
     """Place a verified copy of `source` as the data directory's database in one rename."""
+    source = source.resolve()
+    if not source.is_file():
+        raise BackupError(f"no backup file at {source}")
+    if key is None:
+        _check_header(source)
+    total = source.stat().st_size
+
+    def copy(staging: Path) -> int:
+        # The staging file is a byte copy, so checking it checks the backup too (one pass, not two).
+        _copy_range(source, staging, total, 0, total, progress)
+        return total
+
+    return restore_built(copy, str(source), data_dir, kind=kind, force=force, key=key)
+
+
+def restore_built(
+    build: Callable[[Path], int],
+    source: str,
+    data_dir: Path,
+    *,
+    kind: str = STANDALONE,
+    force: bool = False,
+    again: str = "",
+    key: Secret | None = None,
+) -> RestoreReport:
+    """The one way a database is placed into a data directory: `build(staging)` writes the new
+    database file (returns its byte count); it is fsynced, verified, and renamed into place, with the
+    marker that makes a node refuse a half-restored directory written first and removed last.
+    `again`: the extra arguments that repeat this restore (e.g. `--to-time T`), for that message."""
     started = time.monotonic()
     if kind not in (STANDALONE, PRIMARY):
         raise BackupError(
             f"a {kind} database is not restored: a replica bootstraps from its primary; "
             "restore the backup as a standalone node or as the primary"
         )
-    source = source.resolve()
-    if not source.is_file():
-        raise BackupError(f"no backup file at {source}")
-    _check_header(source)
     target = data_dir / DB_PATHS[kind]
     marker, staging = _marker(data_dir), _staging(target)
     resuming = marker.exists()
@@ -506,20 +587,22 @@ def restore(
     created_dir = not data_dir.exists()
     data_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(
-        marker, msgspec.json.encode({"source": str(source), "target": DB_PATHS[kind], "started_at": time.time()})
+        marker,
+        msgspec.json.encode({"source": source, "again": again, "target": DB_PATHS[kind], "started_at": time.time()}),
     )
-    total = source.stat().st_size
     try:
-        # The staging file is a byte copy, so checking it checks the backup too (one pass, not two).
-        _copy_range(source, staging, total, 0, total, progress)
+        _remove_copy(staging)
+        total = build(staging)
+        for suffix in ("-journal", "-wal", "-shm"):  # a builder's own leftovers, never the new database's
+            staging.with_name(staging.name + suffix).unlink(missing_ok=True)
         _fsync_file(staging)
         try:
-            tables = verify(staging)
+            tables = verify(staging, key=key)
         except BackupError as exc:
             raise BackupError(f"{source} is not a usable backup: {exc}") from exc
     except BaseException:
         # Nothing was replaced yet: leave the directory as this run found it.
-        staging.unlink(missing_ok=True)
+        _remove_copy(staging)
         if not resuming:
             marker.unlink(missing_ok=True)
             if created_dir and not any(data_dir.iterdir()):
@@ -548,7 +631,7 @@ def restore(
     return RestoreReport(
         path=str(target.resolve()),
         kind=kind,
-        source=str(source),
+        source=source,
         bytes=total,
         tables=tables,
         seconds=round(time.monotonic() - started, 3),

@@ -27,6 +27,7 @@ from edgenode.api.routing import write_route
 from edgenode.backup import REPLICA, STANDALONE, BackupError, BackupReport, BackupRequest, backup
 from edgenode.config import Settings
 from edgenode.database import Database
+from edgenode.encryption import Secret, load_key
 
 BACKUP_DIR = "backups"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -48,6 +49,7 @@ class BackupService:
         self.data_dir = data_dir
         self.kind = kind
         self.primary_position = primary_position
+        self.key: Secret | None = None  # an encrypted node's key: its backups are encrypted with it
         self._running = asyncio.Lock()
         self.last: BackupReport | None = None
 
@@ -82,7 +84,7 @@ class BackupService:
 
     def _backup(self, dest: Path) -> BackupReport:
         self.directory.mkdir(exist_ok=True)
-        return backup(self.data_dir, dest, kind=self.kind, primary_position=self.primary_position)
+        return backup(self.data_dir, dest, kind=self.kind, primary_position=self.primary_position, key=self.key)
 
 
 class BackupComponent(Component):
@@ -90,6 +92,7 @@ class BackupComponent(Component):
 
     def __init__(self, settings: Settings, db: Database) -> None:
         self.service = BackupService(settings.data_path, REPLICA if db.role == REPLICA else STANDALONE)
+        self.service.key = None if db.role == REPLICA else load_key(settings)
 
     def routes(self) -> list[BaseRoute]:
         return [write_route("/api/v1/backup", self.handle, methods=["POST"])]

@@ -61,6 +61,24 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ] = True
     generation_max_frames: Annotated[int, Doc("Primary: WAL frames before a new generation.")] = 2_000
     keep_generations: Annotated[int, Doc("Primary: old generations kept for lagging replicas.")] = 8
+    encryption_key_file: Annotated[
+        str | None,
+        Doc("File holding the database's encryption key (standalone; or env EDGENODE_ENCRYPTION_KEY)."),
+    ] = None
+    allow_plaintext_derived: Annotated[
+        bool, Doc("With an encryption key: accept that vector/text indexes and backups stay plaintext.")
+    ] = False
+    archive: Annotated[
+        str | None, Doc("Primary: continuous archive for point-in-time restore, a directory or s3://BUCKET/PREFIX.")
+    ] = None
+    archive_s3_endpoint: Annotated[
+        str | None, Doc("S3-compatible endpoint URL for an s3:// archive (default AWS); keys from AWS_* env.")
+    ] = None
+    archive_s3_region: Annotated[str, Doc("Region an s3:// archive signs requests for.")] = "us-east-1"
+    archive_retention: Annotated[float, Doc("Seconds of history the archive keeps restorable.")] = 7 * 86_400.0
+    archive_snapshot_interval: Annotated[
+        float, Doc("Seconds between archive snapshots (a restore replays at most this much history).")
+    ] = 86_400.0
     stream_idle_timeout: Annotated[float, Doc("Seconds before an idle Hrana stream expires.")] = 10.0
     transaction_timeout: Annotated[float, Doc("Seconds a Hrana transaction may hold the write lock.")] = 5.0
     idempotency_retention: Annotated[
@@ -162,11 +180,19 @@ def _validate(settings: Settings) -> None:
         "stream_idle_timeout",
         "transaction_timeout",
         "idempotency_retention",
+        "archive_retention",
+        "archive_snapshot_interval",
         "header_timeout",
         "body_timeout",
     ):
         if getattr(settings, name) <= 0:
             fail(name, "a positive number of seconds", getattr(settings, name))
+    if settings.archive is not None and "://" in settings.archive and not settings.archive.startswith("s3://"):
+        fail("archive", "a directory path or an s3://BUCKET/PREFIX URL", settings.archive)
+    if settings.archive_s3_endpoint is not None and not settings.archive_s3_endpoint.startswith(
+        ("http://", "https://")
+    ):
+        fail("archive_s3_endpoint", "an http:// or https:// URL", settings.archive_s3_endpoint)
     if settings.primary_url is not None and not settings.primary_url.startswith(("http://", "https://", "libsql://")):
         fail("primary_url", "an http://, https:// or libsql:// URL", settings.primary_url)
     for name in ("auth_token", "read_token", "primary_token"):

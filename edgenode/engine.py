@@ -23,8 +23,9 @@ from edgenode.results import ExecResult, PlainStatement, QueryResult, StatementO
 SCHEMA_SQL = "SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY rowid"
 
 
-def open_local(path: str, profile: Profile, reader: bool) -> tuple[Any, PragmaReport]:
-    conn = libsql.connect(path, isolation_level=None)
+def open_local(path: str, profile: Profile, reader: bool, key: Any = None) -> tuple[Any, PragmaReport]:
+    # key: an edgenode.encryption.Secret (its repr hides the value) or None.
+    conn = libsql.connect(path, isolation_level=None, encryption_key=key.value if key is not None else None)
     report = apply_profile(profile, lambda sql: conn.execute(sql).fetchall())
     if reader:
         # Defence in depth behind the analyzer: the engine itself refuses writes here.

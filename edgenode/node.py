@@ -63,6 +63,7 @@ def _replica(settings: Settings) -> ReplicaDatabase:
 
 
 def _local(settings: Settings) -> LocalDatabase:
+    from edgenode.encryption import load_key
     from edgenode.standalone import LocalDatabase
 
     return LocalDatabase(
@@ -72,6 +73,7 @@ def _local(settings: Settings) -> LocalDatabase:
         migrate=settings.migrate,
         max_rows=settings.max_rows,
         timeout_ms=settings.query_timeout_ms,
+        encryption_key=load_key(settings),
     )
 
 

@@ -45,6 +45,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "edgenode.bodies",
             "edgenode.http_server",
             "edgenode.lifeline",
+            "edgenode.s3",
+            "edgenode.encryption",
+            "edgenode.objectstore",
             "edgenode.primary",  # the package itself: import-free constants shared with the relay
         ),
     ),
@@ -102,6 +105,8 @@ ALLOWED = {
     ("edgenode.backup", "edgenode.primary.wal"),
     ("edgenode.primary.app", "edgenode.backup"),
     ("edgenode.primary.app", "edgenode.backup_http"),
+    # Point-in-time restore places its result with the one restore routine.
+    ("edgenode.primary.pitr", "edgenode.backup"),
 }
 # Command-line entry points of a package belong to the assembly layer.
 ASSEMBLY_MODULES = {"edgenode.primary.cli", "edgenode.vectors.cli", "edgenode.text.cli"}

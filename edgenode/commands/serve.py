@@ -31,6 +31,18 @@ def serve(settings: Settings) -> None:
     """Run the node: REST API, Hrana and vector search over the local database."""
     check_exposure(settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from edgenode.encryption import EncryptionError, check_start
+
+    try:
+        _, lines = check_start(
+            settings,
+            "replica/replica.db" if settings.is_replica else "edgenode.db",
+            "replica" if settings.is_replica else "standalone",
+        )
+    except EncryptionError as exc:
+        raise click.ClickException(str(exc)) from None
+    for line in lines:
+        click.echo(line, err=True)
     from edgenode import owner, startup
 
     owner.warm_up()  # connection processes fork from it; it starts while the node imports

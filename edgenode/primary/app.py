@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,6 +30,7 @@ from edgenode.backup import PRIMARY, BackupReport, BackupRequest
 from edgenode.backup_http import BackupRefused, BackupService
 from edgenode.config import Settings
 from edgenode.primary import DATABASE_ID_HEADER
+from edgenode.primary.archive import Archiver, archive_from_settings
 from edgenode.primary.generations import (
     LOCK_TIMEOUT,
     BadRequest,
@@ -69,9 +69,29 @@ class HealthBody(msgspec.Struct):
     generation: int
 
 
+class ArchiveStatus(msgspec.Struct):
+    """The continuous archive (`--archive`): what is shipped and how far behind it is."""
+
+    target: str
+    generation: int
+    frame: int
+    lag_seconds: float
+    recent_lag_p50_seconds: float | None
+    recent_lag_p99_seconds: float | None
+    last_shipped_at: float | None
+    last_snapshot_generation: int | None
+    last_error: str | None
+    segments: int
+    frames: int
+    bytes: int
+    snapshots: int
+    deleted: int
+
+
 class InfoBody(msgspec.Struct):
     current_generation: int
     database_id: str | None
+    archive: ArchiveStatus | None = None
 
 
 class RolloverBody(msgspec.Struct):
@@ -93,7 +113,7 @@ def error_response(status: int, message: str) -> Response:
 
 
 class Metrics:
-    def __init__(self, store: PrimaryStore) -> None:
+    def __init__(self, store: PrimaryStore, archiver: Archiver | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.frames_served = Counter("edgenode_primary_frames_served", "WAL frames served to pulls", registry=r)
@@ -112,6 +132,15 @@ class Metrics:
         generation.set_function(lambda: store.generation)
         rollovers = Gauge("edgenode_primary_rollovers", "Generation rollovers since start", registry=r)
         rollovers.set_function(lambda: store.stats["rollovers"])
+        if archiver is not None:
+            lag = Gauge(
+                "edgenode_primary_archive_lag_seconds",
+                "Seconds since the oldest commit not yet in the archive (0: all shipped)",
+                registry=r,
+            )
+            lag.set_function(archiver.lag)
+            shipped = Gauge("edgenode_primary_archive_frames", "WAL frames shipped to the archive", registry=r)
+            shipped.set_function(lambda: archiver.stats["frames"])
 
 
 class CommitNotifier:
@@ -204,7 +233,6 @@ class ExportResponse(Response):
         try:
             try:
                 size = store.export_size(self.generation)
-                fd = await self.workers.run_io(os.open, store.db_path, os.O_RDONLY)
             except NotFound as exc:
                 status = 410 if self.generation < store.generation else 404
                 self.metrics.sync_requests.labels("export", str(status)).inc()
@@ -217,34 +245,31 @@ class ExportResponse(Response):
                 return
             start = _range_start(scope)
             if start is not None and start >= size:
-                os.close(fd)
                 self.metrics.sync_requests.labels("export", "416").inc()
                 await Response(status_code=416, headers={"content-range": f"bytes */{size}"})(scope, receive, send)
                 return
             status = 200 if start is None else 206
             offset = start or 0
             self.metrics.sync_requests.labels("export", str(status)).inc()
-            try:
-                headers = [
-                    (b"content-type", b"application/octet-stream"),
-                    (b"content-length", str(size - offset).encode()),
-                    (b"accept-ranges", b"bytes"),
-                ]
-                if start is not None:
-                    # A replica resuming an interrupted bootstrap: the rest of the same base file.
-                    headers.append((b"content-range", f"bytes {start}-{size - 1}/{size}".encode()))
-                await send({"type": "http.response.start", "status": status, "headers": headers})
-                while offset < size:
-                    chunk = await self.workers.run_io(os.pread, fd, min(EXPORT_CHUNK, size - offset), offset)
-                    if not chunk:
-                        break
-                    offset += len(chunk)
-                    await send({"type": "http.response.body", "body": chunk, "more_body": offset < size})
-                    self.metrics.bytes_exported.inc(len(chunk))
-                if offset < size:
-                    raise OSError(f"database file shrank while exporting ({offset} of {size} bytes)")
-            finally:
-                os.close(fd)
+            headers = [
+                (b"content-type", b"application/octet-stream"),
+                (b"content-length", str(size - offset).encode()),
+                (b"accept-ranges", b"bytes"),
+            ]
+            if start is not None:
+                # A replica resuming an interrupted bootstrap: the rest of the same base file.
+                headers.append((b"content-range", f"bytes {start}-{size - 1}/{size}".encode()))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            while offset < size:
+                # Through the store's own descriptor: closing one of ours would drop SQLite's locks.
+                chunk = await self.workers.run_io(store.read_base, offset, min(EXPORT_CHUNK, size - offset))
+                if not chunk:
+                    break
+                offset += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": offset < size})
+                self.metrics.bytes_exported.inc(len(chunk))
+            if offset < size:
+                raise OSError(f"database file shrank while exporting ({offset} of {size} bytes)")
         finally:
             store.lock.release_shared()
 
@@ -266,7 +291,8 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
         keep_generations=settings.keep_generations,
     )
     authenticator = Authenticator.from_settings(settings.auth_token, settings.read_token, settings.jwt_key_file)
-    metrics = Metrics(store)
+    archiver = archive_from_settings(store, settings)
+    metrics = Metrics(store, archiver)
     notifier = CommitNotifier()
     workers = Workers()
     store.add_commit_listener(notifier.on_commit)
@@ -325,7 +351,10 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
 
     @sync_endpoint("info")
     async def info(request: Request) -> Response:
-        return json_response(msgspec.convert(store.info(), InfoBody))
+        body = msgspec.convert(store.info(), InfoBody)
+        if archiver is not None:
+            body.archive = msgspec.convert(archiver.status(), ArchiveStatus)
+        return json_response(body)
 
     async def export(request: Request) -> Response:
         denied = authorize(request)
@@ -431,12 +460,17 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         notifier.bind(asyncio.get_running_loop())
         await asyncio.to_thread(store.open)
+        if archiver is not None:
+            await asyncio.to_thread(archiver.start)
+            log.info("archiving to %s", archiver.target.url)
         if settings.migrate:
             await asyncio.to_thread(apply_migrations, store)
         log.info("primary serving generation %d from %s", store.generation, store.db_path)
         try:
             yield
         finally:
+            if archiver is not None:
+                await asyncio.to_thread(archiver.stop)
             for close in closers:
                 await asyncio.to_thread(close)
             await asyncio.to_thread(store.close)
@@ -447,6 +481,7 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
     app.state.openapi = document
     app.state.metrics = metrics
     app.state.notifier = notifier
+    app.state.archiver = archiver
     return app
 
 

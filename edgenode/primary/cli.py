@@ -26,6 +26,12 @@ def primary(settings: Settings) -> None:
         check_not_half_restored(settings.data_path)
     except HalfRestored as exc:
         raise click.ClickException(str(exc)) from exc
+    from edgenode.encryption import EncryptionError, check_start
+
+    try:
+        check_start(settings, "primary.db", "primary")
+    except EncryptionError as exc:
+        raise click.ClickException(str(exc)) from None
     app = create_app(settings)
     # uvicorn turns SIGTERM/SIGINT into a graceful shutdown, which runs the app's lifespan exit. The
     # bound keeps a long-polling pull (up to 30 s) or a slow download from holding the shutdown up.

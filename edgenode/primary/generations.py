@@ -150,6 +150,12 @@ class PrimaryStore:
         # stops at this number so a replica never holds a frame the primary could still lose.
         self._durable = 0
         self._lock_fd: int | None = None
+        # One descriptor of primary.db kept open for the store's life: closing *any* descriptor of a
+        # file drops every POSIX lock this process holds on it (SQLite's included), so exports and
+        # archive snapshots read through this one instead of opening and closing their own.
+        self._base_fd: int | None = None
+        self._shm_fd: int | None = None  # the same, for the push path's write to the -shm header
+        self._began_at = 0.0
         self._rollover_wanted = threading.Event()
         self._stop = threading.Event()
         self._rollover_thread: threading.Thread | None = None
@@ -173,11 +179,16 @@ class PrimaryStore:
         if fresh:
             self._create()
         self._control = self.connect()
+        self._base_fd = os.open(self.db_path, os.O_RDONLY)
+        # The control connection keeps the -shm in existence for the store's life.
+        self._shm_fd = os.open(self.shm_path, os.O_RDWR)
         page_size = self._control.execute("PRAGMA page_size").fetchall()[0][0]
         if page_size != PAGE_SIZE:
             raise RuntimeError(f"{self.db_path} has page size {page_size}; the sync protocol needs {PAGE_SIZE}")
         if self.state_path.exists():
             self._state = msgspec.json.decode(self.state_path.read_bytes(), type=State)
+            # Written when the generation began (or later, by a crash recovery): an upper bound.
+            self._began_at = self.state_path.stat().st_mtime
         else:
             # A database without our state (first start, or one brought from elsewhere): its WAL
             # is folded into the main file so that file can be generation 1's base.
@@ -231,6 +242,12 @@ class PrimaryStore:
         if self._control:
             self._control.close()
             self._control = None
+        if self._base_fd is not None:
+            os.close(self._base_fd)
+            self._base_fd = None
+        if self._shm_fd is not None:
+            os.close(self._shm_fd)
+            self._shm_fd = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -282,6 +299,7 @@ class PrimaryStore:
     def _start_generation(self, generation: int) -> None:
         database_id = self._state.database_id or uuid.uuid4().hex
         self._write_state(State(generation=generation, base=self._base_fingerprint(), database_id=database_id))
+        self._began_at = time.time()
 
     def _write_state(self, state: State) -> None:
         atomic_write(self.state_path, msgspec.json.encode(state))
@@ -391,6 +409,41 @@ class PrimaryStore:
             raise NotFound(f"generation {generation} cannot be exported (current is {self.generation})")
         return self.db_path.stat().st_size
 
+    def read_base(self, offset: int, length: int) -> bytes:
+        """Bytes of the current generation's base file; the caller holds the shared lock."""
+        assert self._base_fd is not None
+        return os.pread(self._base_fd, length, offset)
+
+    @property
+    def began_at(self) -> float:
+        """When the current generation began: every commit in its base was acknowledged by then."""
+        return self._began_at
+
+    def copy_base(self, dest: Path, progress: Callable[[int, int], None] | None = None) -> tuple[int, float, str]:
+        """Copy the current generation's base to dest (fsynced) under the shared lock, so no rollover
+        rewrites it meanwhile (writes go on: they only append to the WAL).
+        Returns (generation, began_at, sha256 of the bytes)."""
+        import hashlib
+
+        with self.lock.shared(LOCK_TIMEOUT):
+            generation, began_at = self.generation, self._began_at
+            size = self.db_path.stat().st_size
+            digest = hashlib.sha256()
+            with open(dest, "wb") as out:
+                offset = 0
+                while offset < size:
+                    chunk = self.read_base(offset, min(4 << 20, size - offset))
+                    if not chunk:
+                        raise WalError(f"{self.db_path} shrank while copying it")
+                    out.write(chunk)
+                    digest.update(chunk)
+                    offset += len(chunk)
+                    if progress is not None:
+                        progress(offset, size)
+                out.flush()
+                os.fsync(out.fileno())
+        return generation, began_at, digest.hexdigest()
+
     # -- push ------------------------------------------------------------------------------------
 
     def push(self, generation: int, start: int, end: int, baton: str | None, body: bytes) -> PushReply:
@@ -473,11 +526,9 @@ class PrimaryStore:
                 crash_point("push-appended")
             finally:
                 os.close(fd)
-            fd = os.open(self.shm_path, os.O_RDWR)
-            try:
-                os.pwrite(fd, bytes(96), 0)
-            finally:
-                os.close(fd)
+            # Through the kept descriptor: closing a new one would drop SQLite's locks on the -shm.
+            assert self._shm_fd is not None
+            os.pwrite(self._shm_fd, bytes(96), 0)
         assert self._control is not None
         # Starting a read transaction runs the recovery now, under our lock, not in a later request.
         self._control.execute("SELECT count(*) FROM sqlite_schema").fetchall()

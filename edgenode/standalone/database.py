@@ -45,19 +45,22 @@ class LocalDatabase(Database):
         sql_dir: Path | None = None,
         max_rows: int = 10_000,
         timeout_ms: int = 5_000,
+        encryption_key: Any = None,
     ) -> None:
         super().__init__()
         self.data_dir = data_dir
         self.path = data_dir / DB_FILE
         self.profile = profile
+        self.encryption_key = encryption_key
         self.migrate = migrate
         self.sql_dir = sql_dir
         self.max_rows = max_rows
         self.timeout_ms = timeout_ms
         self.migration_report: MigrationReport | None = None
-        self._writer = ProcessOwner("edgenode-writer", engine.open_local, str(self.path), profile, False)
+        key = encryption_key
+        self._writer = ProcessOwner("edgenode-writer", engine.open_local, str(self.path), profile, False, key)
         self._readers = [
-            ProcessOwner(f"edgenode-reader-{i}", engine.open_local, str(self.path), profile, True)
+            ProcessOwner(f"edgenode-reader-{i}", engine.open_local, str(self.path), profile, True, key)
             for i in range(readers)
         ]
         self._idle: asyncio.Queue[ProcessOwner] = asyncio.Queue()

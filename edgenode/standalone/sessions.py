@@ -99,7 +99,9 @@ class ReaderPool:
     def __init__(self, db: LocalDatabase, size: int, bridge: LoopBridge) -> None:
         self.bridge = bridge
         self.owners = [
-            _BlockingOwner(f"edgenode-hrana-reader-{i}", engine.open_local, str(db.path), db.profile, True)
+            _BlockingOwner(
+                f"edgenode-hrana-reader-{i}", engine.open_local, str(db.path), db.profile, True, db.encryption_key
+            )
             for i in range(size)
         ]
         self._idle: queue.Queue[_BlockingOwner] = queue.Queue()

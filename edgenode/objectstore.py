@@ -1,0 +1,166 @@
+"""Where archives live: a directory or an S3-compatible bucket, behind one small interface.
+
+Both targets make an object visible only whole: a directory target writes a hidden temp file,
+fsyncs it and renames it into place (then fsyncs the directory); an S3 target uploads each object
+with one complete PUT. So a writer killed at any moment leaves either the previous set of objects or
+that set plus whole new ones; a reader (restore) never sees half an object. Leftover temp files of a
+killed directory writer are removed by the next writer (`DirTarget.clean`).
+
+Keys are '/'-separated relative paths; listing returns them sorted.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from pathlib import Path
+from typing import Protocol
+
+from edgenode.durable import fsync_dir
+
+_TMP_PREFIX = ".tmp-"
+
+
+class ObjectStoreError(Exception):
+    """A target cannot be used as given; the message says what to fix."""
+
+
+class Target(Protocol):
+    url: str
+
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def put_file(self, key: str, path: Path, sha256: str | None = None) -> None: ...
+    def get_bytes(self, key: str) -> bytes: ...
+    def get_to_file(self, key: str, dest: Path) -> int: ...
+    def list(self, prefix: str) -> list[tuple[str, int]]: ...
+    def delete(self, key: str) -> None: ...
+    def clean(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class DirTarget:
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.url = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise ObjectStoreError(f"bad archive key {key!r}")
+        return self.root / key
+
+    def _publish(self, key: str, write: object) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f"{_TMP_PREFIX}{dest.name}.{os.getpid()}")
+        try:
+            with open(tmp, "wb") as out:
+                write(out)  # type: ignore[operator]
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(dest.parent)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._publish(key, lambda out: out.write(data))
+
+    def put_file(self, key: str, path: Path, sha256: str | None = None) -> None:
+        def copy(out: object) -> None:
+            with open(path, "rb") as f:
+                while chunk := f.read(4 << 20):
+                    out.write(chunk)  # type: ignore[attr-defined]
+
+        self._publish(key, copy)
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def get_to_file(self, key: str, dest: Path) -> int:
+        written = 0
+        with open(self._path(key), "rb") as f, open(dest, "wb") as out:
+            while chunk := f.read(4 << 20):
+                out.write(chunk)
+                written += len(chunk)
+        return written
+
+    def list(self, prefix: str) -> list[tuple[str, int]]:
+        base = self._path(prefix.rstrip("/")) if prefix.rstrip("/") else self.root
+        start = base if base.is_dir() else base.parent
+        if not start.is_dir():
+            return []
+        out = []
+        for dirpath, _, files in os.walk(start):
+            for name in files:
+                if name.startswith(_TMP_PREFIX):
+                    continue
+                full = Path(dirpath) / name
+                key = full.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    out.append((key, full.stat().st_size))
+        return sorted(out)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def clean(self) -> None:
+        """Remove temp files a killed writer left (they were never visible as objects)."""
+        if not self.root.is_dir():
+            return
+        for dirpath, _, files in os.walk(self.root):
+            for name in files:
+                if name.startswith(_TMP_PREFIX):
+                    (Path(dirpath) / name).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        pass
+
+
+class S3Target:
+    def __init__(self, url: str, endpoint: str | None, region: str) -> None:
+        from edgenode.s3 import S3Client, S3Error
+
+        parts = urllib.parse.urlsplit(url)
+        if not parts.netloc:
+            raise ObjectStoreError(f"{url}: an S3 archive URL is s3://BUCKET[/PREFIX]")
+        self.url = url
+        self.prefix = parts.path.strip("/") + "/" if parts.path.strip("/") else ""
+        try:
+            self.client = S3Client(parts.netloc, endpoint=endpoint, region=region)
+        except S3Error as exc:
+            raise ObjectStoreError(str(exc)) from exc
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self.client.put_bytes(self.prefix + key, data)
+
+    def put_file(self, key: str, path: Path, sha256: str | None = None) -> None:
+        self.client.put_file(self.prefix + key, path, sha256)
+
+    def get_bytes(self, key: str) -> bytes:
+        return self.client.get_bytes(self.prefix + key)
+
+    def get_to_file(self, key: str, dest: Path) -> int:
+        return self.client.get_to_file(self.prefix + key, dest)
+
+    def list(self, prefix: str) -> list[tuple[str, int]]:
+        n = len(self.prefix)
+        return [(key[n:], size) for key, size in self.client.list(self.prefix + prefix)]
+
+    def delete(self, key: str) -> None:
+        self.client.delete(self.prefix + key)
+
+    def clean(self) -> None:
+        pass  # S3 never shows an incomplete PUT
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def open_target(url: str, *, endpoint: str | None = None, region: str = "us-east-1") -> Target:
+    """`s3://bucket/prefix` (with `endpoint` for a non-AWS server) or a directory path."""
+    if url.startswith("s3://"):
+        return S3Target(url, endpoint, region)
+    if "://" in url:
+        raise ObjectStoreError(f"{url}: an archive is a directory path or an s3://BUCKET/PREFIX URL")
+    return DirTarget(Path(url))
