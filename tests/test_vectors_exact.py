@@ -1,0 +1,32 @@
+"""Sidecar (edgenode.vectors.exact): what it keeps between searches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgenode.api.errors import ApiError
+from edgenode.vectors.exact import Sidecar
+from edgenode.vectors.models import CollectionSpec
+
+
+def test_a_filter_is_checked_once_per_text_and_typed_parameters(tmp_path: Path) -> None:
+    spec = CollectionSpec(table="items", column="emb", dim=4, metric="cosine", filter_columns=["cat"])
+    sidecar = Sidecar(tmp_path / "sidecar.sqlite", spec, "uid")
+    try:
+        one = np.ones(4, dtype="<f4").tobytes()
+        sidecar.apply([(1, one, [1]), (2, one, [2])], [], 1)
+        first = sidecar.compile_filter("cat = ?", [1])
+        assert sidecar.compile_filter("cat = ?", [1]) is first
+        # 1.0 equals 1 in Python but binds as REAL: it gets its own compiled filter with its own type.
+        as_float = sidecar.compile_filter("cat = ?", [1.0])
+        assert as_float is not first and type(as_float.params[0]) is float
+        # Refusals are not kept: the same bad filter is refused every time.
+        for _ in range(2):
+            with pytest.raises(ApiError, match="filter columns"):
+                sidecar.compile_filter("price > ?", [1])
+        assert sidecar.matching_rowids(first, 10) == [1]
+    finally:
+        sidecar.close()
