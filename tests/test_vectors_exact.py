@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgenode.api.errors import ApiError
-from edgenode.vectors.exact import Sidecar
+from edgenode.vectors.exact import MMAP_BYTES, Sidecar
 from edgenode.vectors.models import CollectionSpec
 
 
@@ -28,5 +28,18 @@ def test_a_filter_is_checked_once_per_text_and_typed_parameters(tmp_path: Path) 
             with pytest.raises(ApiError, match="filter columns"):
                 sidecar.compile_filter("price > ?", [1])
         assert sidecar.matching_rowids(first, 10) == [1]
+    finally:
+        sidecar.close()
+
+
+def test_every_connection_gets_every_pragma(tmp_path: Path) -> None:
+    # A multi-statement string would stop after journal_mode's answer row: each setting must hold.
+    spec = CollectionSpec(table="items", column="emb", dim=4, metric="cosine")
+    sidecar = Sidecar(tmp_path / "sidecar.sqlite", spec, "uid")
+    try:
+        for conn in (sidecar.writer, sidecar._reader()):
+            assert conn.execute("PRAGMA journal_mode").fetchall() == [("wal",)]
+            assert conn.execute("PRAGMA synchronous").fetchall() == [(1,)]  # NORMAL
+            assert conn.execute("PRAGMA mmap_size").fetchall() == [(MMAP_BYTES,)]
     finally:
         sidecar.close()
