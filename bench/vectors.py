@@ -54,7 +54,11 @@ if str(ROOT) not in sys.path:
 
 from bench.common import DEFAULT_OUT, free_port, machine, percentile, save, table  # noqa: E402
 
-REAL = ROOT.parent / "shared" / "data" / "minilm-pypi"
+# The project root's ../shared; a git worktree one level deeper (worktrees/<name>) finds it one up.
+REAL = next(
+    (p / "shared" / "data" / "minilm-pypi" for p in (ROOT.parent, ROOT.parent.parent) if (p / "shared").exists()),
+    ROOT.parent / "shared" / "data" / "minilm-pypi",
+)
 K = 10
 M, EF_CONSTRUCTION = 16, 200
 EFS = [16, 32, 64, 128, 256]
