@@ -43,3 +43,20 @@ def test_every_connection_gets_every_pragma(tmp_path: Path) -> None:
             assert conn.execute("PRAGMA mmap_size").fetchall() == [(MMAP_BYTES,)]
     finally:
         sidecar.close()
+
+
+def test_a_filter_that_gives_a_non_boolean_past_the_sampled_rows_is_refused_where_it_runs(tmp_path: Path) -> None:
+    spec = CollectionSpec(table="items", column="emb", dim=4, metric="cosine", filter_columns=["cat"])
+    sidecar = Sidecar(tmp_path / "sidecar.sqlite", spec, "uid")
+    try:
+        one = np.ones(4, dtype="<f4").tobytes()
+        # compile_filter samples 16 rows: all 0 or 1 here; row 40 gives 5.
+        sidecar.apply([(i, one, [5 if i == 40 else i % 2]) for i in range(1, 50)], [], 1)
+        compiled = sidecar.compile_filter("cat", [])
+        assert sidecar.matching([1, 2, 3], compiled) == {1, 3}
+        with pytest.raises(ApiError, match="boolean expression, but it gave 5"):
+            sidecar.matching_rowids(compiled, 100)
+        with pytest.raises(ApiError, match="boolean expression, but it gave 5"):
+            sidecar.matching([39, 40], compiled)
+    finally:
+        sidecar.close()

@@ -53,10 +53,14 @@ class _NotBoolean(Exception):
     pass
 
 
+def _as_bool_message(value: Any) -> str:
+    return f"the filter must be a boolean expression, but it gave {value!r} for a row"
+
+
 def _as_bool(value: Any) -> Any:
     if value is None or (type(value) is int and value in (0, 1)):
         return value
-    raise _NotBoolean(f"the filter must be a boolean expression, but it gave {value!r} for a row")
+    raise _NotBoolean(_as_bool_message(value))
 
 
 @dataclass(frozen=True)
@@ -285,21 +289,29 @@ class Sidecar:
         except _NotBoolean as exc:
             raise ApiError(400, "invalid_filter", str(exc)) from exc
 
+    def _accepted(self, sql: str, params: tuple[Any, ...]) -> list[int]:
+        """Rowids of `SELECT rowid, (<filter>) FROM filt WHERE (<filter>) ...`: the rows the filter
+        accepts, each checked to have given 1 exactly (what _edgenode_bool checks inside SQLite, here
+        without a Python call per row: a sixth of a 1% filter scan)."""
+        rows = self._run(self._reader(), sql, params)
+        for _, value in rows:
+            if type(value) is not int or value != 1:
+                raise ApiError(400, "invalid_filter", _as_bool_message(value))
+        return [r[0] for r in rows]
+
     def matching(self, rowids: list[int], flt: CompiledFilter) -> set[int]:
         """The subset of `rowids` the filter accepts (post-filtering ANN candidates)."""
         if not rowids:
             return set()
         ids = ",".join(str(int(r)) for r in rowids)
-        where, params = self._where(flt)
-        rows = self._run(self._reader(), f"SELECT rowid FROM filt WHERE rowid IN ({ids}) AND {where}", params)
-        return {r[0] for r in rows}
+        expr = f"({flt.sql}\n)"
+        sql = f"SELECT rowid, {expr} FROM filt WHERE rowid IN ({ids}) AND {expr}"
+        return set(self._accepted(sql, flt.params * 2))
 
     def matching_rowids(self, flt: CompiledFilter, limit: int) -> list[int]:
         """Rowids the filter accepts, no more than `limit` (a bounded scan: short when the filter is broad)."""
-        where, params = self._where(flt)
-        return [
-            r[0] for r in self._run(self._reader(), f"SELECT rowid FROM filt WHERE {where} LIMIT ?", (*params, limit))
-        ]
+        expr = f"({flt.sql}\n)"
+        return self._accepted(f"SELECT rowid, {expr} FROM filt WHERE {expr} LIMIT ?", (*flt.params * 2, limit))
 
     def search_rowids(self, query: np.ndarray, k: int, rowids: list[int]) -> tuple[list[int], list[float], int]:
         """Exact top-k among the given rowids (those a filter accepted)."""
