@@ -163,7 +163,11 @@ def _load_process(url: str, bodies: list[bytes], clients: int, seconds: float, q
     queue.put(asyncio.run(run_load(url, TEXT_PATH, body, clients, seconds)))
 
 
-def _sequential(client: Any, path: str, bodies: list[dict[str, Any]]) -> tuple[list[list[int]], list[float]]:
+def _sequential(
+    client: Any, path: str, bodies: list[dict[str, Any]], server: list[float] | None = None
+) -> tuple[list[list[int]], list[float]]:
+    """Each body in turn: hits and client latencies; `server` collects the node's own `elapsed_ms`
+    (route handler to result, before encoding), in seconds."""
     found, lat = [], []
     for body in bodies:
         t = time.perf_counter()
@@ -171,7 +175,10 @@ def _sequential(client: Any, path: str, bodies: list[dict[str, Any]]) -> tuple[l
         lat.append(time.perf_counter() - t)
         if r.status_code != 200:
             raise RuntimeError(f"{path}: {r.status_code} {r.text[:200]}")
-        found.append([h["rowid"] for h in r.json()["results"]])
+        answer = r.json()
+        found.append([h["rowid"] for h in answer["results"]])
+        if server is not None:
+            server.append(answer["elapsed_ms"] / 1000)
     return found, lat
 
 
@@ -185,7 +192,7 @@ def bench_http(ds: dict[str, Any], data: Path, seconds: float, quick: bool) -> d
 
     n = len(ds["texts"])
     node = NodeProcess(["serve", "--data-dir", str(data), "--no-migrate", "--log-level", "warning"], data / "node.log")
-    out: dict[str, list[dict[str, Any]]] = {"http": [], "build": [], "hybrid": []}
+    out: dict[str, list[dict[str, Any]]] = {"http": [], "build": [], "hybrid": [], "profile": []}
     try:
         node.wait_ready()
         with httpx.Client(base_url=node.url, timeout=60) as client:
@@ -221,8 +228,18 @@ def bench_http(ds: dict[str, Any], data: Path, seconds: float, quick: bool) -> d
             lat_sets: dict[str, list[float]] = {}
             for label, texts in query_sets(ds).items():
                 bodies = [{"q": q, "k": K, "syntax": "any"} for q in texts]
-                found_sets[label], lat = _sequential(client, TEXT_PATH, bodies)
+                server: list[float] = []
+                found_sets[label], lat = _sequential(client, TEXT_PATH, bodies, server)
                 lat_sets[label] = lat
+                out["profile"] += [
+                    _stage(label, "HTTP round trip (client)", lat),
+                    _stage(label, "in the node: search (elapsed_ms: checks, thread hop, FTS5, snippets)", server),
+                    _stage(
+                        label,
+                        "HTTP, routing, body decode, response encode (round trip - elapsed_ms)",
+                        [a - b for a, b in zip(lat, server, strict=True)],
+                    ),
+                ]
                 out["http"].append(
                     {
                         "method": f"edgenode text search ({label}), HTTP 1 client in sequence",
@@ -308,9 +325,11 @@ def bench_http(ds: dict[str, Any], data: Path, seconds: float, quick: bool) -> d
 # in-process -------------------------------------------------------------------------------------
 def bench_inprocess(
     ds: dict[str, Any], tmp: Path, nq_repeat: int
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[list[int]], list[list[int]]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], list[list[int]], list[list[int]]]:
+    import msgspec
+
     from edgenode.text.index import TextIndex
-    from edgenode.text.models import TextSpec
+    from edgenode.text.models import Hit, SearchResult, TextSpec
     from edgenode.text.query import check
 
     texts, n = ds["texts"], len(ds["texts"])
@@ -332,20 +351,48 @@ def bench_inprocess(
     )
     sets = query_sets(ds)
     ours: list[list[int]] = []
+    profile: list[dict[str, Any]] = []
+    encoder = msgspec.json.Encoder()
     for label, qtexts in sets.items():
-        matches = [check(q, "any") for q in qtexts]
         lat = []
+        stages: dict[str, list[float]] = {"parse": [], "rank": [], "snippets": [], "encode": []}
         for _ in range(nq_repeat):
             found = []
-            for q, m in zip(qtexts, matches, strict=True):
+            for q in qtexts:
                 s = time.perf_counter()
+                m = check(q, "any")
+                s1 = time.perf_counter()
                 ranked = index.rank(m, K, 0, [1.0], None, q)
-                index.snippets(m, [r for r, _ in ranked], 16, q)
-                lat.append(time.perf_counter() - s)
+                s2 = time.perf_counter()
+                snippets = index.snippets(m, [r for r, _ in ranked], 16, q)
+                s3 = time.perf_counter()
+                hits = [Hit(rowid, score, snippets.get(rowid)) for rowid, score in ranked]
+                encoder.encode(SearchResult(results=hits, mode="text", elapsed_ms=0.0))
+                s4 = time.perf_counter()
+                lat.append(s3 - s1)
+                for stage, took in zip(stages, (s1 - s, s2 - s1, s3 - s2, s4 - s3), strict=True):
+                    stages[stage].append(took)
                 found.append([r for r, _ in ranked])
         if label == "summaries":
             ours = found
         rows.append(_row(f"edgenode FTS5 search ({label}, with snippets), in-process", n, lat))
+        profile += [
+            _stage(label, "query check (edgenode.text.query)", stages["parse"]),
+            _stage(label, "FTS5 BM25 ranking, top 10 (TextIndex.rank)", stages["rank"]),
+            _stage(label, "FTS5 snippets of the 10 hits (TextIndex.snippets)", stages["snippets"]),
+            _stage(label, "hits and JSON encoding (msgspec)", stages["encode"]),
+        ]
+        # What the ranking costs is scoring: counting the same matches, without BM25, is the floor.
+        conn = index._reader()
+        matches = [check(q, "any") for q in qtexts]
+        counted, took = [], []
+        for m in matches:
+            s = time.perf_counter()
+            counted.append(conn.execute("SELECT count(*) FROM fts WHERE fts MATCH ?", (m,)).fetchone()[0])
+            took.append(time.perf_counter() - s)
+        profile.append(_stage(label, "FTS5 matching alone, no BM25 (count(*) of the MATCH)", took))
+        profile[-1]["matches_p50"] = int(np.median(counted))
+        profile[-1]["matches_mean"] = round(float(np.mean(counted)))
     index.close()
 
     theirs: list[list[int]] = []
@@ -353,7 +400,7 @@ def bench_inprocess(
         import tantivy
     except ImportError:
         rows.append({"method": "tantivy", "n": n, "error": "tantivy is not installed (pip install -e '.[bench]')"})
-        return builds, rows, ours, theirs
+        return builds, rows, profile, ours, theirs
     builder = tantivy.SchemaBuilder()
     builder.add_integer_field("id", stored=True, indexed=True)
     builder.add_text_field("body", stored=True)
@@ -398,7 +445,16 @@ def bench_inprocess(
                 theirs = found
             what = "with snippets" if with_snippets else "ids only"
             rows.append(_row(f"tantivy search ({label}, {what}), in-process", n, lat))
-    return builds, rows, ours, theirs
+    return builds, rows, profile, ours, theirs
+
+
+def _stage(queries: str, stage: str, lat: list[float]) -> dict[str, Any]:
+    return {
+        "queries": queries,
+        "stage": stage,
+        "p50_ms": round(percentile(lat, 50) * 1000, 3),
+        "mean_ms": round(float(np.mean(lat)) * 1000, 3),
+    }
 
 
 def _row(method: str, n: int, lat: list[float]) -> dict[str, Any]:
@@ -446,7 +502,7 @@ def run(quick: bool = False, out: Path = DEFAULT_OUT) -> dict[str, Any]:
         data.mkdir()
         write_db(data / DB_FILE, ds["texts"], ds["base"])
         http = bench_http(ds, data, seconds, quick)
-        builds, inproc, ours, theirs = bench_inprocess(ds, tmp, 1 if quick else 3)
+        builds, inproc, profile, ours, theirs = bench_inprocess(ds, tmp, 1 if quick else 3)
     found_text = http.pop("found_text")
     agreement = (
         float(np.mean([len(set(a) & set(b)) / max(1, len(b)) for a, b in zip(ours, theirs, strict=True) if b]))
@@ -461,6 +517,8 @@ def run(quick: bool = False, out: Path = DEFAULT_OUT) -> dict[str, Any]:
     print(table(search_rows, ["method", "n", "qps", "p50_ms", "p99_ms"]))
     print(table(builds, ["method", "n", "seconds", "docs_per_s"]))
     print(table(http["hybrid"], ["method", "overlap_with_exact_vector_top10", "p50_ms", "p99_ms"]))
+    profile = http["profile"] + profile
+    print(table(profile, ["queries", "stage", "p50_ms", "mean_ms", "matches_p50"]))
     print(f"agreement@10 edgenode/tantivy: {agreement}")
     summary = [
         {
@@ -510,6 +568,9 @@ def run(quick: bool = False, out: Path = DEFAULT_OUT) -> dict[str, Any]:
         "search": search_rows,
         "build": builds,
         "hybrid": http["hybrid"],
+        # Where a text search's time goes: over HTTP (client vs the node's elapsed_ms) and stage by
+        # stage in-process (one query at a time, same queries).
+        "profile": profile,
         "agreement_at_10": agreement,
         "text_vector_alignment": aligned,
         "sample_text_hits": found_text[:3],

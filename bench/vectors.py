@@ -54,7 +54,11 @@ if str(ROOT) not in sys.path:
 
 from bench.common import DEFAULT_OUT, free_port, machine, percentile, save, table  # noqa: E402
 
-REAL = ROOT.parent / "shared" / "data" / "minilm-pypi"
+# The project root's ../shared; a git worktree one level deeper (worktrees/<name>) finds it one up.
+REAL = next(
+    (p / "shared" / "data" / "minilm-pypi" for p in (ROOT.parent, ROOT.parent.parent) if (p / "shared").exists()),
+    ROOT.parent / "shared" / "data" / "minilm-pypi",
+)
 K = 10
 M, EF_CONSTRUCTION = 16, 200
 EFS = [16, 32, 64, 128, 256]
@@ -180,7 +184,20 @@ def write_libsql(path: Path, base: np.ndarray) -> None:
     conn.close()
 
 
-async def _edgenode(ds: dict[str, Any], data: Path, quick: bool = False) -> list[dict[str, Any]]:
+def _stage(ds: dict[str, Any], path: str, stage: str, lat: list[float]) -> dict[str, Any]:
+    return {
+        "dataset": ds["name"],
+        "n": len(ds["base"]),
+        "path": path,
+        "stage": stage,
+        "p50_ms": round(percentile(lat, 50) * 1000, 3),
+        "mean_ms": round(float(np.mean(lat)) * 1000, 3),
+    }
+
+
+async def _edgenode(
+    ds: dict[str, Any], data: Path, quick: bool = False, profile: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     import hnswlib
 
     from edgenode.pragmas import select_profile
@@ -279,6 +296,27 @@ async def _edgenode(ds: dict[str, Any], data: Path, quick: bool = False) -> list
             note="mode " + "/".join(sorted(modes)),
         )
     )
+    if profile is not None:
+        # The filtered search stage by stage, as the planner runs it (edgenode.vectors.planner._ann).
+        assert c.sidecar is not None
+        stages: dict[str, list[float]] = {"compile": [], "match": [], "exact": []}
+        for q in queries:
+            t0 = time.perf_counter()
+            compiled = c.sidecar.compile_filter(flt.sql, flt.params)
+            t1 = time.perf_counter()
+            matches = c.sidecar.matching_rowids(compiled, 4097)
+            t2 = time.perf_counter()
+            c.sidecar.search_rowids(q, K, matches)
+            t3 = time.perf_counter()
+            for stage, took in zip(stages, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+                stages[stage].append(took)
+        path = "filtered 1%, in-process (VectorManager.search)"
+        profile += [
+            _stage(ds, path, "whole search", lat),
+            _stage(ds, path, "filter check (Sidecar.compile_filter, cached after the first)", stages["compile"]),
+            _stage(ds, path, f"rowids the filter accepts ({len(matches)}; Sidecar.matching_rowids)", stages["match"]),
+            _stage(ds, path, "exact top 10 over them (sqlite-vec; Sidecar.search_rowids)", stages["exact"]),
+        ]
     await manager.stop()
     await db.stop()
     return rows
@@ -301,7 +339,9 @@ def _load_process(url: str, queries_path: str, clients: int, seconds: float, que
     queue.put(asyncio.run(run_load(url, "/api/v1/collections/items/search", body, clients, seconds, check=ok)))
 
 
-def bench_http(ds: dict[str, Any], data: Path, seconds: float) -> list[dict[str, Any]]:
+def bench_http(
+    ds: dict[str, Any], data: Path, seconds: float, profile: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     import httpx
 
     port = free_port()
@@ -327,13 +367,26 @@ def bench_http(ds: dict[str, Any], data: Path, seconds: float) -> list[dict[str,
             raise RuntimeError("the node did not answer within 120 s")
         info = httpx.get(url + "/api/v1/collections/items").json()
         with httpx.Client(base_url=url) as client:
-            found, lat = [], []
+            found, lat, server = [], [], []
             for q in ds["queries"]:
                 t = time.perf_counter()
                 body = client.post("/api/v1/collections/items/search", json={"vector": q.tolist(), "k": K}).json()
                 lat.append(time.perf_counter() - t)
                 found.append([h["rowid"] for h in body["results"]])
+                server.append(body["elapsed_ms"] / 1000)
         rec = recall(found, ds["gt"])
+        if profile is not None:
+            path = "unfiltered, HTTP 1 client (httpx, in sequence)"
+            profile += [
+                _stage(ds, path, "HTTP round trip (client)", lat),
+                _stage(ds, path, "in the node: search (elapsed_ms: checks, HNSW, result objects)", server),
+                _stage(
+                    ds,
+                    path,
+                    "HTTP, routing, body decode, response encode (round trip - elapsed_ms)",
+                    [a - b for a, b in zip(lat, server, strict=True)],
+                ),
+            ]
         qpath = data / "queries.npy"
         np.save(qpath, ds["queries"])
         for clients in (1, 4):
@@ -451,6 +504,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def run(quick: bool = False, out: Path = DEFAULT_OUT, http: bool = True, diskann: bool = True) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
+    profile: list[dict[str, Any]] = []
     slow_nq = 20 if quick else 50
     diskann_n = 2_000 if quick else 20_000
     seconds = 3.0 if quick else 10.0
@@ -477,9 +531,9 @@ def run(quick: bool = False, out: Path = DEFAULT_OUT, http: bool = True, diskann
             write_libsql(data / DB_FILE, ds["base"])
             attempt("numpy exact", ds, bench_numpy, ds, 100)
             attempt("hnswlib raw (build)", ds, build_hnswlib, ds)
-            attempt("edgenode", ds, lambda ds, data: asyncio.run(_edgenode(ds, data, quick)), ds, data)
+            attempt("edgenode", ds, lambda ds, data: asyncio.run(_edgenode(ds, data, quick, profile)), ds, data)
             if http:
-                attempt("edgenode HTTP", ds, bench_http, ds, data, seconds)
+                attempt("edgenode HTTP", ds, bench_http, ds, data, seconds, profile)
             attempt("sqlite-vec", ds, bench_sqlite_vec, ds, slow_nq)
             attempt("libSQL exact", ds, bench_libsql_exact, ds, data / DB_FILE, slow_nq)
             if diskann:
@@ -488,6 +542,7 @@ def run(quick: bool = False, out: Path = DEFAULT_OUT, http: bool = True, diskann
     plot(good, out / "vectors.png")
     cols = ["dataset", "method", "n", "ef", "recall", "qps", "p50_ms", "p99_ms", "build_s"]
     print(table(good, cols))
+    print(table(profile, ["dataset", "path", "stage", "p50_ms", "mean_ms"]))
     return {
         "machine": machine(),
         "command": "python -m bench vectors" + (" --quick" if quick else ""),
@@ -504,6 +559,8 @@ def run(quick: bool = False, out: Path = DEFAULT_OUT, http: bool = True, diskann
         "quick": quick,
         "summary": summary(good),
         "rows": rows,
+        # Where a search's time goes, stage by stage (filtered in-process; unfiltered over HTTP).
+        "profile": profile,
         "plot": str(out / "vectors.png"),
         # Any method that failed leaves a comparison unmade: the suite fails the run on these.
         "peers_missing": [f"{r['method']} ({r['dataset']}): {r['error']}" for r in rows if "error" in r],

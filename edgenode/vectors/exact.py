@@ -38,16 +38,29 @@ SAFE_FUNCTIONS = frozenset(
 )
 _OK_ACTIONS = {apsw.SQLITE_SELECT, apsw.SQLITE_READ, apsw.SQLITE_FUNCTION}
 _DIST_SQL = {"cosine": "vec_distance_cosine(v.embedding, ?)", "l2": "vec_distance_l2(v.embedding, ?)"}
+# Reads through a memory map instead of a 4 KiB read() per page missed in SQLite's 2 MiB page cache:
+# a vector row is 1.5 KiB (384 dims), so the exact top 10 over 500 filtered rows touches ~250 leaf
+# pages scattered over the file; mapped, their lookups cost less than half as much (1.7 -> 0.75 ms
+# on a loaded 2-core machine). The map is address space over the OS page cache, not memory per
+# connection.
+MMAP_BYTES = 1 << 30
+# Compiled filters kept per sidecar, by text and parameters (checking one prepares it twice under
+# an authorizer and samples rows: ~0.4 ms, a tenth of a filtered search).
+FILTER_CACHE = 256
 
 
 class _NotBoolean(Exception):
     pass
 
 
+def _as_bool_message(value: Any) -> str:
+    return f"the filter must be a boolean expression, but it gave {value!r} for a row"
+
+
 def _as_bool(value: Any) -> Any:
     if value is None or (type(value) is int and value in (0, 1)):
         return value
-    raise _NotBoolean(f"the filter must be a boolean expression, but it gave {value!r} for a row")
+    raise _NotBoolean(_as_bool_message(value))
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,7 @@ class Sidecar:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._conns: list[apsw.Connection] = []
+        self._filters: dict[tuple[Any, ...], CompiledFilter] = {}
         self.writer = self._connect()
         self._ensure_schema()
 
@@ -81,7 +95,10 @@ class Sidecar:
         conn.enable_load_extension(False)
         conn.create_scalar_function("_edgenode_bool", _as_bool, 1, deterministic=True)
         conn.set_busy_timeout(5000)
-        conn.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL")
+        # One statement per call: apsw runs the statements of a string as its cursor is iterated,
+        # so the ones after a PRAGMA that answers a row (journal_mode does) would never run.
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", f"mmap_size={MMAP_BYTES}"):
+            conn.execute(f"PRAGMA {pragma}").fetchall()
         with self._lock:
             self._conns.append(conn)
         return conn
@@ -180,6 +197,19 @@ class Sidecar:
 
     # filters -----------------------------------------------------------------------------------
     def compile_filter(self, sql: str, params: list[Any]) -> CompiledFilter:
+        """The checked filter; one that passed before is not checked again (the columns it may read
+        are this sidecar's, fixed for its life). Keys carry each parameter's type: 1, 1.0 and True
+        are equal in Python but bind differently."""
+        key = (sql, *((type(p), p) for p in params))
+        compiled = self._filters.get(key)
+        if compiled is None:
+            compiled = self._compile_filter(sql, params)
+            if len(self._filters) >= FILTER_CACHE:
+                self._filters.clear()
+            self._filters[key] = compiled
+        return compiled
+
+    def _compile_filter(self, sql: str, params: list[Any]) -> CompiledFilter:
         if not sql.strip():
             raise ApiError(400, "invalid_filter", "filter.sql is empty")
         if "\x00" in sql:
@@ -259,21 +289,29 @@ class Sidecar:
         except _NotBoolean as exc:
             raise ApiError(400, "invalid_filter", str(exc)) from exc
 
+    def _accepted(self, sql: str, params: tuple[Any, ...]) -> list[int]:
+        """Rowids of `SELECT rowid, (<filter>) FROM filt WHERE (<filter>) ...`: the rows the filter
+        accepts, each checked to have given 1 exactly (what _edgenode_bool checks inside SQLite, here
+        without a Python call per row: a sixth of a 1% filter scan)."""
+        rows = self._run(self._reader(), sql, params)
+        for _, value in rows:
+            if type(value) is not int or value != 1:
+                raise ApiError(400, "invalid_filter", _as_bool_message(value))
+        return [r[0] for r in rows]
+
     def matching(self, rowids: list[int], flt: CompiledFilter) -> set[int]:
         """The subset of `rowids` the filter accepts (post-filtering ANN candidates)."""
         if not rowids:
             return set()
         ids = ",".join(str(int(r)) for r in rowids)
-        where, params = self._where(flt)
-        rows = self._run(self._reader(), f"SELECT rowid FROM filt WHERE rowid IN ({ids}) AND {where}", params)
-        return {r[0] for r in rows}
+        expr = f"({flt.sql}\n)"
+        sql = f"SELECT rowid, {expr} FROM filt WHERE rowid IN ({ids}) AND {expr}"
+        return set(self._accepted(sql, flt.params * 2))
 
     def matching_rowids(self, flt: CompiledFilter, limit: int) -> list[int]:
         """Rowids the filter accepts, no more than `limit` (a bounded scan: short when the filter is broad)."""
-        where, params = self._where(flt)
-        return [
-            r[0] for r in self._run(self._reader(), f"SELECT rowid FROM filt WHERE {where} LIMIT ?", (*params, limit))
-        ]
+        expr = f"({flt.sql}\n)"
+        return self._accepted(f"SELECT rowid, {expr} FROM filt WHERE {expr} LIMIT ?", (*flt.params * 2, limit))
 
     def search_rowids(self, query: np.ndarray, k: int, rowids: list[int]) -> tuple[list[int], list[float], int]:
         """Exact top-k among the given rowids (those a filter accepted)."""
