@@ -26,7 +26,7 @@ from edgenode.hrana.client import BatchStepError, ClientStream, HranaClient, Hra
 from edgenode.replica.files import Position
 from edgenode.replica.metrics import ReplicaMetrics
 from edgenode.replica.scheduler import Scheduler, SyncFailed
-from edgenode.results import NO_POSITION, ExecResult, WritePosition, WriteResult
+from edgenode.results import NO_POSITION, ExecResult, WritePosition, WriteResult, position_of_index
 from edgenode.statements import Prepared
 
 if TYPE_CHECKING:
@@ -118,18 +118,31 @@ class Forwarder:
 
     # -- read-your-writes (event loop) -----------------------------------------------------------
 
-    async def settle(self) -> WritePosition:
-        """Wait for a sync that starts after the primary acknowledged the write, then say where it is.
+    async def settle(self, commit: WritePosition | None = None) -> WritePosition:
+        """Wait until this replica holds the write, then say where it is.
 
+        `commit` is the write's commit position as the primary reported it (its Hrana
+        `replication_index`): the wait ends as soon as a sync reaches it, a sync already past it
+        answers at once, and waiting writes share the syncs. Without one (a primary that reports no
+        position, or an Idempotency-Key replay), wait for a sync that starts after now instead.
         If that sync fails in time the write is still committed: the position is unknown (None)."""
         try:
-            await self.scheduler.sync_after()
+            if commit is None:
+                await self.scheduler.sync_after()
+            else:
+                await self.scheduler.sync_until(lambda: self._holds(commit))
         except SyncFailed as exc:
             self.metrics.ryw_timeouts.inc()
             log.warning("write committed on the primary but not yet visible on this node: %s", exc)
             return NO_POSITION
+        if commit is not None:
+            return commit
         current = self._current()
         return WritePosition(current.generation, current.frame) if current is not None else NO_POSITION
+
+    def _holds(self, commit: WritePosition) -> bool:
+        current = self._current()
+        return current is not None and (current.generation, current.frame) >= (commit.generation, commit.frame)
 
     async def write(
         self, statements: list[tuple[str, list[Any]]], prepared: Prepared, keyed: KeyedWrite | None = None
@@ -138,25 +151,27 @@ class Forwarder:
         request, edgenode.idempotency), then visible here before this returns."""
         with self._writing():
             try:
-                results, replayed = await asyncio.to_thread(self._write_batch, statements, prepared, keyed)
+                results, replayed, commit = await asyncio.to_thread(self._write_batch, statements, prepared, keyed)
             except BaseException as exc:
                 refused = isinstance(exc, DatabaseError) and exc.status < 500  # by the primary or the key's record
                 self._outcome("rejected" if refused else "unavailable")
                 raise
             # A replay committed nothing now; read-your-writes still holds for the write it stands for.
             self._outcome("replayed" if replayed else "committed")
-            return WriteResult(results, await self.settle(), replayed)
+            return WriteResult(results, await self.settle(commit), replayed)
 
     # -- blocking calls to the primary (worker threads) ------------------------------------------
 
     def _write_batch(
         self, statements: list[tuple[str, list[Any]]], prepared: Prepared, keyed: KeyedWrite | None
-    ) -> tuple[list[ExecResult], bool]:
+    ) -> tuple[list[ExecResult], bool, WritePosition | None]:
         """ONE atomic pipeline request (BEGIN; each statement if the previous succeeded; COMMIT; ROLLBACK)."""
         replayed = False
+        commit: WritePosition | None = None
         try:
             if keyed is None:
-                results = self.client.execute_batch_atomic(statements)
+                results, index = self.client.commit_batch(statements)
+                commit = position_of_index(index)
             else:
                 from edgenode.idempotency import run_keyed_hrana
 
@@ -167,26 +182,31 @@ class Forwarder:
         except HranaError as exc:
             self._raise_refusal(exc)
             raise PrimaryUnavailable(f"the primary could not take the write: {exc.message} ({exc.code})") from exc
-        return [
-            ExecResult(
-                rows_affected=result.affected_row_count if analysis.is_dml else 0,
-                last_insert_rowid=result.last_insert_rowid if analysis.is_insert else None,
-            )
-            for (_, _, analysis), result in zip(prepared, results, strict=True)
-        ], replayed
+        return (
+            [
+                ExecResult(
+                    rows_affected=result.affected_row_count if analysis.is_dml else 0,
+                    last_insert_rowid=result.last_insert_rowid if analysis.is_insert else None,
+                )
+                for (_, _, analysis), result in zip(prepared, results, strict=True)
+            ],
+            replayed,
+            commit,
+        )
 
     def execute_once(
         self,
         sql: str,
         args: list[Value] | dict[str, Value],
         want_rows: bool,
-        settle: Callable[[], WritePosition] | None,
+        settle: Callable[[WritePosition | None], WritePosition] | None,
         prelude: Sequence[str] = (),
     ) -> StmtResult:
         """One autocommit statement of a protocol stream on a fresh primary stream (execute + close in
         one round trip: nothing is left open there), after the `prelude` statements (the stream's
-        PRAGMA settings). A write then waits for `settle` (run on the loop by the caller); without
-        `settle` the statement is a read asked of the primary (nothing counted, nothing to wait for)."""
+        PRAGMA settings). A write then waits for `settle(commit position)` (run on the loop by the
+        caller); without `settle` the statement is a read asked of the primary (nothing counted,
+        nothing to wait for)."""
         if settle is None:
             return self._once(sql, args, want_rows, prelude)
         with self._writing():
@@ -199,7 +219,7 @@ class Forwarder:
                 self._outcome("rejected")
                 raise  # the primary's answer to the statement passes through
             self._outcome("committed")
-            settle()
+            settle(position_of_index(result.replication_index))
         return result
 
     def _once(

@@ -26,7 +26,7 @@ from edgenode.errors import DatabaseError
 from edgenode.hrana.backend import DescribeResult, HranaError, Session, StmtResult, Value
 from edgenode.hrana.client import ClientStream, HranaConnectionError, HranaHTTPError
 from edgenode.hrana.sql import is_begin_readonly, single_statement, split_statements
-from edgenode.results import WritePosition
+from edgenode.results import WritePosition, position_of_index
 from edgenode.sessions import (
     analyze,
     bind,
@@ -60,9 +60,9 @@ class ReplicaConnections(Connections):
         refusal = self.forwarder.refusal(exc)
         return hrana_error(refusal) if refusal is not None else exc
 
-    def settle(self) -> WritePosition:
-        """Read-your-writes, from a session's worker thread."""
-        return self.bridge.run(self.forwarder.settle())
+    def settle(self, commit: WritePosition | None = None) -> WritePosition:
+        """Read-your-writes, from a session's worker thread (`commit`: the primary's position of it)."""
+        return self.bridge.run(self.forwarder.settle(commit))
 
 
 class ForwardSession(Session):
@@ -211,17 +211,20 @@ class ForwardSession(Session):
                 self._wrote = not self._analyze(statement).is_readonly
             except HranaError:
                 self._wrote = True  # unknown here (e.g. a table created in this transaction): assume it writes
+        result: StmtResult | None = None
         try:
             try:
-                return remote.execute(statement, args, want_rows=want_rows)
+                result = remote.execute(statement, args, want_rows=want_rows)
+                return result
             except (HranaConnectionError, HranaHTTPError) as exc:
                 # The primary stream is gone, and the transaction with it (nothing committed: no sync to wait for).
                 self._wrote = False
                 raise self.backend.primary_error(exc) from exc
         finally:
-            self._check_ended(remote)
+            self._check_ended(remote, position_of_index(result.replication_index) if result is not None else None)
 
-    def _check_ended(self, remote: ClientStream) -> None:
+    def _check_ended(self, remote: ClientStream, commit: WritePosition | None) -> None:
+        """`commit`: the position the primary gave the statement that ended the transaction."""
         try:
             ended = remote.closed or remote.is_autocommit()
         except HranaError:
@@ -233,7 +236,7 @@ class ForwardSession(Session):
         self._close_quietly(remote)
         if self._wrote:
             self._wrote = False
-            self.backend.settle()
+            self.backend.settle(commit)
 
     def _give_settings(self, stream: ClientStream) -> None:
         """A fresh primary stream gets this stream's PRAGMAs first (the primary keeps them per stream)."""
