@@ -4,11 +4,13 @@ commit's position (Hrana `replication_index`), and the node's read-your-writes w
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
+from edgenode.hrana.backend import HranaError
 from edgenode.hrana.client import HranaClient
 from edgenode.results import WritePosition, position_of_index
 from tests.procs import Proc
@@ -17,6 +19,7 @@ from tests.test_replica_support import (
     PRIMARY_AUTH,
     TOKEN,
     execute,
+    primary_rows,
     primary_write,
     rows,
     start_node,
@@ -104,3 +107,64 @@ def test_a_node_write_answers_with_its_commit_position_and_is_readable_at_once(p
             stream.execute("INSERT INTO kv(k, v) VALUES (111, 'h2')")
             stream.execute("COMMIT")
         assert rows(node, "SELECT v FROM kv WHERE k = 111") == [["h2"]]
+
+
+def primary_commits(primary: Proc) -> int:
+    metrics = httpx.get(primary.url + "/metrics", headers=PRIMARY_AUTH, timeout=10).text
+    (line,) = (line for line in metrics.splitlines() if line.startswith("edgenode_primary_commits "))
+    return int(float(line.split()[1]))
+
+
+def test_concurrent_writes_share_primary_commits_and_a_failing_write_fails_alone(primary: Proc, node: Proc) -> None:
+    primary_write(primary, "INSERT INTO kv(k, v) VALUES (200, 'taken')")
+    before = primary_commits(primary)
+    rest_writes: list[list[tuple[str, list[object]]]] = [
+        [("INSERT INTO kv(k, v) VALUES (?, ?)", [300 + i, f"g{i}"])] for i in range(24)
+    ]
+    # Two statements, the second refused: the write's first statement must not stay either.
+    rest_writes[5] = [("INSERT INTO kv(k, v) VALUES (305, 'g5')", []), ("INSERT INTO kv(v) VALUES ('taken')", [])]
+    # Two statements that both succeed: both land.
+    rest_writes[9] = [("INSERT INTO kv(k, v) VALUES (309, 'g9')", []), ("UPDATE kv SET v = 'g9b' WHERE k = 309", [])]
+    # A statement that ends the whole transaction when it fails: nothing else may go with it.
+    rest_writes[13] = [("INSERT OR ROLLBACK INTO kv(v) VALUES ('taken')", [])]
+    hrana_writes = [("INSERT INTO kv(k, v) VALUES (?, ?)", [400 + i, f"hr{i}"]) for i in range(8)]
+    hrana_writes[3] = ("INSERT INTO kv(v) VALUES (?)", ["taken"])
+
+    def rest(statements: list[tuple[str, list[object]]]) -> httpx.Response:
+        return execute(node, *statements)
+
+    def hrana(statement: tuple[str, list[object]]) -> object:
+        with HranaClient(node.url, NODE_TOKEN) as client:
+            try:
+                return client.execute(*statement)
+            except HranaError as exc:
+                return exc
+
+    with ThreadPoolExecutor(len(rest_writes) + len(hrana_writes)) as pool:
+        rest_futures = [pool.submit(rest, statements) for statements in rest_writes]
+        hrana_futures = [pool.submit(hrana, statement) for statement in hrana_writes]
+        answers = [f.result() for f in rest_futures]
+        hrana_answers = [f.result() for f in hrana_futures]
+
+    for i, response in enumerate(answers):
+        if i in (5, 13):
+            error = response.json()["error"]
+            assert response.status_code == 400 and "UNIQUE constraint failed" in error["message"], response.text
+            assert error["message"].startswith("statements[1]" if i == 5 else "statements[0]")
+        else:
+            assert response.status_code == 200, response.text
+    for i, answer in enumerate(hrana_answers):
+        if i == 3:
+            assert isinstance(answer, HranaError) and answer.code == "SQLITE_CONSTRAINT", answer
+        else:
+            assert not isinstance(answer, HranaError), answer
+    # Every accepted write is on the primary and (read-your-writes) on the node; the refused ones left nothing.
+    expected = {300 + i: f"g{i}" for i in range(24) if i not in (5, 13)} | {309: "g9b"}
+    expected |= {400 + i: f"hr{i}" for i in range(8) if i != 3}
+    on_primary = dict(primary_rows(primary, "SELECT k, v FROM kv WHERE k >= 300"))
+    assert on_primary == expected
+    assert dict(map(tuple, rows(node, "SELECT k, v FROM kv WHERE k >= 300"))) == expected  # type: ignore[arg-type]
+    # Fewer commits (fsyncs) on the primary than writes: they were grouped.
+    writes = len(expected)
+    commits = primary_commits(primary) - before
+    assert commits < writes, f"{commits} primary commits for {writes} writes"

@@ -2,7 +2,9 @@
 
 - Autocommit reads run on the replica's connection (the replica file has one opener).
 - Autocommit writes go to the primary through the replica's `Forwarder` (the same one REST writes
-  use): one request on a fresh primary stream, then read-your-writes.
+  use): plain DML joins the write combiner's next group (one primary transaction for the writes
+  queued meanwhile, combiner.py), anything else one request on a fresh primary stream; then
+  read-your-writes.
 - An interactive transaction pins a primary stream to the node's stream from its BEGIN until the
   primary reports autocommit again (COMMIT, ROLLBACK, an error that ended it) or the node's stream
   closes or expires (closing the primary stream rolls back there). If it wrote, the node syncs
@@ -110,8 +112,11 @@ class ForwardSession(Session):
         if analysis.is_readonly:
             return self._read_local(statement, args, analysis, want_rows)
         check_write(analysis, self.can_write)
-        # COMMIT and friends outside a transaction land here too: the primary words the error.
-        return self._forward_once(statement, args, want_rows)
+        # COMMIT and friends outside a transaction land here too: the primary words the error. Plain
+        # DML may share a primary transaction with other writes (combiner.py); anything else (DDL,
+        # VACUUM, transaction control) goes on a stream of its own.
+        combine = analysis.is_dml and not analysis.is_transaction_control
+        return self._forward_once(statement, args, want_rows, combine=combine)
 
     def describe(self, sql: str) -> DescribeResult:
         statement = single_statement(sql)
@@ -171,12 +176,17 @@ class ForwardSession(Session):
         return stmt_result(outcome, analysis.columns)
 
     def _forward_once(
-        self, statement: str, args: list[Value] | dict[str, Value], want_rows: bool, wrote: bool = True
+        self,
+        statement: str,
+        args: list[Value] | dict[str, Value],
+        want_rows: bool,
+        wrote: bool = True,
+        combine: bool = False,
     ) -> StmtResult:
         settle = self.backend.settle if wrote else None
         try:
             result = self.backend.forwarder.execute_once(
-                statement, args, want_rows, settle, self._settings.statements()
+                statement, args, want_rows, settle, self._settings.statements(), combine
             )
         except DatabaseError as exc:
             raise hrana_error(exc) from exc
