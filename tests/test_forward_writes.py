@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from edgenode.hrana.backend import HranaError
-from edgenode.hrana.client import HranaClient
+from edgenode.hrana.client import BatchStepError, HranaClient
+from edgenode.replica.combiner import Combiner
 from edgenode.results import WritePosition, position_of_index
 from tests.procs import Proc
 from tests.test_replica_support import (
@@ -168,3 +169,45 @@ def test_concurrent_writes_share_primary_commits_and_a_failing_write_fails_alone
     writes = len(expected)
     commits = primary_commits(primary) - before
     assert commits < writes, f"{commits} primary commits for {writes} writes"
+
+
+def test_a_group_is_one_primary_commit_and_a_write_that_ends_the_transaction_is_resent_alone(primary: Proc) -> None:
+    primary_write(primary, "INSERT INTO kv(k, v) VALUES (500, 'taken5')")
+    with HranaClient(primary.url, TOKEN) as client:
+        combiner = Combiner(client)
+        try:
+            before = primary_commits(primary)
+            # Holding the queue's lock while submitting puts all the writes into one group.
+            with combiner._cond:
+                futures = [
+                    combiner.submit([("INSERT INTO kv(k, v) VALUES (501, 'a')", [])]),
+                    combiner.submit(
+                        [("INSERT INTO kv(k, v) VALUES (502, 'b')", []), ("INSERT INTO kv(v) VALUES ('taken5')", [])]
+                    ),
+                    combiner.submit([("INSERT INTO kv(k, v) VALUES (503, ?)", ["c"])], want_rows=True),
+                ]
+            first, refused, third = (future.exception(timeout=30) or future.result() for future in futures)
+            assert primary_commits(primary) - before == 1 and combiner.groups == 1
+            assert isinstance(refused, BatchStepError) and refused.index == 1 and "UNIQUE" in refused.message
+            assert first.commit_index == third.commit_index and position_of_index(first.commit_index) is not None
+            assert [r.affected_row_count for r in first.results] == [1]
+            # INSERT OR ROLLBACK ends the group's transaction: nothing of it commits, so each write is
+            # sent again alone and only the culprit fails.
+            with combiner._cond:
+                futures = [
+                    combiner.submit([("INSERT INTO kv(k, v) VALUES (504, 'd')", [])]),
+                    combiner.submit([("INSERT OR ROLLBACK INTO kv(v) VALUES ('taken5')", [])]),
+                    combiner.submit([("INSERT INTO kv(k, v) VALUES (505, 'e')", [])]),
+                ]
+            outcomes = [future.exception(timeout=30) for future in futures]
+            assert outcomes[0] is None and outcomes[2] is None
+            assert isinstance(outcomes[1], BatchStepError) and "UNIQUE" in outcomes[1].message
+            assert combiner.groups == 1 + 1 + 3
+        finally:
+            combiner.close()
+    assert primary_rows(primary, "SELECT k, v FROM kv WHERE k > 500 ORDER BY k") == [
+        (501, "a"),
+        (503, "c"),
+        (504, "d"),
+        (505, "e"),
+    ]
