@@ -37,6 +37,27 @@ class WritePosition:
 
 NO_POSITION = WritePosition()
 
+# How `edgenode primary` fills Hrana's `replication_index` (an opaque u64): bit 63 marks the value as
+# ours, bits 32-62 hold the generation and bits 0-31 the commit frame, so the numbers order like the
+# positions. sqld's own value is a plain frame number of another log and never has bit 63 set.
+_POSITION_TAG = 1 << 63
+_FRAME_BITS = 32
+
+
+def replication_index(generation: int, frame: int) -> int:
+    if not (0 <= generation < 1 << 31 and 0 <= frame < 1 << _FRAME_BITS):
+        raise ValueError(f"position ({generation}, {frame}) does not fit a replication index")
+    return _POSITION_TAG | generation << _FRAME_BITS | frame
+
+
+def position_of_index(index: int | None) -> WritePosition | None:
+    """The (generation, frame) an `edgenode primary` replication index stands for; None for anything
+    else (no index, or another server's, whose meaning is unknown here)."""
+    if index is None or not index & _POSITION_TAG or index >= 1 << 64:
+        return None
+    index &= ~_POSITION_TAG
+    return WritePosition(index >> _FRAME_BITS, index & ((1 << _FRAME_BITS) - 1))
+
 
 @dataclass
 class WriteResult:

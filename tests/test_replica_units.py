@@ -161,6 +161,44 @@ async def test_waiters_share_a_sync_and_late_waiters_get_the_next_one() -> None:
 
 
 @pytest.mark.anyio
+async def test_waiting_for_a_position_reuses_a_sync_that_reaches_it_and_shares_the_next_one() -> None:
+    position = [0]  # the frame the fake replica is at; each sync pulls what the "primary" has
+    primary = [0]
+
+    async def sync() -> SyncOutcome:
+        started, pulled = time.monotonic(), primary[0]
+        await asyncio.sleep(0.05)
+        position[0] = pulled
+        return SyncOutcome(started=started, duration=0.05, frames=1, changed=True)
+
+    scheduler = Scheduler(sync, interval=60, timeout=5, max_lag=10)
+    scheduler.start()
+    try:
+        calls = scheduler.started_count
+        await scheduler.sync_until(lambda: position[0] >= 0)  # already there: no sync at all
+        assert scheduler.started_count == calls
+        # Three writers committed frames 1-3 before asking: one sync serves them all.
+        primary[0] = 3
+        await asyncio.gather(*(scheduler.sync_until(lambda f=f: position[0] >= f) for f in (1, 2, 3)))
+        assert scheduler.started_count == calls + 1
+        # A sync running when the write's frame already exists on the primary covers it: no second sync.
+        primary[0] = 4
+        scheduler.trigger()
+        await asyncio.sleep(0.01)
+        assert scheduler.running
+        await scheduler.sync_until(lambda: position[0] >= 4)
+        assert scheduler.started_count == calls + 2 and not scheduler.running
+        # One it does not cover is followed by the next sync at once.
+        scheduler.trigger()
+        await asyncio.sleep(0.01)
+        primary[0] = 5
+        await scheduler.sync_until(lambda: position[0] >= 5)
+        assert scheduler.started_count == calls + 4
+    finally:
+        await scheduler.stop()
+
+
+@pytest.mark.anyio
 async def test_a_sync_cut_short_does_not_answer_waiters_or_count_as_caught_up() -> None:
     outcomes = [False, False, True]
 

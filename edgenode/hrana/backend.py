@@ -53,6 +53,8 @@ class StmtResult:
     rows_read: int = 0
     rows_written: int = 0
     query_duration_ms: float = 0.0
+    # The server's position once the statement ran (Hrana's opaque u64; None when the backend has none).
+    replication_index: int | None = None
 
 
 @dataclass(slots=True)

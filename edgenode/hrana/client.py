@@ -68,7 +68,19 @@ def stmt_result_from_proto(result: p.StmtResult) -> StmtResult:
         rows_read=result.rows_read,
         rows_written=result.rows_written,
         query_duration_ms=result.query_duration_ms,
+        replication_index=replication_index(result.replication_index),
     )
+
+
+def replication_index(value: str | int | None) -> int | None:
+    """A result's `replication_index` (sqld sends a decimal string); None when absent or not a u64."""
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        return None
+    return number if 0 <= number < 2**64 else None
 
 
 def _error(error: p.Error) -> HranaError:
@@ -105,6 +117,11 @@ class HranaClient:
         succeeded; COMMIT if the last succeeded; ROLLBACK if COMMIT did not succeed.
 
         Returns one result per statement, or raises BatchStepError naming the failing statement."""
+        return self.commit_batch(statements)[0]
+
+    def commit_batch(self, statements: Sequence[Statement]) -> tuple[list[StmtResult], int | None]:
+        """`execute_batch_atomic`, also returning the COMMIT's `replication_index` (None if the server
+        gives none)."""
         steps: list[p.BatchStep] = [p.BatchStep(stmt=make_stmt("BEGIN", want_rows=False))]
         for statement in statements:
             sql, args = (statement, None) if isinstance(statement, str) else statement
@@ -122,9 +139,12 @@ class HranaClient:
                 where = {0: "BEGIN", commit: "COMMIT", commit + 1: "ROLLBACK"}.get(index, f"statement {index - 1}")
                 raise BatchStepError(f"{where} failed: {error.message}", error.code or "UNKNOWN", statement_index)
         results = result.step_results[1:commit]
-        if any(r is None for r in results) or result.step_results[commit] is None:
+        committed = result.step_results[commit]
+        if any(r is None for r in results) or committed is None:
             raise HranaError("the server skipped a statement of the batch without an error", "HRANA_PROTO_ERROR")
-        return [stmt_result_from_proto(r) for r in results if r is not None]
+        return [stmt_result_from_proto(r) for r in results if r is not None], replication_index(
+            committed.replication_index
+        )
 
     def close(self) -> None:
         self._http.close()

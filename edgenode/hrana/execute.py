@@ -118,14 +118,18 @@ class StreamContext:
     def batch(self, batch: p.Batch) -> p.BatchResult:
         results: list[p.StmtResult | None] = []
         errors: list[p.Error | None] = []
+        position: str | int | None = None
         for _index, outcome in self.run_steps(batch):
             if isinstance(outcome, StmtResult):
-                results.append(stmt_result_to_proto(outcome))
+                proto = stmt_result_to_proto(outcome)
+                results.append(proto)
                 errors.append(None)
+                position = proto.replication_index or position
             else:
                 results.append(None)
                 errors.append(outcome)
-        return p.BatchResult(step_results=results, step_errors=errors)
+        # As sqld: the batch's position is the one after its last step that reported one.
+        return p.BatchResult(step_results=results, step_errors=errors, replication_index=position)
 
     def run_steps(self, batch: p.Batch) -> Iterator[tuple[int, StmtResult | p.Error | None]]:
         """Run a batch step by step, yielding (index, result | error | None when skipped).
@@ -222,6 +226,7 @@ def stmt_result_to_proto(result: StmtResult) -> p.StmtResult:
         rows_read=result.rows_read,
         rows_written=result.rows_written,
         query_duration_ms=result.query_duration_ms,
+        replication_index=None if result.replication_index is None else str(result.replication_index),
     )
 
 

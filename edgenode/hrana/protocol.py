@@ -90,6 +90,10 @@ def decode_base64(text: str) -> bytes:
 
 # --- statements and batches ---------------------------------------------------------------------
 
+# A server's position after a statement, an opaque u64 that sqld sends as a decimal string (serde
+# `option_u64_as_str`); requests may carry one back. Accepted as a string or a bare integer.
+ReplicationIndex = str | int | None
+
 
 class NamedArg(msgspec.Struct):
     name: str
@@ -102,7 +106,7 @@ class Stmt(msgspec.Struct):
     args: list[ProtoValue] | None = None
     named_args: list[NamedArg] | None = None
     want_rows: bool | None = None
-    replication_index: int | None = None
+    replication_index: ReplicationIndex = None
 
 
 class OkCond(msgspec.Struct, tag="ok", **_tagged):
@@ -139,7 +143,7 @@ class BatchStep(msgspec.Struct):
 
 class Batch(msgspec.Struct):
     steps: list[BatchStep]
-    replication_index: int | None = None
+    replication_index: ReplicationIndex = None
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -158,11 +162,13 @@ class StmtResult(msgspec.Struct):
     rows_read: int = 0
     rows_written: int = 0
     query_duration_ms: float = 0.0
+    replication_index: ReplicationIndex = None
 
 
 class BatchResult(msgspec.Struct):
     step_results: list[StmtResult | None]
     step_errors: list[Error | None]
+    replication_index: ReplicationIndex = None
 
 
 class DescribeParam(msgspec.Struct):
@@ -213,13 +219,13 @@ class BatchReq(msgspec.Struct, tag="batch", **_tagged):
 class SequenceReq(msgspec.Struct, tag="sequence", **_tagged):
     sql: str | None = None
     sql_id: int | None = None
-    replication_index: int | None = None
+    replication_index: ReplicationIndex = None
 
 
 class DescribeReq(msgspec.Struct, tag="describe", **_tagged):
     sql: str | None = None
     sql_id: int | None = None
-    replication_index: int | None = None
+    replication_index: ReplicationIndex = None
 
 
 class StoreSqlReq(msgspec.Struct, tag="store_sql", **_tagged):

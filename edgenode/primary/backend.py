@@ -20,6 +20,7 @@ from edgenode.auth import Access
 from edgenode.hrana.backend import Backend, Col, DescribeResult, HranaError, Session, StmtResult, Value
 from edgenode.hrana.sql import hrana_error_from_sqlite, is_begin_readonly, single_statement, strip_named_arg_prefixes
 from edgenode.primary.generations import LOCK_TIMEOUT, PrimaryStore
+from edgenode.results import replication_index
 from edgenode.rwlock import LockTimeout
 
 # Setting these would checkpoint behind the generation's back, stop WAL frame N being sync frame N,
@@ -57,9 +58,10 @@ class PrimarySession(Session):
         # Opening reads the database (journal mode, schema): keep it out of a rollover's or push's way.
         try:
             with store.lock.shared(LOCK_TIMEOUT):
-                self.conn: apsw.Connection | None = store.connect()
+                self.conn: apsw.Connection | None = store.connect(on_commit=self._committed)
         except LockTimeout as exc:
             raise HranaError(str(exc), "SQLITE_BUSY") from exc
+        self._commit_frame: int | None = None  # set by this connection's last commit
         self._internal = False
         self._readonly_txn = False
         self._holds_lock = False
@@ -78,6 +80,19 @@ class PrimarySession(Session):
             if p1.lower() == "wal_checkpoint" or p2 is not None:
                 return apsw.SQLITE_DENY
         return apsw.SQLITE_OK
+
+    def _committed(self, frame: int) -> None:
+        self._commit_frame = frame
+
+    def _replication_index(self, conn: apsw.Connection) -> int | None:
+        """Where this statement left the database, as Hrana's `replication_index`: the frame of the
+        commit it made (an autocommit write, or the COMMIT of a transaction), else the newest commit
+        this process knows, which covers everything visible to it. None inside a transaction: nothing
+        of it is committed yet. The caller holds the store's shared lock (no rollover in between)."""
+        if conn.in_transaction:
+            return None
+        frame = self._commit_frame if self._commit_frame is not None else self.store.last_commit_frame()
+        return replication_index(self.store.generation, frame)
 
     def _set_query_only(self, on: bool) -> None:
         assert self.conn is not None
@@ -137,6 +152,7 @@ class PrimarySession(Session):
             before = conn.total_changes()
             rows: list[list[Value]] = []
             read = 0
+            self._commit_frame = None
             for row in cursor.execute(statement, bindings):
                 read += 1
                 if want_rows:
@@ -152,6 +168,7 @@ class PrimarySession(Session):
                 rows_read=read,
                 rows_written=affected,
                 query_duration_ms=(time.perf_counter() - started) * 1000,
+                replication_index=self._replication_index(conn),
             )
         except HranaError:
             raise

@@ -159,7 +159,8 @@ class PrimaryStore:
         self._rollover_wanted = threading.Event()
         self._stop = threading.Event()
         self._rollover_thread: threading.Thread | None = None
-        self.stats = {"rollovers": 0, "push_conflicts": 0, "pushes": 0}
+        self.stats = {"rollovers": 0, "push_conflicts": 0, "pushes": 0, "commits": 0}
+        self._stats_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -252,8 +253,9 @@ class PrimaryStore:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def connect(self) -> apsw.Connection:
-        """A connection that never checkpoints and reports its commits to this store."""
+    def connect(self, on_commit: Callable[[int], None] | None = None) -> apsw.Connection:
+        """A connection that never checkpoints and reports its commits to this store (and to
+        `on_commit(commit_frame)`, from the committing thread, once each commit is durable)."""
         conn = apsw.Connection(str(self.db_path))
         conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
         conn.setbusytimeout(5000)
@@ -261,14 +263,29 @@ class PrimaryStore:
         conn.execute("PRAGMA wal_autocheckpoint=0")
         # FULL: a commit is fsynced before it is acknowledged, so no acknowledged write is lost.
         conn.execute("PRAGMA synchronous=FULL")
-        conn.set_wal_hook(self._wal_hook)
+        if on_commit is None:
+            conn.set_wal_hook(self._wal_hook)
+        else:
+
+            def hook(conn: apsw.Connection, dbname: str, pages: int) -> int:
+                on_commit(pages)
+                return self._wal_hook(conn, dbname, pages)
+
+            conn.set_wal_hook(hook)
         return conn
 
     def _wal_hook(self, conn: apsw.Connection, dbname: str, pages: int) -> int:
         # SQLite calls this once the commit is complete (synced), with the WAL's frame count.
+        with self._stats_lock:  # commits of several connections may report at once
+            self.stats["commits"] += 1
         self._durable = max(self._durable, pages)
         self._notify(pages)
         return apsw.SQLITE_OK
+
+    def last_commit_frame(self) -> int:
+        """The newest commit frame of the current generation this process saw become durable (0 at
+        the start of a generation). Callers hold the shared lock, so the generation cannot move."""
+        return self._durable
 
     def add_commit_listener(self, listener: Callable[[int, int], None]) -> None:
         """Called as listener(generation, frames_in_wal) after each commit, from the committing thread."""

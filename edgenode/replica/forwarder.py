@@ -5,8 +5,12 @@ REST batches (`ReplicaDatabase.write`) and Hrana sessions (`replica/sessions.py`
 `PrimaryUnavailable`, one set of write counters, and one read-your-writes wait that returns where
 the write became visible here. Values travel in Hrana's encoding, so 64-bit integers stay exact.
 
-Calls that talk to the primary block (the client is synchronous): REST runs them in a worker
-thread, Hrana sessions already are in one. `settle` runs on the event loop.
+Plain writes (REST batches without an Idempotency-Key, Hrana autocommit DML) go through the
+`Combiner` (combiner.py): its one sender thread keeps one request in flight, and the writes that
+queue meanwhile share the next primary transaction, each in its own savepoint. REST awaits its
+write's future on the loop; a Hrana session's worker thread blocks on it. Keyed writes, Hrana
+interactive transactions and other statements use the synchronous client directly (REST in a
+worker thread, Hrana sessions already are in one). `settle` runs on the event loop.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -23,10 +28,11 @@ import httpx
 from edgenode.errors import DatabaseError, PrimaryUnavailable, SQLError
 from edgenode.hrana.backend import HranaError, StmtResult, Value
 from edgenode.hrana.client import BatchStepError, ClientStream, HranaClient, HranaConnectionError, HranaHTTPError
+from edgenode.replica.combiner import Combiner, Committed
 from edgenode.replica.files import Position
 from edgenode.replica.metrics import ReplicaMetrics
 from edgenode.replica.scheduler import Scheduler, SyncFailed
-from edgenode.results import NO_POSITION, ExecResult, WritePosition, WriteResult
+from edgenode.results import NO_POSITION, ExecResult, WritePosition, WriteResult, position_of_index
 from edgenode.statements import Prepared
 
 if TYPE_CHECKING:
@@ -48,6 +54,7 @@ class Forwarder:
         self.url = url
         self.timeout = timeout
         self.client = HranaClient(url, token, timeout=timeout)
+        self.combiner = Combiner(self.client)
         self.scheduler = scheduler
         self.metrics = metrics
         self._current = current
@@ -57,6 +64,7 @@ class Forwarder:
         self._lock = threading.Lock()
 
     def close(self) -> None:
+        self.combiner.close()
         self.client.close()
 
     @property
@@ -118,80 +126,115 @@ class Forwarder:
 
     # -- read-your-writes (event loop) -----------------------------------------------------------
 
-    async def settle(self) -> WritePosition:
-        """Wait for a sync that starts after the primary acknowledged the write, then say where it is.
+    async def settle(self, commit: WritePosition | None = None) -> WritePosition:
+        """Wait until this replica holds the write, then say where it is.
 
+        `commit` is the write's commit position as the primary reported it (its Hrana
+        `replication_index`): the wait ends as soon as a sync reaches it, a sync already past it
+        answers at once, and waiting writes share the syncs. Without one (a primary that reports no
+        position, or an Idempotency-Key replay), wait for a sync that starts after now instead.
         If that sync fails in time the write is still committed: the position is unknown (None)."""
         try:
-            await self.scheduler.sync_after()
+            if commit is None:
+                await self.scheduler.sync_after()
+            else:
+                await self.scheduler.sync_until(lambda: self._holds(commit))
         except SyncFailed as exc:
             self.metrics.ryw_timeouts.inc()
             log.warning("write committed on the primary but not yet visible on this node: %s", exc)
             return NO_POSITION
+        if commit is not None:
+            return commit
         current = self._current()
         return WritePosition(current.generation, current.frame) if current is not None else NO_POSITION
+
+    def _holds(self, commit: WritePosition) -> bool:
+        current = self._current()
+        return current is not None and (current.generation, current.frame) >= (commit.generation, commit.frame)
 
     async def write(
         self, statements: list[tuple[str, list[Any]]], prepared: Prepared, keyed: KeyedWrite | None = None
     ) -> WriteResult:
-        """A REST batch: forwarded atomically (with its Idempotency-Key claimed and recorded in the same
-        request, edgenode.idempotency), then visible here before this returns."""
+        """A REST batch: forwarded atomically, then visible here before this returns. Without an
+        Idempotency-Key it joins the write combiner (combiner.py: concurrent writes share one primary
+        transaction, each in its own savepoint); with one, the key is claimed and recorded in a request
+        of its own (edgenode.idempotency)."""
         with self._writing():
             try:
-                results, replayed = await asyncio.to_thread(self._write_batch, statements, prepared, keyed)
+                if keyed is None:
+                    future = self._submit(statements, want_rows=False)
+                    committed = await asyncio.wrap_future(future)
+                    results, replayed = self._exec_results(prepared, committed.results), False
+                    commit = position_of_index(committed.commit_index)
+                else:
+                    results, replayed = await asyncio.to_thread(self._write_keyed, statements, prepared, keyed)
+                    commit = None
+            except BatchStepError as exc:
+                self._outcome("rejected")
+                where = f"statements[{exc.index}]: " if exc.index is not None else ""
+                raise SQLError(f"{where}{exc.message}", index=exc.index) from exc
+            except HranaError as exc:
+                self._outcome("unavailable")
+                self._raise_refusal(exc)
+                raise PrimaryUnavailable(f"the primary could not take the write: {exc.message} ({exc.code})") from exc
             except BaseException as exc:
                 refused = isinstance(exc, DatabaseError) and exc.status < 500  # by the primary or the key's record
                 self._outcome("rejected" if refused else "unavailable")
                 raise
             # A replay committed nothing now; read-your-writes still holds for the write it stands for.
             self._outcome("replayed" if replayed else "committed")
-            return WriteResult(results, await self.settle(), replayed)
+            return WriteResult(results, await self.settle(commit), replayed)
 
-    # -- blocking calls to the primary (worker threads) ------------------------------------------
-
-    def _write_batch(
-        self, statements: list[tuple[str, list[Any]]], prepared: Prepared, keyed: KeyedWrite | None
-    ) -> tuple[list[ExecResult], bool]:
-        """ONE atomic pipeline request (BEGIN; each statement if the previous succeeded; COMMIT; ROLLBACK)."""
-        replayed = False
+    def _submit(self, statements: list[tuple[str, Any]], want_rows: bool) -> Future[Committed]:
         try:
-            if keyed is None:
-                results = self.client.execute_batch_atomic(statements)
-            else:
-                from edgenode.idempotency import run_keyed_hrana
-
-                results, replayed = run_keyed_hrana(self.client, statements, keyed)
-        except BatchStepError as exc:
-            where = f"statements[{exc.index}]: " if exc.index is not None else ""
-            raise SQLError(f"{where}{exc.message}", index=exc.index) from exc
+            return self.combiner.submit(statements, want_rows)
         except HranaError as exc:
-            self._raise_refusal(exc)
-            raise PrimaryUnavailable(f"the primary could not take the write: {exc.message} ({exc.code})") from exc
+            raise PrimaryUnavailable(f"the write was not sent: {exc.message}") from exc
+
+    @staticmethod
+    def _exec_results(prepared: Prepared, results: list[StmtResult]) -> list[ExecResult]:
         return [
             ExecResult(
                 rows_affected=result.affected_row_count if analysis.is_dml else 0,
                 last_insert_rowid=result.last_insert_rowid if analysis.is_insert else None,
             )
             for (_, _, analysis), result in zip(prepared, results, strict=True)
-        ], replayed
+        ]
+
+    # -- blocking calls to the primary (worker threads) ------------------------------------------
+
+    def _write_keyed(
+        self, statements: list[tuple[str, list[Any]]], prepared: Prepared, keyed: KeyedWrite
+    ) -> tuple[list[ExecResult], bool]:
+        """ONE request that claims the key, runs the statements and records their outcome."""
+        from edgenode.idempotency import run_keyed_hrana
+
+        results, replayed = run_keyed_hrana(self.client, statements, keyed)
+        return self._exec_results(prepared, results), replayed
 
     def execute_once(
         self,
         sql: str,
         args: list[Value] | dict[str, Value],
         want_rows: bool,
-        settle: Callable[[], WritePosition] | None,
+        settle: Callable[[WritePosition | None], WritePosition] | None,
         prelude: Sequence[str] = (),
+        combine: bool = False,
     ) -> StmtResult:
         """One autocommit statement of a protocol stream on a fresh primary stream (execute + close in
         one round trip: nothing is left open there), after the `prelude` statements (the stream's
-        PRAGMA settings). A write then waits for `settle` (run on the loop by the caller); without
-        `settle` the statement is a read asked of the primary (nothing counted, nothing to wait for)."""
+        PRAGMA settings). A write then waits for `settle(commit position)` (run on the loop by the
+        caller); without `settle` the statement is a read asked of the primary (nothing counted,
+        nothing to wait for). With `combine` (a DML statement, no PRAGMA settings) the write joins
+        the combiner's next group instead of a stream of its own."""
         if settle is None:
             return self._once(sql, args, want_rows, prelude)
         with self._writing():
             try:
-                result = self._once(sql, args, want_rows, prelude)
+                if combine and not prelude:
+                    result = self._combined(sql, args, want_rows)
+                else:
+                    result = self._once(sql, args, want_rows, prelude)
             except PrimaryUnavailable:
                 self._outcome("unavailable")
                 raise
@@ -199,7 +242,19 @@ class Forwarder:
                 self._outcome("rejected")
                 raise  # the primary's answer to the statement passes through
             self._outcome("committed")
-            settle()
+            settle(position_of_index(result.replication_index))
+        return result
+
+    def _combined(self, sql: str, args: list[Value] | dict[str, Value], want_rows: bool) -> StmtResult:
+        try:
+            committed = self._submit([(sql, args)], want_rows).result()
+        except BatchStepError as exc:
+            raise HranaError(exc.message, exc.code) from exc  # the primary's answer to the statement
+        except HranaError as exc:
+            self._raise_refusal(exc)
+            raise
+        (result,) = committed.results
+        result.replication_index = committed.commit_index
         return result
 
     def _once(

@@ -147,6 +147,32 @@ class Scheduler:
         except TimeoutError:
             raise SyncFailed(f"no sync completed within {limit:.1f} s ({self.last_error or 'still running'})") from None
 
+    async def sync_until(self, reached: Callable[[], bool], limit: float | None = None) -> None:
+        """Until `reached()` holds, checked now and after each sync that ends (bounded by `limit`
+        seconds, else the sync timeout). A sync running now may already cover it, so it is waited for
+        rather than repeated; otherwise the next sync starts at once. Callers waiting together share
+        the syncs. Raises SyncFailed when a sync it waited for fails, or on timeout."""
+        if reached():
+            return
+        limit = limit if limit is not None else self.timeout + 1.0
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(limit):
+                while not reached():
+                    if self.halted:
+                        raise SyncFailed(self.halted)
+                    future: asyncio.Future[SyncOutcome] = loop.create_future()
+                    future.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+                    if self.running:
+                        self._waiters.append((self.started_count, future))
+                    else:
+                        self._waiters.append((self.started_count + 1, future))
+                        self._wake.set()
+                    await asyncio.shield(future)
+        except TimeoutError:
+            why = self.last_error or "still running"
+            raise SyncFailed(f"no sync reached it within {limit:.1f} s ({why})") from None
+
     def trigger(self) -> None:
         self._wake.set()
 

@@ -2,7 +2,9 @@
 
 - Autocommit reads run on the replica's connection (the replica file has one opener).
 - Autocommit writes go to the primary through the replica's `Forwarder` (the same one REST writes
-  use): one request on a fresh primary stream, then read-your-writes.
+  use): plain DML joins the write combiner's next group (one primary transaction for the writes
+  queued meanwhile, combiner.py), anything else one request on a fresh primary stream; then
+  read-your-writes.
 - An interactive transaction pins a primary stream to the node's stream from its BEGIN until the
   primary reports autocommit again (COMMIT, ROLLBACK, an error that ended it) or the node's stream
   closes or expires (closing the primary stream rolls back there). If it wrote, the node syncs
@@ -26,7 +28,7 @@ from edgenode.errors import DatabaseError
 from edgenode.hrana.backend import DescribeResult, HranaError, Session, StmtResult, Value
 from edgenode.hrana.client import ClientStream, HranaConnectionError, HranaHTTPError
 from edgenode.hrana.sql import is_begin_readonly, single_statement, split_statements
-from edgenode.results import WritePosition
+from edgenode.results import WritePosition, position_of_index
 from edgenode.sessions import (
     analyze,
     bind,
@@ -60,9 +62,9 @@ class ReplicaConnections(Connections):
         refusal = self.forwarder.refusal(exc)
         return hrana_error(refusal) if refusal is not None else exc
 
-    def settle(self) -> WritePosition:
-        """Read-your-writes, from a session's worker thread."""
-        return self.bridge.run(self.forwarder.settle())
+    def settle(self, commit: WritePosition | None = None) -> WritePosition:
+        """Read-your-writes, from a session's worker thread (`commit`: the primary's position of it)."""
+        return self.bridge.run(self.forwarder.settle(commit))
 
 
 class ForwardSession(Session):
@@ -110,8 +112,11 @@ class ForwardSession(Session):
         if analysis.is_readonly:
             return self._read_local(statement, args, analysis, want_rows)
         check_write(analysis, self.can_write)
-        # COMMIT and friends outside a transaction land here too: the primary words the error.
-        return self._forward_once(statement, args, want_rows)
+        # COMMIT and friends outside a transaction land here too: the primary words the error. Plain
+        # DML may share a primary transaction with other writes (combiner.py); anything else (DDL,
+        # VACUUM, transaction control) goes on a stream of its own.
+        combine = analysis.is_dml and not analysis.is_transaction_control
+        return self._forward_once(statement, args, want_rows, combine=combine)
 
     def describe(self, sql: str) -> DescribeResult:
         statement = single_statement(sql)
@@ -171,12 +176,17 @@ class ForwardSession(Session):
         return stmt_result(outcome, analysis.columns)
 
     def _forward_once(
-        self, statement: str, args: list[Value] | dict[str, Value], want_rows: bool, wrote: bool = True
+        self,
+        statement: str,
+        args: list[Value] | dict[str, Value],
+        want_rows: bool,
+        wrote: bool = True,
+        combine: bool = False,
     ) -> StmtResult:
         settle = self.backend.settle if wrote else None
         try:
             result = self.backend.forwarder.execute_once(
-                statement, args, want_rows, settle, self._settings.statements()
+                statement, args, want_rows, settle, self._settings.statements(), combine
             )
         except DatabaseError as exc:
             raise hrana_error(exc) from exc
@@ -211,17 +221,20 @@ class ForwardSession(Session):
                 self._wrote = not self._analyze(statement).is_readonly
             except HranaError:
                 self._wrote = True  # unknown here (e.g. a table created in this transaction): assume it writes
+        result: StmtResult | None = None
         try:
             try:
-                return remote.execute(statement, args, want_rows=want_rows)
+                result = remote.execute(statement, args, want_rows=want_rows)
+                return result
             except (HranaConnectionError, HranaHTTPError) as exc:
                 # The primary stream is gone, and the transaction with it (nothing committed: no sync to wait for).
                 self._wrote = False
                 raise self.backend.primary_error(exc) from exc
         finally:
-            self._check_ended(remote)
+            self._check_ended(remote, position_of_index(result.replication_index) if result is not None else None)
 
-    def _check_ended(self, remote: ClientStream) -> None:
+    def _check_ended(self, remote: ClientStream, commit: WritePosition | None) -> None:
+        """`commit`: the position the primary gave the statement that ended the transaction."""
         try:
             ended = remote.closed or remote.is_autocommit()
         except HranaError:
@@ -233,7 +246,7 @@ class ForwardSession(Session):
         self._close_quietly(remote)
         if self._wrote:
             self._wrote = False
-            self.backend.settle()
+            self.backend.settle(commit)
 
     def _give_settings(self, stream: ClientStream) -> None:
         """A fresh primary stream gets this stream's PRAGMAs first (the primary keeps them per stream)."""
