@@ -387,10 +387,16 @@ def test_a_primary_killed_right_after_an_upload_resumes_from_what_the_archive_ho
         proc.start()
         setup_schema(proc.url)
     else:
-        proc = start(args, tmp_path, "primary", env={"EDGENODE_PRIMARY_CRASH_AT": point})
+        # The schema first, without the crash point: its own commits ship segments too, and the
+        # primary must die while the history is being written, not before it begins.
+        proc = start(args, tmp_path, "primary")
         history.url = proc.url
         try:
             setup_schema(proc.url)
+            wait_archived(proc)
+            proc.stop()
+            proc.env = {"EDGENODE_PRIMARY_CRASH_AT": point}
+            proc.start()
             deadline = time.monotonic() + 20
             while proc.popen is not None and proc.popen.poll() is None and time.monotonic() < deadline:
                 history.write()
