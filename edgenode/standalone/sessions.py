@@ -42,6 +42,7 @@ from edgenode.sessions import (
     stmt_result,
     stream_pragma_of,
 )
+from edgenode.standalone.commits import WriterBusy
 from edgenode.stream_pragmas import StreamSettings
 
 if TYPE_CHECKING:
@@ -253,10 +254,13 @@ class LocalSession(Session):
         try:
             return analyze(analyzer, statement)
         except HranaError as exc:
-            if self._fork is not None or exc.code != "SQLITE_UNKNOWN":
+            # "no such table": the mirror may trail a schema change made through another connection.
+            if (
+                self._fork is not None
+                or exc.code != "SQLITE_UNKNOWN"
+                or not self._run(self.db.refresh_schema_if_changed())
+            ):
                 raise
-        # "no such table": the mirror may trail a schema change made through another connection.
-        self._run(self.db.refresh_schema())
         return analyze(self.db.analyzer or analyzer, statement)
 
     # -- on the event loop -------------------------------------------------------------------------
@@ -347,6 +351,23 @@ class LocalSession(Session):
         return stmt_result(outcome, analysis.columns)
 
     async def _write_once(self, sql: str, params: list[Any], analysis: Analysis, want_rows: bool) -> StmtResult:
+        if (analysis.is_dml or analysis.is_ddl) and not self._settings.items():
+            # Shares a transaction and a COMMIT with concurrent writes (edgenode.standalone.commits).
+            # Not so with stream PRAGMAs (foreign_keys is a no-op inside a transaction), nor for
+            # statements that cannot run in one (VACUUM) or that are neither DML nor DDL.
+            ok, value = await self.db.commit_statement(
+                sql, params, want_rows, analysis.is_dml, analysis.is_insert, analysis.is_ddl, self.backend.lease_timeout
+            )
+            self._settings.transaction_ended()
+            if isinstance(value, WriterBusy):
+                raise HranaError(
+                    f"database is locked: waited {self.backend.lease_timeout:g} s for the writer, "
+                    "held by other streams' transactions",
+                    "SQLITE_BUSY",
+                )
+            if not ok and not isinstance(value, SQLError):
+                raise HranaError(f"the write was not committed ({value}); retry it", "SQLITE_IOERR")
+            return stmt_result(value, analysis.columns)
         outcome, _ = await self._once(True, sql, params, analysis, want_rows)
         self._settings.transaction_ended()  # an autocommit write is a whole transaction
         if analysis.is_ddl and not isinstance(outcome, SQLError):
