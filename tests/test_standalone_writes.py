@@ -1,6 +1,9 @@
-"""Group commit on a standalone node (edgenode.standalone.commits): concurrent autocommit writes share
-one transaction and one COMMIT, each still atomic, with its own result or error, acknowledged only
-once the shared COMMIT is done; a `kill -9` loses no acknowledged write."""
+"""A standalone node's write path.
+
+Group commit (edgenode.standalone.commits): concurrent autocommit writes share one transaction and
+one COMMIT, each still atomic, with its own result or error, acknowledged only once the shared
+COMMIT is done; a `kill -9` loses no acknowledged write. And what every write pays besides: no
+schema-mirror rebuild and no read for kinds of collections nobody defined."""
 
 from __future__ import annotations
 
@@ -122,6 +125,37 @@ def test_a_read_of_a_missing_table_does_not_rebuild_the_schema_mirror_but_anothe
         other.close()
         assert (await db.read("SELECT a FROM elsewhere")).rows == [[7]]
         assert db.schema_refreshes == refreshes + 1
+        await db.stop()
+
+    run(main())
+
+
+def test_writes_on_a_node_without_collections_read_nothing_for_them(tmp_path: Path) -> None:
+    from edgenode.text.manager import TextManager
+    from edgenode.vectors.manager import VectorManager
+
+    async def main() -> None:
+        db = await open_db(tmp_path)
+        vectors = VectorManager(db, tmp_path)
+        text = TextManager(db, tmp_path, vectors=vectors)
+        await vectors.start()
+        await text.start()
+        await db.write([("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)", [])])
+        reads: list[str] = []
+        real_read = db.read
+
+        async def counted(sql: str, *args: Any, **kw: Any) -> Any:
+            reads.append(sql)
+            return await real_read(sql, *args, **kw)
+
+        db.read = counted  # type: ignore[method-assign]
+        refreshes = db.schema_refreshes
+        for i in range(5):
+            await db.write([("INSERT INTO t (v) VALUES (?)", [str(i)])])
+        assert reads == [] and db.schema_refreshes == refreshes
+        db.read = real_read  # type: ignore[method-assign]
+        await text.stop()
+        await vectors.stop()
         await db.stop()
 
     run(main())
