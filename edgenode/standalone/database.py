@@ -151,23 +151,36 @@ class LocalDatabase(Database):
         max_rows = max_rows or self.max_rows
         timeout_ms = timeout_ms or self.timeout_ms
         reader = await self._idle.get()
+        # The binding cannot interrupt a statement that computes without yielding rows: past the
+        # timeout its process is stopped (the call then fails with OwnerDied) and replaced. A timer,
+        # not asyncio.wait_for: no task per read.
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            reader.kill()
+
+        timer = asyncio.get_running_loop().call_later(timeout_ms / 1000 + 0.05, expire)
         try:
-            result = await asyncio.wait_for(
-                reader.call(engine.run_read, sql, bound, max_rows, timeout_ms), timeout_ms / 1000 + 0.05
-            )
-        except (TimeoutError, OwnerDied) as exc:
-            # The binding cannot interrupt a statement that computes without yielding rows:
-            # stop its process and give the pool a fresh reader.
+            result = await reader.call(engine.run_read, sql, bound, max_rows, timeout_ms)
+        except OwnerDied as exc:
             reader.kill()
             self._replace_later(reader)
-            if isinstance(exc, TimeoutError):
+            if expired:
                 raise QueryTimeout(
                     f"query ran longer than query_timeout_ms={timeout_ms}; narrow it or raise --query-timeout-ms"
                 ) from None
             raise Unavailable("the reader process died; retry the request") from exc
+        except asyncio.CancelledError:
+            # The request went away mid-read: ProcessOwner.call retired the process; replace it.
+            self._replace_later(reader)
+            raise
         except BaseException:
             self._idle.put_nowait(reader)
             raise
+        finally:
+            timer.cancel()
         self._idle.put_nowait(reader)
         result.decltypes = [t for _, t in analysis.columns]
         return result
