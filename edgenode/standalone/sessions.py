@@ -114,6 +114,42 @@ class ReaderPool:
     async def stop(self, on_close: tuple[str, ...] = ()) -> None:
         await asyncio.gather(*(owner.close(on_close) for owner in self.owners), return_exceptions=True)
 
+    async def call_now(self, limit: float, fn: Callable[..., T], *args: Any) -> T | None:
+        """Run fn(conn, *args) from the event loop on a reader that is idle now, else None (the
+        caller then waits for one in a worker thread). Past `limit` s the process is stopped."""
+        try:
+            owner = self._idle.get_nowait()
+        except queue.Empty:
+            return None
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            owner.kill()
+
+        timer = asyncio.get_running_loop().call_later(limit, expire)
+        try:
+            result = await owner.call(fn, *args)
+        except OwnerDied as exc:
+            owner.kill()
+            self._replace(owner)
+            if expired:
+                raise _ReaderStopped(
+                    f"interrupted: query ran longer than {limit * 1000:g} ms (query_timeout_ms)"
+                ) from exc
+            raise
+        except asyncio.CancelledError:
+            self._replace(owner)  # ProcessOwner.call retired it
+            raise
+        except BaseException:
+            self._idle.put(owner)
+            raise
+        finally:
+            timer.cancel()
+        self._idle.put(owner)
+        return result
+
     def call(self, wait: float, timeout: float, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(conn, *args) on an idle reader (worker thread); wait at most `wait` s for one."""
         try:
@@ -224,6 +260,48 @@ class LocalSession(Session):
 
     def is_autocommit(self) -> bool:
         return self._pin is None
+
+    async def try_execute(self, sql: str, args: list[Value] | dict[str, Value], want_rows: bool) -> StmtResult | None:
+        """Autocommit reads on the event loop, on a reader idle now (no worker-thread hop); anything
+        else (writes, transactions, a statement needing a schema refresh, no idle reader) is None."""
+        if self._closed or self._pin is not None:
+            return None
+        analyzer = self.db.analyzer
+        if analyzer is None:
+            return None
+        statement = single_statement(sql)
+        if is_begin_readonly(statement):
+            return None
+        try:
+            analysis = analyze(analyzer, statement)
+        except HranaError:
+            return None  # `execute` refreshes the mirror if it may trail the file, and words the error
+        if not analysis.is_readonly or analysis.is_transaction_control or stream_pragma_of(analysis) is not None:
+            return None
+        statement, params = bind(analyzer, analysis, args)
+        try:
+            answer = await self.backend.readers.call_now(
+                self.db.timeout_ms / 1000,
+                engine.execute,
+                statement,
+                params,
+                want_rows,
+                analysis.is_dml,
+                analysis.is_insert,
+                self._settings.items(),
+            )
+        except OwnerDied as exc:
+            raise self._died(exc) from exc
+        if answer is None:
+            return None
+        outcome, _ = answer
+        return stmt_result(outcome, analysis.columns)
+
+    def try_close(self) -> bool:
+        if self._pin is not None:
+            return False
+        self._closed = True
+        return True
 
     def close(self) -> None:
         if self._closed:
