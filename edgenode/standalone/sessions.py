@@ -262,8 +262,9 @@ class LocalSession(Session):
         return self._pin is None
 
     async def try_execute(self, sql: str, args: list[Value] | dict[str, Value], want_rows: bool) -> StmtResult | None:
-        """Autocommit reads on the event loop, on a reader idle now (no worker-thread hop); anything
-        else (writes, transactions, a statement needing a schema refresh, no idle reader) is None."""
+        """Autocommit statements on the event loop (no worker-thread hop): reads on a reader idle now,
+        writes through the group commit. Transactions, stream PRAGMAs, a statement needing a schema
+        refresh, or no idle reader: None (`execute` runs it in a worker thread)."""
         if self._closed or self._pin is not None:
             return None
         analyzer = self.db.analyzer
@@ -276,9 +277,13 @@ class LocalSession(Session):
             analysis = analyze(analyzer, statement)
         except HranaError:
             return None  # `execute` refreshes the mirror if it may trail the file, and words the error
-        if not analysis.is_readonly or analysis.is_transaction_control or stream_pragma_of(analysis) is not None:
+        if analysis.is_transaction_control or stream_pragma_of(analysis) is not None:
             return None
         statement, params = bind(analyzer, analysis, args)
+        if not analysis.is_readonly:
+            # An autocommit write awaits its group commit here, as `execute` would through the bridge.
+            check_write(analysis, self.can_write)
+            return await self._write_once(statement, params, analysis, want_rows)
         try:
             answer = await self.backend.readers.call_now(
                 self.db.timeout_ms / 1000,
