@@ -1,5 +1,7 @@
 """Point-select throughput and latency through `/api/v1/query` with 1, 8 and 32 concurrent
-clients, next to the same query in-process (the node's read path, and raw libsql) in the same run.
+clients, next to the same query in-process (the node's read path, and raw libsql) in the same run,
+and Datasette's JSON API (PyPI `datasette`, the bench extra) serving the same file and query as the
+anchor: a run that could not measure Datasette lists it under `peers_missing` and fails.
 
 The load generator (bench/loadgen.py: raw asyncio HTTP/1.1, keep-alive) is a separate process; on a
 2-core machine it competes with the node for CPU, which the figures include.
@@ -9,19 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import random
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import msgspec
 
-from bench.common import NodeProcess, machine, percentile, table
+from bench.common import NodeProcess, free_port, machine, percentile, table
 from bench.loadgen import run_load
 
 SQL = "SELECT id, email, username, created_at FROM users WHERE id = ?"
+# Datasette binds named parameters from the query string: the same statement, the parameter named.
+DATASETTE_SQL = SQL.replace("?", ":id")
 
 
 def _ids(n: int) -> list[str]:
@@ -39,14 +47,27 @@ async def _load(url: str, clients: int, seconds: float, n_rows: int) -> dict[str
     return await run_load(url, "/api/v1/query", body, clients, seconds, check=one_row)
 
 
-def _load_process(url: str, clients: int, seconds: float, n_rows: int, queue: Any) -> None:
-    queue.put(asyncio.run(_load(url, clients, seconds, n_rows)))
+async def _load_datasette(url: str, clients: int, seconds: float, n_rows: int) -> dict[str, Any]:
+    def target(worker: int, n: int) -> bytes:
+        rng = random.Random(worker * 1_000_003 + n)
+        query = urlencode({"sql": DATASETTE_SQL, "id": f"user-{rng.randrange(n_rows):07d}", "_shape": "array"})
+        return f"/edgenode.json?{query}".encode()
+
+    def one_row(_: int, payload: bytes) -> bool:
+        return len(msgspec.json.decode(payload)) == 1
+
+    return await run_load(url, "", target, clients, seconds, check=one_row, get=True)
 
 
-def http_load(url: str, clients: int, seconds: float, n_rows: int) -> dict[str, Any]:
+def _load_process(url: str, clients: int, seconds: float, n_rows: int, queue: Any, peer: str) -> None:
+    load = _load_datasette if peer == "datasette" else _load
+    queue.put(asyncio.run(load(url, clients, seconds, n_rows)))
+
+
+def http_load(url: str, clients: int, seconds: float, n_rows: int, peer: str = "node") -> dict[str, Any]:
     queue: Any = multiprocessing.get_context("spawn").Queue()
     proc = multiprocessing.get_context("spawn").Process(
-        target=_load_process, args=(url, clients, seconds, n_rows, queue)
+        target=_load_process, args=(url, clients, seconds, n_rows, queue, peer)
     )
     proc.start()
     result = queue.get(timeout=seconds + 120)
@@ -114,6 +135,59 @@ def seed(url: str, n_rows: int) -> None:
             response.raise_for_status()
 
 
+class Datasette:
+    """`datasette serve` on the node's file (after the node stopped), on a free loopback port."""
+
+    def __init__(self, db_file: Path, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = log.open("ab")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "datasette", "serve", str(db_file), "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ},
+        )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"datasette exited with {self.popen.returncode}")
+            try:
+                if httpx.get(self.url + "/-/versions.json", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"datasette not ready after {timeout}s")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(20)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+        self._log.close()
+
+
+def datasette_rows(db_file: Path, log: Path, seconds: float, n_rows: int) -> list[dict[str, Any]]:
+    rows = []
+    server = Datasette(db_file, log)
+    try:
+        server.wait_ready()
+        for clients in (1, 8, 32):
+            result = http_load(server.url, clients, seconds, n_rows, peer="datasette")
+            if not result["requests"] or result["errors"] == result["requests"]:
+                raise RuntimeError(f"no successful request at {clients} client(s); see {log}")
+            rows.append({"method": f"Datasette JSON API, {clients} client(s)", "clients": clients, **result})
+            print(f"   {rows[-1]['method']}: {result['qps']:,.0f} q/s, p50 {result['p50_ms']:.2f} ms", flush=True)
+    finally:
+        server.stop()
+    return rows
+
+
 def run(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
     n_rows = 2_000 if quick else 100_000
     seconds = 2.0 if quick else 10.0
@@ -130,14 +204,22 @@ def run(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
                 print(f"   {rows[-1]['method']}: {result['qps']:,.0f} q/s, p50 {result['p50_ms']:.2f} ms", flush=True)
         finally:
             node.stop()
+        missing: list[str] = []
+        try:
+            import datasette  # noqa: F401  (the bench extra)
+
+            rows.extend(datasette_rows(data_dir / "edgenode.db", Path(tmp) / "datasette.log", seconds, n_rows))
+        except Exception as exc:
+            missing.append(f"datasette: {exc}")
         rows.extend(in_process(data_dir, seconds, n_rows))
     print(table(rows, ["method", "qps", "p50_ms", "p99_ms", "errors"]))
     return {
         "benchmark": "api_reads",
         "command": "python -m bench api_reads" + (" --quick" if quick else ""),
         "machine": machine(),
-        "parameters": {"rows": n_rows, "seconds_per_level": seconds, "query": SQL},
+        "parameters": {"rows": n_rows, "seconds_per_level": seconds, "query": SQL, "datasette_query": DATASETTE_SQL},
         "rows": rows,
+        "peers_missing": missing,
     }
 
 

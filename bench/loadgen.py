@@ -27,6 +27,10 @@ def encode_post(host: str, path: str, body: bytes, token: str | None = None) -> 
     return head.encode() + body
 
 
+def encode_get(host: str, target: str) -> bytes:
+    return f"GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+
+
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
@@ -58,8 +62,12 @@ async def run_load(
     token: str | None = None,
     check: Callable[[int, bytes], bool] | None = None,
     keep_alive: bool = True,
+    get: bool = False,
 ) -> dict[str, Any]:
     """`clients` concurrent workers sending requests for `seconds`.
+
+    With `get=True` the requests are GETs and `make_body` gives the request target (path and query)
+    instead of a body: peers such as Datasette answer queries on GET.
 
     With `keep_alive=False` every request opens its own TCP connection and its latency includes
     the connect: the only way to drive a server that answers `Connection: close` (turso's); a
@@ -69,6 +77,11 @@ async def run_load(
     latencies: list[float] = []
     errors = 0
     stop_at = time.perf_counter() + seconds
+
+    def encode(worker_id: int, n: int) -> bytes:
+        if get:
+            return encode_get(f"{host}:{port}", make_body(worker_id, n).decode())
+        return encode_post(f"{host}:{port}", path, make_body(worker_id, n), token)
 
     def record(start: float, status: int, body: bytes) -> None:
         nonlocal errors
@@ -81,7 +94,7 @@ async def run_load(
         n = 0
         try:
             while time.perf_counter() < stop_at:
-                request = encode_post(f"{host}:{port}", path, make_body(worker_id, n), token)
+                request = encode(worker_id, n)
                 n += 1
                 start = time.perf_counter()
                 writer.write(request)
@@ -93,7 +106,7 @@ async def run_load(
         nonlocal errors
         n = 0
         while time.perf_counter() < stop_at:
-            request = encode_post(f"{host}:{port}", path, make_body(worker_id, n), token)
+            request = encode(worker_id, n)
             n += 1
             start = time.perf_counter()
             reader, writer = await asyncio.open_connection(host, port)

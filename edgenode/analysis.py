@@ -129,6 +129,7 @@ class StatementAnalyzer:
         self._cache: OrderedDict[str, Analysis] = OrderedDict()
         self._cache_size = cache_size
         self._slots: OrderedDict[str, tuple[tuple[str, ...], tuple[int, ...]]] = OrderedDict()
+        self._tables: frozenset[str] | None = None  # the mirror's table names, lower case, once asked
         self._mirror = self._build_mirror()
 
     def _build_mirror(self) -> apsw.Connection:
@@ -152,6 +153,7 @@ class StatementAnalyzer:
         fork._cache = OrderedDict()
         fork._cache_size = self._cache_size
         fork._slots = OrderedDict()
+        fork._tables = None
         fork._mirror = apsw.Connection(":memory:")
         for name in _LIBSQL_FUNCTIONS:
             fork._mirror.create_scalar_function(name, _stub, -1, deterministic=True)
@@ -167,12 +169,22 @@ class StatementAnalyzer:
             except apsw.Error:
                 pass
             self._cache.clear()
+            self._tables = None
+
+    def has_table(self, name: str) -> bool:
+        """Whether the mirror (the schema as last read) has a table or view `name`."""
+        with self._lock:
+            if self._tables is None:
+                rows = self._mirror.execute("SELECT name FROM sqlite_schema WHERE type IN ('table', 'view')")
+                self._tables = frozenset(str(n).lower() for (n,) in rows)
+            return name.lower() in self._tables
 
     def refresh(self) -> None:
         mirror = self._build_mirror()
         with self._lock:
             self._mirror = mirror
             self._cache.clear()
+            self._tables = None
 
     def parameter_slots(self, sql: str, count: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
         """`sql` cut at its parameters, as SQLite's own tokenizer finds them: `pieces[0] ?slots[0]

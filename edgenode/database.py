@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgenode.analysis import StatementAnalyzer
 from edgenode.hrana.backend import Backend
 from edgenode.pragmas import PragmaReport
 from edgenode.results import ChangeListener, Params, QueryResult, Statement, WritePosition, WriteResult
@@ -51,6 +52,7 @@ class Database(ABC):
     role: str
     path: Path
     pragma_report: PragmaReport | None = None
+    analyzer: StatementAnalyzer | None = None  # the schema mirror statements are analyzed against
 
     def __init__(self) -> None:
         self._listeners: list[ChangeListener] = []
@@ -67,6 +69,14 @@ class Database(ABC):
                 await callback()
             except Exception:
                 log.exception("change listener failed")
+
+    def may_have_table(self, name: str) -> bool:
+        """False only when the schema as the node last read it has no table `name`; no I/O (the
+        analyzer's mirror). The node rereads the schema after every schema change it commits and,
+        on a replica, after a sync that brings one: change listeners use this to skip, after every
+        write, reading the definitions of a kind of collection nobody defined."""
+        analyzer = self.analyzer
+        return analyzer is None or analyzer.has_table(name)
 
     # -- lifecycle -------------------------------------------------------------------------------
 

@@ -37,6 +37,17 @@ def read_schema(conn: Any) -> list[str]:
     return [row[0] for row in conn.execute(SCHEMA_SQL).fetchall()]
 
 
+def schema_version(conn: Any) -> int:
+    """SQLite's schema cookie: changes with every schema change, by any connection to the file."""
+    return int(conn.execute("PRAGMA schema_version").fetchone()[0])
+
+
+def read_versioned_schema(conn: Any) -> tuple[int, list[str]]:
+    # The version first: a change landing between the two reads leaves the mirror newer than the
+    # version it is labelled with, so the next check refreshes again (never the stale direction).
+    return schema_version(conn), read_schema(conn)
+
+
 def migrate_local(conn: Any, sql_dir: Path | None) -> MigrationReport:
     return run_migrations(LibsqlTarget(conn), sql_dir)
 
@@ -87,23 +98,11 @@ def run_transaction(conn: Any, statements: list[PlainStatement], guard: Guard | 
     when that says no the transaction is rolled back and None returned; its second one last,
     before COMMIT, with the results."""
     conn.execute("BEGIN IMMEDIATE")
-    results: list[ExecResult] = []
     try:
         if guard is not None and not guard[0](conn):
             conn.execute("ROLLBACK")
             return None
-        for index, (sql, params, is_dml, is_insert) in enumerate(statements):
-            try:
-                cursor = conn.execute(sql, params)
-                cursor.fetchall()
-            except ValueError as exc:
-                raise SQLError(f"statements[{index}]: {exc}", index) from exc
-            results.append(
-                ExecResult(
-                    rows_affected=max(cursor.rowcount, 0) if is_dml else 0,
-                    last_insert_rowid=cursor.lastrowid if is_insert else None,
-                )
-            )
+        results = _run_statements(conn, statements)
         if guard is not None:
             guard[1](conn, results)
         conn.execute("COMMIT")
@@ -114,6 +113,95 @@ def run_transaction(conn: Any, statements: list[PlainStatement], guard: Guard | 
             pass  # already rolled back by the engine
         raise
     return results
+
+
+def _run_statements(conn: Any, statements: list[PlainStatement]) -> list[ExecResult]:
+    results: list[ExecResult] = []
+    for index, (sql, params, is_dml, is_insert) in enumerate(statements):
+        try:
+            cursor = conn.execute(sql, params)
+            cursor.fetchall()
+        except ValueError as exc:
+            raise SQLError(f"statements[{index}]: {exc}", index) from exc
+        results.append(
+            ExecResult(
+                rows_affected=max(cursor.rowcount, 0) if is_dml else 0,
+                last_insert_rowid=cursor.lastrowid if is_insert else None,
+            )
+        )
+    return results
+
+
+# One autocommit write of a group (edgenode.standalone.commits): a REST batch, ("batch", statements),
+# or a protocol stream's single statement, ("statement", (sql, params, want_rows, is_dml, is_insert)).
+GroupMember = tuple[str, Any]
+# Per member: (True, its result) or (False, the error that undid it).
+GroupOutcome = tuple[bool, Any]
+_SAVEPOINT = "edgenode_write"
+
+
+def _run_member(conn: Any, member: GroupMember) -> Any:
+    kind, payload = member
+    if kind == "batch":
+        return _run_statements(conn, payload)
+    return run_statement(conn, *payload)
+
+
+def run_group(conn: Any, members: list[GroupMember]) -> list[GroupOutcome]:
+    """Several autocommit writes in one transaction and one COMMIT (one fsync where the profile
+    syncs), each inside its own SAVEPOINT: a write that fails is rolled back to its savepoint alone
+    and reported to its caller; the others commit.
+
+    Two ways a failure reaches past its savepoint, both handled so no write pays for another's:
+    a conflict clause that ends the whole transaction (`INSERT OR ROLLBACK`, `RAISE(ROLLBACK)`)
+    undoes the writes before it, which run again in a fresh transaction; and a COMMIT that fails
+    (a deferred foreign key, an I/O error) commits nothing, so each write then runs alone."""
+    outcomes: list[GroupOutcome | None] = [None] * len(members)
+    while True:
+        todo = [i for i, outcome in enumerate(outcomes) if outcome is None]
+        if not todo:
+            return [outcome for outcome in outcomes if outcome is not None]
+        conn.execute("BEGIN IMMEDIATE")
+        done: list[int] = []
+        try:
+            for i in todo:
+                conn.execute(f"SAVEPOINT {_SAVEPOINT}")
+                try:
+                    value = _run_member(conn, members[i])
+                except Exception as exc:  # this write's error, reported to its caller
+                    outcomes[i] = (False, exc)
+                    if not conn.in_transaction:
+                        for j in done:  # undone with the transaction: they run again
+                            outcomes[j] = None
+                        done = []
+                        break
+                    conn.execute(f"ROLLBACK TO {_SAVEPOINT}")
+                    conn.execute(f"RELEASE {_SAVEPOINT}")
+                    continue
+                conn.execute(f"RELEASE {_SAVEPOINT}")
+                outcomes[i] = (True, value)
+                done.append(i)
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+        except ValueError as exc:
+            # COMMIT refused: nothing of this transaction is committed.
+            _rollback_quietly(conn)
+            if len(done) == 1:
+                outcomes[done[0]] = (False, SQLError(str(exc)))
+            else:
+                for i in done:
+                    outcomes[i] = run_group(conn, [members[i]])[0]
+        except BaseException:
+            _rollback_quietly(conn)
+            raise
+
+
+def _rollback_quietly(conn: Any) -> None:
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except ValueError:
+            pass
 
 
 def run_statement(

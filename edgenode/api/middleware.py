@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -23,6 +24,9 @@ class MetricsMiddleware:
         self.app = app
         self.metrics = metrics
         self.route_label = route_label
+        # Labelled children, looked up once per (route, method, status): `labels()` validates and
+        # locks on every call, on every request.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -41,8 +45,17 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = self.route_label(scope)
-            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - start)
+            key = (route, scope["method"], status)
+            children = self._children.get(key)
+            if children is None:
+                children = (
+                    self.metrics.requests.labels(route, scope["method"], str(status)),
+                    self.metrics.latency.labels(route),
+                )
+                if len(self._children) < 1024:  # methods come from clients: bounded
+                    self._children[key] = children
+            children[0].inc()
+            children[1].observe(time.perf_counter() - start)
 
 
 class AuthMiddleware:

@@ -103,6 +103,19 @@ class Session(ABC):
     def close(self) -> None:
         """Roll back anything open and release the connection. Must be idempotent."""
 
+    # Optional, on the event loop: a session that can answer some statements without blocking saves
+    # the worker-thread hop (most of a point read's cost). Both default to "not here".
+
+    async def try_execute(self, sql: str, args: list[Value] | dict[str, Value], want_rows: bool) -> StmtResult | None:
+        """Run the statement on the event loop if this session can without blocking, else None (the
+        server then calls `execute` in a worker thread). Errors are raised as from `execute`."""
+        return None
+
+    def try_close(self) -> bool:
+        """Close now if that cannot block (nothing open), returning True; else False (`close` runs in
+        a worker thread)."""
+        return False
+
 
 class Backend(ABC):
     # False when open_session never blocks (allocates a session object only): the server then calls

@@ -115,6 +115,40 @@ class StreamContext:
     def execute(self, stmt: p.Stmt) -> p.StmtResult:
         return stmt_result_to_proto(self.run_stmt(stmt))
 
+    async def try_handle(self, request: p.StreamRequest) -> p.StreamResult | None:
+        """`handle` on the event loop, for the requests a session can answer there without blocking
+        (`Session.try_execute`, `Session.try_close`); None: run it with `handle` in a worker thread."""
+        try:
+            if isinstance(request, p.CloseReq):
+                if self.session is not None and not self.session.try_close():
+                    return None
+                self.session = None
+                return p.StreamResultOk(response=p.CloseResp())
+            if not isinstance(request, p.ExecuteReq):
+                return None
+            stmt = request.stmt
+            if stmt.args and stmt.named_args:
+                return None  # `handle` words the error
+            session = self.require_session()
+            sql = self.resolve_sql(stmt.sql, stmt.sql_id)
+            args: list[Value] | dict[str, Value]
+            if stmt.named_args:
+                args = {arg.name: to_python(arg.value) for arg in stmt.named_args}
+            else:
+                args = [to_python(value) for value in stmt.args or ()]
+            want_rows = True if stmt.want_rows is None else stmt.want_rows
+            started = time.perf_counter()
+            result = await session.try_execute(sql, args, want_rows)
+            if result is None:
+                return None
+            if not want_rows:
+                result.rows = []
+            if not result.query_duration_ms:
+                result.query_duration_ms = (time.perf_counter() - started) * 1000.0
+            return p.StreamResultOk(response=p.ExecuteResp(result=stmt_result_to_proto(result)))
+        except Exception as exc:
+            return p.StreamResultError(error=self.report(error_of(exc)))
+
     def batch(self, batch: p.Batch) -> p.BatchResult:
         results: list[p.StmtResult | None] = []
         errors: list[p.Error | None] = []

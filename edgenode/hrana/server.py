@@ -420,16 +420,33 @@ class HranaServer:
                     raise
                 return json_response(p.PipelineRespBody(baton=None, base_url=self.base_url, results=answered))
             lease = stream.seq
+            started = time.monotonic()
+            # Requests the session answers on the loop (point reads, a close) skip the thread hop;
+            # from the first one it cannot, the rest run in a worker thread, in order.
+            answered: list[p.StreamResult] = []
+            try:
+                for stream_request in body.requests:
+                    result = await stream.ctx.try_handle(stream_request)
+                    if result is None:
+                        break
+                    answered.append(result)
+            except BaseException:
+                self._discard(stream)
+                raise
+            rest = body.requests[len(answered) :]
 
             def run() -> bytes:
-                started = time.monotonic()
-                results = [stream.ctx.handle(stream_request) for stream_request in body.requests]
+                results = answered + [stream.ctx.handle(stream_request) for stream_request in rest]
                 self._note_transaction(stream, started)
                 # Encoded here, off the event loop: results can be megabytes.
                 return msgspec.json.encode(results)
 
             try:
-                results = await anyio.to_thread.run_sync(run)
+                if rest:
+                    results = await anyio.to_thread.run_sync(run)
+                else:
+                    self._note_transaction(stream, started)
+                    results = msgspec.json.encode(answered)
             except BaseException:
                 self._discard(stream)
                 raise

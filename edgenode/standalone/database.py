@@ -22,6 +22,7 @@ from edgenode.migrations import MigrationReport
 from edgenode.owner import OwnerDied, ProcessOwner
 from edgenode.pragmas import Profile
 from edgenode.results import NO_POSITION, Params, QueryResult, Statement, WritePosition, WriteResult
+from edgenode.standalone.commits import GroupCommitter
 from edgenode.standalone.sessions import LocalConnections
 from edgenode.statements import bind_statement, plain, prepare_read, prepare_writes
 
@@ -65,8 +66,11 @@ class LocalDatabase(Database):
         ]
         self._idle: asyncio.Queue[ProcessOwner] = asyncio.Queue()
         self._write_lock = asyncio.Lock()
+        self.commits = GroupCommitter(self._writer, self._write_lock, self._after_group)
         self._background: set[asyncio.Task[None]] = set()
         self.analyzer: StatementAnalyzer | None = None
+        self._schema_version: int | None = None  # the file's schema cookie the mirror was built from
+        self.schema_refreshes = 0
         self.started = False
         self.readers_replaced = 0
 
@@ -76,7 +80,7 @@ class LocalDatabase(Database):
         self.pragma_report = await self._writer.start()
         if self.migrate:
             self.migration_report = await self._writer.call(engine.migrate_local, self.sql_dir)
-        schema = await self._writer.call(engine.read_schema)
+        self._schema_version, schema = await self._writer.call(engine.read_versioned_schema)
         self.analyzer = StatementAnalyzer(lambda: schema)
         await asyncio.gather(*(reader.start() for reader in self._readers))
         for reader in self._readers:
@@ -85,6 +89,7 @@ class LocalDatabase(Database):
 
     async def stop(self) -> None:
         self.started = False
+        await self.commits.stop()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*(r.close(self.profile.on_close) for r in self._readers), return_exceptions=True)
@@ -95,11 +100,34 @@ class LocalDatabase(Database):
 
     async def refresh_schema(self) -> None:
         """Rebuild the analyzer's schema mirror (after DDL, or a schema change by another connection)."""
-        schema = await self._writer.call(engine.read_schema)
+        version, schema = await self._writer.call(engine.read_versioned_schema)
         analyzer = self.analyzer
         if analyzer is not None:
             analyzer._schema = lambda: schema  # the next refresh reads the new schema
             await asyncio.to_thread(analyzer.refresh)
+        self._schema_version = version
+        self.schema_refreshes += 1
+
+    async def refresh_schema_if_changed(self) -> bool:
+        """After a statement failed analysis ("no such table"): rebuild the mirror only when the file's
+        schema changed since it was built (another connection's DDL). A missing table stays missing
+        without the rebuild's cost, which every write's change listeners would otherwise pay."""
+        reader = await self._idle.get()
+        try:
+            version = await reader.call(engine.schema_version)
+        except OwnerDied:
+            reader.kill()
+            self._replace_later(reader)
+            version = None  # cannot tell: refresh
+        except BaseException:
+            self._idle.put_nowait(reader)
+            raise
+        else:
+            self._idle.put_nowait(reader)
+        if version is not None and version == self._schema_version:
+            return False
+        await self.refresh_schema()
+        return True
 
     async def migration_status(self) -> list[dict[str, Any]]:
         return await self._writer.call(engine.migration_status_local, self.sql_dir)
@@ -119,29 +147,43 @@ class LocalDatabase(Database):
             analysis = prepare_read(analyzer, sql)
         except SQLError:
             # The mirror may trail a schema change made by another connection to the file.
-            await self.refresh_schema()
+            if not await self.refresh_schema_if_changed():
+                raise
             analysis = prepare_read(analyzer, sql)
         sql, bound = bind_statement(analyzer, analysis, params, "params")
         max_rows = max_rows or self.max_rows
         timeout_ms = timeout_ms or self.timeout_ms
         reader = await self._idle.get()
+        # The binding cannot interrupt a statement that computes without yielding rows: past the
+        # timeout its process is stopped (the call then fails with OwnerDied) and replaced. A timer,
+        # not asyncio.wait_for: no task per read.
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            reader.kill()
+
+        timer = asyncio.get_running_loop().call_later(timeout_ms / 1000 + 0.05, expire)
         try:
-            result = await asyncio.wait_for(
-                reader.call(engine.run_read, sql, bound, max_rows, timeout_ms), timeout_ms / 1000 + 0.05
-            )
-        except (TimeoutError, OwnerDied) as exc:
-            # The binding cannot interrupt a statement that computes without yielding rows:
-            # stop its process and give the pool a fresh reader.
+            result = await reader.call(engine.run_read, sql, bound, max_rows, timeout_ms)
+        except OwnerDied as exc:
             reader.kill()
             self._replace_later(reader)
-            if isinstance(exc, TimeoutError):
+            if expired:
                 raise QueryTimeout(
                     f"query ran longer than query_timeout_ms={timeout_ms}; narrow it or raise --query-timeout-ms"
                 ) from None
             raise Unavailable("the reader process died; retry the request") from exc
+        except asyncio.CancelledError:
+            # The request went away mid-read: ProcessOwner.call retired the process; replace it.
+            self._replace_later(reader)
+            raise
         except BaseException:
             self._idle.put_nowait(reader)
             raise
+        finally:
+            timer.cancel()
         self._idle.put_nowait(reader)
         result.decltypes = [t for _, t in analysis.columns]
         return result
@@ -162,22 +204,35 @@ class LocalDatabase(Database):
 
     async def write(self, statements: Sequence[Statement], keyed: KeyedWrite | None = None) -> WriteResult:
         prepared = prepare_writes(self._analyzer(), statements)
-        replayed = False
+        is_ddl = any(a.is_ddl for _, _, a in prepared)
+        if keyed is None:
+            # Concurrent writes share a transaction and a COMMIT (edgenode.standalone.commits).
+            ok, value = await self.commits.commit(("batch", plain(prepared)), is_ddl)
+            if not ok:
+                raise value
+            return WriteResult(value)
         async with self._write_lock:
             try:
-                if keyed is None:
-                    results = await self._writer.call(engine.run_transaction, plain(prepared))
-                    assert results is not None
-                else:
-                    # The key is claimed and recorded in the write's own transaction (edgenode.idempotency).
-                    results, replayed = await self._writer.call(run_keyed_local, plain(prepared), keyed)
+                # The key is claimed and recorded in the write's own transaction (edgenode.idempotency).
+                results, replayed = await self._writer.call(run_keyed_local, plain(prepared), keyed)
             except OwnerDied as exc:
                 await self._writer.restart()
                 raise Unavailable("the writer process died; the transaction was not committed, retry it") from exc
-        if any(a.is_ddl for _, _, a in prepared):
+        await self._after_group(is_ddl)
+        return WriteResult(results, replayed=replayed)
+
+    async def commit_statement(
+        self, sql: str, params: list[Any], want_rows: bool, is_dml: bool, is_insert: bool, is_ddl: bool, wait: float
+    ) -> tuple[bool, Any]:
+        """A protocol stream's autocommit statement in the next group commit: (True, StatementOutcome)
+        or (False, its error; `WriterBusy` when it waited `wait` s for the writer and never ran)."""
+        member = ("statement", (sql, params, want_rows, is_dml, is_insert))
+        return await self.commits.commit(member, is_ddl, wait)
+
+    async def _after_group(self, ddl: bool) -> None:
+        if ddl:
             await self.refresh_schema()
         await self.notify_changed()
-        return WriteResult(results, replayed=replayed)
 
     # -- protocol streams ------------------------------------------------------------------------
 
@@ -228,4 +283,6 @@ class LocalDatabase(Database):
             "pragmas": self.pragma_report.as_dict() if self.pragma_report else None,
             "readers": len(self._readers),
             "readers_replaced": self.readers_replaced,
+            "schema_refreshes": self.schema_refreshes,
+            "group_commits": self.commits.stats.as_dict(),
         }

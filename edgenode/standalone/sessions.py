@@ -42,6 +42,7 @@ from edgenode.sessions import (
     stmt_result,
     stream_pragma_of,
 )
+from edgenode.standalone.commits import WriterBusy
 from edgenode.stream_pragmas import StreamSettings
 
 if TYPE_CHECKING:
@@ -114,6 +115,42 @@ class ReaderPool:
 
     async def stop(self, on_close: tuple[str, ...] = ()) -> None:
         await asyncio.gather(*(owner.close(on_close) for owner in self.owners), return_exceptions=True)
+
+    async def call_now(self, limit: float, fn: Callable[..., T], *args: Any) -> T | None:
+        """Run fn(conn, *args) from the event loop on a reader that is idle now, else None (the
+        caller then waits for one in a worker thread). Past `limit` s the process is stopped."""
+        try:
+            owner = self._idle.get_nowait()
+        except queue.Empty:
+            return None
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            owner.kill()
+
+        timer = asyncio.get_running_loop().call_later(limit, expire)
+        try:
+            result = await owner.call(fn, *args)
+        except OwnerDied as exc:
+            owner.kill()
+            self._replace(owner)
+            if expired:
+                raise _ReaderStopped(
+                    f"interrupted: query ran longer than {limit * 1000:g} ms (query_timeout_ms)"
+                ) from exc
+            raise
+        except asyncio.CancelledError:
+            self._replace(owner)  # ProcessOwner.call retired it
+            raise
+        except BaseException:
+            self._idle.put(owner)
+            raise
+        finally:
+            timer.cancel()
+        self._idle.put(owner)
+        return result
 
     def call(self, wait: float, timeout: float, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(conn, *args) on an idle reader (worker thread); wait at most `wait` s for one."""
@@ -226,6 +263,53 @@ class LocalSession(Session):
     def is_autocommit(self) -> bool:
         return self._pin is None
 
+    async def try_execute(self, sql: str, args: list[Value] | dict[str, Value], want_rows: bool) -> StmtResult | None:
+        """Autocommit statements on the event loop (no worker-thread hop): reads on a reader idle now,
+        writes through the group commit. Transactions, stream PRAGMAs, a statement needing a schema
+        refresh, or no idle reader: None (`execute` runs it in a worker thread)."""
+        if self._closed or self._pin is not None:
+            return None
+        analyzer = self.db.analyzer
+        if analyzer is None:
+            return None
+        statement = single_statement(sql)
+        if is_begin_readonly(statement):
+            return None
+        try:
+            analysis = analyze(analyzer, statement)
+        except HranaError:
+            return None  # `execute` refreshes the mirror if it may trail the file, and words the error
+        if analysis.is_transaction_control or stream_pragma_of(analysis) is not None:
+            return None
+        statement, params = bind(analyzer, analysis, args)
+        if not analysis.is_readonly:
+            # An autocommit write awaits its group commit here, as `execute` would through the bridge.
+            check_write(analysis, self.can_write)
+            return await self._write_once(statement, params, analysis, want_rows)
+        try:
+            answer = await self.backend.readers.call_now(
+                self.db.timeout_ms / 1000,
+                engine.execute,
+                statement,
+                params,
+                want_rows,
+                analysis.is_dml,
+                analysis.is_insert,
+                self._settings.items(),
+            )
+        except OwnerDied as exc:
+            raise self._died(exc) from exc
+        if answer is None:
+            return None
+        outcome, _ = answer
+        return stmt_result(outcome, analysis.columns)
+
+    def try_close(self) -> bool:
+        if self._pin is not None:
+            return False
+        self._closed = True
+        return True
+
     def close(self) -> None:
         if self._closed:
             return
@@ -255,10 +339,13 @@ class LocalSession(Session):
         try:
             return analyze(analyzer, statement)
         except HranaError as exc:
-            if self._fork is not None or exc.code != "SQLITE_UNKNOWN":
+            # "no such table": the mirror may trail a schema change made through another connection.
+            if (
+                self._fork is not None
+                or exc.code != "SQLITE_UNKNOWN"
+                or not self._run(self.db.refresh_schema_if_changed())
+            ):
                 raise
-        # "no such table": the mirror may trail a schema change made through another connection.
-        self._run(self.db.refresh_schema())
         return analyze(self.db.analyzer or analyzer, statement)
 
     # -- on the event loop -------------------------------------------------------------------------
@@ -349,6 +436,23 @@ class LocalSession(Session):
         return stmt_result(outcome, analysis.columns)
 
     async def _write_once(self, sql: str, params: list[Any], analysis: Analysis, want_rows: bool) -> StmtResult:
+        if (analysis.is_dml or analysis.is_ddl) and not self._settings.items():
+            # Shares a transaction and a COMMIT with concurrent writes (edgenode.standalone.commits).
+            # Not so with stream PRAGMAs (foreign_keys is a no-op inside a transaction), nor for
+            # statements that cannot run in one (VACUUM) or that are neither DML nor DDL.
+            ok, value = await self.db.commit_statement(
+                sql, params, want_rows, analysis.is_dml, analysis.is_insert, analysis.is_ddl, self.backend.lease_timeout
+            )
+            self._settings.transaction_ended()
+            if isinstance(value, WriterBusy):
+                raise HranaError(
+                    f"database is locked: waited {self.backend.lease_timeout:g} s for the writer, "
+                    "held by other streams' transactions",
+                    "SQLITE_BUSY",
+                )
+            if not ok and not isinstance(value, SQLError):
+                raise HranaError(f"the write was not committed ({value}); retry it", "SQLITE_IOERR")
+            return stmt_result(value, analysis.columns)
         outcome, _ = await self._once(True, sql, params, analysis, want_rows)
         self._settings.transaction_ended()  # an autocommit write is a whole transaction
         if analysis.is_ddl and not isinstance(outcome, SQLError):

@@ -46,13 +46,10 @@ class TextDefinition:
 
 
 async def load_definitions(db: DatabaseLike, table_known: bool = False) -> dict[str, TextDefinition]:
-    """The stored definitions. Unless the table is `table_known` to exist, a look in sqlite_master
-    comes first: a read of a missing table costs the node a refresh of its statement analyzer's
-    schema mirror, and this runs after every write."""
-    if not table_known:
-        found = await db.read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [DEFINITIONS_TABLE])
-        if not found.rows:
-            return {}
+    """The stored definitions. Unless the table is `table_known` to exist, the node's schema mirror
+    is asked first (no I/O): this runs after every write, on nodes with no text collection too."""
+    if not table_known and not db.may_have_table(DEFINITIONS_TABLE):
+        return {}
     try:
         result = await db.read(f"SELECT name, spec, uid FROM {DEFINITIONS_TABLE} ORDER BY id")
     except Exception as exc:

@@ -143,6 +143,7 @@ class TextManager(Component):
         self.compact_retain = compact_retain
         self.collections: dict[str, TextCollection] = {}
         self._refresh_lock = asyncio.Lock()
+        self._swept = False  # stale directories removed once since start
         self._tasks: set[asyncio.Task[Any]] = set()
         self._compacting = False
         self.applied = 0  # rows applied from the feed, all collections (tells an apply that changed nothing)
@@ -243,6 +244,7 @@ class TextManager(Component):
     async def refresh(self) -> None:
         async with self._refresh_lock:
             defs = await load_definitions(self.db, table_known=bool(self.collections))
+            changed = self._swept is False
             for name, definition in defs.items():
                 current = self.collections.get(name)
                 if current is not None and current.definition.uid == definition.uid:
@@ -252,9 +254,13 @@ class TextManager(Component):
                 c = TextCollection(definition, self.root / f"{name}-{definition.uid[:12]}")
                 self.collections[name] = c
                 self._spawn(self._open(c), c)
+                changed = True
             for name in [n for n in self.collections if n not in defs]:
                 await self._drop(self.collections.pop(name))
-            await asyncio.to_thread(self._remove_stale_dirs, {c.dir.name for c in self.collections.values()})
+                changed = True
+            if changed:  # not after every write: only when the set of collections changed
+                await asyncio.to_thread(self._remove_stale_dirs, {c.dir.name for c in self.collections.values()})
+                self._swept = True
 
     def _remove_stale_dirs(self, keep: set[str]) -> None:
         for stale in self.root.glob("*-*"):

@@ -38,13 +38,15 @@ _F32_TYPE = re.compile(r"^\s*F32_BLOB\s*\(\s*(\d+)\s*\)\s*$", re.IGNORECASE)
 
 
 class DatabaseLike(Protocol):
-    """The three methods of `edgenode.database.Database` the vector layer uses."""
+    """The methods of `edgenode.database.Database` the vector layer uses."""
 
     async def read(self, sql: str, params: list | None = None) -> Any: ...
 
     async def write(self, statements: list[tuple[str, list]]) -> Any: ...
 
     def add_change_listener(self, callback: Any) -> None: ...
+
+    def may_have_table(self, name: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ def is_missing_table(exc: Exception) -> bool:
 
 
 async def load_definitions(db: DatabaseLike) -> dict[str, Definition]:
+    if not db.may_have_table(DEFINITIONS_TABLE):
+        return {}  # no read: this runs after every write, on nodes with no collection too
     try:
         result = await db.read(f"SELECT name, spec, uid FROM {DEFINITIONS_TABLE} ORDER BY id")
     except Exception as exc:

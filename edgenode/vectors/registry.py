@@ -38,6 +38,7 @@ class Registry:
         self.tasks = tasks
         self.collections: dict[str, Collection] = {}
         self._refresh_lock = asyncio.Lock()
+        self._swept = False  # stale directories removed once since start
 
     def get(self, name: str) -> Collection:
         c = self.collections.get(name)
@@ -49,6 +50,7 @@ class Registry:
         """Match open collections to the stored definitions (new, replaced, deleted)."""
         async with self._refresh_lock:
             defs = await load_definitions(self.db)
+            changed = self._swept is False
             for name, definition in defs.items():
                 current = self.collections.get(name)
                 if current is not None and current.definition.uid == definition.uid:
@@ -58,9 +60,13 @@ class Registry:
                 c = Collection(definition, self.root / f"{name}-{definition.uid[:12]}")
                 self.collections[name] = c
                 self.tasks.spawn(self.builder.open(c), c)
+                changed = True
             for name in [n for n in self.collections if n not in defs]:
                 await self._drop(self.collections.pop(name))
-            await asyncio.to_thread(self._remove_stale_dirs, {c.dir.name for c in self.collections.values()})
+                changed = True
+            if changed:  # not after every write: only when the set of collections changed
+                await asyncio.to_thread(self._remove_stale_dirs, {c.dir.name for c in self.collections.values()})
+                self._swept = True
 
     def _remove_stale_dirs(self, keep: set[str]) -> None:
         for stale in self.root.glob("*-*"):

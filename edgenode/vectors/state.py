@@ -46,6 +46,9 @@ class RetryingReads:
     def add_change_listener(self, callback: Any) -> None:
         self.inner.add_change_listener(callback)
 
+    def may_have_table(self, name: str) -> bool:
+        return self.inner.may_have_table(name)
+
 
 class Collection:
     def __init__(self, definition: Definition, directory: Path) -> None:
