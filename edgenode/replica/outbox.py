@@ -198,6 +198,7 @@ class Outbox:
         """The primary's decisions (`idempotency.Decision`), in one transaction; counts per outcome."""
         now = time.time()
         counts = {"applied": 0, "rejected": 0, "undecided": 0}
+        newly_pushed = 0
         with self.db:
             for decision in decisions:
                 counts[decision.outcome] += 1
@@ -207,6 +208,8 @@ class Outbox:
                         "attempts + 1, last_error = NULL WHERE seq = ? AND state = 'pending'",
                         (json.dumps(decision.results), now, decision.seq),
                     )
+                    # A pull may have settled it already (from its replicated key) while the reply was on its way.
+                    newly_pushed += self.db.changes()
                 elif decision.outcome == "rejected":
                     self._to_conflicts(decision.seq, decision.error, now)
                 else:
@@ -214,8 +217,8 @@ class Outbox:
                         "UPDATE entries SET attempts = attempts + 1, last_error = ? WHERE seq = ?",
                         (failure or "not decided by the primary", decision.seq),
                     )
-            if counts["applied"]:
-                self._set("pushed_total", int(self._meta("pushed_total")) + counts["applied"])
+            if newly_pushed:
+                self._set("pushed_total", int(self._meta("pushed_total")) + newly_pushed)
         return counts
 
     def _to_conflicts(self, seq: int, error: dict[str, Any] | None, now: float) -> None:
@@ -286,6 +289,11 @@ class Outbox:
             "node_id": self.node_id,
         }
 
+    def counts(self) -> tuple[int, int]:
+        """(pending writes, conflicts)."""
+        pending = self.db.execute("SELECT count(*) FROM entries WHERE state = 'pending'").fetchone()[0]
+        return int(pending), int(self.db.execute("SELECT count(*) FROM conflicts").fetchone()[0])
+
     def entry(self, seq: int) -> dict[str, Any] | None:
         row = self.db.execute(
             "SELECT seq, state, attempts, last_error, local_results, primary_results, created_at, pushed_at, "
@@ -307,7 +315,7 @@ class Outbox:
             }
         conflict = self._conflict(seq)
         if conflict is not None:
-            return {**conflict, "state": "conflict"}
+            return conflict
         return None
 
     def _conflict(self, seq: int) -> dict[str, Any] | None:
@@ -321,6 +329,7 @@ class Outbox:
         seq, statements, local, error, created, decided = row
         return {
             "write_id": write_id(self.node_id, seq),
+            "state": "conflict",
             "statements": _statements_json(statements),
             "local_results": json.loads(local),
             "error": json.loads(error),
@@ -334,6 +343,14 @@ class Outbox:
             (limit,),
         )
         return [self._conflict_dict(row) for row in rows]
+
+    def conflict_write(self, seq: int) -> tuple[str, list[tuple[str, Any]], list[PlainStatement]] | None:
+        row = self.db.execute("SELECT fingerprint, statements, local FROM conflicts WHERE seq = ?", (seq,)).fetchone()
+        if row is None:
+            return None
+        fingerprint, statements, local = row
+        decoded = [(sql, args) for sql, args in msgspec.msgpack.decode(statements)]
+        return str(fingerprint), decoded, [tuple(s) for s in msgspec.msgpack.decode(local)]  # type: ignore[misc]
 
     def take_conflict(self, seq: int) -> tuple[str, list[tuple[str, Any]], list[PlainStatement]] | None:
         """Remove a conflict (discard, or retry: the caller queues it again as a new write)."""

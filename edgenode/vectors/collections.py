@@ -38,13 +38,15 @@ _F32_TYPE = re.compile(r"^\s*F32_BLOB\s*\(\s*(\d+)\s*\)\s*$", re.IGNORECASE)
 
 
 class DatabaseLike(Protocol):
-    """The three methods of `edgenode.database.Database` the vector layer uses."""
+    """The methods of `edgenode.database.Database` the vector layer uses."""
 
     async def read(self, sql: str, params: list | None = None) -> Any: ...
 
     async def write(self, statements: list[tuple[str, list]]) -> Any: ...
 
     def add_change_listener(self, callback: Any) -> None: ...
+
+    def feed_bound(self) -> int | None: ...
 
 
 @dataclass(frozen=True)

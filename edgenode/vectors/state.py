@@ -46,6 +46,9 @@ class RetryingReads:
     def add_change_listener(self, callback: Any) -> None:
         self.inner.add_change_listener(callback)
 
+    def feed_bound(self) -> int | None:
+        return self.inner.feed_bound()
+
 
 class Collection:
     def __init__(self, definition: Definition, directory: Path) -> None:
