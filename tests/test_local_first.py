@@ -12,10 +12,12 @@ from typing import Any
 
 import httpx
 
+from edgenode.hrana.client import HranaClient
 from tests.local_first_support import LF, conflicts, converge, outbox
 from tests.procs import Proc
 from tests.test_replica_support import (
     AUTH,
+    NODE_TOKEN,
     eventually,
     primary_rows,
     primary_write,
@@ -70,6 +72,13 @@ def test_a_write_is_answered_at_once_read_here_at_once_and_reaches_the_primary_e
         assert status["database"]["write_mode"] == "local-first"
         metrics = httpx.get(node.url + "/metrics", headers=AUTH).text
         assert 'edgenode_outbox_decisions_total{outcome="applied"} 1.0' in metrics
+        # A libSQL client's autocommit write takes the same path: committed here, queued, pushed.
+        with HranaClient(node.url, NODE_TOKEN, timeout=10) as client:
+            written = client.execute("INSERT INTO log (marker, n) VALUES (?, ?)", ["hrana", -big])
+            assert (written.affected_row_count, written.last_insert_rowid) == (1, 2)
+            assert client.execute("SELECT n FROM log WHERE marker = 'hrana'").rows == [[-big]]
+        eventually(lambda: primary_rows(primary, "SELECT n FROM log WHERE marker = 'hrana'") == [(-big,)])
+        eventually(lambda: outbox(node)["pushed"] == 2)
         unknown = httpx.get(node.url + "/api/v1/outbox/nobody-1", headers=AUTH)
         assert unknown.status_code == 404 and "write ids look like" in unknown.text
         converge(primary, node)

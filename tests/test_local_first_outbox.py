@@ -74,3 +74,25 @@ def test_local_first_needs_a_primary_and_reads_its_flag_and_environment() -> Non
         load_settings({"write_mode": "local-first"}, env={})
     with pytest.raises(ConfigError, match="write_mode"):
         load_settings({"write_mode": "later", "primary_url": "http://p"}, env={})
+
+
+def test_a_local_first_relay_refuses_to_push_frames_and_still_pulls() -> None:
+    import asyncio
+
+    import httpx
+
+    from edgenode.replica.relay import RelayApp
+
+    async def ask(refuse: bool, method: str) -> tuple[int, str]:
+        # Upstream is a closed port: a forwarded request is 424 "primary unreachable", a refused push 424 at once.
+        app = RelayApp("http://127.0.0.1:9", 1.0, refuse_push=refuse)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://relay") as client:
+            response = await client.request(method, "/sync/1/4/5", content=b"x" * 10)
+            return response.status_code, response.text
+
+    status, text = asyncio.run(ask(True, "POST"))
+    assert status == 424 and "never pushed" in text
+    status, text = asyncio.run(ask(False, "POST"))
+    assert status == 424 and "unreachable" in text  # forward mode passes pushes on
+    status, text = asyncio.run(ask(True, "GET"))
+    assert "unreachable" in text  # pulls pass through
