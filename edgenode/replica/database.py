@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgenode.replica")
 T = TypeVar("T")
+PULL_GAP = 0.05  # seconds between local-first pulls, at least
 __all__ = ["ReplicaDatabase", "ResyncNeeded", "classify"]
 
 
@@ -136,6 +137,7 @@ class ReplicaDatabase(Database):
         self._schema: list[str] = []
         self._checked_primary = False
         self._http: httpx.AsyncClient | None = None
+        self._last_pull = 0.0
         self._feed_bound: int | None = None  # local-first: the change feed's head in the pulled state
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -324,6 +326,12 @@ class ReplicaDatabase(Database):
         if relay_restarted or self.owner is None or not self.opened:
             await self._open()  # a restarted relay may listen elsewhere; a dead owner needs a new process
         assert self.owner is not None
+        if self.local_first:
+            # A local-first pull holds the one connection (rollback, sync, replay) while writes wait:
+            # pulls asked for by pushes, the watcher and waiters coalesce to one per PULL_GAP (§4).
+            wait = self._last_pull + PULL_GAP - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
         try:
             if self.local_first:
                 before, after, schema, duration, truncated, self._feed_bound = await self.owner.call(
@@ -338,6 +346,7 @@ class ReplicaDatabase(Database):
         except OwnerDied:
             self.opened = False
             raise
+        self._last_pull = time.monotonic()
         frames = after.frame - before.frame if after.generation == before.generation else after.frame
         self.current = after
         if schema is not None:
