@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -164,10 +165,30 @@ def test_a_conflict_can_be_retried_as_a_new_write_or_discarded(tmp_path: Path) -
         primary.stop()
 
 
-def test_kill_9_of_the_node_while_it_queues_and_pushes_loses_no_acknowledged_write_and_applies_none_twice(
+def test_queued_writes_for_a_primary_database_that_was_replaced_halt_the_pushes(tmp_path: Path) -> None:
+    primary = start_primary(tmp_path)
+    primary_write(primary, *SCHEMA)
+    node = start_node(tmp_path, primary, *LF)
+    try:
+        wait_ready(node)
+        primary.stop()
+        assert post(node, ("INSERT INTO log (marker) VALUES ('for-the-old-one')", [])).status_code == 200
+        shutil.rmtree(tmp_path / "primary")  # a new database at the same URL
+        primary.start()
+        primary_write(primary, *SCHEMA)
+        state = eventually(lambda: "halted" in (outbox(node)["paused"] or "") and outbox(node), timeout=30)
+        assert state["pending"] == 1 and "belong to database" in state["paused"]
+        assert primary_rows(primary, "SELECT count(*) FROM log") == [(0,)]
+    finally:
+        node.stop()
+        primary.stop()
+
+
+def test_kill_9_of_the_node_and_the_primary_while_writes_queue_and_push_loses_none_and_applies_none_twice(
     tmp_path: Path,
 ) -> None:
-    """Issue #20 test 2, kept short for CI (EDGENODE_LF_KILLS sets the number of kills; the issue asks 50)."""
+    """Issue #20 tests 2 and 3, kept short for CI: EDGENODE_LF_KILLS kills (the issue asks 50), every
+    third one of the primary (mid-push or not: P1/P2 of the design), the others of the node."""
     kills = int(os.environ.get("EDGENODE_LF_KILLS", "10"))
     primary = start_primary(tmp_path)
     primary_write(primary, *SCHEMA)
@@ -197,10 +218,11 @@ def test_kill_9_of_the_node_while_it_queues_and_pushes_loses_no_acknowledged_wri
         for t in threads:
             t.start()
         rng = random.Random(20)
-        for _ in range(kills):
+        for i in range(kills):
             time.sleep(rng.uniform(0.1, 0.8))
-            node.kill()
-            node.start()
+            victim = primary if i % 3 == 2 else node
+            victim.kill()
+            victim.start()
         time.sleep(0.3)
         stop.set()
         for t in threads:

@@ -316,7 +316,10 @@ def _box() -> Outbox:
 
 
 def apply_local(
-    conn: Any, group: list[tuple[str | None, str, list[tuple[str, Any]], list[PlainStatement]]], retention: float
+    conn: Any,
+    group: list[tuple[str | None, str, list[tuple[str, Any]], list[PlainStatement]]],
+    retention: float,
+    database_id: str | None = None,
 ) -> list[tuple[Any, ...]]:
     """A group of local-first writes (client key, fingerprint, statements, local statements): one
     replica transaction, a savepoint each; the accepted ones are queued in the outbox (one durable
@@ -325,6 +328,8 @@ def apply_local(
     Per write: ("ok", seq, results), ("replayed", seq, results) for a client key seen before,
     ("reused", ) for a key seen with other statements, ("error", message, index) when it fails here."""
     outbox = _box()
+    if database_id is not None and outbox.database_id() is None:
+        outbox.set_database_id(database_id)  # the queue belongs to the database the node follows now
     out: list[tuple[Any, ...] | None] = [None] * len(group)
     accepted: list[tuple[int, tuple[Any, ...]]] = []
     keys: dict[str, tuple[int, str]] = {}  # client keys seen in this group → (position, fingerprint)
@@ -365,9 +370,14 @@ def apply_local(
     return [o for o in out if o is not None]
 
 
-def outbox_batch(conn: Any) -> tuple[str, list[Any], int]:
+def outbox_batch(conn: Any) -> tuple[str, list[Any], int, str | None]:
+    """(node id, the oldest undecided writes, the confirmed bound, the database the queue belongs to)."""
     outbox = _box()
-    return outbox.node_id, outbox.undecided(), outbox.confirmed()
+    return outbox.node_id, outbox.undecided(), outbox.confirmed(), outbox.database_id()
+
+
+def outbox_claim(conn: Any, database_id: str) -> None:
+    _box().set_database_id(database_id)
 
 
 def outbox_record(conn: Any, decisions: list[Any], failure: str | None) -> dict[str, int]:

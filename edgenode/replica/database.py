@@ -111,6 +111,8 @@ class ReplicaDatabase(Database):
                 settings.idempotency_retention,
                 self.metrics,
                 self.scheduler.trigger,
+                self._primary_database_id,
+                lambda: self.database_id,
             )
             if self.local_first
             else None
@@ -298,6 +300,16 @@ class ReplicaDatabase(Database):
         if outcome.changed:
             await self.notify_changed()
         return outcome
+
+    async def _primary_database_id(self) -> str | None:
+        """The database the primary serves now (None: it names none). Raises when it cannot be asked."""
+        assert self._http is not None
+        try:
+            info = await bootstrap.primary_info(self._http, self.primary_url)
+        except (httpx.HTTPError, bootstrap.BootstrapError) as exc:
+            raise Unavailable(f"cannot reach the primary at {self.primary_url}: {exc}") from exc
+        database_id = info.get("database_id")
+        return database_id if isinstance(database_id, str) else None
 
     async def _check_primary(self) -> None:
         """Once per start: is this still the primary (and database) the replica was built from?"""

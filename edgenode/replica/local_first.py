@@ -58,6 +58,8 @@ class LocalFirst:
         retention: float,
         metrics: ReplicaMetrics,
         on_pushed: Callable[[], None],
+        database: Callable[[], Awaitable[str | None]],
+        following: Callable[[], str | None],
     ) -> None:
         self._call = call
         self.url = url
@@ -65,6 +67,11 @@ class LocalFirst:
         self.retention = retention
         self.metrics = metrics
         self._on_pushed = on_pushed
+        # Asks the primary which database it serves: checked before the first push and after every
+        # failed one (a primary can be replaced while it is away), against the one the queue belongs to.
+        self._database = database
+        self._verified = False
+        self._following = following  # the database the replica follows (the queue is claimed for it)
         self.node_id: str | None = None
         self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         self._combiner: asyncio.Task[None] | None = None
@@ -135,7 +142,9 @@ class LocalFirst:
         while self._queue:
             group, self._queue = self._queue, []
             try:
-                outcomes = await self._call(connection.apply_local, [item for item, _ in group], self.retention)
+                outcomes = await self._call(
+                    connection.apply_local, [item for item, _ in group], self.retention, self._following()
+                )
             except BaseException as exc:
                 for _, future in group:
                     if not future.done():
@@ -175,13 +184,28 @@ class LocalFirst:
 
     async def push_once(self) -> bool:
         """Push the oldest undecided writes; True when more may be waiting."""
-        node_id, writes, confirmed = await self._call(connection.outbox_batch)
+        node_id, writes, confirmed, owner_database = await self._call(connection.outbox_batch)
         self.node_id = node_id
         if not writes:
             return False
+        if not self._verified:
+            database_id = await self._database()
+            if database_id is not None and owner_database is None:
+                await self._call(connection.outbox_claim, database_id)
+            elif database_id is not None and owner_database != database_id:
+                # The primary at this URL now serves another database: these writes were meant for the
+                # old one. Pushing them would apply them somewhere they were never checked against.
+                self.paused = (
+                    f"halted: the queued writes belong to database {owner_database}, the primary now serves "
+                    f"{database_id}; stop the node and move DATA_DIR/outbox.db away to drop them "
+                    "(or replay them by hand)"
+                )
+                raise HranaError(self.paused, "HALTED")
+            self._verified = True
         try:
             decisions = await asyncio.to_thread(push_group, self.client, node_id, writes, confirmed)
         except HranaError as exc:
+            self._verified = False
             if isinstance(exc, HranaHTTPError) and exc.status in (401, 403):
                 self.paused = f"the primary refused this node's credentials ({exc.status}); check --primary-token"
             await self._call(connection.outbox_record, [Decision(w.seq, "undecided") for w in writes], str(exc))

@@ -231,6 +231,12 @@ class Outbox:
         if moved:
             self.db.execute("DELETE FROM entries WHERE seq = ?", (seq,))
             self._set("conflicts_total", int(self._meta("conflicts_total")) + 1)
+        elif error is not None:
+            # A pull settled it from its replicated key while the push's reply was on its way: the
+            # reply still has the primary's own error text.
+            self.db.execute(
+                "UPDATE conflicts SET error = ? WHERE seq = ? AND error LIKE '%was lost%'", (json.dumps(error), seq)
+            )
 
     # -- after a pull -----------------------------------------------------------------------------
 
