@@ -29,6 +29,7 @@ SUITE = [
     "search",
     "soak",
     "backup",
+    "writes",
 ]
 
 

@@ -56,8 +56,8 @@ def free_port() -> int:
 class NodeProcess:
     """An `edgenode` subcommand as a real process on a free loopback port."""
 
-    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = log.open("ab")
         self.popen = subprocess.Popen(

@@ -43,6 +43,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     jwt_key_file: Annotated[str | None, Doc("Ed25519 public key (PEM) accepting sqld-style JWTs.")] = None
     primary_url: Annotated[str | None, Doc("Primary to replicate; unset = standalone.", ("TURSO_DATABASE_URL",))] = None
     primary_token: Annotated[str | None, Doc("Bearer token for the primary.", ("TURSO_AUTH_TOKEN",))] = None
+    write_mode: Annotated[
+        Literal["forward", "local-first"],
+        Doc(
+            "Replica writes: forward (to the primary, visible here on return) or local-first (committed "
+            "here at once, queued and pushed to the primary in the background; docs/local-first.md)."
+        ),
+    ] = "forward"
     profile: Annotated[str, Doc("PRAGMA profile: " + ", ".join(PROFILES) + ".")] = "auto"
     max_body_bytes: Annotated[int, Doc("Largest request body (413 above).")] = 4 * 1024 * 1024
     header_timeout: Annotated[
@@ -195,6 +202,12 @@ def _validate(settings: Settings) -> None:
         fail("archive_s3_endpoint", "an http:// or https:// URL", settings.archive_s3_endpoint)
     if settings.primary_url is not None and not settings.primary_url.startswith(("http://", "https://", "libsql://")):
         fail("primary_url", "an http://, https:// or libsql:// URL", settings.primary_url)
+    if settings.write_mode == "local-first" and not settings.primary_url:
+        fail(
+            "write_mode",
+            "forward on a node without --primary-url (local-first queues writes for a primary)",
+            "local-first",
+        )
     for name in ("auth_token", "read_token", "primary_token"):
         value = getattr(settings, name)
         if value is not None and (value == "" or value != value.strip()):

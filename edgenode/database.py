@@ -117,6 +117,11 @@ class Database(ABC):
     ) -> None:
         """Return once reads reflect the bound (a replica waits, bounded, for a sync), else raise Unavailable."""
 
+    def feed_bound(self) -> int | None:
+        """The highest change-feed seq (`_edgenode_changes`) consumers may read, None for no bound.
+        A local-first replica bounds it at the synced head: later rows are speculative local writes."""
+        return None
+
     @abstractmethod
     def position(self) -> WritePosition:
         """Where this node's data is now (generation and frame of a replica)."""

@@ -16,8 +16,13 @@ runs again. A key seen with a different request is refused (422); a key whose fi
 still in flight elsewhere is 409. Keys are dropped after `idempotency_retention` seconds (by the
 next keyed write on that database); a retry later than that runs the write again.
 
-Local-first writes (a queue of writes a node replays to its primary) use the same table and
-batch: each queued write's id is its key.
+Local-first writes (a queue of writes a node replays to its primary) use the same table: each
+queued write's id is its key, in the reserved namespace `lf/<node_id>/<seq:020d>` (`group_steps`).
+Several queued writes share one primary transaction, each in its own savepoint; a write the primary
+refuses is recorded too (outcome `"rejected"`), so a key exists exactly when the primary has
+*decided* the write, and a re-sent write is never run again. `_edgenode_writers` holds each node's
+highest decided seq, written in the same transaction. `lf/` keys are exempt from the time-based
+purge: their node deletes them once it has recorded their outcome (the `confirmed` bound).
 """
 
 from __future__ import annotations
@@ -55,7 +60,10 @@ CREATE_TABLE = (
     "outcome TEXT NOT NULL, total INTEGER NOT NULL, created_at REAL NOT NULL) WITHOUT ROWID"
 )
 CREATE_INDEX = f"CREATE INDEX IF NOT EXISTS {TABLE}_created_at ON {TABLE} (created_at)"
-PURGE = f"DELETE FROM {TABLE} WHERE created_at < ?"
+LF_PREFIX = "lf/"
+# Local-first keys are deleted by their node (group_steps' `confirmed`), never by age: a node away
+# longer than the retention must still find its decisions there.
+PURGE = f"DELETE FROM {TABLE} WHERE created_at < ? AND substr(key, 1, 3) != '{LF_PREFIX}'"
 LOOKUP = f"SELECT fingerprint, outcome FROM {TABLE} WHERE key = ?"
 # `total` holds what total_changes() will be once this row's own change is counted, so the next
 # record can tell whether the statement in between changed anything (SQLite's changes() carries
@@ -105,6 +113,8 @@ def parse_key(raw: str | None) -> str | None:
         raise IdempotencyKeyInvalid(
             f"{HEADER} must be 1 to {MAX_KEY_LENGTH} visible ASCII characters (no spaces), e.g. a UUID"
         )
+    if raw.startswith(LF_PREFIX):
+        raise IdempotencyKeyInvalid(f"{HEADER} values starting with {LF_PREFIX!r} are reserved for local-first writes")
     return raw
 
 
@@ -230,3 +240,193 @@ def _hrana_attempt(
     if any(r is None for r in results) or result.step_results[commit] is None:
         raise SQLError("the primary skipped a statement of the batch without an error")
     return [stmt_result_from_proto(r) for r in results if r is not None], False
+
+
+# -- local-first: a group of queued writes in one primary transaction ----------------------------------
+
+WRITERS = "_edgenode_writers"
+CREATE_WRITERS = (
+    f"CREATE TABLE IF NOT EXISTS {WRITERS} (node_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, at REAL NOT NULL)"
+)
+UPSERT_WRITER = (
+    f"INSERT INTO {WRITERS} (node_id, seq, at) VALUES (?, ?, ?) "
+    "ON CONFLICT (node_id) DO UPDATE SET seq = max(seq, excluded.seq), at = excluded.at"
+)
+WRITER_MARK = f"SELECT seq FROM {WRITERS} WHERE node_id = ?"
+REJECTED = '"rejected"'
+_DECIDED = f"SELECT key, outcome FROM {TABLE} WHERE key >= ? AND key <= ? ORDER BY key"
+_FORGET = f"DELETE FROM {TABLE} WHERE key > ? AND key <= ?"
+_REJECT = f"INSERT INTO {TABLE} (key, fingerprint, outcome, total, created_at) VALUES (?, ?, '{REJECTED}', 0, ?)"
+
+
+def lf_key(node_id: str, seq: int) -> str:
+    """A queued write's id on the primary; zero-padded so keys sort in seq order."""
+    return f"{LF_PREFIX}{node_id}/{seq:020d}"
+
+
+@dataclass
+class GroupWrite:
+    """One queued write: its seq in the node's outbox, its statements (exact values), its fingerprint."""
+
+    seq: int
+    statements: list[tuple[str, Any]]
+    fingerprint: str
+
+
+@dataclass
+class Decision:
+    """What the primary did with one write of a group.
+
+    `applied`: committed, `results` per statement as (rows_affected, last_insert_rowid); `rejected`:
+    refused and recorded (`error` is {code, message}; a decision found from an earlier push lost the
+    error text with that reply); `undecided`: nothing happened (the batch did not commit): send again."""
+
+    seq: int
+    outcome: str
+    results: list[tuple[int, int | None]] | None = None
+    error: dict[str, str] | None = None
+    statement: int | None = None
+    earlier: bool = False
+
+
+@dataclass
+class _Layout:
+    lookup: int
+    commit: int
+    # per write: (claim, statement steps, release, undo, reject)
+    writes: list[tuple[int, list[int], int, int, int]]
+
+
+def group_steps(
+    node_id: str, writes: Sequence[GroupWrite], confirmed: int | None = None, now: float | None = None
+) -> tuple[list[p.BatchStep], _Layout]:
+    """The batch that decides `writes` (in seq order) in one primary transaction.
+
+    Tables; BEGIN IMMEDIATE; forget the keys up to `confirmed` (the node recorded their outcome);
+    look up earlier decisions in the group's key range; per write: SAVEPOINT, CLAIM (fails if the
+    write was decided before), (statement; RECORD_STEP)*, RELEASE, else ROLLBACK TO + RELEASE and a
+    `"rejected"` record; the node's mark; COMMIT; ROLLBACK unless COMMIT ran.
+
+    Every step of a write runs only while the transaction is open (`is_autocommit` is false), so a
+    statement that ends the whole transaction (INSERT OR ROLLBACK, RAISE(ROLLBACK)) leaves the writes
+    before it and after it undecided; the culprit's own rejection record then runs in autocommit,
+    on its own, so it cannot block the queue."""
+    from edgenode.hrana.client import make_stmt
+
+    assert writes, "a group has at least one write"
+    now = time.time() if now is None else now
+
+    def step(sql: str, args: Any = None, cond: p.BatchCond | None = None, rows: bool = False) -> int:
+        steps.append(p.BatchStep(stmt=make_stmt(sql, args, want_rows=rows), condition=cond))
+        return len(steps) - 1
+
+    def ok(index: int) -> p.BatchCond:
+        return p.OkCond(step=index)
+
+    in_tx = p.NotCond(cond=p.IsAutocommitCond())
+    steps: list[p.BatchStep] = []
+    # The tables first, outside the transaction (no-ops once they exist): a rejection recorded alone
+    # after a statement rolled the transaction back must still find its table.
+    last = step(CREATE_TABLE)
+    last = step(CREATE_INDEX, cond=ok(last))
+    last = step(CREATE_WRITERS, cond=ok(last))
+    last = step("BEGIN IMMEDIATE", cond=ok(last))
+    if confirmed is not None and confirmed > 0:
+        last = step(_FORGET, [lf_key(node_id, 0), lf_key(node_id, confirmed)], cond=ok(last))
+    lookup = step(_DECIDED, [lf_key(node_id, writes[0].seq), lf_key(node_id, writes[-1].seq)], ok(last), rows=True)
+    layout: list[tuple[int, list[int], int, int, int]] = []
+    for write in writes:
+        key = lf_key(node_id, write.seq)
+        savepoint = step("SAVEPOINT lf_write", cond=p.AndCond(conds=[ok(lookup), in_tx]))
+        claim = last = step(CLAIM, [key, write.fingerprint, "[]", now], cond=ok(savepoint))
+        statements = []
+        for sql, args in write.statements:
+            last = step(sql, args, cond=ok(last))
+            statements.append(last)
+            last = step(RECORD_STEP, [key], cond=ok(last))
+        release = step("RELEASE lf_write", cond=ok(last))
+        undo = step("ROLLBACK TO lf_write", cond=p.AndCond(conds=[ok(savepoint), p.NotCond(cond=ok(release)), in_tx]))
+        step("RELEASE lf_write", cond=ok(undo))
+        # The write's own failure (its claim succeeded): record the decision, in the transaction if
+        # it is still open, else alone in autocommit.
+        reject = step(
+            _REJECT, [key, write.fingerprint, now], cond=p.AndCond(conds=[ok(claim), p.NotCond(cond=ok(release))])
+        )
+        layout.append((claim, statements, release, undo, reject))
+    mark = step(UPSERT_WRITER, [node_id, writes[-1].seq, now], cond=p.AndCond(conds=[ok(lookup), in_tx]))
+    commit = step("COMMIT", cond=ok(mark))
+    step("ROLLBACK", cond=p.AndCond(conds=[p.NotCond(cond=ok(commit)), in_tx]))
+    return steps, _Layout(lookup, commit, layout)
+
+
+def group_decisions(
+    node_id: str, writes: Sequence[GroupWrite], result: p.BatchResult, layout: _Layout
+) -> list[Decision]:
+    """Each write's decision from the batch's step results (see `Decision`)."""
+    earlier: dict[str, str] = {}
+    found = result.step_results[layout.lookup]
+    if found is not None:
+        for row in found.rows:
+            key, outcome = (to_python(value) for value in row)
+            earlier[str(key)] = str(outcome)
+    committed = result.step_results[layout.commit] is not None
+    decisions = []
+    for write, (claim, statements, release, undo, reject) in zip(writes, layout.writes, strict=True):
+        prior = earlier.get(lf_key(node_id, write.seq))
+        # The transaction had ended under the write (its undo was skipped): its record ran alone, in autocommit.
+        alone = result.step_results[undo] is None and result.step_errors[undo] is None
+        if prior is not None:
+            decisions.append(_from_record(write.seq, prior))
+        elif committed and result.step_results[release] is not None:
+            steps = [result.step_results[i] for i in statements]
+            results = [
+                (r.affected_row_count, None if r.last_insert_rowid is None else int(r.last_insert_rowid))
+                for r in steps
+                if r is not None
+            ]
+            decisions.append(Decision(write.seq, "applied", results=results))
+        elif result.step_results[reject] is not None and (committed or alone):
+            index = next((n for n, i in enumerate(statements) if result.step_errors[i] is not None), None)
+            error = result.step_errors[statements[index]] if index is not None else None
+            if error is None:  # a RECORD_STEP failed: the primary's own trouble, not the write's
+                error = next((e for e in result.step_errors[claim:release] if e is not None), None)
+            decisions.append(
+                Decision(
+                    write.seq,
+                    "rejected",
+                    error={
+                        "code": (error.code or "UNKNOWN") if error else "UNKNOWN",
+                        "message": error.message if error else "refused",
+                    },
+                    statement=index,
+                )
+            )
+        else:
+            decisions.append(Decision(write.seq, "undecided"))
+    return decisions
+
+
+def _from_record(seq: int, outcome: str) -> Decision:
+    if outcome == REJECTED:
+        return Decision(
+            seq,
+            "rejected",
+            error={
+                "code": "UNKNOWN",
+                "message": "refused by the primary in an earlier push (its error text was lost with that reply)",
+            },
+            earlier=True,
+        )
+    recorded = [(int(a), None if r is None else int(r)) for a, r in json.loads(outcome)]
+    return Decision(seq, "applied", results=recorded, earlier=True)
+
+
+def push_group(
+    client: HranaClient, node_id: str, writes: Sequence[GroupWrite], confirmed: int | None = None
+) -> list[Decision]:
+    """One request to the primary deciding `writes`; raises HranaError when it could not be sent or
+    answered (then every write is undecided: send them again, with the same seqs)."""
+    steps, layout = group_steps(node_id, writes, confirmed)
+    with client.stream() as stream:
+        result = stream.batch_raw(steps, close=True)
+    return group_decisions(node_id, writes, result, layout)

@@ -41,6 +41,10 @@ def open_node(settings: Settings) -> tuple[Database, list[Component]]:
 
         replica = db = _replica(settings)
         components.append(SyncComponent(replica))
+        if replica.lf is not None:
+            from edgenode.api.outbox import OutboxComponent
+
+            components.append(OutboxComponent(replica.lf))
     else:
         db = _local(settings)
     from edgenode.backup_http import BackupComponent

@@ -64,6 +64,8 @@ class WriteResult:
     results: list[ExecResult]
     position: WritePosition = NO_POSITION
     replayed: bool = False  # an Idempotency-Key's recorded outcome, nothing applied now
+    write_id: str | None = None  # local-first: the queued write's id (GET /api/v1/outbox/{write_id})
+    pending: bool = False  # local-first: committed here, not yet decided by the primary
 
 
 @dataclass

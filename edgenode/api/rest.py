@@ -76,14 +76,16 @@ async def execute(request: Request) -> Response:
     written = await n.db.write(statements, keyed)
     elapsed = time.perf_counter() - start
     n.metrics.query_duration.labels("write").observe(elapsed)
-    response = encode(
-        schemas.ExecuteResponse(
-            results=[schemas.ExecResult(r.rows_affected, r.last_insert_rowid) for r in written.results],
-            elapsed_ms=round(elapsed * 1000, 3),
-            generation=written.position.generation,
-            frame=written.position.frame,
+    results = [schemas.ExecResult(r.rows_affected, r.last_insert_rowid) for r in written.results]
+    elapsed_ms = round(elapsed * 1000, 3)
+    position = written.position
+    if written.write_id is not None:  # local-first: committed here, queued for the primary
+        body: schemas.ExecuteResponse = schemas.PendingExecuteResponse(
+            results, elapsed_ms, position.generation, position.frame, write_id=written.write_id, pending=written.pending
         )
-    )
+    else:
+        body = schemas.ExecuteResponse(results, elapsed_ms, position.generation, position.frame)
+    response = encode(body)
     if keyed is not None:
         response.headers[idempotency.REPLAYED_HEADER] = "true" if written.replayed else "false"
     return response

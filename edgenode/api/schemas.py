@@ -52,6 +52,67 @@ class ExecuteResponse(msgspec.Struct):
     frame: int | None = None
 
 
+class PendingExecuteResponse(ExecuteResponse):
+    """A local-first node: the write committed here and is queued for the primary; `results` are the
+    local outcome (GET /api/v1/outbox/{write_id} shows the primary's once it decided)."""
+
+    write_id: str = ""
+    pending: bool = True
+
+
+class OutboxResponse(msgspec.Struct):
+    """`GET /api/v1/outbox` on a local-first node."""
+
+    pending: int
+    pushed: int
+    failed: int
+    oldest_pending_s: float | None
+    pushed_not_pulled: int
+    pulled_hwm: int
+    node_id: str
+    last_error: str | None = None
+    push_failures: int = 0
+    push_error: str | None = None
+    paused: str | None = None
+    last_push_at: float | None = None
+
+
+class OutboxStatement(msgspec.Struct):
+    sql: str
+    params: list[Any] | dict[str, Any]
+
+
+class OutboxEntry(msgspec.Struct):
+    """One local-first write: `state` pending, pushed (applied on the primary, not yet pulled here),
+    applied, or conflict (with the primary's `error`)."""
+
+    write_id: str
+    state: str
+    statements: list[OutboxStatement]
+    local_results: list[list[int | None]]
+    created_at: float
+    primary_results: list[list[int | None]] | None = None
+    pushed_at: float | None = None
+    attempts: int = 0
+    last_error: str | None = None
+    local: str | None = None
+    error: dict[str, str] | None = None
+    decided_at: float | None = None
+
+
+class ConflictList(msgspec.Struct):
+    conflicts: list[OutboxEntry]
+
+
+class RetryResponse(msgspec.Struct):
+    write_id: str
+    pending: bool
+
+
+class DiscardResponse(msgspec.Struct):
+    discarded: str
+
+
 class ErrorBody(msgspec.Struct):
     code: str
     message: str

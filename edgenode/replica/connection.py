@@ -7,6 +7,7 @@ owner sends them to the child by reference; arguments and results pickle.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,13 @@ import httpx
 import libsql
 
 from edgenode.engine import read_schema
+from edgenode.engine import rollback as engine_rollback
+from edgenode.idempotency import TABLE, WRITER_MARK, lf_key
 from edgenode.pragmas import PragmaReport, Profile, apply_profile
 from edgenode.replica.files import InvalidInfo, Position, ReplicaFiles
+from edgenode.replica.outbox import NAME as OUTBOX_NAME
+from edgenode.replica.outbox import Outbox
+from edgenode.results import ExecResult, PlainStatement
 from edgenode.tls import client_context
 
 # Messages of the libsql client that mean the local replica can no longer follow the primary.
@@ -78,13 +84,28 @@ def apply_replica_profile(profile: Profile, conn: Any) -> PragmaReport:
 
 
 def open_replica(
-    data_dir: str, relay_url: str, token: str, profile: Profile
-) -> tuple[Any, tuple[Position, list[str], PragmaReport]]:
+    data_dir: str, relay_url: str, token: str, profile: Profile, local_first: bool = False
+) -> tuple[Any, tuple[Position, list[str], PragmaReport, str | None]]:
+    """Open the replica's connection; in local-first mode also the outbox, and recover (§6 of
+    docs/local-first.md): cut the speculative frames an earlier run left, then replay the queue.
+    The last item of the metadata is the node id of local-first writes (None in forward mode)."""
+    global _outbox
     files = ReplicaFiles(Path(data_dir))
-    conn = libsql.connect(str(files.db), sync_url=relay_url, auth_token=token, isolation_level=None)
+    if local_first:
+        rollback_to_pulled(files)
+    # offline: writes commit locally (local-first); the node never lets the client push frames.
+    conn = libsql.connect(
+        str(files.db), sync_url=relay_url, auth_token=token, isolation_level=None, offline=local_first
+    )
     report = apply_replica_profile(profile, conn)
+    node_id = None
+    if local_first:
+        if _outbox is None:
+            _outbox = Outbox(Path(data_dir) / OUTBOX_NAME)
+        node_id = _outbox.node_id
+        _settle_and_replay(conn, files)
     _relay_client()  # now, while the relay starts, rather than in the first sync
-    return conn, (files.read_info(), read_schema(conn), report)
+    return conn, (files.read_info(), read_schema(conn), report, node_id)
 
 
 def _relay_client() -> httpx.Client:
@@ -104,6 +125,20 @@ def pull(
     """One sync through the relay: (before, after, new schema or None, seconds, cut short)."""
     files = ReplicaFiles(Path(data_dir))
     before = files.read_info()
+    duration, truncated = _sync(conn, files, relay_url, timeout)
+    after = _after(files)
+    schema = read_schema(conn) if after != before else None
+    return before, after, schema, duration, truncated
+
+
+def _after(files: ReplicaFiles) -> Position:
+    try:
+        return files.read_info()
+    except InvalidInfo as exc:
+        raise ResyncNeeded("invalid_local_state", str(exc)) from None
+
+
+def _sync(conn: Any, files: ReplicaFiles, relay_url: str, timeout: float) -> tuple[float, bool]:
     _relay(relay_url, timeout)
     began = time.monotonic()
     ended: dict[str, Any] = {}
@@ -126,9 +161,257 @@ def pull(
         if reason:
             raise ResyncNeeded(reason, failure) from None
         raise ValueError(failure) from None
+    return duration, truncated
+
+
+# -- local-first (docs/local-first.md §3, §4, §6) --------------------------------------------------------
+
+_outbox: Outbox | None = None
+_synced_head = 0  # the change feed's head in the pulled state (consumers read no further)
+_local_failures: dict[int, str] = {}  # queued writes that no longer apply here (seq → error)
+WAL_HEADER = 32
+_WAL_MAGIC = (0x377F0682, 0x377F0683)
+
+
+def rollback_to_pulled(files: ReplicaFiles) -> bool:
+    """Cut the WAL back to the last pulled commit frame (`-info`'s durable frame), dropping every
+    local frame after it, and invalidate the wal-index header so the next read runs WAL recovery.
+
+    Sound because checkpoints are disabled on a synced connection (docs/local-first.md [V2]): WAL
+    frame N is the primary's frame N up to the durable one. Idempotent (a crash halfway is redone)."""
+    durable = files.read_info().frame
     try:
-        after = files.read_info()
-    except InvalidInfo as exc:
-        raise ResyncNeeded("invalid_local_state", str(exc)) from None
-    schema = read_schema(conn) if after != before else None
-    return before, after, schema, duration, truncated
+        with open(files.wal, "r+b") as wal:
+            header = wal.read(WAL_HEADER)
+            if len(header) < WAL_HEADER or int.from_bytes(header[:4], "big") not in _WAL_MAGIC:
+                return False
+            page_size = int.from_bytes(header[8:12], "big")
+            keep = WAL_HEADER + durable * (24 + page_size)
+            if wal.seek(0, os.SEEK_END) <= keep:
+                return False
+            wal.truncate(keep)
+            os.fsync(wal.fileno())
+    except FileNotFoundError:
+        return False
+    try:
+        fd = os.open(files.shm, os.O_RDWR)
+    except FileNotFoundError:
+        return True
+    try:
+        os.pwrite(fd, bytes(96), 0)
+    finally:
+        os.close(fd)
+    return True
+
+
+def _mark(conn: Any, node_id: str) -> int:
+    try:
+        row = conn.execute(WRITER_MARK, [node_id]).fetchone()
+    except ValueError:  # no _edgenode_writers yet: nothing of ours decided
+        return 0
+    return int(row[0]) if row else 0
+
+
+def _feed_head(conn: Any) -> int:
+    try:
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = '_edgenode_changes'").fetchone()
+    except ValueError:
+        return 0
+    return int(row[0]) if row else 0
+
+
+def _settle_and_replay(conn: Any, files: ReplicaFiles) -> int:
+    """In the pulled state (no local frames): learn what the primary decided, then replay the rest.
+    Returns how many writes were replayed."""
+    global _synced_head
+    outbox = _outbox
+    assert outbox is not None
+    mark = _mark(conn, outbox.node_id)
+    _synced_head = _feed_head(conn)
+    decided: dict[int, str] = {}
+    pending = outbox.pending_up_to(mark)
+    if pending:
+        keys = {lf_key(outbox.node_id, seq): seq for seq in pending}
+        marks = ", ".join("?" for _ in keys)
+        found = conn.execute(f"SELECT key, outcome FROM {TABLE} WHERE key IN ({marks})", list(keys)).fetchall()
+        for key, outcome in found:
+            decided[keys[key]] = outcome
+    outbox.settle(mark, decided)
+    entries = outbox.replayable()
+    if not entries:
+        return 0
+    # The replay needs no fsync: a restart rebuilds it from the outbox (§3 step 2c).
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for seq, statements in entries:
+            error = _apply_one(conn, statements)
+            if isinstance(error, str):
+                _local_failures[seq] = error
+            else:
+                _local_failures.pop(seq, None)
+        conn.execute("COMMIT")
+    except BaseException:
+        engine_rollback(conn)
+        raise
+    finally:
+        conn.execute("PRAGMA synchronous = FULL")
+    return len(entries)
+
+
+def _apply_one(conn: Any, statements: list[PlainStatement]) -> list[ExecResult] | str:
+    """One write inside the open transaction, in a savepoint: its results, or its error (undone)."""
+    conn.execute("SAVEPOINT lf_local")
+    results = []
+    for index, (sql, params, is_dml, is_insert) in enumerate(statements):
+        try:
+            cursor = conn.execute(sql, params)
+            cursor.fetchall()
+        except ValueError as exc:
+            conn.execute("ROLLBACK TO lf_local")
+            conn.execute("RELEASE lf_local")
+            return f"statements[{index}]: {exc}"
+        results.append(
+            ExecResult(
+                rows_affected=max(cursor.rowcount, 0) if is_dml else 0,
+                last_insert_rowid=cursor.lastrowid if is_insert else None,
+            )
+        )
+    conn.execute("RELEASE lf_local")
+    return results
+
+
+def pull_local_first(
+    conn: Any, data_dir: str, relay_url: str, timeout: float
+) -> tuple[Position, Position, list[str] | None, float, bool, int]:
+    """`pull` for local-first mode: rollback to the pulled state, sync, learn the decisions, replay.
+    One owner call, so no read sees the state between (§4). The replay runs even if the sync fails.
+    The last item is the change feed's synced head (consumers read no further, §8)."""
+    files = ReplicaFiles(Path(data_dir))
+    before = files.read_info()
+    if rollback_to_pulled(files):
+        conn.execute("SELECT count(*) FROM sqlite_schema").fetchall()  # WAL recovery, fresh page cache
+    replayed = 0
+    try:
+        duration, truncated = _sync(conn, files, relay_url, timeout)
+        after = _after(files)
+    finally:
+        replayed = _settle_and_replay(conn, files)
+    schema = read_schema(conn) if after != before or replayed else None
+    return before, after, schema, duration, truncated, _synced_head
+
+
+def synced_head(conn: Any) -> int:
+    return _synced_head
+
+
+def local_failure(conn: Any, seq: int) -> str | None:
+    return _local_failures.get(seq)
+
+
+def _box() -> Outbox:
+    if _outbox is None:
+        raise RuntimeError("the replica was opened without its outbox (not local-first)")
+    return _outbox
+
+
+def apply_local(
+    conn: Any,
+    group: list[tuple[str | None, str, list[tuple[str, Any]], list[PlainStatement]]],
+    retention: float,
+    database_id: str | None = None,
+) -> list[tuple[Any, ...]]:
+    """A group of local-first writes (client key, fingerprint, statements, local statements): one
+    replica transaction, a savepoint each; the accepted ones are queued in the outbox (one durable
+    commit: the acknowledgement), then the replica commits without an fsync (§3 step 2).
+
+    Per write: ("ok", seq, results), ("replayed", seq, results) for a client key seen before,
+    ("reused", ) for a key seen with other statements, ("error", message, index) when it fails here."""
+    outbox = _box()
+    if database_id is not None and outbox.database_id() is None:
+        outbox.set_database_id(database_id)  # the queue belongs to the database the node follows now
+    out: list[tuple[Any, ...] | None] = [None] * len(group)
+    accepted: list[tuple[int, tuple[Any, ...]]] = []
+    keys: dict[str, tuple[int, str]] = {}  # client keys seen in this group → (position, fingerprint)
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for i, (key, fingerprint, statements, local) in enumerate(group):
+            if key is not None:
+                found = outbox.find_key(key)
+                if found is not None:
+                    seq, recorded, results = found
+                    out[i] = ("replayed", seq, results) if recorded == fingerprint else ("reused",)
+                    continue
+                if key in keys:
+                    out[i] = ("same-group", keys[key][0]) if keys[key][1] == fingerprint else ("reused",)
+                    continue
+                keys[key] = (i, fingerprint)
+            results = _apply_one(conn, local)
+            if isinstance(results, str):
+                index = int(results.split("]", 1)[0].split("[", 1)[1])
+                out[i] = ("error", results, index)
+                continue
+            accepted.append((i, (key, fingerprint, statements, local, results)))
+        seqs = outbox.append([w for _, w in accepted], retention) if accepted else []
+        conn.execute("COMMIT")
+    except BaseException:
+        engine_rollback(conn)
+        raise
+    finally:
+        conn.execute("PRAGMA synchronous = FULL")
+    for (i, write), seq in zip(accepted, seqs, strict=True):
+        out[i] = ("ok", seq, write[4])
+    for i, outcome in enumerate(out):
+        if outcome is not None and outcome[0] == "same-group":
+            first = out[outcome[1]]
+            assert first is not None
+            out[i] = ("replayed", *first[1:]) if first[0] == "ok" else first
+    return [o for o in out if o is not None]
+
+
+def outbox_batch(conn: Any) -> tuple[str, list[Any], int, str | None]:
+    """(node id, the oldest undecided writes, the confirmed bound, the database the queue belongs to)."""
+    outbox = _box()
+    return outbox.node_id, outbox.undecided(), outbox.confirmed(), outbox.database_id()
+
+
+def outbox_claim(conn: Any, database_id: str) -> None:
+    _box().set_database_id(database_id)
+
+
+def outbox_record(conn: Any, decisions: list[Any], failure: str | None) -> dict[str, int]:
+    """Record the decisions; the counts per outcome, and the outbox's `pending_now`/`conflicts_now`."""
+    counts = _box().record(decisions, failure)
+    counts["pending_now"], counts["conflicts_now"] = _box().counts()
+    return counts
+
+
+def outbox_status(conn: Any) -> dict[str, Any]:
+    return _box().status()
+
+
+def outbox_entry(conn: Any, seq: int) -> dict[str, Any] | None:
+    entry = _box().entry(seq)
+    if entry is not None and entry["state"] in ("pending", "pushed"):
+        failure = _local_failures.get(seq)
+        entry["local"] = f"fails here now: {failure}" if failure else "applied here"
+    return entry
+
+
+def outbox_conflicts(conn: Any) -> list[dict[str, Any]]:
+    return _box().conflicts()
+
+
+def outbox_resolve(conn: Any, seq: int, action: str, retention: float) -> tuple[Any, ...] | None:
+    outbox = _box()
+    found = outbox.conflict_write(seq)
+    if found is None:
+        return None
+    if action == "retry":
+        fingerprint, statements, local = found
+        outcome = apply_local(conn, [(None, fingerprint, statements, local)], retention)[0]
+        if outcome[0] != "ok":
+            return ("error", outcome[1])  # it stays a conflict
+    outbox.take_conflict(seq)
+    return ("discarded",) if action == "discard" else ("ok", outcome[1])

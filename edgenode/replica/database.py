@@ -35,17 +35,18 @@ from edgenode.errors import DatabaseError, Unavailable
 from edgenode.owner import OwnerDied, ProcessOwner
 from edgenode.pragmas import Profile
 from edgenode.replica import bootstrap
-from edgenode.replica.connection import ResyncNeeded, classify, open_replica, pull
+from edgenode.replica.connection import ResyncNeeded, classify, open_replica, pull, pull_local_first, synced_head
 from edgenode.replica.files import InvalidInfo, Position, ReplicaFiles
 from edgenode.replica.forwarder import Forwarder
 from edgenode.replica.identity import database_id_problem, local_problem, normalize_url, write_identity
+from edgenode.replica.local_first import LocalFirst
 from edgenode.replica.metrics import ReplicaMetrics
 from edgenode.replica.relay import Relay
 from edgenode.replica.scheduler import Scheduler, SyncFailed, SyncOutcome
 from edgenode.replica.sessions import ReplicaConnections
 from edgenode.replica.watcher import Watcher
 from edgenode.results import NO_POSITION, Params, QueryResult, Statement, WritePosition, WriteResult
-from edgenode.statements import bind_params, bind_statement, prepare_read, prepare_writes
+from edgenode.statements import bind_params, bind_statement, plain, prepare_read, prepare_writes
 from edgenode.tls import client_context
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgenode.replica")
 T = TypeVar("T")
+PULL_GAP = 0.05  # seconds between local-first pulls, at least
 __all__ = ["ReplicaDatabase", "ResyncNeeded", "classify"]
 
 
@@ -82,7 +84,8 @@ class ReplicaDatabase(Database):
         self.path: Path = self.files.db
         self.max_rows = settings.max_rows
         self.timeout_ms = settings.query_timeout_ms
-        self.relay = Relay(self.primary_url, settings.sync_timeout)
+        self.local_first = settings.write_mode == "local-first"
+        self.relay = Relay(self.primary_url, settings.sync_timeout, refuse_push=self.local_first)
         self.owner: ProcessOwner | None = None
         self.scheduler = Scheduler(
             self._sync, interval=settings.sync_interval, timeout=settings.sync_timeout, max_lag=settings.max_lag
@@ -96,6 +99,23 @@ class ReplicaDatabase(Database):
             self.scheduler,
             self.metrics,
             lambda: self.current,
+        )
+        # local-first: writes commit here and are pushed in the background (replica/local_first.py);
+        # forward: the Forwarder sends them to the primary. The Forwarder stays for Hrana transactions.
+        self.lf = (
+            LocalFirst(
+                self.call,
+                self.primary_url,
+                settings.primary_token,
+                min(5.0, settings.sync_timeout),
+                settings.idempotency_retention,
+                self.metrics,
+                self.scheduler.trigger,
+                self._primary_database_id,
+                lambda: self.database_id,
+            )
+            if self.local_first
+            else None
         )
         self.watcher = (
             Watcher(
@@ -119,6 +139,8 @@ class ReplicaDatabase(Database):
         self._schema: list[str] = []
         self._checked_primary = False
         self._http: httpx.AsyncClient | None = None
+        self._last_pull = 0.0
+        self._feed_bound: int | None = None  # local-first: the change feed's head in the pulled state
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -163,6 +185,9 @@ class ReplicaDatabase(Database):
         self.scheduler.trigger()
         if self.watcher:
             self.watcher.start()
+        if self.lf:
+            self.lf.start()
+            self.lf.wake()
 
     def spawn_relay(self) -> None:
         """Start the sync relay ahead of `start()` (it takes an interpreter's start-up to listen)."""
@@ -182,6 +207,8 @@ class ReplicaDatabase(Database):
                 )
 
     async def stop(self) -> None:
+        if self.lf:
+            await self.lf.stop()
         if self.watcher:
             await self.watcher.stop()
         await self.scheduler.stop()
@@ -207,14 +234,18 @@ class ReplicaDatabase(Database):
             relay_url,
             self.settings.primary_token or "",
             self.profile,
+            self.local_first,
         )
         try:
-            position, schema, report = await owner.start()
+            position, schema, report, node_id = await owner.start()
             startup.mark("replica_connection_open")
         except InvalidInfo as exc:
             raise ResyncNeeded("invalid_local_state", str(exc)) from exc
         self.owner = owner
         self.pragma_report = report
+        if self.lf is not None:
+            self.lf.node_id = node_id
+            self._feed_bound = await owner.call(synced_head)
         self.current = position
         await self._set_schema(schema)
         self.opened = True
@@ -270,6 +301,16 @@ class ReplicaDatabase(Database):
             await self.notify_changed()
         return outcome
 
+    async def _primary_database_id(self) -> str | None:
+        """The database the primary serves now (None: it names none). Raises when it cannot be asked."""
+        assert self._http is not None
+        try:
+            info = await bootstrap.primary_info(self._http, self.primary_url)
+        except (httpx.HTTPError, bootstrap.BootstrapError) as exc:
+            raise Unavailable(f"cannot reach the primary at {self.primary_url}: {exc}") from exc
+        database_id = info.get("database_id")
+        return database_id if isinstance(database_id, str) else None
+
     async def _check_primary(self) -> None:
         """Once per start: is this still the primary (and database) the replica was built from?"""
         assert self._http is not None
@@ -297,19 +338,33 @@ class ReplicaDatabase(Database):
         if relay_restarted or self.owner is None or not self.opened:
             await self._open()  # a restarted relay may listen elsewhere; a dead owner needs a new process
         assert self.owner is not None
+        if self.local_first:
+            # A local-first pull holds the one connection (rollback, sync, replay) while writes wait:
+            # pulls asked for by pushes, the watcher and waiters coalesce to one per PULL_GAP (§4).
+            wait = self._last_pull + PULL_GAP - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
         try:
-            before, after, schema, duration, truncated = await self.owner.call(
-                pull, str(self.settings.data_path), self.relay.url, self.settings.sync_timeout
-            )
+            if self.local_first:
+                before, after, schema, duration, truncated, self._feed_bound = await self.owner.call(
+                    pull_local_first, str(self.settings.data_path), self.relay.url, self.settings.sync_timeout
+                )
+            else:
+                before, after, schema, duration, truncated = await self.owner.call(
+                    pull, str(self.settings.data_path), self.relay.url, self.settings.sync_timeout
+                )
         except InvalidInfo as exc:
             raise ResyncNeeded("invalid_local_state", str(exc)) from exc
         except OwnerDied:
             self.opened = False
             raise
+        self._last_pull = time.monotonic()
         frames = after.frame - before.frame if after.generation == before.generation else after.frame
         self.current = after
         if schema is not None:
             await self._set_schema(schema)
+        if self.lf is not None:
+            self.lf.wake()  # the primary answered: retry pushes now, not after their backoff
         if self.progress is not None and self.progress.phase == "pulling frames":
             # A bootstrap's catch-up may take several (sliced) syncs; progress shows each of them.
             self.progress.frames_applied = after.frame
@@ -435,11 +490,23 @@ class ReplicaDatabase(Database):
             (sql, bind_params(analysis, params, f"statements[{i}]"))
             for i, ((sql, params), (_, _, analysis)) in enumerate(zip(statements, prepared, strict=True))
         ]
-        return await self.forwarder.write(exact, prepared, keyed)
+        if self.lf is None:
+            return await self.forwarder.write(exact, prepared, keyed)
+        results, write_id, replayed = await self.lf.write(exact, plain(prepared), keyed)
+        if any(analysis.is_ddl for _, _, analysis in prepared):
+            await self._set_schema(await self.call(engine.read_schema))
+        if not replayed:
+            await self.notify_changed()
+        return WriteResult(results, self.position(), replayed, write_id=write_id, pending=True)
 
     def connections(self, *, lease_timeout: float, readers: int) -> Connections:
         # Reads of every stream share the replica's one connection; transactions hold primary streams.
         return ReplicaConnections(self)
+
+    def feed_bound(self) -> int | None:
+        # Local-first: feed rows past the pulled state are speculative; their seqs are reused by
+        # the primary's rows after a rollback, so consumers must not read them (§8).
+        return self._feed_bound if self.local_first else None
 
     def position(self) -> WritePosition:
         current = self.current
@@ -477,6 +544,8 @@ class ReplicaDatabase(Database):
             "relay_restarts": self.relay.restarts,
             "long_poll": self.watcher.status() if self.watcher else None,
             "writes": self.forwarder.status(),
+            "write_mode": self.settings.write_mode,
+            "outbox": self.lf.status_extra() if self.lf else None,
             "pragmas": self.pragma_report.as_dict() if self.pragma_report else None,
         }
         return status

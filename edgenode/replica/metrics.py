@@ -33,12 +33,27 @@ class ReplicaMetrics:
             "edgenode_replica_bootstrap_bytes", "Bytes downloaded to bootstrap the replica", registry=None
         )
         self.writes = Counter(
-            "edgenode_replica_writes", "Writes sent to the primary, by outcome", ["outcome"], registry=None
+            "edgenode_replica_writes",
+            "Writes sent to the primary (forward) or queued (local-first), by outcome",
+            ["outcome"],
+            registry=None,
         )
         self.ryw_timeouts = Counter(
             "edgenode_replica_read_your_writes_timeouts",
             "Writes committed on the primary that the replica could not reach before answering",
             registry=None,
+        )
+        self.outbox_decisions = Counter(
+            "edgenode_outbox_decisions",
+            "Local-first writes the primary decided (applied, rejected) or left undecided, per push",
+            ["outcome"],
+            registry=None,
+        )
+        self.outbox_pending = Gauge(
+            "edgenode_outbox_pending", "Local-first writes queued and not yet decided by the primary", registry=None
+        )
+        self.outbox_conflicts = Gauge(
+            "edgenode_outbox_conflicts", "Local-first writes the primary refused, kept for an operator", registry=None
         )
         self.generation = Gauge("edgenode_replica_generation", "Generation the replica is in", registry=None)
         self.generation.set_function(lambda: float(generation() or 0))
@@ -66,6 +81,9 @@ class ReplicaCollector(Collector):
             m.bootstrap_bytes,
             m.writes,
             m.ryw_timeouts,
+            m.outbox_decisions,
+            m.outbox_pending,
+            m.outbox_conflicts,
             m.generation,
             m.lag,
         ):

@@ -22,6 +22,8 @@ client's `sync_url` at this relay bounds every sync:
   response) must name the one the replica follows (`PUT /_relay/database`): a mismatch, such as a
   primary wiped and recreated at the same URL, is answered 424 before the client sees a frame, and
   the end of the sync reports it (`{"database_changed": "..."}`) so the node rebuilds the replica.
+- in local-first mode (`--refuse-push`) a push of raw frames (`POST /sync/...`) is refused (424): the
+  node's local writes reach the primary only through its outbox, never as frames.
 
 The relay exits when its stdin closes, so it never outlives the node (even after kill -9).
 """
@@ -67,8 +69,9 @@ def cut_after_commits(frames: bytes, limit: int) -> bytes:
 
 
 class RelayApp:
-    def __init__(self, upstream: str, timeout: float, slice_seconds: float = 0.1) -> None:
+    def __init__(self, upstream: str, timeout: float, slice_seconds: float = 0.1, refuse_push: bool = False) -> None:
         self.upstream = upstream.rstrip("/")
+        self.refuse_push = refuse_push
         self.timeout = timeout
         self.slice = slice_seconds
         self.deadline: float | None = None
@@ -110,6 +113,10 @@ class RelayApp:
             await self._reply(send, 200, json.dumps(reply).encode())
             return
         pull = scope["method"] == "GET" and path.startswith("/sync/")
+        if self.refuse_push and scope["method"] == "POST" and path.startswith("/sync/"):
+            message = b'{"error":"local-first node: local frames are never pushed (its outbox carries its writes)"}'
+            await self._reply(send, FAILED, message)
+            return
         if pull and self._slice_over():
             self.truncated = True
             generation = path.split("/")[2]
@@ -191,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fd", type=int, default=None, help="a listening socket inherited from the node")
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--slice", type=float, default=0.1)
+    parser.add_argument("--refuse-push", action="store_true", help="local-first: refuse POST /sync (frame pushes)")
     args = parser.parse_args(argv)
 
     def watch_parent() -> None:
@@ -206,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         os.write(1, b"%d\n" % sock.getsockname()[1])  # up: imports done, about to serve
     except OSError:  # the node died before reading our port (killed during start-up)
         os._exit(0)
-    app = RelayApp(args.upstream, args.timeout, args.slice)
+    app = RelayApp(args.upstream, args.timeout, args.slice, args.refuse_push)
     config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
     asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))
 
@@ -214,9 +222,10 @@ def main(argv: list[str] | None = None) -> None:
 class Relay:
     """The node's handle on its relay process (blocking methods: call them from worker threads)."""
 
-    def __init__(self, upstream: str, timeout: float) -> None:
+    def __init__(self, upstream: str, timeout: float, refuse_push: bool = False) -> None:
         self.upstream = upstream
         self.timeout = timeout
+        self.refuse_push = refuse_push
         self.port: int | None = None
         self.restarts = 0
         self._popen: subprocess.Popen[bytes] | None = None
@@ -239,6 +248,8 @@ class Relay:
             self.port = sock.getsockname()[1]
             args = [sys.executable, "-m", "edgenode.replica.relay", "--upstream", self.upstream]
             args += ["--timeout", str(self.timeout), "--fd", str(sock.fileno())]
+            if self.refuse_push:
+                args.append("--refuse-push")
             popen = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(sock.fileno(),))
             self._popen = popen
         finally:

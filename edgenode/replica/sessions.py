@@ -4,7 +4,10 @@
 - Autocommit writes go to the primary through the replica's `Forwarder` (the same one REST writes
   use): plain DML joins the write combiner's next group (one primary transaction for the writes
   queued meanwhile, combiner.py), anything else one request on a fresh primary stream; then
-  read-your-writes.
+  read-your-writes. In local-first mode they take the REST write path instead
+  (`ReplicaDatabase.write`: committed here, queued), except statements returning rows and those of
+  a stream that set PRAGMAs. Interactive transactions still run on the primary in both modes
+  (docs/local-first.md §7's local lease is not built).
 - An interactive transaction pins a primary stream to the node's stream from its BEGIN until the
   primary reports autocommit again (COMMIT, ROLLBACK, an error that ended it) or the node's stream
   closes or expires (closing the primary stream rolls back there). If it wrote, the node syncs
@@ -112,6 +115,10 @@ class ForwardSession(Session):
         if analysis.is_readonly:
             return self._read_local(statement, args, analysis, want_rows)
         check_write(analysis, self.can_write)
+        if self.db.lf is not None and not analysis.columns and not self._settings.statements():
+            # Local-first: committed here, queued for the primary (the REST write path, one write id).
+            # RETURNING rows and per-stream PRAGMAs are the primary's to answer: those stay forwarded.
+            return self._write_local(statement, args)
         # COMMIT and friends outside a transaction land here too: the primary words the error. Plain
         # DML may share a primary transaction with other writes (combiner.py); anything else (DDL,
         # VACUUM, transaction control) goes on a stream of its own.
@@ -174,6 +181,14 @@ class ForwardSession(Session):
         except DatabaseError as exc:
             raise hrana_error(exc) from exc
         return stmt_result(outcome, analysis.columns)
+
+    def _write_local(self, statement: str, args: list[Value] | dict[str, Value]) -> StmtResult:
+        try:
+            written = self.backend.bridge.run(self.db.write([(statement, args)]))
+        except DatabaseError as exc:
+            raise hrana_error(exc) from exc
+        result = written.results[0]
+        return StmtResult([], [], result.rows_affected, result.last_insert_rowid)
 
     def _forward_once(
         self,

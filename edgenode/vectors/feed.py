@@ -103,14 +103,17 @@ def drop_trigger_statements(table: str) -> list[tuple[str, list]]:
 
 
 async def head(db: Any) -> int:
-    """The highest seq ever assigned (survives compaction, thanks to AUTOINCREMENT)."""
+    """The highest seq ever assigned (survives compaction, thanks to AUTOINCREMENT), at most the
+    database's `feed_bound` (a local-first node's synced head)."""
     try:
         result = await db.read("SELECT seq FROM sqlite_sequence WHERE name = ?", [CHANGES_TABLE])
     except Exception as exc:
         if "no such table" in str(exc):
             return 0
         raise
-    return int(result.rows[0][0]) if result.rows else 0
+    value = int(result.rows[0][0]) if result.rows else 0
+    bound = db.feed_bound()
+    return value if bound is None else min(value, bound)
 
 
 async def compacted_through(db: Any) -> int:

@@ -49,6 +49,9 @@ class RetryingReads:
     def may_have_table(self, name: str) -> bool:
         return self.inner.may_have_table(name)
 
+    def feed_bound(self) -> int | None:
+        return self.inner.feed_bound()
+
 
 class Collection:
     def __init__(self, definition: Definition, directory: Path) -> None:
