@@ -57,6 +57,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "edgenode.stream_pragmas",
             "edgenode.idempotency",
             "edgenode.backup",
+            "edgenode.feed",
             "edgenode.engine",
             "edgenode.sessions",
             "edgenode.database",
