@@ -68,6 +68,13 @@ class Database(ABC):
             except Exception:
                 log.exception("change listener failed")
 
+    def feed_bound(self) -> int | None:
+        """The highest change-feed seq readers of the feed may consume, None for no bound.
+
+        Local-first mode (docs/local-first.md §8) bounds it by the synced head: seqs past it
+        belong to speculative local writes and may be rolled back and reused."""
+        return None
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     @abstractmethod

@@ -13,7 +13,7 @@ from typing import Any
 
 import libsql
 
-from edgenode import stream_pragmas, values
+from edgenode import feed, stream_pragmas, values
 from edgenode.errors import DatabaseError, LimitError, QueryTimeout, ReadOnlyError, SQLError
 from edgenode.migrations import LibsqlTarget, MigrationReport, run_migrations
 from edgenode.migrations import status as migration_status
@@ -91,6 +91,7 @@ def run_transaction(conn: Any, statements: list[PlainStatement], guard: Guard | 
         if guard is not None and not guard[0](conn):
             conn.execute("ROLLBACK")
             return None
+        feed_before = _feed_seq(conn)
         for index, (sql, params, is_dml, is_insert) in enumerate(statements):
             try:
                 cursor = conn.execute(sql, params)
@@ -105,6 +106,8 @@ def run_transaction(conn: Any, statements: list[PlainStatement], guard: Guard | 
             )
         if guard is not None:
             guard[1](conn, results)
+        if feed_before is not None:
+            _mark_commit(conn, feed_before)
         conn.execute("COMMIT")
     except BaseException:
         try:
@@ -113,6 +116,23 @@ def run_transaction(conn: Any, statements: list[PlainStatement], guard: Guard | 
             pass  # already rolled back by the engine
         raise
     return results
+
+
+def _feed_seq(conn: Any) -> int | None:
+    """The change feed's last seq, None when no feed exists (edgenode.feed, commit markers)."""
+    try:
+        row = conn.execute(feed.SEQ_SQL).fetchone()
+    except ValueError:
+        return None  # no AUTOINCREMENT table yet
+    return int(row[0]) if row else 0
+
+
+def _mark_commit(conn: Any, before: int) -> None:
+    try:
+        conn.execute(feed.MARK_SQL, [before]).fetchall()
+    except ValueError as exc:
+        if "no such table" not in str(exc):
+            raise
 
 
 def run_statement(

@@ -79,6 +79,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "edgenode.text",
             "edgenode.text.",
             "edgenode.backup_http",
+            "edgenode.changes",
+            "edgenode.changes.",
         ),
     ),
     (
@@ -105,7 +107,7 @@ ALLOWED = {
     ("edgenode.primary.app", "edgenode.backup_http"),
 }
 # Command-line entry points of a package belong to the assembly layer.
-ASSEMBLY_MODULES = {"edgenode.primary.cli", "edgenode.vectors.cli", "edgenode.text.cli"}
+ASSEMBLY_MODULES = {"edgenode.primary.cli", "edgenode.vectors.cli", "edgenode.text.cli", "edgenode.changes.cli"}
 
 
 def module_name(path: Path) -> str:
