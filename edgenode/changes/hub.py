@@ -100,6 +100,7 @@ class Subscriber:
     last_taken: int = 0  # seq of the last change handed over (queued or delivered)
     cut: Ended | None = None
     guard: asyncio.Timeout | None = None
+    on_slow: Callable[[], None] = lambda: None  # the hub counts cut-offs
 
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(self.buffer)
@@ -111,6 +112,7 @@ class Subscriber:
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
+            self.on_slow()
             self.cut_off(
                 Ended(
                     "error",
@@ -278,9 +280,13 @@ class ChangeHub:
             # A client's cursor names an event it got: a transaction it stopped inside of still
             # ends with its commit event on this connection.
             sub.last_change = sub.last_taken = after
+        sub.on_slow = self._count_cut
         sub.start = self.position  # in one loop step with the check above: no event falls between
         self.subscribers.add(sub)
         return sub
+
+    def _count_cut(self) -> None:
+        self.cut += 1
 
     def unsubscribe(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
@@ -293,7 +299,6 @@ class ChangeHub:
                 await self._catch_up(sub, write)
                 while True:
                     if sub.cut is not None:
-                        self.cut += sub.cut.body["reason"] == "slow_subscriber"
                         return sub.cut
                     wait = self.heartbeat
                     if sub.expires_at is not None:
