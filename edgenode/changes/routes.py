@@ -28,6 +28,7 @@ from edgenode.api.errors import ApiError, JSONResponse, error_response
 from edgenode.api.routing import read_route, write_route
 from edgenode.auth import AuthError
 from edgenode.changes.hub import Ended, Event, Filter, Subscriber
+from edgenode.changes.models import CapturedTables, CaptureResponse
 
 if TYPE_CHECKING:
     from edgenode.changes.hub import ChangeHub
@@ -231,11 +232,13 @@ def change_routes(hub: ChangeHub) -> list[BaseRoute]:
 
     async def delete_table(request: Request) -> Response:
         table = request.path_params["table"]
+        if not IDENT.match(table):
+            return error_response(400, "invalid_request", f"{table!r} is not a table name")
         await db.write(feed.drop_capture_statements(table))
-        return JSONResponse({"table": table, "captured": False})
+        return JSONResponse(CaptureResponse(table, False))
 
     async def list_tables(request: Request) -> Response:
-        return JSONResponse({"tables": sorted(await feed.captured_tables(db)), "position": hub.position})
+        return JSONResponse(CapturedTables(sorted(await feed.captured_tables(db)), hub.position))
 
     return [
         read_route("/api/v1/changes", sse, methods=["GET"]),
@@ -246,7 +249,7 @@ def change_routes(hub: ChangeHub) -> list[BaseRoute]:
     ]
 
 
-async def capture(db: Any, table: str) -> dict[str, Any]:
+async def capture(db: Any, table: str) -> CaptureResponse:
     """Install (or refresh, after ALTER TABLE) the stream's triggers of `table`."""
     if not IDENT.match(table) or table.startswith(("_edgenode", "sqlite_")):
         raise ApiError(400, "invalid_request", f"{table!r} is not a table that can be captured")
@@ -257,7 +260,7 @@ async def capture(db: Any, table: str) -> dict[str, Any]:
         if not IDENT.match(column):
             raise ApiError(400, "invalid_request", f"column {column!r} of {table!r} is not a plain identifier")
     await db.write(feed.capture_statements(table, list(columns), await feed.has_row_column(db)))
-    return {"table": table, "captured": True, "columns": list(columns)}
+    return CaptureResponse(table, True, list(columns))
 
 
 async def _ws_end(websocket: WebSocket, body: dict[str, Any], code: int) -> None:
