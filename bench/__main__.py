@@ -17,7 +17,19 @@ from pathlib import Path
 
 from bench.common import DEFAULT_OUT, save
 
-SUITE = ["api_reads", "sync", "replication", "vectors", "hrana", "pragmas", "cold_start", "search", "soak", "backup"]
+SUITE = [
+    "api_reads",
+    "sync",
+    "replication",
+    "vectors",
+    "hrana",
+    "pragmas",
+    "cold_start",
+    "search",
+    "soak",
+    "backup",
+    "changes",
+]
 
 
 def available() -> list[str]:
