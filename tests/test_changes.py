@@ -458,3 +458,34 @@ def _plain(value: Any) -> Any:
     import base64
 
     return base64.b64decode(value["base64"]) if isinstance(value, dict) else value
+
+
+def test_the_cli_prints_the_stream_one_json_object_a_line(node: Proc) -> None:
+    import subprocess
+    import sys
+
+    from tests.procs import ROOT
+
+    start_at = _position(node.url)
+    args = ["changes", "--tables", "b", "--after", str(start_at), "--url", node.url, "--token", RO]
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "edgenode", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with httpx.Client(base_url=node.url, headers=_auth(RW), timeout=30) as client:
+            _execute(client, ("INSERT INTO b (id, k, v) VALUES (?, 9, 'from the cli test')", [20_000_000]))
+        assert cli.stdout is not None
+        first = json.loads(cli.stdout.readline())
+        assert (first["table"], first["op"], first["rowid"], first["row"]["v"]) == (
+            "b",
+            "insert",
+            20_000_000,
+            "from the cli test",
+        )
+        assert json.loads(cli.stdout.readline())["op"] == "commit"
+    finally:
+        cli.kill()
+        cli.wait(10)
