@@ -489,3 +489,24 @@ def test_the_cli_prints_the_stream_one_json_object_a_line(node: Proc) -> None:
     finally:
         cli.kill()
         cli.wait(10)
+
+
+def test_values_round_trip_exactly(node: Proc) -> None:
+    start_at = _position(node.url)
+    text = "quote ' double \" newline \n tab \t nul-free é ✓ 𝄞"
+    blob = bytes(range(256))
+    with httpx.Client(base_url=node.url, headers=_auth(RW), timeout=30) as client:
+        _execute(
+            client,
+            (
+                "INSERT INTO c (id, k, v, f, x) VALUES (?, ?, ?, ?, ?)",
+                [30_000_000, 2**63 - 1, text, 5e-324, {"base64": _b64(blob)}],
+            ),
+            ("UPDATE c SET k = ?, f = ? WHERE id = ?", [-(2**63), 1.7976931348623157e308, 30_000_000]),
+        )
+    sub = Subscriber(node.url, {"c"}, None, start_at, want=3)
+    sub.run(time.monotonic() + 20)
+    assert sub.error is None and [g[1] for g in sub.got[:2]] == ["insert", "update"] and sub.got[2] == ("commit",)
+    inserted, updated = sub.got[0][3], sub.got[1][3]
+    assert inserted == {"id": 30_000_000, "k": 2**63 - 1, "v": text, "f": 5e-324, "x": {"base64": _b64(blob)}}
+    assert (updated["k"], updated["f"]) == (-(2**63), 1.7976931348623157e308)

@@ -176,6 +176,8 @@ def change_routes(hub: ChangeHub) -> list[BaseRoute]:
             sub = await hub.subscribe(filt, after, expires)
         except Ended as ended:
             return ChangeStream(hub, None, ended)
+        except TimeoutError:
+            return error_response(503, "unavailable", "the change stream has not read the feed yet; retry")
         return ChangeStream(hub, sub)
 
     async def ws(websocket: WebSocket) -> None:
@@ -193,6 +195,10 @@ def change_routes(hub: ChangeHub) -> list[BaseRoute]:
             return
         except Ended as ended:
             await _ws_end(websocket, {"event": ended.kind, **ended.body}, 1000)
+            return
+        except TimeoutError:
+            body = {"event": "error", "reason": "unavailable", "message": "the change stream is not ready; retry"}
+            await _ws_end(websocket, body, 1013)
             return
 
         async def write(event: Event) -> None:
