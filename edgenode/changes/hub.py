@@ -305,11 +305,15 @@ class ChangeHub:
                         wait = min(wait, sub.expires_at - time.time())
                         if wait <= 0:
                             return Ended("error", "token_expired", "the token expired; reconnect with a new one")
-                    try:
-                        event = await asyncio.wait_for(sub.queue.get(), wait)
-                    except TimeoutError:
-                        await heartbeat()
-                        continue
+                    if sub.queue.empty():
+                        try:
+                            # wait_for costs a task: only paid when the queue is empty
+                            event = await asyncio.wait_for(sub.queue.get(), wait)
+                        except TimeoutError:
+                            await heartbeat()
+                            continue
+                    else:
+                        event = sub.queue.get_nowait()
                     if event.seq >= 0:
                         await self._deliver(sub, event, write)
             except Ended as ended:
