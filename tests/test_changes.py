@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import socket
 import threading
 import time
@@ -413,6 +414,13 @@ def test_kill_9_mid_stream_then_resume_from_cursors_and_expired_cursors_get_resy
         with ws_connect(ws_url, open_timeout=10) as ws:
             message = json.loads(ws.recv(timeout=10))
         assert message["event"] == "resync" and message["oldest"] > 1
+        # A graceful stop does not wait for open streams (their clients resume from their cursors).
+        holder = Subscriber(proc.url, {"a"}, None, _position(proc.url), want=10**9)
+        threading.Thread(target=holder.run, args=(time.monotonic() + 5,), daemon=True).start()
+        _wait_subscribers(proc, 1)
+        began = time.monotonic()
+        assert proc.stop() in (0, -signal.SIGTERM)  # not -SIGKILL after a 15 s wait
+        assert time.monotonic() - began < 10
     finally:
         proc.stop()
 

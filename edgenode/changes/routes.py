@@ -29,6 +29,7 @@ from edgenode.api.routing import read_route, write_route
 from edgenode.auth import AuthError
 from edgenode.changes.hub import Ended, Event, Filter, Subscriber
 from edgenode.changes.models import CapturedTables, CaptureResponse
+from edgenode.http_server import STREAMING_KEY
 
 if TYPE_CHECKING:
     from edgenode.changes.hub import ChangeHub
@@ -115,6 +116,7 @@ class ChangeStream:
         self.ended = ended
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[STREAMING_KEY] = True  # a graceful shutdown ends it (edgenode.http_server)
         headers = [
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache"),
