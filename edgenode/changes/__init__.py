@@ -20,10 +20,13 @@ and they mean the same on every replica of one primary.
 **Transaction boundaries.** A transaction the node's writer commits (REST writes on a standalone
 node, `engine.run_transaction`) appends a commit marker after its changes; the stream sends it as
 `{"op": "commit", "first": <cursor of the transaction's first change>}` to each subscriber that got
-at least one change of that transaction. Writes committed by code the node does not run (Hrana
-transactions, the primary a replica follows, Turso Cloud) carry no marker: their changes arrive
-in commit order and complete (a replica applies whole transactions), but without commit events,
-so a client must not wait for one. Commit events are an addition, never a precondition.
+at least one change of that transaction. Other writes carry no marker: their changes arrive in
+commit order and complete (a replica applies whole transactions), but without commit events, so a
+client must not wait for one; commit events are an addition, never a precondition. That is final
+for writes committed by code the node does not run (a Turso Cloud primary, another client of the
+primary). Not marked *yet*, though the committing code is ours: Hrana transactions on a standalone
+node (the session's COMMIT could append the marker first) and writes through `edgenode primary`
+(its backend, or the replica's forwarder appending the marker statements to its atomic pipeline).
 
 **One reader, many subscribers.** `ChangeHub` keeps one reading task per node: woken by the
 database's change listeners (after a local commit, a Hrana lease or a replica's applied sync;
