@@ -214,7 +214,7 @@ OPERATIONS += [
         "(or Last-Event-ID); each event's data is a ChangeEvent; ends with event: resync or error.",
         None,
         changes.ChangeEvent,
-        errors=(400, 401),
+        errors=(400, 401, 503),
         response_type="text/event-stream",
     ),
     Operation(
