@@ -30,6 +30,7 @@ SUITE = [
     "soak",
     "backup",
     "writes",
+    "changes",
 ]
 
 

@@ -69,6 +69,22 @@ class Authenticator:
             return self._check_jwt(token)
         raise AuthError("invalid token")
 
+    def expires_at(self, authorization: str | None) -> float | None:
+        """When an accepted credential stops being valid (a JWT's `exp`, Unix seconds), else None.
+        Call after `check` accepted it: the signature is not verified again."""
+        if self.jwt_public_key is None or not authorization:
+            return None
+        token = authorization.partition(" ")[2].strip()
+        if token.count(".") != 2 or token in (self.auth_token, self.read_token):
+            return None
+        import jwt
+
+        try:
+            exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
+        except jwt.PyJWTError:
+            return None
+        return float(exp) if isinstance(exp, int | float) else None
+
     def _check_jwt(self, token: str) -> Access:
         import jwt
 

@@ -65,6 +65,7 @@ class LazyGroup(click.Group):
         "dev": "edgenode.commands.dev:dev",
         "vectors": "edgenode.vectors.cli:vectors",
         "text": "edgenode.text.cli:text",
+        "changes": "edgenode.changes.cli:changes",
         "tune": "edgenode.commands.tune:tune",
         "backup": "edgenode.commands.backup:backup",
         "restore": "edgenode.commands.backup:restore",

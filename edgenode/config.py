@@ -91,6 +91,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     idempotency_retention: Annotated[
         float, Doc("Seconds an Idempotency-Key is remembered; a retry later than that writes again.")
     ] = 86_400.0
+    changes_retention: Annotated[
+        int, Doc("Change-feed entries kept for change-stream subscribers to resume from (older cursors: resync).")
+    ] = 100_000
+    changes_buffer: Annotated[
+        int, Doc("Change events waiting per subscriber before a slow one is disconnected (it resumes).")
+    ] = 1_000
+    changes_heartbeat: Annotated[float, Doc("Seconds between keep-alive comments on idle change streams.")] = 15.0
     migrate: Annotated[bool, Doc("Apply sql/ migrations on start.")] = True
     log_level: Annotated[Literal["debug", "info", "warning", "error"], Doc("debug, info, warning or error.")] = "info"
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import libsql
 
-from edgenode import stream_pragmas, values
+from edgenode import feed, stream_pragmas, values
 from edgenode.errors import DatabaseError, LimitError, QueryTimeout, ReadOnlyError, SQLError
 from edgenode.migrations import LibsqlTarget, MigrationReport, run_migrations
 from edgenode.migrations import status as migration_status
@@ -102,9 +102,12 @@ def run_transaction(conn: Any, statements: list[PlainStatement], guard: Guard | 
         if guard is not None and not guard[0](conn):
             conn.execute("ROLLBACK")
             return None
+        feed_before = _feed_seq(conn)
         results = _run_statements(conn, statements)
         if guard is not None:
             guard[1](conn, results)
+        if feed_before is not None:
+            _mark_commit(conn, feed_before)
         conn.execute("COMMIT")
     except BaseException:
         try:
@@ -167,7 +170,12 @@ def run_group(conn: Any, members: list[GroupMember]) -> list[GroupOutcome]:
             for i in todo:
                 conn.execute(f"SAVEPOINT {_SAVEPOINT}")
                 try:
+                    # Each write of the group is its own unit for the change stream: a commit
+                    # marker after its captured changes, undone with it if it fails.
+                    feed_before = _feed_seq(conn)
                     value = _run_member(conn, members[i])
+                    if feed_before is not None:
+                        _mark_commit(conn, feed_before)
                 except Exception as exc:  # this write's error, reported to its caller
                     outcomes[i] = (False, exc)
                     if not conn.in_transaction:
@@ -202,6 +210,23 @@ def _rollback_quietly(conn: Any) -> None:
             conn.execute("ROLLBACK")
         except ValueError:
             pass
+
+
+def _feed_seq(conn: Any) -> int | None:
+    """The change feed's last seq, None when no feed exists (edgenode.feed, commit markers)."""
+    try:
+        row = conn.execute(feed.SEQ_SQL).fetchone()
+    except ValueError:
+        return None  # no AUTOINCREMENT table yet
+    return int(row[0]) if row else 0
+
+
+def _mark_commit(conn: Any, before: int) -> None:
+    try:
+        conn.execute(feed.MARK_SQL, [before]).fetchall()
+    except ValueError as exc:
+        if "no such table" not in str(exc):
+            raise
 
 
 def run_statement(

@@ -29,6 +29,10 @@ from edgenode.config import Settings
 
 log = logging.getLogger(__name__)
 
+# Set in a scope by a response that streams until its client leaves (the change stream): a graceful
+# shutdown would wait for it forever, so shutdown ends it as if the client had gone.
+STREAMING_KEY = "edgenode.streaming"
+
 # (path, code, message) -> the JSON body of an error answered by the server itself.
 ErrorBody = Callable[[str, str, str], bytes]
 
@@ -58,6 +62,16 @@ class GuardedProtocol(HttpToolsProtocol):
             if timer is not None:
                 timer.cancel()
         self._head_timer = self._body_timer = None
+
+    def shutdown(self) -> None:
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and cycle.scope.get(STREAMING_KEY):
+            # Its client resumes from its cursor; the handler's receive() returns http.disconnect.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            self.transport.close()
+            return
+        super().shutdown()
 
     def _head_timed_out(self) -> None:
         self._head_timer = None

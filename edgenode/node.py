@@ -48,6 +48,7 @@ def open_node(settings: Settings) -> tuple[Database, list[Component]]:
     else:
         db = _local(settings)
     from edgenode.backup_http import BackupComponent
+    from edgenode.changes.component import ChangesComponent
     from edgenode.hrana_node.component import HranaComponent
     from edgenode.text.manager import TextManager
     from edgenode.vectors.manager import VectorManager
@@ -55,6 +56,7 @@ def open_node(settings: Settings) -> tuple[Database, list[Component]]:
     vectors = VectorManager(db, settings.data_path)
     text = TextManager(db, settings.data_path, vectors=vectors)
     components += [vectors, text, HranaComponent(settings, db), BackupComponent(settings, db)]
+    components.append(ChangesComponent(settings, db))
     return db, components
 
 

@@ -60,6 +60,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "edgenode.stream_pragmas",
             "edgenode.idempotency",
             "edgenode.backup",
+            "edgenode.feed",
             "edgenode.engine",
             "edgenode.sessions",
             "edgenode.database",
@@ -81,6 +82,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "edgenode.text",
             "edgenode.text.",
             "edgenode.backup_http",
+            "edgenode.changes",
+            "edgenode.changes.",
         ),
     ),
     (
@@ -109,7 +112,7 @@ ALLOWED = {
     ("edgenode.primary.pitr", "edgenode.backup"),
 }
 # Command-line entry points of a package belong to the assembly layer.
-ASSEMBLY_MODULES = {"edgenode.primary.cli", "edgenode.vectors.cli", "edgenode.text.cli"}
+ASSEMBLY_MODULES = {"edgenode.primary.cli", "edgenode.vectors.cli", "edgenode.text.cli", "edgenode.changes.cli"}
 
 
 def module_name(path: Path) -> str:

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from edgenode.api.errors import ApiError
+from edgenode.feed import CHANGES_TABLE, compact_statements, head
 from edgenode.text.hybrid import fuse
 from edgenode.text.manager import TextManager
 from edgenode.text.models import SearchRequest, TextSpec
 from edgenode.text.query import check, tokens
 from edgenode.vectors import VectorManager
-from edgenode.vectors.feed import CHANGES_TABLE, compact_statements, head
 from edgenode.vectors.models import CollectionSpec
 from tests.test_vectors_support import blob, clustered, insert_items, make_items, open_db, run
 

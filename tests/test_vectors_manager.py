@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgenode.feed import CHANGES_TABLE, compact_statements, head
 from edgenode.vectors import VectorManager
-from edgenode.vectors.feed import CHANGES_TABLE, compact_statements, head
 from edgenode.vectors.models import CollectionSpec, Filter, SearchRequest
 from edgenode.vectors.planner import PlannerSettings
 from tests.test_vectors_support import blob, clustered, exact_topk, insert_items, make_items, open_db, run

@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute, Route
 
 from edgenode import __version__, backup, idempotency
 from edgenode.api import schemas
+from edgenode.changes import models as changes
 from edgenode.hrana import protocol as hrana
 from edgenode.text import models as text
 from edgenode.vectors import models as vectors
@@ -241,6 +242,44 @@ OPERATIONS += [
         backup.BackupRequest,
         backup.BackupReport,
         errors=(*_BODY_ERRORS, 409, 503),
+    ),
+]
+
+# --- live changes (edgenode.changes); /api/v1/changes/ws is the same stream over a WebSocket ---------------
+OPERATIONS += [
+    Operation(
+        "get",
+        "/api/v1/changes",
+        "Server-Sent Events of captured tables' row changes: ?tables=a,b[&where=col=value][&after=cursor] "
+        "(or Last-Event-ID); each event's data is a ChangeEvent; ends with event: resync or error.",
+        None,
+        changes.ChangeEvent,
+        errors=(400, 401, 503),
+        response_type="text/event-stream",
+    ),
+    Operation(
+        "get",
+        "/api/v1/changes/tables",
+        "Tables captured for the change stream, and the stream's position.",
+        None,
+        changes.CapturedTables,
+        errors=(401,),
+    ),
+    Operation(
+        "put",
+        "/api/v1/changes/tables/{table}",
+        "Capture a table for the change stream (again after ALTER TABLE: new columns).",
+        None,
+        changes.CaptureResponse,
+        errors=(400, 401, 403, 404, 503),
+    ),
+    Operation(
+        "delete",
+        "/api/v1/changes/tables/{table}",
+        "Stop capturing a table.",
+        None,
+        changes.CaptureResponse,
+        errors=(400, 401, 403, 503),
     ),
 ]
 

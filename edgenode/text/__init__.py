@@ -1,5 +1,5 @@
 """Full-text and hybrid search: FTS5 text collections beside the vector collections, kept current
-by the same change feed (edgenode.vectors.feed), each index an apsw file the node owns.
+by the same change feed (edgenode.feed), each index an apsw file the node owns.
 
 Integration: `TextManager(db, data_dir, vectors=vector_manager)` is a node component (name,
 routes(), start(), stop(), status(), not_ready_reason()).

@@ -4,7 +4,7 @@ A definition is a row of `_edgenode_text_collections` (name, spec as JSON, uid),
 vector collections' `_edgenode_collections` and shaped like it: the uid is minted when the
 definition is written, so an index built for an older definition (or for the same name on
 another primary) never matches and is rebuilt. The table's change-feed triggers are the vector
-feed's own (edgenode.vectors.feed), installed in the same transaction.
+feed's own (edgenode.feed), installed in the same transaction.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 
 import msgspec
 
+from edgenode import feed
 from edgenode.api.errors import ApiError
 from edgenode.text.models import TextSpec
-from edgenode.vectors import feed
 from edgenode.vectors.collections import DatabaseLike, is_missing_table, table_columns
 
 DEFINITIONS_TABLE = "_edgenode_text_collections"

@@ -9,7 +9,7 @@ durably) and `index-<gen>.sqlite` (FTS5 + filter columns + the feed position, on
 applied batch, so the position on disk always matches the rows). A start finds the stamped
 identity and a position the feed still covers, and catches up from there; anything else is a full
 build into generation n+1 while n keeps serving. It registers as a consumer of the feed
-(edgenode.vectors.feed), so the vector side's compaction keeps what text collections still need
+(edgenode.feed), so the vector side's compaction keeps what text collections still need
 and the other way round.
 """
 
@@ -28,6 +28,7 @@ from typing import Any
 
 from starlette.routing import BaseRoute
 
+from edgenode import feed
 from edgenode.api.component import Component
 from edgenode.api.errors import ApiError
 from edgenode.durable import atomic_write
@@ -53,7 +54,6 @@ from edgenode.text.models import (
     TextSpec,
 )
 from edgenode.text.routes import text_routes
-from edgenode.vectors import feed
 from edgenode.vectors.collections import DatabaseLike, check_name, table_columns, unique_keys
 from edgenode.vectors.collections import load_definitions as load_vector_definitions
 from edgenode.vectors.exact import CompiledFilter
@@ -152,7 +152,7 @@ class TextManager(Component):
         self._waiting_for_db: str | None = None
         feed.add_consumer(self.db, self)
 
-    # feed consumer (edgenode.vectors.feed.Consumer) ----------------------------------------------
+    # feed consumer (edgenode.feed.Consumer) ----------------------------------------------
     def feed_floor(self) -> int | None:
         if not all(c.state == "ready" and not c.rebuilding for c in self.collections.values()):
             return None
@@ -317,7 +317,7 @@ class TextManager(Component):
         return c.info()
 
     async def _heal_replace_triggers(self, table: str) -> None:
-        """The table's replace triggers as its current unique keys call for (see edgenode.vectors.feed)."""
+        """The table's replace triggers as its current unique keys call for (see edgenode.feed)."""
         keys = await unique_keys(self.db, table)
         if not await feed.replace_triggers_current(self.db, table, keys):
             log.warning("the change-feed triggers of %s do not match its unique keys; reinstalling them", table)

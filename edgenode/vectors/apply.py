@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from edgenode.vectors import feed
+from edgenode import feed
 from edgenode.vectors.collections import DatabaseLike
 from edgenode.vectors.exact import Sidecar
 from edgenode.vectors.hnsw import HnswIndex

@@ -13,7 +13,8 @@ import asyncio
 import logging
 import time
 
-from edgenode.vectors import feed, files
+from edgenode import feed
+from edgenode.vectors import files
 from edgenode.vectors.apply import Applier
 from edgenode.vectors.collections import DatabaseLike, heal_replace_triggers, table_columns
 from edgenode.vectors.exact import Sidecar

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 
-from edgenode.vectors import feed
+from edgenode import feed
 from edgenode.vectors.apply import Applier
 from edgenode.vectors.builds import Builder
 from edgenode.vectors.collections import DatabaseLike

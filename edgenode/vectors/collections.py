@@ -15,8 +15,8 @@ from typing import Any, Protocol
 
 import msgspec
 
+from edgenode import feed
 from edgenode.api.errors import ApiError
-from edgenode.vectors import feed
 from edgenode.vectors.models import NAME_RE, CollectionSpec
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ async def table_columns(db: DatabaseLike, table: str) -> dict[str, str]:
 
 async def unique_keys(db: DatabaseLike, table: str) -> list[list[tuple[str, str]]]:
     """The (column, collation) lists of `table`'s UNIQUE constraints and indexes, the rowid's own
-    excepted; expression indexes are left out (see edgenode.vectors.feed)."""
+    excepted; expression indexes are left out (see edgenode.feed)."""
     indexes = await db.read('SELECT name FROM pragma_index_list(?) WHERE "unique" = 1 ORDER BY name', [table])
     keys = []
     for (index,) in indexes.rows:
@@ -128,7 +128,7 @@ async def check_against_table(db: DatabaseLike, spec: CollectionSpec) -> None:
 
 async def heal_replace_triggers(db: DatabaseLike, table: str) -> None:
     """Reinstall the table's replace triggers when its unique keys changed since they were
-    installed (or they come from an older edgenode); see edgenode.vectors.feed."""
+    installed (or they come from an older edgenode); see edgenode.feed."""
     keys = await unique_keys(db, table)
     if not await feed.replace_triggers_current(db, table, keys):
         log.warning("the change-feed triggers of %s do not match its unique keys; reinstalling them", table)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from starlette.routing import BaseRoute
 
+from edgenode import feed
 from edgenode.api.component import Component
 from edgenode.errors import DatabaseError
 from edgenode.vectors.apply import Applier
@@ -49,6 +50,24 @@ from edgenode.vectors.search import Searcher
 from edgenode.vectors.state import Collection, RetryingReads, Tasks
 
 log = logging.getLogger(__name__)
+
+
+class _FeedFloor:
+    """The vector collections' place among the feed's consumers (edgenode.feed.Consumer), so other
+    compactors (text, the change stream) keep what they still need. Its tables are not listed: the
+    registry judges its own tables when a collection is dropped."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def feed_floor(self) -> int | None:
+        collections = self.registry.collections.values()
+        if not all(c.state == "ready" and not c.rebuilding for c in collections):
+            return None
+        return min((c.position for c in collections), default=2**62)
+
+    def feed_tables(self) -> set[str]:
+        return set()
 
 
 class VectorManager(Component):
@@ -87,6 +106,8 @@ class VectorManager(Component):
             compact_retain=compact_retain,
         )
         self.searcher = Searcher(self.registry.get, self.db, planner or PlannerSettings())
+        self._feed_floor = _FeedFloor(self.registry)  # held here: the feed keeps consumers weakly
+        feed.add_consumer(self.db, self._feed_floor)
         self._listening = False
         self._waiting_for_db: str | None = None
 

@@ -11,8 +11,8 @@ import logging
 import shutil
 from pathlib import Path
 
+from edgenode import feed
 from edgenode.api.errors import ApiError
-from edgenode.vectors import feed
 from edgenode.vectors.builds import Builder
 from edgenode.vectors.collections import (
     DatabaseLike,

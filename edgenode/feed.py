@@ -13,13 +13,33 @@ replace. Recording a row that survives is harmless, since applying re-reads it. 
 the table's unique indexes when the triggers are installed; an expression index cannot be matched
 this way and is skipped, and `replace_triggers_current` lets a node notice keys added later.
 
-Compaction deletes changes every local index has applied, but keeps the newest `retain` so
-replicas that lag a little do not have to rescan; `compacted_through` tells a node whose
-position fell behind the compacted range that it must rebuild from a full scan.
+Compaction deletes changes every local consumer has applied (`compact` asks every registered
+`Consumer` for its floor: vector and text collections, the change stream's retention), but keeps the
+newest `retain` so replicas that lag a little do not have to rescan; `compacted_through` tells a
+node whose position fell behind the compacted range that it must rebuild from a full scan (or, for a
+stream subscriber, resync).
+
+**Captured tables** (the change stream, `edgenode.changes`). A table the stream serves gets a
+second set of triggers (`capture_statements`) that append ops 'I', 'U', 'D' *with the row's
+values* in the `row` column: a JSON object of column name -> `quote(value)`, SQLite's own SQL
+literal of the value. A literal is exact for every storage class: 64-bit integers as digits, text
+as written, blobs as `X'hex'`, and floats with as many digits as it takes to read back the same
+double (checked: `quote()` round-trips random doubles bit-exactly; -0.0 reads back as 0.0, as
+SQLite stores it). JSON alone would not do: `json_object` refuses blobs and prints floats with 15
+digits. Capturing in the trigger, rather than re-reading the row when the event is delivered, keeps
+every version (an insert then an update in one transaction are two events with their own rows; a
+re-read would show the final row twice, or none after a delete) at the price of writing the row
+twice. 'D' carries the deleted row's values, so a stream's column filter can judge a delete.
+
+**Commit markers.** A transaction committed by the node's own writer (`engine.run_transaction`:
+REST writes on a standalone node) that appended captured changes also appends one op 'C' row whose
+`rid` is the seq of the transaction's first change: the stream turns it into a commit event.
+Writes the node does not commit itself carry no marker (see `edgenode.changes`).
 """
 
 from __future__ import annotations
 
+import json
 import weakref
 from typing import Any, Protocol
 
@@ -29,7 +49,7 @@ STATE_TABLE = "_edgenode_feed_state"
 SCHEMA: list[tuple[str, list[Any]]] = [
     (
         f"CREATE TABLE IF NOT EXISTS {CHANGES_TABLE} ("
-        "seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, rid INTEGER NOT NULL, op TEXT NOT NULL)",
+        "seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, rid INTEGER NOT NULL, op TEXT NOT NULL, row TEXT)",
         [],
     ),
     # One row (id = 1); an INTEGER PRIMARY KEY because the node's DDL analyzer trips on implicit indexes.
@@ -100,6 +120,118 @@ async def replace_triggers_current(db: Any, table: str, keys: list[list[tuple[st
 
 def drop_trigger_statements(table: str) -> list[tuple[str, list]]:
     return [(f"DROP TRIGGER IF EXISTS {_trigger(table, op)}", []) for op in ("i", "u", "d", "ri", "ru")]
+
+
+CAPTURE_OPS = {"I": "insert", "U": "update", "D": "delete"}
+COMMIT_OP = "C"
+
+
+def _capture_trigger(table: str, op: str) -> str:
+    return f'"_edgenode_stream_{table}_{op}"'
+
+
+def _row_json(alias: str, columns: list[str]) -> str:
+    pairs = ", ".join(f"'{c}', quote({alias}.\"{c}\")" for c in columns)
+    return f"json_object({pairs})"
+
+
+def capture_statements(table: str, columns: list[str], has_row_column: bool) -> list[tuple[str, list]]:
+    """(Re)install the stream's triggers of `table` for its current `columns` (plain identifiers,
+    checked by the caller against the schema); the feed table first, with its `row` column."""
+    ins = f"INSERT INTO {CHANGES_TABLE}(tbl, rid, op, row)"
+    out: list[tuple[str, list]] = [*SCHEMA]
+    if not has_row_column:
+        out.append((f"ALTER TABLE {CHANGES_TABLE} ADD COLUMN row TEXT", []))
+    out += [(f"DROP TRIGGER IF EXISTS {_capture_trigger(table, op)}", []) for op in "iud"]
+    new, old = _row_json("new", columns), _row_json("old", columns)
+    out += [
+        (
+            f'CREATE TRIGGER {_capture_trigger(table, "i")} AFTER INSERT ON "{table}" '
+            f"BEGIN {ins} VALUES ('{table}', new.rowid, 'I', {new}); END",
+            [],
+        ),
+        (
+            f'CREATE TRIGGER {_capture_trigger(table, "u")} AFTER UPDATE ON "{table}" '
+            f"BEGIN {ins} SELECT '{table}', old.rowid, 'D', {old} WHERE old.rowid IS NOT new.rowid; "
+            f"{ins} VALUES ('{table}', new.rowid, 'U', {new}); END",
+            [],
+        ),
+        (
+            f'CREATE TRIGGER {_capture_trigger(table, "d")} AFTER DELETE ON "{table}" '
+            f"BEGIN {ins} VALUES ('{table}', old.rowid, 'D', {old}); END",
+            [],
+        ),
+    ]
+    return out
+
+
+def drop_capture_statements(table: str) -> list[tuple[str, list]]:
+    return [(f"DROP TRIGGER IF EXISTS {_capture_trigger(table, op)}", []) for op in "iud"]
+
+
+async def captured_tables(db: Any) -> set[str]:
+    """Tables whose stream triggers are installed (all three)."""
+    result = await db.read(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE '\\_edgenode\\_stream\\_%' ESCAPE '\\'"
+    )
+    counts: dict[str, int] = {}
+    for (name,) in result.rows:
+        table = name[len("_edgenode_stream_") : -2]
+        counts[table] = counts.get(table, 0) + 1
+    return {t for t, n in counts.items() if n == 3}
+
+
+async def has_row_column(db: Any) -> bool:
+    """Whether the feed table needs no `row` column added (it has one, or does not exist yet)."""
+    result = await db.read(f"SELECT count(*), sum(name = 'row') FROM pragma_table_info('{CHANGES_TABLE}')")
+    columns, has_row = result.rows[0]
+    return columns == 0 or bool(has_row)
+
+
+SEQ_SQL = f"SELECT seq FROM sqlite_sequence WHERE name = '{CHANGES_TABLE}'"
+# The writer's commit marker: after the transaction's captured changes, naming the first one.
+MARK_SQL = (
+    f"INSERT INTO {CHANGES_TABLE}(tbl, rid, op) SELECT '', min(seq), '{COMMIT_OP}' FROM {CHANGES_TABLE} "
+    "WHERE seq > ? AND op IN ('I', 'U', 'D') HAVING count(*) > 0"
+)
+
+
+def parse_literal(text: str) -> Any:
+    """A `quote()` literal back to its value: NULL, an integer, a real, 'text' or X'blob'."""
+    if text == "NULL":
+        return None
+    if text.startswith("'"):
+        return text[1:-1].replace("''", "'")
+    if text.startswith("X'"):
+        return bytes.fromhex(text[2:-1])
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def decode_row(row_json: str | None) -> dict[str, Any] | None:
+    if row_json is None:
+        return None
+    return {column: parse_literal(literal) for column, literal in json.loads(row_json).items()}
+
+
+# The stream's rows of the feed (captured changes and commit markers), in seq order.
+EVENTS_SQL = (
+    f"SELECT seq, tbl, rid, op, row FROM {CHANGES_TABLE} "
+    "WHERE seq > ? AND seq <= ? AND op IN ('I', 'U', 'D', 'C') ORDER BY seq LIMIT ?"
+)
+
+
+async def read_events(db: Any, after: int, upto: int, limit: int) -> list[list[Any]]:
+    """Captured changes and commit markers with after < seq <= upto, at most `limit`."""
+    try:
+        result = await db.read(EVENTS_SQL, [after, upto, limit])
+    except Exception as exc:
+        if "no such table" in str(exc) or "no such column" in str(exc):
+            return []
+        raise
+    return result.rows
 
 
 async def head(db: Any) -> int:
@@ -178,9 +310,25 @@ def consumers(db: Any) -> list[Consumer]:
     return list(_consumers.get(_key(db), ()))
 
 
+def consumers_floor(db: Any) -> int | None:
+    """The lowest position any registered consumer still needs; None while one cannot say."""
+    floor = 2**62
+    for consumer in consumers(db):
+        mine = consumer.feed_floor()
+        if mine is None:
+            return None
+        floor = min(floor, mine)
+    return floor
+
+
 async def compact(db: Any, floor: int, threshold: int, retain: int) -> None:
-    """Trim the feed through `floor` (what every local consumer applied) when it holds at least
-    `threshold` entries, keeping the newest `retain` for replicas that lag a little."""
+    """Trim the feed through `floor` (what the caller applied), never past what another registered
+    consumer still needs, when it holds at least `threshold` entries, keeping the newest `retain`
+    for replicas that lag a little."""
+    others = consumers_floor(db)
+    if others is None:
+        return
+    floor = min(floor, others)
     result = await db.read(f"SELECT min(seq), max(seq) FROM {CHANGES_TABLE}")
     low, high = result.rows[0] if result.rows else (None, None)
     if low is None or high - low + 1 < threshold:

@@ -1,0 +1,58 @@
+"""Live changes: committed row changes of chosen tables, streamed over SSE and WebSocket.
+
+Design (issue #16).
+
+**Source.** The node's change feed (`edgenode.feed`). A table is streamed once it is *captured*
+(`PUT /api/v1/changes/tables/{table}`): triggers append each row change with the row's values
+(exact for every SQLite value, see `edgenode.feed`) to `_edgenode_changes`. The triggers are made
+on the writer (a standalone node's writer process, or the primary for a replica: the DDL is
+forwarded like any write), so the feed replicates, and a replica streams changes it receives by
+sync exactly like a standalone node streams its own commits. Values are captured by the triggers
+rather than re-read at delivery: a re-read sees only the row's state now, which loses intermediate
+versions (insert then update, update then delete) and cannot show a deleted row to a filter.
+
+**Order and cursors.** The cursor is the feed's `seq` (AUTOINCREMENT: never reused, never goes back,
+durable with the transaction that made it). SQLite has one writer, so seq order is commit order,
+and a reader sees whole transactions: reading `seq > cursor` after any commit misses nothing that
+committed before it. Cursors survive restarts and `kill -9` (an acknowledged commit is in the WAL),
+and they mean the same on every replica of one primary.
+
+**Transaction boundaries.** A transaction the node's writer commits (REST writes on a standalone
+node, `engine.run_transaction`) appends a commit marker after its changes; the stream sends it as
+`{"op": "commit", "first": <cursor of the transaction's first change>}` to each subscriber that got
+at least one change of that transaction. Other writes carry no marker: their changes arrive in
+commit order and complete (a replica applies whole transactions), but without commit events, so a
+client must not wait for one; commit events are an addition, never a precondition. That is final
+for writes committed by code the node does not run (a Turso Cloud primary, another client of the
+primary). Not marked *yet*, though the committing code is ours: Hrana transactions on a standalone
+node (the session's COMMIT could append the marker first) and writes through `edgenode primary`
+(its backend, or the replica's forwarder appending the marker statements to its atomic pipeline).
+
+**One reader, many subscribers.** `ChangeHub` keeps one reading task per node: woken by the
+database's change listeners (after a local commit, a Hrana lease or a replica's applied sync;
+plus a slow fallback poll), it reads the feed past its position in pages and hands each event to
+the subscribers whose filters take it, through a bounded queue per subscriber (`changes_buffer`).
+Handing over never waits: a subscriber whose queue is full is cut off with a `slow_subscriber`
+reason naming its cursor, and a connection that cannot even take that message within a grace
+period is closed. Writers and syncs only set an event; they never wait for a subscriber.
+
+**Resuming.** A subscriber gives a cursor (`Last-Event-ID` or `?after=`); it is registered at the
+hub's position first, reads (cursor, position] from the feed itself, then takes its queue: nothing
+is missed between the two and nothing is sent twice. A subscriber without a cursor starts at the
+head (only new changes).
+
+**Retention.** The hub registers as a feed consumer whose floor is `changes_retention` entries
+below its position, so vector/text compaction keeps at least that much; the hub compacts the feed
+itself to that floor (never past what a vector or text collection still needs). A cursor below
+the compacted range gets an explicit `resync` event (reason `cursor_expired`, with the oldest cursor
+the node can resume from) and the stream ends: the client reloads its state and subscribes
+without a cursor. Never a silent gap.
+
+**Local-first.** Speculative local feed rows may be rolled back and their seqs reused
+(docs/local-first.md §8), so the hub reads only up to `Database.feed_bound()` (the synced head in
+local-first mode; no bound otherwise). This is the one call to change when that mode lands.
+
+**Auth.** Both endpoints are read routes: the read-only token may subscribe. The token is checked
+at connect (the WebSocket endpoint checks it itself: the HTTP middleware does not see WebSocket
+scopes); a JWT with an `exp` claim ends the stream at that instant with a `token_expired` event.
+"""

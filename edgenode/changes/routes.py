@@ -1,0 +1,278 @@
+"""The change stream's routes: SSE `GET /api/v1/changes`, WebSocket `/api/v1/changes/ws`, and
+`PUT`/`DELETE /api/v1/changes/tables/{table}` to capture a table (or stop).
+
+SSE: each change is `id: <cursor>` + `data: <json>`; the stream ends with `event: resync` or
+`event: error` and a JSON reason; `: keep-alive` comments every `changes_heartbeat` seconds.
+WebSocket: the same JSON objects as text messages (each carries its `cursor`); the end is a message
+`{"event": "resync" | "error", "reason", "message", ...}` and a close (code 1000, or 1008 for a
+refused subscription). WebSocket keep-alive is the server's protocol ping (uvicorn's
+`ws_ping_interval`, 20 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from edgenode import feed
+from edgenode.api.errors import ApiError, JSONResponse, error_response
+from edgenode.api.routing import read_route, write_route
+from edgenode.auth import AuthError
+from edgenode.changes.hub import Ended, Event, Filter, Subscriber
+from edgenode.changes.models import CapturedTables, CaptureResponse
+from edgenode.http_server import STREAMING_KEY
+
+if TYPE_CHECKING:
+    from edgenode.changes.hub import ChangeHub
+
+IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_TABLES = 32
+
+
+async def _columns(db: Any, table: str) -> dict[str, str]:
+    """Column name -> declared type of `table` (empty when there is no such table)."""
+    result = await db.read("SELECT name, type FROM pragma_table_info(?)", [table])
+    return {name: (decl or "") for name, decl in result.rows}
+
+
+def _typed(value: str, decl: str, column: str) -> Any:
+    """The filter's value as the column's affinity stores it (SQLite's rules, section 3.1)."""
+    upper = decl.upper()
+    try:
+        if "INT" in upper:
+            return int(value)
+        if any(t in upper for t in ("REAL", "FLOA", "DOUB")):
+            return float(value)
+    except ValueError:
+        raise ApiError(400, "invalid_filter", f"where: {column} is {decl}; {value!r} is not a number") from None
+    if "BLOB" in upper:
+        raise ApiError(400, "invalid_filter", f"where: {column} is a BLOB column; filter on another column")
+    return value
+
+
+def _cursor(raw: str, where: str) -> int:
+    if not raw.isdigit() or len(raw) > 19:
+        raise ApiError(400, "invalid_cursor", f"{where} must be a cursor (a non-negative integer), got {raw!r}")
+    return int(raw)
+
+
+async def parse_subscription(db: Any, params: Any, last_event_id: str | None) -> tuple[Filter, int | None]:
+    """The subscription a request asks for, checked against the schema: ApiError 400 otherwise."""
+    raw_tables = params.get("tables") or ""
+    tables = [t.strip() for t in raw_tables.split(",") if t.strip()]
+    if not tables:
+        raise ApiError(400, "invalid_request", "give the tables to follow: ?tables=a,b")
+    if len(tables) > MAX_TABLES:
+        raise ApiError(400, "invalid_request", f"at most {MAX_TABLES} tables per subscription")
+    for table in tables:
+        if not IDENT.match(table):
+            raise ApiError(400, "invalid_request", f"{table!r} is not a table name")
+    captured = await feed.captured_tables(db)
+    columns: dict[str, dict[str, str]] = {}
+    for table in tables:
+        columns[table] = await _columns(db, table)
+        if not columns[table]:
+            raise ApiError(400, "unknown_table", f"no table {table!r} in this database")
+        if table not in captured:
+            raise ApiError(
+                400,
+                "table_not_captured",
+                f"table {table!r} is not captured for the change stream; "
+                f"PUT /api/v1/changes/tables/{table} with the read-write token first",
+            )
+    column = value = None
+    where = params.get("where")
+    if where is not None:
+        column, eq, text = where.partition("=")
+        if not eq or not IDENT.match(column):
+            raise ApiError(400, "invalid_filter", "where must be column=value, e.g. where=status=open")
+        for table in tables:
+            if column not in columns[table]:
+                raise ApiError(400, "invalid_filter", f"where: table {table!r} has no column {column!r}")
+        value = _typed(text, columns[tables[0]][column], column)
+    after = None
+    if params.get("after") is not None:
+        after = _cursor(params["after"], "after")
+    elif last_event_id:
+        after = _cursor(last_event_id.strip(), "Last-Event-ID")
+    return Filter(frozenset(tables), column, value), after
+
+
+class ChangeStream:
+    """The SSE response: a raw ASGI app so a stalled client can be cut off mid-send."""
+
+    def __init__(self, hub: ChangeHub, sub: Subscriber | None, ended: Ended | None = None) -> None:
+        self.hub = hub
+        self.sub = sub
+        self.ended = ended
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[STREAMING_KEY] = True  # a graceful shutdown ends it (edgenode.http_server)
+        headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),  # proxies (nginx) would hold events back otherwise
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+        async def body(data: bytes) -> None:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+
+        async def write(event: Event) -> None:
+            await body(b"id: %d\ndata: %s\n\n" % (event.seq, event.payload()))
+
+        async def heartbeat() -> None:
+            await body(b": keep-alive\n\n")
+
+        async def disconnected() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        ended = self.ended
+        if self.sub is not None:
+            serving = asyncio.create_task(self.hub.serve(self.sub, write, heartbeat))
+            watching = asyncio.create_task(disconnected())
+            try:
+                await body(b": subscribed\n\n")
+                await asyncio.wait({serving, watching}, return_when=asyncio.FIRST_COMPLETED)
+            except OSError:
+                pass
+            finally:
+                self.hub.unsubscribe(self.sub)
+                watching.cancel()
+                if not serving.done():
+                    serving.cancel()
+            if watching.done() and not serving.done():
+                return
+            with contextlib.suppress(asyncio.CancelledError):
+                try:
+                    ended = await serving
+                except (TimeoutError, OSError):
+                    return  # cut off: it could not take even the reason; the server closes it
+        if ended is not None:
+            with contextlib.suppress(TimeoutError, OSError):
+                async with asyncio.timeout(5):
+                    await body(b"event: %s\ndata: %s\n\n" % (ended.kind.encode(), ended.payload()))
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def change_routes(hub: ChangeHub) -> list[BaseRoute]:
+    db = hub.db
+
+    async def sse(request: Request) -> Response | ChangeStream:
+        try:
+            filt, after = await parse_subscription(db, request.query_params, request.headers.get("last-event-id"))
+        except ApiError as exc:
+            return error_response(exc.status, exc.code, exc.message, **exc.extra)
+        expires = hub.authenticator.expires_at(request.headers.get("authorization"))
+        try:
+            sub = await hub.subscribe(filt, after, expires)
+        except Ended as ended:
+            return ChangeStream(hub, None, ended)
+        except TimeoutError:
+            return error_response(503, "unavailable", "the change stream has not read the feed yet; retry")
+        return ChangeStream(hub, sub)
+
+    async def ws(websocket: WebSocket) -> None:
+        await websocket.accept()
+        try:
+            authorization = websocket.headers.get("authorization")
+            hub.authenticator.check(authorization)
+            filt, after = await parse_subscription(db, websocket.query_params, None)
+            sub = await hub.subscribe(filt, after, hub.authenticator.expires_at(authorization))
+        except AuthError as exc:
+            await _ws_end(websocket, {"event": "error", "reason": "unauthorized", "message": str(exc)}, 1008)
+            return
+        except ApiError as exc:
+            await _ws_end(websocket, {"event": "error", "reason": exc.code, "message": exc.message}, 1008)
+            return
+        except Ended as ended:
+            await _ws_end(websocket, {"event": ended.kind, **ended.body}, 1000)
+            return
+        except TimeoutError:
+            body = {"event": "error", "reason": "unavailable", "message": "the change stream is not ready; retry"}
+            await _ws_end(websocket, body, 1013)
+            return
+
+        async def write(event: Event) -> None:
+            await websocket.send_text(event.payload().decode())
+
+        async def heartbeat() -> None:
+            return None  # the server's WebSocket pings keep the connection alive
+
+        async def disconnected() -> None:
+            with contextlib.suppress(WebSocketDisconnect):
+                while (await websocket.receive())["type"] != "websocket.disconnect":
+                    pass
+
+        serving = asyncio.create_task(hub.serve(sub, write, heartbeat))
+        watching = asyncio.create_task(disconnected())
+        try:
+            await asyncio.wait({serving, watching}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hub.unsubscribe(sub)
+            watching.cancel()
+            if not serving.done():
+                serving.cancel()
+        if not serving.done() or serving.cancelled():
+            return
+        try:
+            ended = serving.result()
+        except (TimeoutError, OSError, WebSocketDisconnect, RuntimeError):
+            return
+        await _ws_end(websocket, {"event": ended.kind, **ended.body}, 1000)
+
+    async def put_table(request: Request) -> Response:
+        table = request.path_params["table"]
+        try:
+            return JSONResponse(await capture(db, table))
+        except ApiError as exc:
+            return error_response(exc.status, exc.code, exc.message, **exc.extra)
+
+    async def delete_table(request: Request) -> Response:
+        table = request.path_params["table"]
+        if not IDENT.match(table):
+            return error_response(400, "invalid_request", f"{table!r} is not a table name")
+        await db.write(feed.drop_capture_statements(table))
+        return JSONResponse(CaptureResponse(table, False))
+
+    async def list_tables(request: Request) -> Response:
+        return JSONResponse(CapturedTables(sorted(await feed.captured_tables(db)), hub.position))
+
+    return [
+        read_route("/api/v1/changes", sse, methods=["GET"]),
+        WebSocketRoute("/api/v1/changes/ws", ws),
+        read_route("/api/v1/changes/tables", list_tables, methods=["GET"]),
+        write_route("/api/v1/changes/tables/{table}", put_table, methods=["PUT"]),
+        write_route("/api/v1/changes/tables/{table}", delete_table, methods=["DELETE"]),
+    ]
+
+
+async def capture(db: Any, table: str) -> CaptureResponse:
+    """Install (or refresh, after ALTER TABLE) the stream's triggers of `table`."""
+    if not IDENT.match(table) or table.startswith(("_edgenode", "sqlite_")):
+        raise ApiError(400, "invalid_request", f"{table!r} is not a table that can be captured")
+    columns = await _columns(db, table)
+    if not columns:
+        raise ApiError(404, "unknown_table", f"no table {table!r} in this database")
+    for column in columns:
+        if not IDENT.match(column):
+            raise ApiError(400, "invalid_request", f"column {column!r} of {table!r} is not a plain identifier")
+    await db.write(feed.capture_statements(table, list(columns), await feed.has_row_column(db)))
+    return CaptureResponse(table, True, list(columns))
+
+
+async def _ws_end(websocket: WebSocket, body: dict[str, Any], code: int) -> None:
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(5):
+            await websocket.send_text(msgspec.json.encode(body).decode())
+            await websocket.close(code)
