@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.server
+import socket
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import apsw
 import httpx
 import libsql
+import msgspec
 import pytest
 
 from edgenode.replica import bootstrap
@@ -180,49 +185,62 @@ async def test_a_sync_cut_short_does_not_answer_waiters_or_count_as_caught_up() 
 # -- bootstrap download ------------------------------------------------------------------------------
 
 
-class FlakyExport:
-    """/export/1 that breaks off mid-body once, then honours Range (or ignores it)."""
+class FlakyExport(http.server.BaseHTTPRequestHandler):
+    """/export/1 over real HTTP that breaks off mid-body once, then honours Range (or ignores it)."""
 
-    def __init__(self, data: bytes, ranges: bool) -> None:
-        self.data = data
-        self.ranges = ranges
-        self.requests: list[str | None] = []
+    data = b""
+    ranges = True
+    requests: list[str | None] = []
 
-    async def __call__(self, request: httpx.Request) -> httpx.Response:
-        header = request.headers.get("range")
+    def do_GET(self) -> None:
+        header = self.headers.get("range")
         self.requests.append(header)
+        start = int(header.removeprefix("bytes=").rstrip("-")) if header and self.ranges else 0
+        body = self.data[start:]
+        self.send_response(206 if start else 200)
+        self.send_header("content-length", str(len(body)))
+        if start:
+            self.send_header("content-range", f"bytes {start}-{len(self.data) - 1}/{len(self.data)}")
+        self.end_headers()
         if len(self.requests) == 1:
-            half = len(self.data) // 2
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)  # the connection breaks mid-body
+            return
+        self.wfile.write(body)
 
-            async def broken() -> AsyncIterator[bytes]:
-                yield self.data[:half]
-                raise httpx.ReadError("connection reset")
+    def log_message(self, format: str, *args: object) -> None:
+        pass
 
-            return httpx.Response(200, headers={"content-length": str(len(self.data))}, content=broken())
-        if header and self.ranges:
-            start = int(header.removeprefix("bytes=").rstrip("-"))
-            rest = self.data[start:]
-            return httpx.Response(
-                206, headers={"content-range": f"bytes {start}-{len(self.data) - 1}/{len(self.data)}"}, content=rest
-            )
-        return httpx.Response(200, content=self.data)
+
+@contextlib.contextmanager
+def export_server(data: bytes, ranges: bool) -> Iterator[tuple[str, list[str | None]]]:
+    handler = type("Export", (FlakyExport,), {"data": data, "ranges": ranges, "requests": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", handler.requests
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.mark.parametrize("ranges", [True, False])
 @pytest.mark.anyio
 async def test_an_interrupted_download_resumes_or_restarts_and_ends_verified(tmp_path: Path, ranges: bool) -> None:
     data = make_database(tmp_path / "source.db", rows=400)
-    server = FlakyExport(data, ranges)
     files = ReplicaFiles(tmp_path / "node")
-    async with httpx.AsyncClient(transport=httpx.MockTransport(server)) as http:
-        progress = bootstrap.Progress()
-        with pytest.raises(httpx.ReadError):
-            await bootstrap.download(http, "http://primary", 1, files, progress)
-        assert 0 < (files.staging / bootstrap.PARTIAL).stat().st_size < len(data)
-        progress = bootstrap.Progress()
-        partial = await bootstrap.download(http, "http://primary", 1, files, progress)
+    with export_server(data, ranges) as (url, requests):
+        async with httpx.AsyncClient() as http_client:
+            progress = bootstrap.Progress()
+            with pytest.raises(bootstrap.BootstrapError, match="ended at"):
+                await bootstrap.download(http_client, url, 1, files, progress)
+            assert (files.staging / bootstrap.PARTIAL).stat().st_size == len(data) // 2
+            progress = bootstrap.Progress()
+            partial = await bootstrap.download(http_client, url, 1, files, progress)
     assert partial.read_bytes() == data
-    assert server.requests[1] == f"bytes={len(data) // 2}-"
+    assert requests == [None, f"bytes={len(data) // 2}-"]
     if ranges:
         assert progress.resumed_from == len(data) // 2 and progress.restarted == 0
     else:
@@ -237,16 +255,12 @@ async def test_a_partial_download_of_another_generation_is_not_resumed(tmp_path:
     files = ReplicaFiles(tmp_path / "node")
     files.staging.mkdir(parents=True)
     (files.staging / bootstrap.PARTIAL).write_bytes(b"stale bytes of generation 1")
-    (files.staging / bootstrap.STATE).write_bytes(b'{"primary_url": "http://primary", "generation": 1}')
-    seen: list[str | None] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request.headers.get("range"))
-        return httpx.Response(200, content=data)
-
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
-        partial = await bootstrap.download(http, "http://primary", 2, files, bootstrap.Progress())
-    assert seen == [None] and partial.read_bytes() == data
+    with export_server(data, ranges=True) as (url, requests):
+        requests.append("the first request breaks off; this one stands in for it")
+        (files.staging / bootstrap.STATE).write_bytes(msgspec.json.encode(bootstrap.PartialState(url, 1)))
+        async with httpx.AsyncClient() as http_client:
+            partial = await bootstrap.download(http_client, url, 2, files, bootstrap.Progress())
+    assert requests[1:] == [None] and partial.read_bytes() == data
 
 
 def test_verification_refuses_truncated_or_foreign_files(tmp_path: Path) -> None:
