@@ -190,7 +190,10 @@ class FlakyExport(http.server.BaseHTTPRequestHandler):
 
     data = b""
     ranges = True
+    stall = False
     requests: list[str | None] = []
+    half_sent = threading.Event()
+    release = threading.Event()
 
     def do_GET(self) -> None:
         header = self.headers.get("range")
@@ -205,6 +208,9 @@ class FlakyExport(http.server.BaseHTTPRequestHandler):
         if len(self.requests) == 1:
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
+            self.half_sent.set()
+            if self.stall:
+                self.release.wait(30)  # a primary gone silent mid-body
             self.connection.shutdown(socket.SHUT_RDWR)  # the connection breaks mid-body
             return
         self.wfile.write(body)
@@ -214,14 +220,16 @@ class FlakyExport(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def export_server(data: bytes, ranges: bool) -> Iterator[tuple[str, list[str | None]]]:
-    handler = type("Export", (FlakyExport,), {"data": data, "ranges": ranges, "requests": []})
+def export_server(data: bytes, ranges: bool, stall: bool = False) -> Iterator[tuple[str, type[FlakyExport]]]:
+    fields = {"data": data, "ranges": ranges, "stall": stall, "requests": []}
+    handler = type("Export", (FlakyExport,), {**fields, "half_sent": threading.Event(), "release": threading.Event()})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", handler.requests
+        yield f"http://127.0.0.1:{server.server_address[1]}", handler
     finally:
+        handler.release.set()
         server.shutdown()
         server.server_close()
 
@@ -231,7 +239,7 @@ def export_server(data: bytes, ranges: bool) -> Iterator[tuple[str, list[str | N
 async def test_an_interrupted_download_resumes_or_restarts_and_ends_verified(tmp_path: Path, ranges: bool) -> None:
     data = make_database(tmp_path / "source.db", rows=400)
     files = ReplicaFiles(tmp_path / "node")
-    with export_server(data, ranges) as (url, requests):
+    with export_server(data, ranges) as (url, handler):
         async with httpx.AsyncClient() as http_client:
             progress = bootstrap.Progress()
             with pytest.raises(bootstrap.BootstrapError, match="ended at"):
@@ -240,7 +248,7 @@ async def test_an_interrupted_download_resumes_or_restarts_and_ends_verified(tmp
             progress = bootstrap.Progress()
             partial = await bootstrap.download(http_client, url, 1, files, progress)
     assert partial.read_bytes() == data
-    assert requests == [None, f"bytes={len(data) // 2}-"]
+    assert handler.requests == [None, f"bytes={len(data) // 2}-"]
     if ranges:
         assert progress.resumed_from == len(data) // 2 and progress.restarted == 0
     else:
@@ -255,12 +263,32 @@ async def test_a_partial_download_of_another_generation_is_not_resumed(tmp_path:
     files = ReplicaFiles(tmp_path / "node")
     files.staging.mkdir(parents=True)
     (files.staging / bootstrap.PARTIAL).write_bytes(b"stale bytes of generation 1")
-    with export_server(data, ranges=True) as (url, requests):
-        requests.append("the first request breaks off; this one stands in for it")
+    with export_server(data, ranges=True) as (url, handler):
+        handler.requests.append("the first request breaks off; this one stands in for it")
         (files.staging / bootstrap.STATE).write_bytes(msgspec.json.encode(bootstrap.PartialState(url, 1)))
         async with httpx.AsyncClient() as http_client:
             partial = await bootstrap.download(http_client, url, 2, files, bootstrap.Progress())
-    assert requests[1:] == [None] and partial.read_bytes() == data
+    assert handler.requests[1:] == [None] and partial.read_bytes() == data
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_download_stops_at_once_keeping_what_arrived_for_the_next_attempt(tmp_path: Path) -> None:
+    data = make_database(tmp_path / "source.db", rows=400)
+    files = ReplicaFiles(tmp_path / "node")
+    with export_server(data, ranges=True, stall=True) as (url, handler):
+        async with httpx.AsyncClient(timeout=60) as http_client:
+            task = asyncio.create_task(bootstrap.download(http_client, url, 1, files, bootstrap.Progress()))
+            assert await asyncio.to_thread(handler.half_sent.wait, 10)
+            began = time.monotonic()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # Not the 60 s read timeout: the blocked read was interrupted, and the thread has ended.
+            assert time.monotonic() - began < 5
+            assert (files.staging / bootstrap.PARTIAL).read_bytes() == data[: len(data) // 2]
+            progress = bootstrap.Progress()
+            partial = await bootstrap.download(http_client, url, 1, files, progress)
+    assert partial.read_bytes() == data and progress.resumed_from == len(data) // 2
 
 
 def test_verification_refuses_truncated_or_foreign_files(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import contextlib
 import http.client
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -137,12 +138,13 @@ async def download(http: httpx.AsyncClient, url: str, generation: int, files: Re
         timeout=http.timeout.read or 30.0,
         generation=generation,
     )
-    stop = threading.Event()
+    stop = _Stop()
     fetch = asyncio.ensure_future(asyncio.to_thread(_fetch, request, partial, offset, progress, stop))
     try:
         total = await asyncio.shield(fetch)
     except asyncio.CancelledError:
-        # The thread stops after its current chunk and keeps what arrived, for the next attempt.
+        # The thread stops at once and keeps what arrived, for the next attempt; waiting for it means
+        # no later attempt in this process can write the same file while it still does.
         stop.set()
         with contextlib.suppress(Exception):
             await fetch
@@ -157,6 +159,35 @@ async def download(http: httpx.AsyncClient, url: str, generation: int, files: Re
     return partial
 
 
+class _Stop:
+    """Stops a download thread: a flag it checks between chunks, and its socket shut down so that a
+    read blocked on a slow or silent primary returns now rather than after the timeout."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def watch(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self._sock = sock
+            if self._event.is_set():
+                self._shutdown()
+
+    def set(self) -> None:
+        with self._lock:
+            self._event.set()
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+
+
 @dataclass(frozen=True)
 class _ExportRequest:
     url: str
@@ -165,9 +196,7 @@ class _ExportRequest:
     generation: int
 
 
-def _fetch(
-    request: _ExportRequest, partial: Path, offset: int, progress: Progress, stop: threading.Event
-) -> int | None:
+def _fetch(request: _ExportRequest, partial: Path, offset: int, progress: Progress, stop: _Stop) -> int | None:
     """GET the export (from `offset` with a Range request) into `partial`; returns the file's total size.
 
     Why not httpx: it reads the body in 64 KiB pieces through five Python layers (~250 µs each),
@@ -186,6 +215,7 @@ def _fetch(
     generation = request.generation
     try:
         connection.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""), headers=headers)
+        stop.watch(connection.sock)
         response = connection.getresponse()
         status = response.status
         if status in (404, 410):
@@ -209,6 +239,8 @@ def _fetch(
         _receive(response, partial, offset, progress, stop)
         return total
     except (OSError, http.client.HTTPException) as exc:
+        if stop.is_set():
+            raise BootstrapError(f"download of generation {generation} stopped") from exc
         done = progress.bytes_done
         raise BootstrapError(
             f"download of generation {generation} broke off at {done} bytes ({type(exc).__name__}: {exc}); "
@@ -225,9 +257,7 @@ def _total_size(status: int, content_range: str, content_length: str | None) -> 
     return int(content_length) if content_length and content_length.isdigit() else None
 
 
-def _receive(
-    response: http.client.HTTPResponse, partial: Path, offset: int, progress: Progress, stop: threading.Event
-) -> None:
+def _receive(response: http.client.HTTPResponse, partial: Path, offset: int, progress: Progress, stop: _Stop) -> None:
     """Write the body at `offset` on. Every FLUSH_EVERY bytes a second thread starts an fdatasync,
     so the disk writes while the network delivers: with the whole file left dirty in the page cache
     (a node with RAM to spare starts no writeback of its own), the final fsync alone took as long
