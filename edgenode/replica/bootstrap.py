@@ -44,6 +44,7 @@ log = logging.getLogger("edgenode.replica")
 PAGE_SIZE = 4096
 CHUNK = 1 << 20
 FLUSH_EVERY = 32 << 20
+EXPORT_TIMEOUT = 30.0  # per read, not for the whole body: the primary may first wait on its lock
 PARTIAL = "export.partial"
 STATE = "export.json"
 
@@ -123,7 +124,7 @@ def clear_staging(files: ReplicaFiles) -> None:
 async def download(http: httpx.AsyncClient, url: str, generation: int, files: ReplicaFiles, progress: Progress) -> Path:
     """Fetch /export/{generation} into the staging directory; returns the complete, verified file.
 
-    `http` carries the node's credentials and timeout; the body itself is read in a worker thread
+    `http` carries the node's credentials; the body itself is read in a worker thread
     by the standard library's blocking client (see `_fetch`)."""
     staging = files.staging
     await asyncio.to_thread(staging.mkdir, parents=True, exist_ok=True)
@@ -140,7 +141,7 @@ async def download(http: httpx.AsyncClient, url: str, generation: int, files: Re
     request = _ExportRequest(
         url=f"{url}/export/{generation}",
         authorization=http.headers.get("authorization"),
-        timeout=http.timeout.read or 30.0,
+        timeout=EXPORT_TIMEOUT,
         generation=generation,
     )
     stop = _Stop()
