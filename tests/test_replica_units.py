@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import http.server
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -220,14 +222,18 @@ class FlakyExport(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def export_server(data: bytes, ranges: bool, stall: bool = False) -> Iterator[tuple[str, type[FlakyExport]]]:
+def export_server(
+    data: bytes, ranges: bool, stall: bool = False, tls: ssl.SSLContext | None = None
+) -> Iterator[tuple[str, type[FlakyExport]]]:
     fields = {"data": data, "ranges": ranges, "stall": stall, "requests": []}
     handler = type("Export", (FlakyExport,), {**fields, "half_sent": threading.Event(), "release": threading.Event()})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", handler
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}", handler
     finally:
         handler.release.set()
         server.shutdown()
@@ -258,6 +264,32 @@ async def test_an_interrupted_download_resumes_or_restarts_and_ends_verified(tmp
 
 
 @pytest.mark.anyio
+async def test_a_download_over_https_checks_the_certificate_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    openssl = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl += ["-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"]
+    await asyncio.to_thread(
+        subprocess.run, [*openssl, "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True
+    )
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    data = make_database(tmp_path / "source.db", rows=400)
+    files = ReplicaFiles(tmp_path / "node")
+    with export_server(data, ranges=True, tls=server_tls) as (url, _):
+        async with httpx.AsyncClient() as http_client:
+            with pytest.raises(bootstrap.BootstrapError, match="certificate verify failed"):
+                await bootstrap.download(http_client, url, 1, files, bootstrap.Progress())
+            monkeypatch.setattr(bootstrap, "client_context", lambda: ssl.create_default_context(cafile=cert))
+            with pytest.raises(bootstrap.BootstrapError, match=r"ended at|broke off"):
+                await bootstrap.download(http_client, url, 1, files, bootstrap.Progress())
+            progress = bootstrap.Progress()
+            partial = await bootstrap.download(http_client, url, 1, files, progress)
+    assert partial.read_bytes() == data and 0 < progress.resumed_from <= len(data) // 2
+
+
+@pytest.mark.anyio
 async def test_a_partial_download_of_another_generation_is_not_resumed(tmp_path: Path) -> None:
     data = make_database(tmp_path / "source.db")
     files = ReplicaFiles(tmp_path / "node")
@@ -273,22 +305,29 @@ async def test_a_partial_download_of_another_generation_is_not_resumed(tmp_path:
 
 @pytest.mark.anyio
 async def test_a_cancelled_download_stops_at_once_keeping_what_arrived_for_the_next_attempt(tmp_path: Path) -> None:
-    data = make_database(tmp_path / "source.db", rows=400)
+    data = make_database(tmp_path / "source.db", rows=16_000)  # half of it is more than a chunk
     files = ReplicaFiles(tmp_path / "node")
     with export_server(data, ranges=True, stall=True) as (url, handler):
         async with httpx.AsyncClient(timeout=60) as http_client:
-            task = asyncio.create_task(bootstrap.download(http_client, url, 1, files, bootstrap.Progress()))
+            first = bootstrap.Progress()
+            task = asyncio.create_task(bootstrap.download(http_client, url, 1, files, first))
             assert await asyncio.to_thread(handler.half_sent.wait, 10)
+            for _ in range(1000):  # until the first whole chunk is on disk; the rest hangs
+                if first.bytes_done >= bootstrap.CHUNK:
+                    break
+                await asyncio.sleep(0.01)
             began = time.monotonic()
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
             # Not the 60 s read timeout: the blocked read was interrupted, and the thread has ended.
             assert time.monotonic() - began < 5
-            assert (files.staging / bootstrap.PARTIAL).read_bytes() == data[: len(data) // 2]
+            # Every whole chunk written is kept (the one in the buffer when the read broke off may not be).
+            kept = (files.staging / bootstrap.PARTIAL).read_bytes()
+            assert bootstrap.CHUNK <= len(kept) <= len(data) // 2 and data.startswith(kept)
             progress = bootstrap.Progress()
             partial = await bootstrap.download(http_client, url, 1, files, progress)
-    assert partial.read_bytes() == data and progress.resumed_from == len(data) // 2
+    assert partial.read_bytes() == data and progress.resumed_from == len(kept)
 
 
 def test_verification_refuses_truncated_or_foreign_files(tmp_path: Path) -> None:
