@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.server
+import socket
+import ssl
+import subprocess
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import apsw
 import httpx
 import libsql
+import msgspec
 import pytest
 
 from edgenode.replica import bootstrap
@@ -218,49 +225,74 @@ async def test_a_sync_cut_short_does_not_answer_waiters_or_count_as_caught_up() 
 # -- bootstrap download ------------------------------------------------------------------------------
 
 
-class FlakyExport:
-    """/export/1 that breaks off mid-body once, then honours Range (or ignores it)."""
+class FlakyExport(http.server.BaseHTTPRequestHandler):
+    """/export/1 over real HTTP that breaks off mid-body once, then honours Range (or ignores it)."""
 
-    def __init__(self, data: bytes, ranges: bool) -> None:
-        self.data = data
-        self.ranges = ranges
-        self.requests: list[str | None] = []
+    data = b""
+    ranges = True
+    stall = False
+    requests: list[str | None] = []
+    half_sent = threading.Event()
+    release = threading.Event()
 
-    async def __call__(self, request: httpx.Request) -> httpx.Response:
-        header = request.headers.get("range")
+    def do_GET(self) -> None:
+        header = self.headers.get("range")
         self.requests.append(header)
+        start = int(header.removeprefix("bytes=").rstrip("-")) if header and self.ranges else 0
+        body = self.data[start:]
+        self.send_response(206 if start else 200)
+        self.send_header("content-length", str(len(body)))
+        if start:
+            self.send_header("content-range", f"bytes {start}-{len(self.data) - 1}/{len(self.data)}")
+        self.end_headers()
         if len(self.requests) == 1:
-            half = len(self.data) // 2
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.half_sent.set()
+            if self.stall:
+                self.release.wait(30)  # a primary gone silent mid-body
+            self.connection.shutdown(socket.SHUT_RDWR)  # the connection breaks mid-body
+            return
+        self.wfile.write(body)
 
-            async def broken() -> AsyncIterator[bytes]:
-                yield self.data[:half]
-                raise httpx.ReadError("connection reset")
+    def log_message(self, format: str, *args: object) -> None:
+        pass
 
-            return httpx.Response(200, headers={"content-length": str(len(self.data))}, content=broken())
-        if header and self.ranges:
-            start = int(header.removeprefix("bytes=").rstrip("-"))
-            rest = self.data[start:]
-            return httpx.Response(
-                206, headers={"content-range": f"bytes {start}-{len(self.data) - 1}/{len(self.data)}"}, content=rest
-            )
-        return httpx.Response(200, content=self.data)
+
+@contextlib.contextmanager
+def export_server(
+    data: bytes, ranges: bool, stall: bool = False, tls: ssl.SSLContext | None = None
+) -> Iterator[tuple[str, type[FlakyExport]]]:
+    fields = {"data": data, "ranges": ranges, "stall": stall, "requests": []}
+    handler = type("Export", (FlakyExport,), {**fields, "half_sent": threading.Event(), "release": threading.Event()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}", handler
+    finally:
+        handler.release.set()
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.mark.parametrize("ranges", [True, False])
 @pytest.mark.anyio
 async def test_an_interrupted_download_resumes_or_restarts_and_ends_verified(tmp_path: Path, ranges: bool) -> None:
     data = make_database(tmp_path / "source.db", rows=400)
-    server = FlakyExport(data, ranges)
     files = ReplicaFiles(tmp_path / "node")
-    async with httpx.AsyncClient(transport=httpx.MockTransport(server)) as http:
-        progress = bootstrap.Progress()
-        with pytest.raises(httpx.ReadError):
-            await bootstrap.download(http, "http://primary", 1, files, progress)
-        assert 0 < (files.staging / bootstrap.PARTIAL).stat().st_size < len(data)
-        progress = bootstrap.Progress()
-        partial = await bootstrap.download(http, "http://primary", 1, files, progress)
+    with export_server(data, ranges) as (url, handler):
+        async with httpx.AsyncClient() as http_client:
+            progress = bootstrap.Progress()
+            with pytest.raises(bootstrap.BootstrapError, match="ended at"):
+                await bootstrap.download(http_client, url, 1, files, progress)
+            assert (files.staging / bootstrap.PARTIAL).stat().st_size == len(data) // 2
+            progress = bootstrap.Progress()
+            partial = await bootstrap.download(http_client, url, 1, files, progress)
     assert partial.read_bytes() == data
-    assert server.requests[1] == f"bytes={len(data) // 2}-"
+    assert handler.requests == [None, f"bytes={len(data) // 2}-"]
     if ranges:
         assert progress.resumed_from == len(data) // 2 and progress.restarted == 0
     else:
@@ -270,21 +302,70 @@ async def test_an_interrupted_download_resumes_or_restarts_and_ends_verified(tmp
 
 
 @pytest.mark.anyio
+async def test_a_download_over_https_checks_the_certificate_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    openssl = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl += ["-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"]
+    await asyncio.to_thread(
+        subprocess.run, [*openssl, "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True
+    )
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    data = make_database(tmp_path / "source.db", rows=400)
+    files = ReplicaFiles(tmp_path / "node")
+    with export_server(data, ranges=True, tls=server_tls) as (url, _):
+        async with httpx.AsyncClient() as http_client:
+            with pytest.raises(bootstrap.BootstrapError, match="certificate verify failed"):
+                await bootstrap.download(http_client, url, 1, files, bootstrap.Progress())
+            monkeypatch.setattr(bootstrap, "client_context", lambda: ssl.create_default_context(cafile=cert))
+            with pytest.raises(bootstrap.BootstrapError, match=r"ended at|broke off"):
+                await bootstrap.download(http_client, url, 1, files, bootstrap.Progress())
+            progress = bootstrap.Progress()
+            partial = await bootstrap.download(http_client, url, 1, files, progress)
+    assert partial.read_bytes() == data and 0 < progress.resumed_from <= len(data) // 2
+
+
+@pytest.mark.anyio
 async def test_a_partial_download_of_another_generation_is_not_resumed(tmp_path: Path) -> None:
     data = make_database(tmp_path / "source.db")
     files = ReplicaFiles(tmp_path / "node")
     files.staging.mkdir(parents=True)
     (files.staging / bootstrap.PARTIAL).write_bytes(b"stale bytes of generation 1")
-    (files.staging / bootstrap.STATE).write_bytes(b'{"primary_url": "http://primary", "generation": 1}')
-    seen: list[str | None] = []
+    with export_server(data, ranges=True) as (url, handler):
+        handler.requests.append("the first request breaks off; this one stands in for it")
+        (files.staging / bootstrap.STATE).write_bytes(msgspec.json.encode(bootstrap.PartialState(url, 1)))
+        async with httpx.AsyncClient() as http_client:
+            partial = await bootstrap.download(http_client, url, 2, files, bootstrap.Progress())
+    assert handler.requests[1:] == [None] and partial.read_bytes() == data
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request.headers.get("range"))
-        return httpx.Response(200, content=data)
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
-        partial = await bootstrap.download(http, "http://primary", 2, files, bootstrap.Progress())
-    assert seen == [None] and partial.read_bytes() == data
+@pytest.mark.anyio
+async def test_a_cancelled_download_stops_at_once_keeping_what_arrived_for_the_next_attempt(tmp_path: Path) -> None:
+    data = make_database(tmp_path / "source.db", rows=16_000)  # half of it is more than a chunk
+    files = ReplicaFiles(tmp_path / "node")
+    with export_server(data, ranges=True, stall=True) as (url, handler):
+        async with httpx.AsyncClient(timeout=60) as http_client:
+            first = bootstrap.Progress()
+            task = asyncio.create_task(bootstrap.download(http_client, url, 1, files, first))
+            assert await asyncio.to_thread(handler.half_sent.wait, 10)
+            for _ in range(1000):  # until the first whole chunk is on disk; the rest hangs
+                if first.bytes_done >= bootstrap.CHUNK:
+                    break
+                await asyncio.sleep(0.01)
+            began = time.monotonic()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # Not the 60 s read timeout: the blocked read was interrupted, and the thread has ended.
+            assert time.monotonic() - began < 5
+            # Every whole chunk written is kept (the one in the buffer when the read broke off may not be).
+            kept = (files.staging / bootstrap.PARTIAL).read_bytes()
+            assert bootstrap.CHUNK <= len(kept) <= len(data) // 2 and data.startswith(kept)
+            progress = bootstrap.Progress()
+            partial = await bootstrap.download(http_client, url, 1, files, progress)
+    assert partial.read_bytes() == data and progress.resumed_from == len(kept)
 
 
 def test_verification_refuses_truncated_or_foreign_files(tmp_path: Path) -> None:
