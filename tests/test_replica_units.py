@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import http.client
 import http.server
 import socket
 import ssl
@@ -12,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import apsw
 import httpx
@@ -299,6 +302,62 @@ async def test_an_interrupted_download_resumes_or_restarts_and_ends_verified(tmp
         assert progress.resumed_from == 0 and progress.restarted == 1
     status = progress.as_dict()
     assert status["bytes_done"] == status["bytes_total"] == len(data) and status["phase"] == "verifying"
+
+
+class ForwardProxy(http.server.BaseHTTPRequestHandler):
+    """A plain HTTP forward proxy: asked for an absolute URL, it fetches it and relays the answer."""
+
+    seen: list[tuple[str, str | None]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append((self.path, self.headers.get("proxy-authorization")))
+        parts = urlsplit(self.path)
+        upstream = http.client.HTTPConnection(parts.netloc, timeout=10)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-authorization", "host")}
+        upstream.request("GET", parts.path, headers=headers)
+        answer = upstream.getresponse()
+        body = answer.read()
+        self.send_response(answer.status)
+        for name in ("content-length", "content-range"):
+            if answer.getheader(name):
+                self.send_header(name, answer.getheader(name))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.mark.anyio
+async def test_a_download_goes_through_the_proxy_the_environment_names_unless_no_proxy_exempts_the_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = make_database(tmp_path / "source.db", rows=400)
+    handler = type("Proxy", (ForwardProxy,), {"seen": []})
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        with export_server(data, ranges=True) as (url, _):
+            monkeypatch.setenv("HTTP_PROXY", f"http://user:pa%20ss@127.0.0.1:{proxy.server_address[1]}")
+            monkeypatch.delenv("NO_PROXY", raising=False)
+            monkeypatch.delenv("no_proxy", raising=False)
+            async with httpx.AsyncClient() as http_client:
+                with pytest.raises(bootstrap.BootstrapError):
+                    await bootstrap.download(http_client, url, 1, ReplicaFiles(tmp_path / "a"), bootstrap.Progress())
+                partial = await bootstrap.download(
+                    http_client, url, 1, ReplicaFiles(tmp_path / "a"), bootstrap.Progress()
+                )
+                assert partial.read_bytes() == data
+                assert [path for path, _ in handler.seen] == [f"{url}/export/1"] * 2
+                assert handler.seen[0][1] == "Basic " + base64.b64encode(b"user:pa ss").decode()
+                monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+                partial = await bootstrap.download(
+                    http_client, url, 1, ReplicaFiles(tmp_path / "b"), bootstrap.Progress()
+                )
+                assert partial.read_bytes() == data and len(handler.seen) == 2
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
 
 
 @pytest.mark.anyio

@@ -16,6 +16,7 @@ the thread, which keeps every byte it wrote for the next attempt."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import http.client
 import logging
@@ -23,12 +24,13 @@ import os
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import apsw
 import httpx
@@ -202,6 +204,51 @@ class _ExportRequest:
     generation: int
 
 
+def _connection(request: _ExportRequest) -> tuple[http.client.HTTPConnection, str, dict[str, str]]:
+    """The connection for the export, its request target and the proxy's headers.
+
+    A proxy named by the environment (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY: what httpx,
+    which the node's other requests use, and curl honour) is used the same way here: https goes
+    through a CONNECT tunnel, http asks the proxy for the absolute URL."""
+    parts = urlsplit(request.url)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    proxy = _proxy_for(parts.scheme, parts.hostname or "")
+    if proxy is None:
+        if parts.scheme == "https":
+            return (
+                http.client.HTTPSConnection(parts.netloc, timeout=request.timeout, context=client_context()),
+                target,
+                {},
+            )
+        return http.client.HTTPConnection(parts.netloc, timeout=request.timeout), target, {}
+    hop = urlsplit(proxy)
+    auth: dict[str, str] = {}
+    if hop.username:
+        user_pass = f"{unquote(hop.username)}:{unquote(hop.password or '')}".encode()
+        auth["proxy-authorization"] = "Basic " + base64.b64encode(user_pass).decode()
+    if parts.scheme == "https":
+        tunnel = http.client.HTTPSConnection(
+            hop.hostname or "", hop.port or 80, timeout=request.timeout, context=client_context()
+        )
+        tunnel.set_tunnel(parts.hostname or "", parts.port or 443, headers=auth)
+        return tunnel, target, {}
+    return http.client.HTTPConnection(hop.hostname or "", hop.port or 80, timeout=request.timeout), request.url, auth
+
+
+def _proxy_for(scheme: str, host: str) -> str | None:
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass_environment(host, proxies):
+        return None
+    if "://" not in proxy:
+        proxy = "http://" + proxy
+    if not proxy.startswith("http://"):
+        raise BootstrapError(
+            f"the proxy {proxy.split('://')[0]}:// is not supported for the download; name an http:// proxy"
+        )
+    return proxy
+
+
 def _fetch(request: _ExportRequest, partial: Path, offset: int, progress: Progress, stop: _Stop) -> int | None:
     """GET the export (from `offset` with a Range request) into `partial`; returns the file's total size.
 
@@ -209,18 +256,14 @@ def _fetch(request: _ExportRequest, partial: Path, offset: int, progress: Progre
     which held a 1 GB bootstrap to a third of disk speed. `readinto` fills a reused 1 MiB buffer
     in C straight from the socket, and pwrite/fsync release the GIL, so the node's event loop
     keeps serving while the body streams."""
-    parts = urlsplit(request.url)
-    connection: http.client.HTTPConnection
-    if parts.scheme == "https":
-        connection = http.client.HTTPSConnection(parts.netloc, timeout=request.timeout, context=client_context())
-    else:
-        connection = http.client.HTTPConnection(parts.netloc, timeout=request.timeout)
-    headers = {"authorization": request.authorization} if request.authorization else {}
+    connection, target, headers = _connection(request)
+    if request.authorization:
+        headers["authorization"] = request.authorization
     if offset:
         headers["range"] = f"bytes={offset}-"
     generation = request.generation
     try:
-        connection.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""), headers=headers)
+        connection.request("GET", target, headers=headers)
         stop.watch(connection.sock)
         response = connection.getresponse()
         status = response.status
