@@ -437,7 +437,7 @@ class ReplicaDatabase(Database):
         ]
         return await self.forwarder.write(exact, prepared, keyed)
 
-    def connections(self, *, lease_timeout: float, readers: int) -> Connections:
+    def connections(self, *, lease_timeout: float) -> Connections:
         # Reads of every stream share the replica's one connection; transactions hold primary streams.
         return ReplicaConnections(self)
 
