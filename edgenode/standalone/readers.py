@@ -85,11 +85,13 @@ class ReaderPool:
         self._waiters: deque[_Waiter] = deque()
         self._leases = asyncio.Semaphore(max(1, size - 1))
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.replaced = 0
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         await asyncio.gather(*(reader.start() for reader in self.readers))
         for reader in self.readers:
             self.put(reader)
@@ -123,8 +125,16 @@ class ReaderPool:
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
 
+        def arrive() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
         def wake() -> None:
-            loop.call_soon_threadsafe(lambda: ready.done() or ready.set_result(None))
+            # From the loop's own thread (a REST read putting its reader back) no self-pipe write.
+            if threading.get_ident() == self._loop_thread:
+                loop.call_soon(arrive)
+            else:
+                loop.call_soon_threadsafe(arrive)
 
         with self._lock:
             if self._idle:
@@ -249,11 +259,7 @@ class ReaderPool:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
+        if threading.get_ident() == self._loop_thread:
             self._restart_later(reader)
         else:
             loop.call_soon_threadsafe(self._restart_later, reader)
