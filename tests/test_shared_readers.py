@@ -3,6 +3,8 @@ reads, Hrana autocommit reads and Hrana read transactions; read transactions nev
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import threading
 import time
@@ -19,8 +21,9 @@ from tests.procs import start
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
 
 
-def connection_processes(node_pid: int) -> int:
-    """The node's libSQL connection owners: the children of its fork server (Linux /proc)."""
+def connection_processes(node_pid: int) -> list[int]:
+    """The node's libSQL connection owners, oldest first (the writer, which starts before the
+    readers): the children of its fork server (Linux /proc)."""
     for pid in descendants(node_pid):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -28,7 +31,7 @@ def connection_processes(node_pid: int) -> int:
         except OSError:
             continue
         if parent == node_pid and b"forkserver" in cmdline:
-            return len(descendants(pid))
+            return sorted(descendants(pid))
     raise AssertionError("no fork server below the node")
 
 
@@ -60,7 +63,7 @@ def test_rest_and_hrana_reads_share_read_connections_readers_and_transactions_le
                 return response.json()["rows"]
 
             # The writer and two readers: no second set of readers for Hrana.
-            assert connection_processes(node.popen.pid) == 3
+            assert len(connection_processes(node.popen.pid)) == 3
             assert http.get("/api/v1/status").json()["database"]["readers"] == 2
 
             response = http.post(
@@ -94,6 +97,24 @@ def test_rest_and_hrana_reads_share_read_connections_readers_and_transactions_le
             assert not waiter.is_alive() and second["baton"]
             pipeline(_execute("COMMIT"), {"type": "close"}, baton=second["baton"])
             assert rest_read() == [[1]]
-            assert connection_processes(node.popen.pid) == 3
+            # kill -9 both readers: REST and Hrana reads fail at worst (503 / SQLITE_IOERR) until
+            # the pool has replaced them, whichever side found them dead.
+            for pid in connection_processes(node.popen.pid)[1:]:
+                os.kill(pid, signal.SIGKILL)
+            with ThreadPoolExecutor(8) as pool:
+                rest_codes = [pool.submit(http.post, "/api/v1/query", json={"sql": "SELECT 1"}) for _ in range(8)]
+                hrana_codes = [
+                    pool.submit(http.post, "/v3/pipeline", json={"requests": [_execute("SELECT 1")]}) for _ in range(8)
+                ]
+                assert {f.result().status_code for f in rest_codes} <= {200, 503}
+                assert all(f.result().status_code == 200 for f in hrana_codes)
+            deadline = time.monotonic() + 30
+            while http.get("/api/v1/status").json()["database"]["readers_replaced"] < 2:
+                http.post("/api/v1/query", json={"sql": "SELECT 1"})
+                assert time.monotonic() < deadline, "the dead readers were not replaced"
+                time.sleep(0.05)
+            assert rest_read() == [[1]]
+            assert pipeline(_execute("SELECT count(*) FROM t"), {"type": "close"})["results"][0]["type"] == "ok"
+            assert len(connection_processes(node.popen.pid)) == 3
     finally:
         node.stop()
