@@ -101,9 +101,6 @@ class ReaderPool:
             task.cancel()
         await asyncio.gather(*(reader.close(on_close) for reader in self.readers), return_exceptions=True)
 
-    def idle(self) -> int:
-        return len(self._idle)
-
     # -- the idle list (any thread) ----------------------------------------------------------------
 
     def put(self, reader: Reader) -> None:
@@ -122,31 +119,31 @@ class ReaderPool:
 
     async def take(self) -> Reader:
         """A reader, waiting on the loop for one to come back if none is idle."""
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
-
-        def arrive() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        def wake() -> None:
-            # From the loop's own thread (a REST read putting its reader back) no self-pipe write.
-            if threading.get_ident() == self._loop_thread:
-                loop.call_soon(arrive)
-            else:
-                loop.call_soon_threadsafe(arrive)
-
         with self._lock:
             if self._idle:
                 return self._idle.pop()
+            loop = asyncio.get_running_loop()
+            ready: asyncio.Future[None] = loop.create_future()
+
+            def arrive() -> None:
+                if not ready.done():
+                    ready.set_result(None)
+
+            def wake() -> None:
+                # From the loop's own thread (a REST read putting its reader back): no self-pipe write.
+                if threading.get_ident() == self._loop_thread:
+                    loop.call_soon(arrive)
+                else:
+                    loop.call_soon_threadsafe(arrive)
+
             waiter = _Waiter(wake)
             self._waiters.append(waiter)
         try:
             await ready
         except asyncio.CancelledError:
             with self._lock:
-                handed, reader = waiter.reader is not None, waiter.reader
-                if not handed:
+                reader = waiter.reader
+                if reader is None:
                     self._waiters.remove(waiter)
             if reader is not None:
                 self.put(reader)  # it arrived as we gave up: pass it on
