@@ -59,7 +59,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_connections: Annotated[int, Doc("Concurrent connections or requests (503 above).")] = 1000
     max_rows: Annotated[int, Doc("Most rows one query may return.")] = 10_000
     query_timeout_ms: Annotated[int, Doc("Longest a read query may run.")] = 5_000
-    read_connections: Annotated[int, Doc("Reader connections in standalone mode.")] = 2
+    read_connections: Annotated[int, Doc("Reader processes in standalone mode (REST and Hrana share them).")] = 2
     sync_interval: Annotated[float, Doc("Seconds between replica syncs.")] = 1.0
     sync_timeout: Annotated[float, Doc("Seconds one sync may take.")] = 10.0
     max_lag: Annotated[float, Doc("Seconds of replica lag before /ready is 503.")] = 10.0

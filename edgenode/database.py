@@ -105,9 +105,9 @@ class Database(ABC):
         recorded results, applies nothing and says `replayed`."""
 
     @abstractmethod
-    def connections(self, *, lease_timeout: float, readers: int) -> Connections:
+    def connections(self, *, lease_timeout: float) -> Connections:
         """The session maker protocol streams use. `lease_timeout`: how long a statement waits for a
-        connection held by another stream's transaction; `readers`: connections for autocommit reads."""
+        connection held by another stream's transaction."""
 
     # -- freshness -------------------------------------------------------------------------------
 

@@ -31,9 +31,7 @@ class HranaComponent(Component):
         )
         self.metrics: NodeMetrics | None = None
         # A statement waiting for a lease outlasts the holder's transaction timeout by a margin.
-        self.backend = db.connections(
-            lease_timeout=settings.transaction_timeout + 1.0, readers=settings.read_connections
-        )
+        self.backend = db.connections(lease_timeout=settings.transaction_timeout + 1.0)
         self.server = HranaServer(
             self.backend,
             self._authenticate,

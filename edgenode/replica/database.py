@@ -499,7 +499,7 @@ class ReplicaDatabase(Database):
             await self.notify_changed()
         return WriteResult(results, self.position(), replayed, write_id=write_id, pending=True)
 
-    def connections(self, *, lease_timeout: float, readers: int) -> Connections:
+    def connections(self, *, lease_timeout: float) -> Connections:
         # Reads of every stream share the replica's one connection; transactions hold primary streams.
         return ReplicaConnections(self)
 

@@ -2,13 +2,13 @@
 
 Every libSQL connection lives in its own process (`edgenode.owner.ProcessOwner`), so blocking
 engine calls never touch the event loop and a runaway read can be stopped by killing its process.
+The readers are one pool (`edgenode.standalone.readers`) shared by REST and Hrana.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,10 +23,10 @@ from edgenode.owner import OwnerDied, ProcessOwner
 from edgenode.pragmas import Profile
 from edgenode.results import NO_POSITION, Params, QueryResult, Statement, WritePosition, WriteResult
 from edgenode.standalone.commits import GroupCommitter
+from edgenode.standalone.readers import Reader, ReaderPool, ReaderStopped
 from edgenode.standalone.sessions import LocalConnections
 from edgenode.statements import bind_statement, plain, prepare_read, prepare_writes
 
-log = logging.getLogger(__name__)
 DB_FILE = "edgenode.db"
 
 
@@ -60,19 +60,14 @@ class LocalDatabase(Database):
         self.migration_report: MigrationReport | None = None
         key = encryption_key
         self._writer = ProcessOwner("edgenode-writer", engine.open_local, str(self.path), profile, False, key)
-        self._readers = [
-            ProcessOwner(f"edgenode-reader-{i}", engine.open_local, str(self.path), profile, True, key)
-            for i in range(readers)
-        ]
-        self._idle: asyncio.Queue[ProcessOwner] = asyncio.Queue()
+        # The one pool of reader processes: REST reads, Hrana reads and read transactions.
+        self.readers = ReaderPool(readers, engine.open_local, str(self.path), profile, True, key)
         self._write_lock = asyncio.Lock()
         self.commits = GroupCommitter(self._writer, self._write_lock, self._after_group)
-        self._background: set[asyncio.Task[None]] = set()
         self.analyzer: StatementAnalyzer | None = None
         self._schema_version: int | None = None  # the file's schema cookie the mirror was built from
         self.schema_refreshes = 0
         self.started = False
-        self.readers_replaced = 0
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -82,17 +77,13 @@ class LocalDatabase(Database):
             self.migration_report = await self._writer.call(engine.migrate_local, self.sql_dir)
         self._schema_version, schema = await self._writer.call(engine.read_versioned_schema)
         self.analyzer = StatementAnalyzer(lambda: schema)
-        await asyncio.gather(*(reader.start() for reader in self._readers))
-        for reader in self._readers:
-            self._idle.put_nowait(reader)
+        await self.readers.start()
         self.started = True
 
     async def stop(self) -> None:
         self.started = False
         await self.commits.stop()
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*(r.close(self.profile.on_close) for r in self._readers), return_exceptions=True)
+        await self.readers.stop(tuple(self.profile.on_close))
         await self._writer.close(self.profile.on_close)
 
     def not_ready_reason(self) -> str | None:
@@ -112,18 +103,7 @@ class LocalDatabase(Database):
         """After a statement failed analysis ("no such table"): rebuild the mirror only when the file's
         schema changed since it was built (another connection's DDL). A missing table stays missing
         without the rebuild's cost, which every write's change listeners would otherwise pay."""
-        reader = await self._idle.get()
-        try:
-            version = await reader.call(engine.schema_version)
-        except OwnerDied:
-            reader.kill()
-            self._replace_later(reader)
-            version = None  # cannot tell: refresh
-        except BaseException:
-            self._idle.put_nowait(reader)
-            raise
-        else:
-            self._idle.put_nowait(reader)
+        version = await self.readers.schema_version(self.timeout_ms / 1000)  # None: cannot tell, refresh
         if version is not None and version == self._schema_version:
             return False
         await self.refresh_schema()
@@ -153,54 +133,20 @@ class LocalDatabase(Database):
         sql, bound = bind_statement(analyzer, analysis, params, "params")
         max_rows = max_rows or self.max_rows
         timeout_ms = timeout_ms or self.timeout_ms
-        reader = await self._idle.get()
         # The binding cannot interrupt a statement that computes without yielding rows: past the
-        # timeout its process is stopped (the call then fails with OwnerDied) and replaced. A timer,
-        # not asyncio.wait_for: no task per read.
-        expired = False
-
-        def expire() -> None:
-            nonlocal expired
-            expired = True
-            reader.kill()
-
-        timer = asyncio.get_running_loop().call_later(timeout_ms / 1000 + 0.05, expire)
+        # timeout the pool stops its process (ReaderStopped) and replaces it.
         try:
-            result = await reader.call(engine.run_read, sql, bound, max_rows, timeout_ms)
+            result = await self.readers.call(
+                timeout_ms / 1000 + 0.05, engine.run_read, sql, bound, max_rows, timeout_ms
+            )
+        except ReaderStopped:
+            raise QueryTimeout(
+                f"query ran longer than query_timeout_ms={timeout_ms}; narrow it or raise --query-timeout-ms"
+            ) from None
         except OwnerDied as exc:
-            reader.kill()
-            self._replace_later(reader)
-            if expired:
-                raise QueryTimeout(
-                    f"query ran longer than query_timeout_ms={timeout_ms}; narrow it or raise --query-timeout-ms"
-                ) from None
             raise Unavailable("the reader process died; retry the request") from exc
-        except asyncio.CancelledError:
-            # The request went away mid-read: ProcessOwner.call retired the process; replace it.
-            self._replace_later(reader)
-            raise
-        except BaseException:
-            self._idle.put_nowait(reader)
-            raise
-        finally:
-            timer.cancel()
-        self._idle.put_nowait(reader)
         result.decltypes = [t for _, t in analysis.columns]
         return result
-
-    def _replace_later(self, reader: ProcessOwner) -> None:
-        async def replace() -> None:
-            try:
-                await reader.restart()
-            except Exception:
-                log.exception("restarting %s failed", reader.name)
-                return
-            self.readers_replaced += 1
-            self._idle.put_nowait(reader)
-
-        task = asyncio.create_task(replace())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     async def write(self, statements: Sequence[Statement], keyed: KeyedWrite | None = None) -> WriteResult:
         prepared = prepare_writes(self._analyzer(), statements)
@@ -236,8 +182,8 @@ class LocalDatabase(Database):
 
     # -- protocol streams ------------------------------------------------------------------------
 
-    def connections(self, *, lease_timeout: float, readers: int) -> Connections:
-        return LocalConnections(self, lease_timeout=lease_timeout, readers=readers)
+    def connections(self, *, lease_timeout: float) -> Connections:
+        return LocalConnections(self, lease_timeout=lease_timeout)
 
     @contextlib.asynccontextmanager
     async def lease_writer(self) -> AsyncIterator[ProcessOwner]:
@@ -250,17 +196,10 @@ class LocalDatabase(Database):
             yield self._writer
         await self.notify_changed()
 
-    @contextlib.asynccontextmanager
-    async def lease_reader(self) -> AsyncIterator[ProcessOwner]:
-        """One reader connection alone (read transactions of protocol streams)."""
-        reader = await self._idle.get()
-        try:
-            yield reader
-        except OwnerDied:
-            reader.kill()
-            self._replace_later(reader)
-            raise
-        self._idle.put_nowait(reader)
+    def lease_reader(self) -> contextlib.AbstractAsyncContextManager[Reader]:
+        """One reader connection alone (read transactions of protocol streams); raising OwnerDied
+        inside gives it up for replacement. Leases leave at least one reader to other reads."""
+        return self.readers.lease()
 
     # -- freshness and reporting -----------------------------------------------------------------
 
@@ -281,8 +220,8 @@ class LocalDatabase(Database):
             "size_bytes": size,
             "wal_bytes": wal.stat().st_size if wal.exists() else 0,
             "pragmas": self.pragma_report.as_dict() if self.pragma_report else None,
-            "readers": len(self._readers),
-            "readers_replaced": self.readers_replaced,
+            "readers": len(self.readers.readers),
+            "readers_replaced": self.readers.replaced,
             "schema_refreshes": self.schema_refreshes,
             "group_commits": self.commits.stats.as_dict(),
         }

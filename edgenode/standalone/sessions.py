@@ -1,7 +1,8 @@
 """Sessions of protocol streams (Hrana) over `LocalDatabase`'s connection-owner processes.
 
-- Autocommit statements: reads on a reader from the pool, writes on the writer, each statement its
-  own transaction; the connection goes back right after.
+- Autocommit statements: reads on a reader from the node's one pool (`edgenode.standalone.readers`,
+  shared with REST: on the event loop when one is idle, else straight from the worker thread),
+  writes through the group commit, each statement its own transaction.
 - An interactive transaction (`BEGIN ...`, `SAVEPOINT`, or a batch that starts with one) pins a
   leased connection to the stream until COMMIT/ROLLBACK, an error that ends it, or the stream's
   close or expiry (the server's `transaction_timeout` bounds how long it holds the write lock).
@@ -17,8 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -32,7 +32,6 @@ from edgenode.hrana.sql import is_begin_readonly, single_statement, split_statem
 from edgenode.owner import OwnerDied, ProcessOwner
 from edgenode.results import StatementOutcome
 from edgenode.sessions import (
-    LoopBridge,
     analyze,
     bind,
     check_write,
@@ -43,6 +42,7 @@ from edgenode.sessions import (
     stream_pragma_of,
 )
 from edgenode.standalone.commits import WriterBusy
+from edgenode.standalone.readers import ReadersBusy, ReaderStopped
 from edgenode.stream_pragmas import StreamSettings
 
 if TYPE_CHECKING:
@@ -51,10 +51,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Outcome = tuple[StatementOutcome | SQLError, bool]
-
-
-class _ReaderStopped(OwnerDied):
-    """A reader was stopped because its statement ran past the query timeout."""
 
 
 @dataclass(eq=False)
@@ -66,139 +62,13 @@ class _Pin:
     writer: bool
 
 
-class _BlockingOwner(ProcessOwner):
-    """A reader process driven by blocking calls from a worker thread (the pool lends it to one at a time).
-
-    Autocommit reads are most of Hrana's traffic: talking to the process straight from the server's
-    worker thread saves two thread hops and the event loop's bookkeeping per statement."""
-
-    def call_blocking(self, timeout: float, fn: Callable[..., T], *args: Any) -> T:
-        pipe = self._pipe
-        if pipe is None or self._broken:
-            raise OwnerDied(f"{self.name} is not running")
-        try:
-            pipe.send((fn, args))
-            if not pipe.poll(timeout):
-                # The binding cannot interrupt a statement: stop the process (the pool replaces it).
-                self._broken = True
-                self.kill()
-                raise _ReaderStopped(f"interrupted: query ran longer than {timeout * 1000:g} ms (query_timeout_ms)")
-            status, payload = pipe.recv()
-        except (EOFError, OSError) as exc:
-            self._broken = True
-            raise OwnerDied(f"{self.name} exited") from exc
-        if status == "err":
-            raise payload
-        return payload
-
-
-class ReaderPool:
-    """Reader processes of the Hrana backend's own, for autocommit reads from worker threads.
-
-    Separate from `LocalDatabase`'s readers (an asyncio pool, lent whole to read transactions)."""
-
-    def __init__(self, db: LocalDatabase, size: int, bridge: LoopBridge) -> None:
-        self.bridge = bridge
-        self.owners = [
-            _BlockingOwner(
-                f"edgenode-hrana-reader-{i}", engine.open_local, str(db.path), db.profile, True, db.encryption_key
-            )
-            for i in range(size)
-        ]
-        self._idle: queue.Queue[_BlockingOwner] = queue.Queue()
-        self.replaced = 0
-
-    async def start(self) -> None:
-        await asyncio.gather(*(owner.start() for owner in self.owners))
-        for owner in self.owners:
-            self._idle.put(owner)
-
-    async def stop(self, on_close: tuple[str, ...] = ()) -> None:
-        await asyncio.gather(*(owner.close(on_close) for owner in self.owners), return_exceptions=True)
-
-    async def call_now(self, limit: float, fn: Callable[..., T], *args: Any) -> T | None:
-        """Run fn(conn, *args) from the event loop on a reader that is idle now, else None (the
-        caller then waits for one in a worker thread). Past `limit` s the process is stopped."""
-        try:
-            owner = self._idle.get_nowait()
-        except queue.Empty:
-            return None
-        expired = False
-
-        def expire() -> None:
-            nonlocal expired
-            expired = True
-            owner.kill()
-
-        timer = asyncio.get_running_loop().call_later(limit, expire)
-        try:
-            result = await owner.call(fn, *args)
-        except OwnerDied as exc:
-            owner.kill()
-            self._replace(owner)
-            if expired:
-                raise _ReaderStopped(
-                    f"interrupted: query ran longer than {limit * 1000:g} ms (query_timeout_ms)"
-                ) from exc
-            raise
-        except asyncio.CancelledError:
-            self._replace(owner)  # ProcessOwner.call retired it
-            raise
-        except BaseException:
-            self._idle.put(owner)
-            raise
-        finally:
-            timer.cancel()
-        self._idle.put(owner)
-        return result
-
-    def call(self, wait: float, timeout: float, fn: Callable[..., T], *args: Any) -> T:
-        """Run fn(conn, *args) on an idle reader (worker thread); wait at most `wait` s for one."""
-        try:
-            owner = self._idle.get(timeout=wait)
-        except queue.Empty:
-            raise HranaError(f"database is busy: no reader free within {wait:g} s", "SQLITE_BUSY") from None
-        try:
-            result = owner.call_blocking(timeout, fn, *args)
-        except OwnerDied:
-            self._replace(owner)
-            raise
-        except BaseException:
-            self._idle.put(owner)
-            raise
-        self._idle.put(owner)
-        return result
-
-    def _replace(self, owner: _BlockingOwner) -> None:
-        async def restart() -> None:
-            try:
-                await owner.restart()
-            except Exception:
-                log.exception("hrana: restarting %s failed", owner.name)
-                return
-            self.replaced += 1
-            self._idle.put(owner)
-
-        loop = self.bridge.loop
-        if loop is not None and not loop.is_closed():
-            asyncio.run_coroutine_threadsafe(restart(), loop)
-
-
 class LocalConnections(Connections):
-    def __init__(self, db: LocalDatabase, *, lease_timeout: float, readers: int = 2) -> None:
+    def __init__(self, db: LocalDatabase, *, lease_timeout: float) -> None:
         super().__init__()
         self.db = db
         # How long a statement waits for the writer (or a reader) held by other streams' transactions:
         # a little over the transaction timeout, after which the holder has been rolled back.
         self.lease_timeout = lease_timeout
-        self.readers = ReaderPool(db, readers, self.bridge)
-
-    async def start(self) -> None:
-        await super().start()
-        await self.readers.start()
-
-    async def stop(self) -> None:
-        await self.readers.stop(tuple(self.db.profile.on_close))
 
     def open_session(self, access: Access) -> Session:
         return LocalSession(self, access)
@@ -287,7 +157,7 @@ class LocalSession(Session):
             check_write(analysis, self.can_write)
             return await self._write_once(statement, params, analysis, want_rows)
         try:
-            answer = await self.backend.readers.call_now(
+            answer = await self.db.readers.try_call(
                 self.db.timeout_ms / 1000,
                 engine.execute,
                 statement,
@@ -391,11 +261,11 @@ class LocalSession(Session):
             return await asyncio.wait_for(call, timeout)
         except TimeoutError:
             # The binding cannot interrupt a statement: its process was stopped (see ProcessOwner.call).
-            raise _ReaderStopped(f"interrupted: query ran longer than query_timeout_ms={self.db.timeout_ms}") from None
+            raise ReaderStopped(f"interrupted: query ran longer than query_timeout_ms={self.db.timeout_ms}") from None
 
     @staticmethod
     def _died(exc: OwnerDied) -> HranaError:
-        if isinstance(exc, _ReaderStopped):
+        if isinstance(exc, ReaderStopped):
             return HranaError(str(exc), "SQLITE_INTERRUPT")
         return HranaError(f"the connection's process died ({exc}); anything uncommitted was lost", "SQLITE_IOERR")
 
@@ -418,10 +288,9 @@ class LocalSession(Session):
             await self._release(pin, failure)
 
     def _read_once(self, sql: str, params: list[Any], analysis: Analysis, want_rows: bool) -> StmtResult:
-        backend = self.backend
         try:
-            outcome, _ = backend.readers.call(
-                backend.lease_timeout,
+            outcome, _ = self.db.readers.call_blocking(
+                self.backend.lease_timeout,
                 self.db.timeout_ms / 1000,
                 engine.execute,
                 sql,
@@ -431,6 +300,8 @@ class LocalSession(Session):
                 analysis.is_insert,
                 self._settings.items(),
             )
+        except ReadersBusy as exc:
+            raise HranaError(str(exc), "SQLITE_BUSY") from None
         except OwnerDied as exc:
             raise self._died(exc) from exc
         return stmt_result(outcome, analysis.columns)
