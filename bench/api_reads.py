@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +22,7 @@ from urllib.parse import urlencode
 import httpx
 import msgspec
 
-from bench.common import NodeProcess, free_port, machine, percentile, table
+from bench.common import NodeProcess, ServerProcess, machine, percentile, table
 from bench.loadgen import run_load
 
 SQL = "SELECT id, email, username, created_at FROM users WHERE id = ?"
@@ -135,48 +133,20 @@ def seed(url: str, n_rows: int) -> None:
             response.raise_for_status()
 
 
-class Datasette:
+class Datasette(ServerProcess):
     """`datasette serve` on the node's file (after the node stopped), on a free loopback port."""
 
+    name = "datasette"
+
     def __init__(self, db_file: Path, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = log.open("ab")
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "datasette", "serve", str(db_file), "--host", "127.0.0.1", "--port", str(self.port)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ},
-        )
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"datasette exited with {self.popen.returncode}")
-            try:
-                if httpx.get(self.url + "/-/versions.json", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"datasette not ready after {timeout}s")
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(20)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-        self._log.close()
+        super().__init__([sys.executable, "-m", "datasette", "serve", str(db_file)], log)
 
 
 def datasette_rows(db_file: Path, log: Path, seconds: float, n_rows: int) -> list[dict[str, Any]]:
     rows = []
     server = Datasette(db_file, log)
     try:
-        server.wait_ready()
+        server.wait_ready("/-/versions.json", timeout=60)
         for clients in (1, 8, 32):
             result = http_load(server.url, clients, seconds, n_rows, peer="datasette")
             if not result["requests"] or result["errors"] == result["requests"]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import NodeProcess, machine, percentile, table
+from bench.common import NodeProcess, machine, percentile, save_figure, table
 from edgenode.primary.client import execute as primary_execute
 
 RATE = 200  # writes per second
@@ -158,12 +158,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> Path | None:
     ax.set_title(f"edgenode change stream at {RATE} writes/s")
     ax.legend()
     ax.grid(True, alpha=0.3)
-    out.mkdir(parents=True, exist_ok=True)
-    path_png = out / "changes.png"
-    fig.tight_layout()
-    fig.savefig(path_png, dpi=110)
-    plt.close(fig)
-    return path_png
+    return save_figure(fig, out / "changes.png")
 
 
 def run(quick: bool, out: Path) -> dict[str, Any]:

@@ -47,22 +47,43 @@ def save(name: str, result: dict[str, Any], out: Path | None = None) -> Path:
     return path
 
 
+def save_figure(fig: Any, path: Path) -> Path:
+    """A bench plot as PNG: tight layout, 110 dpi, its folder made; the figure is closed (a suite run
+    draws many)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-class NodeProcess:
-    """An `edgenode` subcommand as a real process on a free loopback port."""
+class ServerProcess:
+    """A server command as a real process on a free loopback port (`--host 127.0.0.1 --port N` appended)."""
 
-    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None, port: int | None = None) -> None:
+    name = "process"
+
+    def __init__(
+        self,
+        argv: list[str],
+        log: Path,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = log.open("ab")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "edgenode", *args, "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=ROOT,
+            [*argv, "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=cwd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
@@ -72,14 +93,14 @@ class NodeProcess:
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             if self.popen.poll() is not None:
-                raise RuntimeError(f"process exited with {self.popen.returncode}")
+                raise RuntimeError(f"{self.name} exited with {self.popen.returncode}")
             try:
                 if httpx.get(self.url + path, timeout=1).status_code == 200:
                     return time.monotonic() - start
             except httpx.TransportError:
                 pass
             time.sleep(0.02)
-        raise RuntimeError(f"not ready after {timeout}s")
+        raise RuntimeError(f"{self.name} not ready after {timeout}s")
 
     def stop(self) -> None:
         if self.popen.poll() is None:
@@ -89,6 +110,13 @@ class NodeProcess:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
         self._log.close()
+
+
+class NodeProcess(ServerProcess):
+    """An `edgenode` subcommand as a real process on a free loopback port."""
+
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None, port: int | None = None) -> None:
+        super().__init__([sys.executable, "-m", "edgenode", *args], log, env, port, cwd=ROOT)
 
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import machine, table
+from bench.common import machine, save_figure, table
 from edgenode.pragmas import CANDIDATES, PROFILES, Setting, platform_key
 from edgenode.tune import noise, open_libsql, ops_per_second
 
@@ -320,12 +320,7 @@ def plot(result: dict[str, Any], out: Path) -> Path | None:
     fig.suptitle(
         f"PRAGMA settings on {result['machine']['platform']} (median of {result['parameters']['trials']} trials)"
     )
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "pragmas.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "pragmas.png")
 
 
 # the run -----------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import DEFAULT_OUT, NodeProcess, machine, percentile, save, table  # noqa: E402
+from bench.common import DEFAULT_OUT, NodeProcess, machine, percentile, save, save_figure, table  # noqa: E402
 
 # The project root's ../shared; a git worktree one level deeper (worktrees/<name>) finds it one up.
 REAL = next(
@@ -483,10 +483,7 @@ def plot(search_rows: list[dict[str, Any]], hybrid_rows: list[dict[str, Any]], p
     ax2.barh([r["method"] for r in hybrid_rows], [r["overlap_with_exact_vector_top10"] for r in hybrid_rows])
     ax2.set_xlabel("overlap with the exact vector top 10")
     ax2.set_title("hybrid vs vector-only vs text-only")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(quick: bool = False, out: Path = DEFAULT_OUT) -> dict[str, Any]:

@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import DEFAULT_OUT, free_port, machine, percentile, save, table  # noqa: E402
+from bench.common import DEFAULT_OUT, free_port, machine, percentile, save, save_figure, table  # noqa: E402
 
 # The project root's ../shared; a git worktree one level deeper (worktrees/<name>) finds it one up.
 REAL = next(
@@ -496,10 +496,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_title(name)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(quick: bool = False, out: Path = DEFAULT_OUT, http: bool = True, diskann: bool = True) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import apsw
 import httpx
 import msgspec
 
-from bench.common import NodeProcess, machine, percentile, table
+from bench.common import NodeProcess, machine, percentile, save_figure, table
 from bench.loadgen import run_load
 from edgenode.primary.client import execute as primary_execute
 
@@ -230,12 +230,7 @@ def plot(result: dict[str, Any], out: Path | None) -> Path | None:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrent clients")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "writes.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "writes.png")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from edgenode.engine import run_transaction
 from edgenode.errors import DatabaseError, SQLError, Unavailable
 from edgenode.hrana import protocol as p
 from edgenode.hrana.backend import StmtResult
+from edgenode.hrana.batch import IN_TRANSACTION, GroupBatch, all_of, failed, ok
 from edgenode.hrana.values import to_python
 from edgenode.results import ExecResult, PlainStatement
 
@@ -303,59 +304,46 @@ def group_steps(
     """The batch that decides `writes` (in seq order) in one primary transaction.
 
     Tables; BEGIN IMMEDIATE; forget the keys up to `confirmed` (the node recorded their outcome);
-    look up earlier decisions in the group's key range; per write: SAVEPOINT, CLAIM (fails if the
-    write was decided before), (statement; RECORD_STEP)*, RELEASE, else ROLLBACK TO + RELEASE and a
-    `"rejected"` record; the node's mark; COMMIT; ROLLBACK unless COMMIT ran.
+    look up earlier decisions in the group's key range; per write (`hrana.batch.GroupBatch.write`):
+    SAVEPOINT, CLAIM (fails if the write was decided before), (statement; RECORD_STEP)*, RELEASE,
+    else ROLLBACK TO + RELEASE, and then a `"rejected"` record; the node's mark; COMMIT; ROLLBACK
+    unless COMMIT ran.
 
     Every step of a write runs only while the transaction is open (`is_autocommit` is false), so a
     statement that ends the whole transaction (INSERT OR ROLLBACK, RAISE(ROLLBACK)) leaves the writes
     before it and after it undecided; the culprit's own rejection record then runs in autocommit,
     on its own, so it cannot block the queue."""
-    from edgenode.hrana.client import make_stmt
-
     assert writes, "a group has at least one write"
     now = time.time() if now is None else now
-
-    def step(sql: str, args: Any = None, cond: p.BatchCond | None = None, rows: bool = False) -> int:
-        steps.append(p.BatchStep(stmt=make_stmt(sql, args, want_rows=rows), condition=cond))
-        return len(steps) - 1
-
-    def ok(index: int) -> p.BatchCond:
-        return p.OkCond(step=index)
-
-    in_tx = p.NotCond(cond=p.IsAutocommitCond())
-    steps: list[p.BatchStep] = []
+    batch = GroupBatch()
     # The tables first, outside the transaction (no-ops once they exist): a rejection recorded alone
     # after a statement rolled the transaction back must still find its table.
-    last = step(CREATE_TABLE)
-    last = step(CREATE_INDEX, cond=ok(last))
-    last = step(CREATE_WRITERS, cond=ok(last))
-    last = step("BEGIN IMMEDIATE", cond=ok(last))
+    last = batch.add(CREATE_TABLE)
+    last = batch.add(CREATE_INDEX, cond=ok(last))
+    last = batch.add(CREATE_WRITERS, cond=ok(last))
+    last = batch.add("BEGIN IMMEDIATE", cond=ok(last))
     if confirmed is not None and confirmed > 0:
-        last = step(_FORGET, [lf_key(node_id, 0), lf_key(node_id, confirmed)], cond=ok(last))
-    lookup = step(_DECIDED, [lf_key(node_id, writes[0].seq), lf_key(node_id, writes[-1].seq)], ok(last), rows=True)
+        last = batch.add(_FORGET, [lf_key(node_id, 0), lf_key(node_id, confirmed)], cond=ok(last))
+    lookup = batch.add(_DECIDED, [lf_key(node_id, writes[0].seq), lf_key(node_id, writes[-1].seq)], ok(last), True)
     layout: list[tuple[int, list[int], int, int, int]] = []
     for write in writes:
         key = lf_key(node_id, write.seq)
-        savepoint = step("SAVEPOINT lf_write", cond=p.AndCond(conds=[ok(lookup), in_tx]))
-        claim = last = step(CLAIM, [key, write.fingerprint, "[]", now], cond=ok(savepoint))
-        statements = []
-        for sql, args in write.statements:
-            last = step(sql, args, cond=ok(last))
-            statements.append(last)
-            last = step(RECORD_STEP, [key], cond=ok(last))
-        release = step("RELEASE lf_write", cond=ok(last))
-        undo = step("ROLLBACK TO lf_write", cond=p.AndCond(conds=[ok(savepoint), p.NotCond(cond=ok(release)), in_tx]))
-        step("RELEASE lf_write", cond=ok(undo))
+        placed = batch.write(
+            write.statements,
+            gate=ok(lookup),
+            claim=(CLAIM, [key, write.fingerprint, "[]", now]),
+            record=(RECORD_STEP, [key]),
+        )
+        assert placed.claim is not None
         # The write's own failure (its claim succeeded): record the decision, in the transaction if
         # it is still open, else alone in autocommit.
-        reject = step(
-            _REJECT, [key, write.fingerprint, now], cond=p.AndCond(conds=[ok(claim), p.NotCond(cond=ok(release))])
+        reject = batch.add(
+            _REJECT, [key, write.fingerprint, now], cond=all_of(ok(placed.claim), failed(placed.release))
         )
-        layout.append((claim, statements, release, undo, reject))
-    mark = step(UPSERT_WRITER, [node_id, writes[-1].seq, now], cond=p.AndCond(conds=[ok(lookup), in_tx]))
-    commit = step("COMMIT", cond=ok(mark))
-    step("ROLLBACK", cond=p.AndCond(conds=[p.NotCond(cond=ok(commit)), in_tx]))
+        layout.append((placed.claim, placed.statements, placed.release, placed.undo, reject))
+    mark = batch.add(UPSERT_WRITER, [node_id, writes[-1].seq, now], cond=all_of(ok(lookup), IN_TRANSACTION))
+    commit = batch.commit(cond=ok(mark))
+    steps = batch.steps
     return steps, _Layout(lookup, commit, layout)
 
 

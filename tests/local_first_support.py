@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -19,22 +20,22 @@ def _digest(table_rows: list[Any]) -> str:
     return hashlib.sha256(json.dumps([list(r) for r in table_rows]).encode()).hexdigest()
 
 
-def node_checksums(node: Proc) -> dict[str, str]:
-    tables = [r[0] for r in rows(node, "SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")]
+def _checksums(query: Callable[[str], list[Any]]) -> dict[str, str]:
+    """Each user table's rows in rowid order, hashed, read through `query` (a node's or the primary's)."""
+    tables = [r[0] for r in query("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")]
     return {
-        t: _digest(rows(node, f'SELECT * FROM "{t}" ORDER BY rowid'))
+        t: _digest(query(f'SELECT * FROM "{t}" ORDER BY rowid'))
         for t in tables
         if not t.startswith("sqlite_") and not t.startswith("_edgenode_idempotency")
     }
+
+
+def node_checksums(node: Proc) -> dict[str, str]:
+    return _checksums(lambda sql: rows(node, sql))
 
 
 def primary_checksums(primary: Proc) -> dict[str, str]:
-    tables = [r[0] for r in primary_rows(primary, "SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")]
-    return {
-        t: _digest(primary_rows(primary, f'SELECT * FROM "{t}" ORDER BY rowid'))
-        for t in tables
-        if not t.startswith("sqlite_") and not t.startswith("_edgenode_idempotency")
-    }
+    return _checksums(lambda sql: primary_rows(primary, sql))
 
 
 def outbox(node: Proc) -> dict[str, Any]:

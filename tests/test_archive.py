@@ -172,6 +172,17 @@ def wait_archived(proc: Proc, timeout: float = 30) -> dict:
     raise AssertionError(f"archive still behind: {archive}")
 
 
+def record_history(proc: Proc, seconds: float = 3.0) -> tuple[History, dict]:
+    """The schema, then `seconds` of recorded writes; returns the history and the archive status once it
+    holds them all."""
+    setup_schema(proc.url)
+    history = History(proc.url)
+    history.start()
+    time.sleep(seconds)
+    history.stop()
+    return history, wait_archived(proc)
+
+
 def state_of(db: Path) -> tuple[int, set[int]]:
     conn = apsw.Connection(f"file:{db}?mode=ro", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
     try:
@@ -213,12 +224,7 @@ def test_restore_to_random_moments_matches_the_recorded_history(
     extra = ["--archive-s3-endpoint", endpoint] if endpoint else []
     proc = start(primary_args(tmp_path / "primary", archive, *extra), tmp_path, "primary", env=S3_ENV)
     try:
-        setup_schema(proc.url)
-        history = History(proc.url)
-        history.start()
-        time.sleep(3.0)
-        history.stop()
-        status = wait_archived(proc)
+        history, status = record_history(proc)
         assert status["generation"] > 2, status  # several rollovers: restores cross generations
         info = httpx.get(proc.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
         assert "edgenode_primary_archive_lag_seconds 0.0" in info
@@ -342,12 +348,7 @@ def test_retention_deletes_what_no_moment_in_the_window_needs(tmp_path: Path) ->
     )
     proc = start(args, tmp_path, "primary")
     try:
-        setup_schema(proc.url)
-        history = History(proc.url)
-        history.start()
-        time.sleep(3.0)
-        history.stop()
-        status = wait_archived(proc)
+        history, status = record_history(proc)
     finally:
         proc.stop()
     listing = parse_listing([key for key, _ in open_target(str(archive)).list("")])

@@ -3,12 +3,9 @@ commit's position (Hrana `replication_index`), and the node's read-your-writes w
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
-import pytest
 
 from edgenode.hrana.backend import HranaError
 from edgenode.hrana.client import BatchStepError, HranaClient
@@ -20,34 +17,15 @@ from tests.test_replica_support import (
     PRIMARY_AUTH,
     TOKEN,
     execute,
+    module_primary_and_node,
     primary_rows,
     primary_write,
     rows,
-    start_node,
-    start_primary,
-    wait_ready,
 )
 
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("forward-writes")
-
-
-@pytest.fixture(scope="module")
-def primary(shared: Path) -> Iterator[Proc]:
-    proc = start_primary(shared)
-    primary_write(proc, "CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT UNIQUE)")
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
-def node(shared: Path, primary: Proc) -> Iterator[Proc]:
-    proc = start_node(shared, primary)
-    wait_ready(proc)
-    yield proc
-    proc.stop()
+shared, primary, node = module_primary_and_node(
+    "forward-writes", "CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT UNIQUE)"
+)
 
 
 def primary_position(primary: Proc) -> WritePosition:

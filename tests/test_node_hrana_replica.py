@@ -5,7 +5,6 @@ client wrote is readable on the node as soon as the write returns."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -22,29 +21,20 @@ from tests.test_node_hrana_support import (
     needs_node,
     run_js_client,
 )
-from tests.test_replica_support import NODE_TOKEN, PRIMARY_AUTH, primary_rows, start_node, start_primary, wait_ready
+from tests.test_replica_support import (
+    NODE_TOKEN,
+    PRIMARY_AUTH,
+    module_primary_and_node,
+    primary_rows,
+    start_node,
+    start_primary,
+    wait_ready,
+)
 
 RO = "replica-read-token"
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("hrana-replica")
-
-
-@pytest.fixture(scope="module")
-def primary(shared: Path) -> Iterator[Proc]:
-    proc = start_primary(shared)
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
-def node(shared: Path, primary: Proc) -> Iterator[Proc]:
-    proc = start_node(shared, primary, "--read-token", RO)
-    wait_ready(proc)
-    yield proc
-    proc.stop()
+shared, primary, node = module_primary_and_node("hrana-replica", node_args=("--read-token", RO))
 
 
 @needs_node

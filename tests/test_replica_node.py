@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.procs import ROOT, Proc
 from tests.test_replica_support import (
@@ -16,37 +14,20 @@ from tests.test_replica_support import (
     TOKEN,
     eventually,
     execute,
+    module_primary_and_node,
     primary_rows,
     primary_write,
     query,
     rows,
     start_node,
-    start_primary,
     status,
     wait_ready,
 )
 
-
 # One primary and one node for the module (each test uses its own keys): process startup dominates.
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("replica-node")
-
-
-@pytest.fixture(scope="module")
-def primary(shared: Path) -> Iterator[Proc]:
-    proc = start_primary(shared)
-    primary_write(proc, "CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT, b BLOB)")
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
-def node(shared: Path, primary: Proc) -> Iterator[Proc]:
-    proc = start_node(shared, primary)
-    wait_ready(proc)
-    yield proc
-    proc.stop()
+shared, primary, node = module_primary_and_node(
+    "replica-node", "CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT, b BLOB)"
+)
 
 
 def test_a_write_is_readable_on_its_node_at_once_and_on_another_node_after_its_next_sync(

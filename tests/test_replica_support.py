@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from edgenode.primary.client import execute as primary_execute
 from tests.procs import Proc, start
@@ -29,6 +31,33 @@ def start_node(tmp_path: Path, primary: Proc | str, *extra: str, name: str = "no
     args = ["serve", "--data-dir", str(tmp_path / name), "--auth-token", NODE_TOKEN, "--primary-url", url]
     args += ["--primary-token", TOKEN, *FAST, *extra]
     return start(args, tmp_path, name, ready_path="/health", port=port)
+
+
+def module_primary_and_node(name: str, *schema: str, node_args: tuple[str, ...] = ()) -> tuple[Any, Any, Any]:
+    """Module-scoped fixtures `shared` (a directory), `primary` (`schema` written) and `node` (ready, started
+    with `node_args`), for a module whose tests share one primary and one node (each test its own keys):
+    process startup dominates. Use: `shared, primary, node = module_primary_and_node(...)`."""
+
+    @pytest.fixture(scope="module")
+    def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+        return tmp_path_factory.mktemp(name)
+
+    @pytest.fixture(scope="module")
+    def primary(shared: Path) -> Iterator[Proc]:
+        proc = start_primary(shared)
+        if schema:
+            primary_write(proc, *schema)
+        yield proc
+        proc.stop()
+
+    @pytest.fixture(scope="module")
+    def node(shared: Path, primary: Proc) -> Iterator[Proc]:
+        proc = start_node(shared, primary, *node_args)
+        wait_ready(proc)
+        yield proc
+        proc.stop()
+
+    return shared, primary, node
 
 
 def wait_ready(node: Proc, timeout: float = 20.0) -> None:

@@ -15,11 +15,11 @@ import httpx
 import msgspec
 
 from edgenode.hrana import protocol as p
-from edgenode.hrana.backend import Col, DescribeResult, HranaError, StmtResult, Value
-from edgenode.hrana.values import from_python, to_python
+from edgenode.hrana.backend import Col, DescribeResult, HranaError, StmtResult
+from edgenode.hrana.batch import Args, make_stmt
+from edgenode.hrana.values import to_python
 from edgenode.tls import client_context
 
-Args = Sequence[Value] | dict[str, Value] | None
 # A statement for batch helpers: bare SQL, or SQL with its arguments.
 Statement = str | tuple[str, Args]
 
@@ -50,13 +50,6 @@ class BatchStepError(HranaError):
     def __init__(self, message: str, code: str, index: int | None):
         super().__init__(message, code)
         self.index = index
-
-
-def make_stmt(sql: str, args: Args = None, *, want_rows: bool = True) -> p.Stmt:
-    if isinstance(args, dict):
-        named = [p.NamedArg(name=name, value=from_python(value)) for name, value in args.items()]
-        return p.Stmt(sql=sql, args=[], named_args=named, want_rows=want_rows)
-    return p.Stmt(sql=sql, args=[from_python(value) for value in args or ()], named_args=[], want_rows=want_rows)
 
 
 def stmt_result_from_proto(result: p.StmtResult) -> StmtResult:

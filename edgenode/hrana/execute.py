@@ -62,6 +62,25 @@ def error_of(exc: BaseException) -> p.Error:
     return p.Error(message=str(exc) or type(exc).__name__, code="SQLITE_UNKNOWN")
 
 
+def _call_args(stmt: p.Stmt) -> tuple[list[Value] | dict[str, Value], bool]:
+    """A statement's arguments as Python values (named, else positional) and its want_rows."""
+    args: list[Value] | dict[str, Value]
+    if stmt.named_args:
+        args = {arg.name: to_python(arg.value) for arg in stmt.named_args}
+    else:
+        args = [to_python(value) for value in stmt.args or ()]
+    return args, True if stmt.want_rows is None else stmt.want_rows
+
+
+def _answered(result: StmtResult, want_rows: bool, started: float) -> StmtResult:
+    """A session's result as the client asked for it, with the time it took if the session gave none."""
+    if not want_rows:
+        result.rows = []
+    if not result.query_duration_ms:
+        result.query_duration_ms = (time.perf_counter() - started) * 1000.0
+    return result
+
+
 @dataclass
 class StreamContext:
     """What one stream's requests run against: its session and its stored SQL texts."""
@@ -94,23 +113,13 @@ class StreamContext:
     def run_stmt(self, stmt: p.Stmt) -> StmtResult:
         session = self.require_session()
         sql = self.resolve_sql(stmt.sql, stmt.sql_id)
-        args: list[Value] | dict[str, Value]
         if stmt.args and stmt.named_args:
             raise HranaError(
                 "specifying both positional and named arguments is not supported", "ARGS_BOTH_POSITIONAL_AND_NAMED"
             )
-        if stmt.named_args:
-            args = {arg.name: to_python(arg.value) for arg in stmt.named_args}
-        else:
-            args = [to_python(value) for value in stmt.args or ()]
-        want_rows = True if stmt.want_rows is None else stmt.want_rows
+        args, want_rows = _call_args(stmt)
         started = time.perf_counter()
-        result = session.execute(sql, args, want_rows)
-        if not want_rows:
-            result.rows = []
-        if not result.query_duration_ms:
-            result.query_duration_ms = (time.perf_counter() - started) * 1000.0
-        return result
+        return _answered(session.execute(sql, args, want_rows), want_rows, started)
 
     def execute(self, stmt: p.Stmt) -> p.StmtResult:
         return stmt_result_to_proto(self.run_stmt(stmt))
@@ -131,20 +140,12 @@ class StreamContext:
                 return None  # `handle` words the error
             session = self.require_session()
             sql = self.resolve_sql(stmt.sql, stmt.sql_id)
-            args: list[Value] | dict[str, Value]
-            if stmt.named_args:
-                args = {arg.name: to_python(arg.value) for arg in stmt.named_args}
-            else:
-                args = [to_python(value) for value in stmt.args or ()]
-            want_rows = True if stmt.want_rows is None else stmt.want_rows
+            args, want_rows = _call_args(stmt)
             started = time.perf_counter()
             result = await session.try_execute(sql, args, want_rows)
             if result is None:
                 return None
-            if not want_rows:
-                result.rows = []
-            if not result.query_duration_ms:
-                result.query_duration_ms = (time.perf_counter() - started) * 1000.0
+            result = _answered(result, want_rows, started)
             return p.StreamResultOk(response=p.ExecuteResp(result=stmt_result_to_proto(result)))
         except Exception as exc:
             return p.StreamResultError(error=self.report(error_of(exc)))

@@ -1,10 +1,6 @@
 """Group commit for forwarded writes: writes that queue while a request to the primary is in flight
-go to it together, as ONE Hrana batch that is one transaction with a savepoint per write.
-
-    BEGIN IMMEDIATE
-    per write i:  SAVEPOINT w (if a transaction is open); its statements, each if the previous
-                  succeeded; RELEASE w if the last succeeded; else ROLLBACK TO w; RELEASE w
-    COMMIT (if a transaction is open); ROLLBACK unless COMMIT ran
+go to it together, as ONE Hrana batch that is one transaction with a savepoint per write:
+BEGIN IMMEDIATE, then the rule of `hrana/batch.py` (`GroupBatch`, shared with the local-first push).
 
 Each write is atomic on its own and a failing one is rolled back alone, with its own error; the
 group costs one commit and one fsync on the primary (docs/local-first.md §5 and §9, verified in
@@ -28,7 +24,8 @@ from dataclasses import dataclass
 
 from edgenode.hrana import protocol as p
 from edgenode.hrana.backend import HranaError, StmtResult, Value
-from edgenode.hrana.client import BatchStepError, HranaClient, make_stmt, replication_index, stmt_result_from_proto
+from edgenode.hrana.batch import GroupBatch, WriteSteps
+from edgenode.hrana.client import BatchStepError, HranaClient, replication_index, stmt_result_from_proto
 
 log = logging.getLogger("edgenode.replica")
 
@@ -51,44 +48,16 @@ class _Write:
     future: Future[Committed]
 
 
-class _Steps:
-    """Where one write's steps sit in the batch."""
-
-    def __init__(self, savepoint: int, statements: list[int], release: int) -> None:
-        self.savepoint = savepoint
-        self.statements = statements
-        self.release = release
-
-
-def _step(sql: str, condition: p.BatchCond | None = None, args: Args | None = None, rows: bool = False) -> p.BatchStep:
-    return p.BatchStep(stmt=make_stmt(sql, args, want_rows=rows), condition=condition)
-
-
-def build_group(writes: list[tuple[list[tuple[str, Args]], bool]]) -> tuple[list[p.BatchStep], list[_Steps], int]:
+def build_group(writes: list[tuple[list[tuple[str, Args]], bool]]) -> tuple[list[p.BatchStep], list[WriteSteps], int]:
     """The batch for writes given as (statements, want_rows): steps, each write's places, COMMIT's index."""
-    in_transaction = p.NotCond(cond=p.IsAutocommitCond())
-    steps = [_step("BEGIN IMMEDIATE")]
-    places = []
-    for statements, want_rows in writes:
-        savepoint = len(steps)
-        steps.append(_step("SAVEPOINT edgenode_w", in_transaction))
-        indexes = []
-        for sql, args in statements:
-            indexes.append(len(steps))
-            steps.append(_step(sql, p.OkCond(step=len(steps) - 1), args, want_rows))
-        release = len(steps)
-        steps.append(_step("RELEASE edgenode_w", p.OkCond(step=release - 1)))
-        undo = p.AndCond(conds=[p.OkCond(step=savepoint), p.NotCond(cond=p.OkCond(step=release))])
-        steps.append(_step("ROLLBACK TO edgenode_w", undo))
-        steps.append(_step("RELEASE edgenode_w", p.OkCond(step=release + 1)))
-        places.append(_Steps(savepoint, indexes, release))
-    commit = len(steps)
-    steps.append(_step("COMMIT", in_transaction))
-    steps.append(_step("ROLLBACK", p.AndCond(conds=[p.NotCond(cond=p.OkCond(step=commit)), in_transaction])))
-    return steps, places, commit
+    batch = GroupBatch()
+    batch.add("BEGIN IMMEDIATE")
+    places = [batch.write(statements, rows=want_rows) for statements, want_rows in writes]
+    commit = batch.commit()
+    return batch.steps, places, commit
 
 
-def _statement_error(result: p.BatchResult, place: _Steps) -> BatchStepError | None:
+def _statement_error(result: p.BatchResult, place: WriteSteps) -> BatchStepError | None:
     for number, index in enumerate(place.statements):
         error = result.step_errors[index]
         if error is not None:
@@ -96,7 +65,7 @@ def _statement_error(result: p.BatchResult, place: _Steps) -> BatchStepError | N
     return None
 
 
-def _uncommitted(result: p.BatchResult, place: _Steps | None, commit: int) -> BatchStepError:
+def _uncommitted(result: p.BatchResult, place: WriteSteps | None, commit: int) -> BatchStepError:
     """Why a batch did not commit: the lone write's own statement error, else BEGIN's or COMMIT's."""
     error = _statement_error(result, place) if place is not None else None
     if error is not None:
@@ -208,7 +177,7 @@ class Combiner:
             write.future.set_exception(error)
 
     @staticmethod
-    def _answer(write: _Write, result: p.BatchResult, place: _Steps, index: int | None) -> None:
+    def _answer(write: _Write, result: p.BatchResult, place: WriteSteps, index: int | None) -> None:
         if result.step_results[place.release] is not None:
             results = [result.step_results[i] for i in place.statements]
             write.future.set_result(Committed([stmt_result_from_proto(r) for r in results if r is not None], index))

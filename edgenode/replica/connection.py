@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -241,22 +243,30 @@ def _settle_and_replay(conn: Any, files: ReplicaFiles) -> int:
     if not entries:
         return 0
     # The replay needs no fsync: a restart rebuilds it from the outbox (§3 step 2c).
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _unsynced_transaction(conn):
         for seq, statements in entries:
             error = _apply_one(conn, statements)
             if isinstance(error, str):
                 _local_failures[seq] = error
             else:
                 _local_failures.pop(seq, None)
+    return len(entries)
+
+
+@contextmanager
+def _unsynced_transaction(conn: Any) -> Iterator[None]:
+    """BEGIN IMMEDIATE at synchronous=NORMAL (the outbox, not the replica, is what must survive);
+    COMMIT when the block ends, ROLLBACK when it raises; FULL again after either."""
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
         conn.execute("COMMIT")
     except BaseException:
         engine_rollback(conn)
         raise
     finally:
         conn.execute("PRAGMA synchronous = FULL")
-    return len(entries)
 
 
 def _apply_one(conn: Any, statements: list[PlainStatement]) -> list[ExecResult] | str:
@@ -333,9 +343,7 @@ def apply_local(
     out: list[tuple[Any, ...] | None] = [None] * len(group)
     accepted: list[tuple[int, tuple[Any, ...]]] = []
     keys: dict[str, tuple[int, str]] = {}  # client keys seen in this group → (position, fingerprint)
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _unsynced_transaction(conn):
         for i, (key, fingerprint, statements, local) in enumerate(group):
             if key is not None:
                 found = outbox.find_key(key)
@@ -354,12 +362,6 @@ def apply_local(
                 continue
             accepted.append((i, (key, fingerprint, statements, local, results)))
         seqs = outbox.append([w for _, w in accepted], retention) if accepted else []
-        conn.execute("COMMIT")
-    except BaseException:
-        engine_rollback(conn)
-        raise
-    finally:
-        conn.execute("PRAGMA synchronous = FULL")
     for (i, write), seq in zip(accepted, seqs, strict=True):
         out[i] = ("ok", seq, write[4])
     for i, outcome in enumerate(out):
