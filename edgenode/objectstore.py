@@ -86,6 +86,8 @@ class DirTarget:
         return written
 
     def list(self, prefix: str) -> list[tuple[str, int]]:
+        if not self.root.is_dir():
+            return []  # else the walk below would start in the root's parent, outside the archive
         base = self._path(prefix.rstrip("/")) if prefix.rstrip("/") else self.root
         start = base if base.is_dir() else base.parent
         if not start.is_dir():

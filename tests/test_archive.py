@@ -445,3 +445,12 @@ def test_an_archive_of_another_database_is_left_alone_and_the_status_says_why(tm
     finally:
         other.stop()
     assert sorted(key for key, _ in open_target(archive).list("")) == before
+
+
+def test_restore_from_a_directory_that_does_not_exist_says_it_holds_no_archive(tmp_path: Path) -> None:
+    (tmp_path / "unrelated.txt").write_text("not an archive object")
+    missing = tmp_path / "no-such-archive"
+    assert open_target(str(missing)).list("") == []
+    with pytest.raises(BackupError, match="holds no archive snapshot"):
+        restore_to_time(str(missing), time.time(), tmp_path / "data")
+    assert not (tmp_path / "data" / "edgenode.db").exists()

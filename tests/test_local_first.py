@@ -78,8 +78,13 @@ def test_a_write_is_answered_at_once_read_here_at_once_and_reaches_the_primary_e
             written = client.execute("INSERT INTO log (marker, n) VALUES (?, ?)", ["hrana", -big])
             assert (written.affected_row_count, written.last_insert_rowid) == (1, 2)
             assert client.execute("SELECT n FROM log WHERE marker = 'hrana'").rows == [[-big]]
+            # Blobs and named parameters too (queued in their JSON form, exact).
+            blob = client.execute("INSERT INTO log (marker, n) VALUES (hex(?), length(?))", [b"\x00\xff", b"\x01"])
+            assert blob.affected_row_count == 1
+            client.execute("INSERT INTO log (marker, n) VALUES (hex(:b), :n)", {"b": b"\xfe", "n": 7})
         eventually(lambda: primary_rows(primary, "SELECT n FROM log WHERE marker = 'hrana'") == [(-big,)])
-        eventually(lambda: outbox(node)["pushed"] == 2)
+        eventually(lambda: primary_rows(primary, "SELECT marker, n FROM log WHERE id > 2") == [("00FF", 1), ("FE", 7)])
+        eventually(lambda: outbox(node)["pushed"] == 4)
         unknown = httpx.get(node.url + "/api/v1/outbox/nobody-1", headers=AUTH)
         assert unknown.status_code == 404 and "write ids look like" in unknown.text
         converge(primary, node)

@@ -96,3 +96,10 @@ def test_a_local_first_relay_refuses_to_push_frames_and_still_pulls() -> None:
     assert status == 424 and "unreachable" in text  # forward mode passes pushes on
     status, text = asyncio.run(ask(True, "GET"))
     assert "unreachable" in text  # pulls pass through
+
+
+def test_a_write_id_with_a_seq_beyond_sqlite_integers_or_non_ascii_digits_names_no_write() -> None:
+    node = "n1"
+    assert parse_write_id(node, f"{node}-{2**63 - 1}") == 2**63 - 1
+    for seq in (str(2**63), "9" * 30, "\u00b2", "\u0661", "", "-1", "1 "):
+        assert parse_write_id(node, f"{node}-{seq}") is None

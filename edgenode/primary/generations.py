@@ -181,6 +181,9 @@ class PrimaryStore:
             self._create()
         self._control = self.connect()
         self._base_fd = os.open(self.db_path, os.O_RDONLY)
+        # A file brought in rollback-journal mode (a restored backup) turns WAL in connect(), but
+        # its -shm only appears with the first read: make it exist before taking a descriptor.
+        self._control.execute("SELECT count(*) FROM sqlite_master").fetchall()
         # The control connection keeps the -shm in existence for the store's life.
         self._shm_fd = os.open(self.shm_path, os.O_RDWR)
         page_size = self._control.execute("PRAGMA page_size").fetchall()[0][0]

@@ -72,9 +72,12 @@ def write_id(node_id: str, seq: int) -> str:
 def parse_write_id(node_id: str, text: str) -> int | None:
     """The seq a write id names on this node, None if it names none of this node's writes."""
     prefix = f"{node_id}-"
-    if not text.startswith(prefix) or not text[len(prefix) :].isdigit():
+    digits = text[len(prefix) :]
+    # ASCII only: str.isdigit() also takes '²', which int() refuses; seqs are SQLite integers.
+    if not text.startswith(prefix) or not (digits.isascii() and digits.isdigit()) or len(digits) > 19:
         return None
-    return int(text[len(prefix) :])
+    seq = int(digits)
+    return seq if seq <= 2**63 - 1 else None
 
 
 def results_json(results: list[ExecResult]) -> str:

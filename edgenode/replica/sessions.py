@@ -44,6 +44,7 @@ from edgenode.sessions import (
     stream_pragma_of,
 )
 from edgenode.stream_pragmas import StreamSettings, reads_stream_pragma
+from edgenode.values import to_json
 
 if TYPE_CHECKING:
     from edgenode.replica.database import ReplicaDatabase
@@ -183,8 +184,10 @@ class ForwardSession(Session):
         return stmt_result(outcome, analysis.columns)
 
     def _write_local(self, statement: str, args: list[Value] | dict[str, Value]) -> StmtResult:
+        # Database.write takes parameters in their JSON form (blobs as {"base64": ...}), as REST sends them.
+        params = {k: to_json(v) for k, v in args.items()} if isinstance(args, dict) else [to_json(v) for v in args]
         try:
-            written = self.backend.bridge.run(self.db.write([(statement, args)]))
+            written = self.backend.bridge.run(self.db.write([(statement, params)]))
         except DatabaseError as exc:
             raise hrana_error(exc) from exc
         result = written.results[0]
