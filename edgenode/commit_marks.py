@@ -27,11 +27,11 @@ SEQ_SQL = f"SELECT seq FROM sqlite_sequence WHERE name = '{CHANGES_TABLE}'"
 # After the unit's captured changes, naming the first one; nothing when it captured none.
 MARK_SQL = (
     f"INSERT INTO {CHANGES_TABLE}(tbl, rid, op) SELECT '', min(seq), '{COMMIT_OP}' FROM {CHANGES_TABLE} "
-    "WHERE seq > ? AND op IN ('I', 'U', 'D') HAVING count(*) > 0 RETURNING seq"
+    "WHERE seq > ? AND op IN ('I', 'U', 'D') HAVING count(*) > 0"
 )
 # Takes a marker back when the statement it preceded failed (a COMMIT refused by a deferred
 # constraint, a RELEASE of no such savepoint): the unit is not over yet.
-UNMARK_SQL = f"DELETE FROM {CHANGES_TABLE} WHERE seq = ? AND op = '{COMMIT_OP}'"
+UNMARK_SQL = f"DELETE FROM {CHANGES_TABLE} WHERE seq > ? AND op = '{COMMIT_OP}'"
 
 # Statements that end a unit: COMMIT / END, and RELEASE: a savepoint is a unit of its own (one
 # write of a group commit or of the forward combiner's group; a client's own savepoints split its
@@ -59,17 +59,15 @@ def feed_seq(conn: Any) -> int | None:
     return int(rows[0][0]) if rows else 0
 
 
-def mark(conn: Any, before: int) -> int | None:
-    """Append the marker of the unit whose changes follow `before`; its seq, or None when the
-    unit captured no change (or there is no feed)."""
+def mark(conn: Any, before: int) -> None:
+    """Append the marker of the unit whose changes follow `before` (nothing when it captured none)."""
     try:
-        rows = conn.execute(MARK_SQL, [before]).fetchall()
+        conn.execute(MARK_SQL, [before]).fetchall()
     except Exception as exc:
-        if _missing(exc):
-            return None
-        raise
-    return int(rows[0][0]) if rows else None
+        if not _missing(exc):
+            raise
 
 
-def unmark(conn: Any, seq: int) -> None:
-    conn.execute(UNMARK_SQL, [seq]).fetchall()
+def unmark(conn: Any, before: int) -> None:
+    """Take back the marker `mark(conn, before)` appended, if any."""
+    conn.execute(UNMARK_SQL, [before]).fetchall()

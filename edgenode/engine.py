@@ -213,11 +213,20 @@ def _rollback_quietly(conn: Any) -> None:
 
 
 def _feed_seq(conn: Any) -> int | None:
-    return commit_marks.feed_seq(conn)
+    """The change feed's last seq, None when no feed exists (edgenode.commit_marks)."""
+    try:
+        row = conn.execute(commit_marks.SEQ_SQL).fetchone()
+    except ValueError:
+        return None  # no AUTOINCREMENT table yet
+    return int(row[0]) if row else 0
 
 
 def _mark_commit(conn: Any, before: int) -> None:
-    commit_marks.mark(conn, before)
+    try:
+        conn.execute(commit_marks.MARK_SQL, [before]).fetchall()
+    except ValueError as exc:
+        if "no such table" not in str(exc):
+            raise
 
 
 def run_statement(
@@ -279,15 +288,15 @@ def end_unit(
     edgenode.commit_marks) with the marker of what the unit captured since `before` written first,
     and taken back if the statement fails; with where the next unit starts counting."""
     try:
-        marker = commit_marks.mark(conn, before)
+        _mark_commit(conn, before)
     except ValueError:
-        marker = None  # a marker is an addition: the statement runs and words any error itself
+        pass  # a marker is an addition: the statement runs and words any error itself
     outcome, in_txn = execute(conn, sql, params, False, False, False, settings)
-    if isinstance(outcome, SQLError) and marker is not None:
-        if in_txn:
-            commit_marks.unmark(conn, marker)
-        marker = None
-    return outcome, in_txn, before if marker is None else marker
+    if isinstance(outcome, SQLError) and in_txn:
+        commit_marks.unmark(conn, before)
+        return outcome, in_txn, before
+    after = _feed_seq(conn) if in_txn else None
+    return outcome, in_txn, before if after is None else after
 
 
 def rollback(conn: Any) -> bool:

@@ -92,30 +92,31 @@ class PrimarySession(Session):
         if self._feed_first is None and op == apsw.SQLITE_INSERT and table == CHANGES_TABLE and dbname == "main":
             self._feed_first = rowid
 
-    def _mark(self, conn: apsw.Connection, statement: str) -> int | None:
+    def _mark(self, conn: apsw.Connection, statement: str) -> bool:
         """Before a statement that ends a unit: its commit marker, if it captured changes."""
         first = self._feed_first
         if first is None or not conn.in_transaction or not commit_marks.ends_unit(statement):
-            return None
+            return False
         self._internal = True
         try:
-            return commit_marks.mark(conn, first - 1)
+            commit_marks.mark(conn, first - 1)
+            return True
         except apsw.Error:
-            return None  # a marker is an addition: the statement runs and words any error itself
+            return False  # a marker is an addition: the statement runs and words any error itself
         finally:
             self._internal = False
             self._feed_first = None  # the marker's own row is not the next unit's first change
 
-    def _unit_after(self, conn: apsw.Connection, first: int | None, marker: int | None, ok: bool) -> None:
+    def _unit_after(self, conn: apsw.Connection, first: int | None, marked: bool, ok: bool) -> None:
         if not conn.in_transaction:
             self._feed_first = None
         elif not ok:
             # A failed statement left nothing (a COMMIT or RELEASE that failed: the unit goes on,
             # without the marker).
-            if marker is not None:
+            if marked and first is not None:
                 self._internal = True
                 try:
-                    commit_marks.unmark(conn, marker)
+                    commit_marks.unmark(conn, first - 1)
                 finally:
                     self._internal = False
             self._feed_first = first
@@ -181,7 +182,7 @@ class PrimarySession(Session):
                 return StmtResult([], [], 0, None)
             bindings: Any = strip_named_arg_prefixes(args) if isinstance(args, dict) else args
             first = self._feed_first
-            marker = self._mark(conn, statement)
+            marked = self._mark(conn, statement)
             ok = False
             cursor = conn.cursor()
             description: list[tuple[str, str | None]] = []
@@ -202,7 +203,7 @@ class PrimarySession(Session):
                         rows.append(list(row))
                 ok = True
             finally:
-                self._unit_after(conn, first, marker, ok)
+                self._unit_after(conn, first, marked, ok)
             changed = conn.total_changes() != before
             affected = conn.changes() if changed else 0
             rowid = conn.last_insert_rowid() if changed and _is_insert(statement) else None
