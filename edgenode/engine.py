@@ -13,7 +13,7 @@ from typing import Any
 
 import libsql
 
-from edgenode import feed, stream_pragmas, values
+from edgenode import commit_marks, stream_pragmas, values
 from edgenode.errors import DatabaseError, LimitError, QueryTimeout, ReadOnlyError, SQLError
 from edgenode.migrations import LibsqlTarget, MigrationReport, run_migrations
 from edgenode.migrations import status as migration_status
@@ -213,9 +213,9 @@ def _rollback_quietly(conn: Any) -> None:
 
 
 def _feed_seq(conn: Any) -> int | None:
-    """The change feed's last seq, None when no feed exists (edgenode.feed, commit markers)."""
+    """The change feed's last seq, None when no feed exists (edgenode.commit_marks)."""
     try:
-        row = conn.execute(feed.SEQ_SQL).fetchone()
+        row = conn.execute(commit_marks.SEQ_SQL).fetchone()
     except ValueError:
         return None  # no AUTOINCREMENT table yet
     return int(row[0]) if row else 0
@@ -223,7 +223,7 @@ def _feed_seq(conn: Any) -> int | None:
 
 def _mark_commit(conn: Any, before: int) -> None:
     try:
-        conn.execute(feed.MARK_SQL, [before]).fetchall()
+        conn.execute(commit_marks.MARK_SQL, [before]).fetchall()
     except ValueError as exc:
         if "no such table" not in str(exc):
             raise
@@ -270,6 +270,33 @@ def execute(
     finally:
         stream_pragmas.leave(conn)
     return outcome, bool(conn.in_transaction)
+
+
+def begin_unit(
+    conn: Any, sql: str, settings: stream_pragmas.Settings = ()
+) -> tuple[StatementOutcome | SQLError, bool, int | None]:
+    """A protocol stream's BEGIN (or SAVEPOINT) on the writer, with the change feed's seq once the
+    transaction is open: where its commit marker starts counting (`end_unit`)."""
+    outcome, in_txn = execute(conn, sql, [], False, False, False, settings)
+    return outcome, in_txn, (_feed_seq(conn) if in_txn else None)
+
+
+def end_unit(
+    conn: Any, before: int, sql: str, params: list[Any], settings: stream_pragmas.Settings = ()
+) -> tuple[StatementOutcome | SQLError, bool, int]:
+    """A statement that ends a unit of a protocol stream's transaction (COMMIT, END, RELEASE: see
+    edgenode.commit_marks) with the marker of what the unit captured since `before` written first,
+    and taken back if the statement fails; with where the next unit starts counting."""
+    try:
+        _mark_commit(conn, before)
+    except ValueError:
+        pass  # a marker is an addition: the statement runs and words any error itself
+    outcome, in_txn = execute(conn, sql, params, False, False, False, settings)
+    if isinstance(outcome, SQLError) and in_txn:
+        commit_marks.unmark(conn, before)
+        return outcome, in_txn, before
+    after = _feed_seq(conn) if in_txn else None
+    return outcome, in_txn, before if after is None else after
 
 
 def rollback(conn: Any) -> bool:

@@ -31,10 +31,13 @@ every version (an insert then an update in one transaction are two events with t
 re-read would show the final row twice, or none after a delete) at the price of writing the row
 twice. 'D' carries the deleted row's values, so a stream's column filter can judge a delete.
 
-**Commit markers.** A transaction committed by the node's own writer (`engine.run_transaction`:
-REST writes on a standalone node) that appended captured changes also appends one op 'C' row whose
-`rid` is the seq of the transaction's first change: the stream turns it into a commit event.
-Writes the node does not commit itself carry no marker (see `edgenode.changes`).
+**Commit markers** (`edgenode.commit_marks`, the one rule for the node's writer and the primary).
+A unit of writes that appended captured changes also appends one op 'C' row whose `rid` is the seq
+of its first change: the stream turns it into a commit event. Units: a REST write transaction and
+each write of a group commit (`engine.run_transaction`, `engine.run_group`), a standalone node's
+Hrana transaction (its COMMIT), and on `edgenode primary` every transaction and every savepoint
+a RELEASE closes (a forward combiner's group: one savepoint per write). Writes the node does not
+commit itself carry no marker (see `edgenode.changes`).
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ import json
 import weakref
 from typing import Any, Protocol
 
-CHANGES_TABLE = "_edgenode_changes"
+from edgenode.commit_marks import CHANGES_TABLE, COMMIT_OP, MARK_SQL, SEQ_SQL  # noqa: F401  (re-exported)
+
 STATE_TABLE = "_edgenode_feed_state"
 
 SCHEMA: list[tuple[str, list[Any]]] = [
@@ -123,7 +127,6 @@ def drop_trigger_statements(table: str) -> list[tuple[str, list]]:
 
 
 CAPTURE_OPS = {"I": "insert", "U": "update", "D": "delete"}
-COMMIT_OP = "C"
 
 
 def _capture_trigger(table: str, op: str) -> str:
@@ -186,14 +189,6 @@ async def has_row_column(db: Any) -> bool:
     result = await db.read(f"SELECT count(*), sum(name = 'row') FROM pragma_table_info('{CHANGES_TABLE}')")
     columns, has_row = result.rows[0]
     return columns == 0 or bool(has_row)
-
-
-SEQ_SQL = f"SELECT seq FROM sqlite_sequence WHERE name = '{CHANGES_TABLE}'"
-# The writer's commit marker: after the transaction's captured changes, naming the first one.
-MARK_SQL = (
-    f"INSERT INTO {CHANGES_TABLE}(tbl, rid, op) SELECT '', min(seq), '{COMMIT_OP}' FROM {CHANGES_TABLE} "
-    "WHERE seq > ? AND op IN ('I', 'U', 'D') HAVING count(*) > 0"
-)
 
 
 def parse_literal(text: str) -> Any:

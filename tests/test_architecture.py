@@ -48,6 +48,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "edgenode.s3",
             "edgenode.encryption",
             "edgenode.objectstore",
+            "edgenode.commit_marks",
             "edgenode.primary",  # the package itself: import-free constants shared with the relay
         ),
     ),

@@ -28,6 +28,7 @@ from websockets.sync.client import connect as ws_connect
 
 from edgenode.auth import Access, generate_keypair, mint_token
 from edgenode.changes.client import parse_sse
+from edgenode.hrana.client import HranaClient
 from tests.procs import Proc, start
 from tests.test_replica_support import FAST, NODE_TOKEN, TOKEN, primary_write, start_primary
 
@@ -440,8 +441,10 @@ def test_a_replicas_subscribers_see_writes_made_on_the_primary(tmp_path: Path) -
         work = Workload.make(150, seed=5)
         deadline = time.monotonic() + 40
         start_at = 0
-        everything = work.expected(set(TABLES), None, False)
-        some = work.expected({"b"}, ("k", 2), False)
+        # The primary's transactions carry commit markers (edgenode.commit_marks), so the replica's
+        # subscribers see a commit event after each.
+        everything = work.expected(set(TABLES), None)
+        some = work.expected({"b"}, ("k", 2))
         subs = [
             Subscriber(replica.url, set(TABLES), None, start_at, len(everything), token=NODE_TOKEN),
             Subscriber(replica.url, {"b"}, ("k", 2), start_at, len(some), websocket=True, token=NODE_TOKEN),
@@ -453,13 +456,49 @@ def test_a_replicas_subscribers_see_writes_made_on_the_primary(tmp_path: Path) -
             primary_write(primary, *[(sql, [_plain(p) for p in params]) for sql, params in statements])
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
-        # The primary's commits carry no commit markers (the node did not commit them).
         _check(subs[0], everything)
         _check(subs[1], some)
+        # Writes the replica forwards: a REST batch (the combiner's savepoint per write) and a
+        # Hrana interactive transaction each end with a commit event.
+        after = subs[0].after
+        with httpx.Client(base_url=replica.url, headers=headers, timeout=30) as client:
+            _execute(client, "INSERT INTO a (id, k) VALUES (50000001, 1)", "INSERT INTO a (id, k) VALUES (50000002, 1)")
+        _hrana_transaction(replica.url, NODE_TOKEN, 50_000_003)
+        _check_ops(replica.url, after, ["insert", "insert", "commit", "insert", "update", "commit"], NODE_TOKEN)
     finally:
         if replica is not None:
             replica.stop()
         primary.stop()
+
+
+def _hrana_transaction(url: str, token: str, rowid: int) -> None:
+    """BEGIN, an insert and an update of table a, COMMIT: one interactive Hrana transaction."""
+    with HranaClient(url, token) as client, client.stream() as stream:
+        stream.execute("BEGIN")
+        stream.execute("INSERT INTO a (id, k) VALUES (?, 1)", [rowid])
+        stream.execute("UPDATE a SET v = 'in the transaction' WHERE id = ?", [rowid])
+        stream.execute("COMMIT")
+
+
+def _check_ops(url: str, after: int, ops: list[str], token: str = RO) -> None:
+    sub = Subscriber(url, {"a"}, None, after, want=len(ops), token=token)
+    sub.run(time.monotonic() + 20)
+    assert sub.error is None, sub.error
+    assert [g[1] if g[0] != "commit" else "commit" for g in sub.got] == ops
+
+
+def test_a_standalone_nodes_hrana_transactions_end_with_a_commit_event(node: Proc) -> None:
+    start_at = _position(node.url)
+    _hrana_transaction(node.url, RW, 60_000_001)
+    # A savepoint is a unit of its own; one rolled back to leaves nothing to mark.
+    with HranaClient(node.url, RW) as client, client.stream() as stream:
+        for sql in ("SAVEPOINT s", "INSERT INTO a (id) VALUES (60000002)", "RELEASE s"):
+            stream.execute(sql)
+        for sql in ("BEGIN", "SAVEPOINT n", "INSERT INTO a (id) VALUES (60000003)", "ROLLBACK TO n", "RELEASE n"):
+            stream.execute(sql)
+        stream.execute("INSERT INTO a (id) VALUES (60000004)")
+        stream.execute("COMMIT")
+    _check_ops(node.url, start_at, ["insert", "update", "commit", "insert", "commit", "insert", "commit"])
 
 
 def _plain(value: Any) -> Any:

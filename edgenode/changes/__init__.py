@@ -17,16 +17,21 @@ and a reader sees whole transactions: reading `seq > cursor` after any commit mi
 committed before it. Cursors survive restarts and `kill -9` (an acknowledged commit is in the WAL),
 and they mean the same on every replica of one primary.
 
-**Transaction boundaries.** A transaction the node's writer commits (REST writes on a standalone
-node, `engine.run_transaction`) appends a commit marker after its changes; the stream sends it as
-`{"op": "commit", "first": <cursor of the transaction's first change>}` to each subscriber that got
-at least one change of that transaction. Other writes carry no marker: their changes arrive in
-commit order and complete (a replica applies whole transactions), but without commit events, so a
-client must not wait for one; commit events are an addition, never a precondition. That is final
-for writes committed by code the node does not run (a Turso Cloud primary, another client of the
-primary). Not marked *yet*, though the committing code is ours: Hrana transactions on a standalone
-node (the session's COMMIT could append the marker first) and writes through `edgenode primary`
-(its backend, or the replica's forwarder appending the marker statements to its atomic pipeline).
+**Transaction boundaries.** A unit of writes that captured changes appends a commit marker after
+them, in the same transaction (`edgenode.commit_marks`, one rule for the node's writer and the
+primary); the stream sends it as `{"op": "commit", "first": <cursor of the unit's first change>}`
+to each subscriber that got at least one change of that unit. Units: on a standalone node a REST
+write transaction (`engine.run_transaction`), each write of the group commit (`engine.run_group`,
+a savepoint each) and a Hrana interactive transaction (its COMMIT, and each RELEASE of a savepoint
+inside it: `engine.end_unit`); on `edgenode primary` (`primary/backend.py`) every COMMIT/END and
+RELEASE of a Hrana stream, which covers everything a replica forwards in a transaction: REST
+batches, the combiner's groups (one unit per write, by its savepoint), Hrana transactions. Other
+writes carry no marker: their changes arrive in commit order and complete (a replica applies whole
+transactions), but without commit events, so a client must not wait for one; commit events are an
+addition, never a precondition. That is final for writes committed by code the node does not run
+(a Turso Cloud primary). Not marked, though the committing code is ours: a statement committed in
+autocommit mode on the primary or, with stream PRAGMAs set, by a standalone node's Hrana stream
+(its marker would need a transaction of its own around it), and the primary's Hrana `sequence`.
 
 **One reader, many subscribers.** `ChangeHub` keeps one reading task per node: woken by the
 database's change listeners (after a local commit, a Hrana lease or a replica's applied sync;

@@ -16,12 +16,15 @@ from typing import Any
 import apsw
 import apsw.ext
 
+from edgenode import commit_marks
 from edgenode.auth import Access
 from edgenode.hrana.backend import Backend, Col, DescribeResult, HranaError, Session, StmtResult, Value
 from edgenode.hrana.sql import hrana_error_from_sqlite, is_begin_readonly, single_statement, strip_named_arg_prefixes
 from edgenode.primary.generations import LOCK_TIMEOUT, PrimaryStore
 from edgenode.results import replication_index
 from edgenode.rwlock import LockTimeout
+
+CHANGES_TABLE = commit_marks.CHANGES_TABLE
 
 # Setting these would checkpoint behind the generation's back, stop WAL frame N being sync frame N,
 # weaken the durability of acknowledged commits, lift read-only access or allow corrupting the schema.
@@ -65,7 +68,11 @@ class PrimarySession(Session):
         self._internal = False
         self._readonly_txn = False
         self._holds_lock = False
+        # The first change-feed row this connection's current unit inserted (edgenode.commit_marks):
+        # a unit's COMMIT or RELEASE appends its commit marker first, so replicas see boundaries.
+        self._feed_first: int | None = None
         self.conn.authorizer = self._authorize
+        self.conn.set_update_hook(self._row_changed)
         if self.read_only:
             self._set_query_only(True)
 
@@ -80,6 +87,39 @@ class PrimarySession(Session):
             if p1.lower() == "wal_checkpoint" or p2 is not None:
                 return apsw.SQLITE_DENY
         return apsw.SQLITE_OK
+
+    def _row_changed(self, op: int, dbname: str, table: str, rowid: int) -> None:
+        if self._feed_first is None and op == apsw.SQLITE_INSERT and table == CHANGES_TABLE and dbname == "main":
+            self._feed_first = rowid
+
+    def _mark(self, conn: apsw.Connection, statement: str) -> bool:
+        """Before a statement that ends a unit: its commit marker, if it captured changes."""
+        first = self._feed_first
+        if first is None or not conn.in_transaction or not commit_marks.ends_unit(statement):
+            return False
+        self._internal = True
+        try:
+            commit_marks.mark(conn, first - 1)
+            return True
+        except apsw.Error:
+            return False  # a marker is an addition: the statement runs and words any error itself
+        finally:
+            self._internal = False
+            self._feed_first = None  # the marker's own row is not the next unit's first change
+
+    def _unit_after(self, conn: apsw.Connection, first: int | None, marked: bool, ok: bool) -> None:
+        if not conn.in_transaction:
+            self._feed_first = None
+        elif not ok:
+            # A failed statement left nothing (a COMMIT or RELEASE that failed: the unit goes on,
+            # without the marker).
+            if marked and first is not None:
+                self._internal = True
+                try:
+                    commit_marks.unmark(conn, first - 1)
+                finally:
+                    self._internal = False
+            self._feed_first = first
 
     def _committed(self, frame: int) -> None:
         self._commit_frame = frame
@@ -141,6 +181,9 @@ class PrimarySession(Session):
                 self._set_query_only(True)
                 return StmtResult([], [], 0, None)
             bindings: Any = strip_named_arg_prefixes(args) if isinstance(args, dict) else args
+            first = self._feed_first
+            marked = self._mark(conn, statement)
+            ok = False
             cursor = conn.cursor()
             description: list[tuple[str, str | None]] = []
 
@@ -153,10 +196,14 @@ class PrimarySession(Session):
             rows: list[list[Value]] = []
             read = 0
             self._commit_frame = None
-            for row in cursor.execute(statement, bindings):
-                read += 1
-                if want_rows:
-                    rows.append(list(row))
+            try:
+                for row in cursor.execute(statement, bindings):
+                    read += 1
+                    if want_rows:
+                        rows.append(list(row))
+                ok = True
+            finally:
+                self._unit_after(conn, first, marked, ok)
             changed = conn.total_changes() != before
             affected = conn.changes() if changed else 0
             rowid = conn.last_insert_rowid() if changed and _is_insert(statement) else None

@@ -22,7 +22,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from edgenode import engine
+from edgenode import commit_marks, engine
 from edgenode.analysis import Analysis, StatementAnalyzer
 from edgenode.auth import Access
 from edgenode.database import Connections
@@ -60,6 +60,7 @@ class _Pin:
     lease: contextlib.AbstractAsyncContextManager[ProcessOwner]
     owner: ProcessOwner
     writer: bool
+    feed_before: int | None = None  # the change feed's seq at BEGIN (edgenode.commit_marks)
 
 
 class LocalConnections(Connections):
@@ -333,7 +334,11 @@ class LocalSession(Session):
     async def _begin(self, writer: bool, sql: str) -> StmtResult:
         pin = await self._acquire(writer)
         try:
-            outcome, in_txn = await self._call(pin, sql, [], None, False)
+            if writer:
+                # Where this transaction's commit marker starts counting (`_in_transaction`).
+                outcome, in_txn, pin.feed_before = await pin.owner.call(engine.begin_unit, sql, self._settings.items())
+            else:
+                outcome, in_txn = await self._call(pin, sql, [], None, False)
         except OwnerDied as exc:
             await self._release(pin, exc)
             raise self._died(exc) from exc
@@ -350,7 +355,13 @@ class LocalSession(Session):
         self, pin: _Pin, sql: str, params: list[Any], analysis: Analysis, want_rows: bool
     ) -> StmtResult:
         try:
-            outcome, in_txn = await self._call(pin, sql, params, analysis, want_rows)
+            if pin.feed_before is not None and analysis.is_transaction_control and commit_marks.ends_unit(sql):
+                # The unit's commit marker goes in before its COMMIT or RELEASE (edgenode.commit_marks).
+                outcome, in_txn, pin.feed_before = await pin.owner.call(
+                    engine.end_unit, pin.feed_before, sql, params, self._settings.items()
+                )
+            else:
+                outcome, in_txn = await self._call(pin, sql, params, analysis, want_rows)
         except OwnerDied as exc:
             await self._finish(exc)
             raise self._died(exc) from exc
