@@ -415,6 +415,12 @@ def test_kill_9_mid_stream_then_resume_from_cursors_and_expired_cursors_get_resy
         with ws_connect(ws_url, open_timeout=10) as ws:
             message = json.loads(ws.recv(timeout=10))
         assert message["event"] == "resync" and message["oldest"] > 1
+        # A cursor past every change this standalone node made (a restored or replaced database)
+        # is refused the same way, never waited on in silence.
+        ahead = str(_position(proc.url) + 1000)
+        with httpx.stream("GET", proc.url + "/api/v1/changes", params={"tables": "a", "after": ahead}) as response:
+            events = list(parse_sse(response.iter_lines()))
+        assert [(e.event, e.data["reason"]) for e in events] == [("resync", "cursor_ahead")]
         # A graceful stop does not wait for open streams (their clients resume from their cursors).
         holder = Subscriber(proc.url, {"a"}, None, _position(proc.url), want=10**9)
         threading.Thread(target=holder.run, args=(time.monotonic() + 5,), daemon=True).start()

@@ -51,7 +51,8 @@ below its position, so vector/text compaction keeps at least that much; the hub 
 itself to that floor (never past what a vector or text collection still needs). A cursor below
 the compacted range gets an explicit `resync` event (reason `cursor_expired`, with the oldest cursor
 the node can resume from) and the stream ends: the client reloads its state and subscribes
-without a cursor. Never a silent gap.
+without a cursor. Never a silent gap: on a standalone node a cursor past its last change (a
+restored or replaced database) ends the same way with reason `cursor_ahead`.
 
 **Local-first.** Speculative local feed rows may be rolled back and their seqs reused
 (docs/local-first.md §8), so the hub reads only up to `Database.feed_bound()` (the synced head in

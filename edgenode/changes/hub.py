@@ -275,6 +275,13 @@ class ChangeHub:
             compacted = await feed.compacted_through(self.db)
             if after < compacted:
                 raise _expired(after, compacted)
+            if after > self.position and self.db.role == "standalone":
+                # A standalone node numbers its own changes: a cursor past them was given out by
+                # a database this file no longer is (restored from a backup, replaced, or commits
+                # lost with a disk). Waiting for the numbers to come back would skip real changes.
+                # A replica's cursors are its primary's, so one ahead of a lagging replica is
+                # valid there and simply waits.
+                raise _ahead(after, self.position)
         sub = Subscriber(filt, self.position if after is None else after, self.buffer, expires_at)
         if after is not None:
             # A client's cursor names an event it got: a transaction it stopped inside of still
@@ -343,6 +350,17 @@ class ChangeHub:
         if event.op != "commit":
             sub.last_change = event.seq
         self.delivered += 1
+
+
+def _ahead(cursor: int, position: int) -> Ended:
+    return Ended(
+        "resync",
+        "cursor_ahead",
+        f"cursor {cursor} is ahead of this node's changes (last {position}): the database was restored "
+        "or replaced since the cursor was given; reload the tables' current rows, then subscribe without a cursor",
+        cursor=cursor,
+        last=position,
+    )
 
 
 def _expired(cursor: int, compacted: int) -> Ended:
