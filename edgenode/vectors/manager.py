@@ -107,7 +107,6 @@ class VectorManager(Component):
         )
         self.searcher = Searcher(self.registry.get, self.db, planner or PlannerSettings())
         self._feed_floor = _FeedFloor(self.registry)  # held here: the feed keeps consumers weakly
-        feed.add_consumer(self.db, self._feed_floor)
         self._listening = False
         self._waiting_for_db: str | None = None
 
@@ -122,6 +121,8 @@ class VectorManager(Component):
         self.changes.stopped = False
         if not self._listening:
             self.db.add_change_listener(self.changes.on_change)
+            # At start, not at construction: the database may be attached after (RetryingReads.inner).
+            feed.add_consumer(self.db, self._feed_floor)
             self._listening = True
         try:
             await self.registry.refresh()
