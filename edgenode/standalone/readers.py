@@ -24,7 +24,7 @@ import contextlib
 import logging
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 from edgenode import engine
@@ -192,38 +192,37 @@ class ReaderPool:
 
         timer = asyncio.get_running_loop().call_later(limit, expire)
         try:
-            result = await reader.call(fn, *args)
+            with self._giving_back(reader):
+                return await reader.call(fn, *args)
         except OwnerDied as exc:
-            self.replace(reader)
             if expired:
                 raise ReaderStopped(
                     f"interrupted: query ran longer than {limit * 1000:g} ms (query_timeout_ms)"
                 ) from exc
             raise
-        except asyncio.CancelledError:
-            self.replace(reader)  # ProcessOwner.call retired it: its reply would reach the next caller
-            raise
-        except BaseException:
-            self.put(reader)
-            raise
         finally:
             timer.cancel()
-        self.put(reader)
-        return result
 
-    def call_blocking(self, wait: float, limit: float, fn: Callable[..., T], *args: Any) -> T:
-        """fn(conn, *args) from a worker thread; wait at most `wait` s for a reader."""
-        reader = self.take_blocking(wait)
+    @contextlib.contextmanager
+    def _giving_back(self, reader: Reader) -> Iterator[None]:
+        """Gives `reader` back when the block ends: replaced when its process died, or when a
+        cancelled call retired it (ProcessOwner.call: its reply would reach the next caller), else
+        returned to the idle list."""
         try:
-            result = reader.call_blocking(limit, fn, *args)
-        except OwnerDied:
+            yield
+        except (OwnerDied, asyncio.CancelledError):
             self.replace(reader)
             raise
         except BaseException:
             self.put(reader)
             raise
         self.put(reader)
-        return result
+
+    def call_blocking(self, wait: float, limit: float, fn: Callable[..., T], *args: Any) -> T:
+        """fn(conn, *args) from a worker thread; wait at most `wait` s for a reader."""
+        reader = self.take_blocking(wait)
+        with self._giving_back(reader):
+            return reader.call_blocking(limit, fn, *args)
 
     @contextlib.asynccontextmanager
     async def lease(self) -> AsyncIterator[Reader]:
@@ -231,15 +230,8 @@ class ReaderPool:
         Raising OwnerDied (or being cancelled) inside gives the reader up for replacement."""
         async with self._leases:
             reader = await self.take()
-            try:
+            with self._giving_back(reader):
                 yield reader
-            except (OwnerDied, asyncio.CancelledError):
-                self.replace(reader)
-                raise
-            except BaseException:
-                self.put(reader)
-                raise
-            self.put(reader)
 
     async def schema_version(self, limit: float) -> int | None:
         """The file's schema cookie read on a reader; None when that reader died (cannot tell)."""
