@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -139,25 +140,9 @@ class ChangeStream:
 
         ended = self.ended
         if self.sub is not None:
-            serving = asyncio.create_task(self.hub.serve(self.sub, write, heartbeat))
-            watching = asyncio.create_task(disconnected())
-            try:
+            with contextlib.suppress(OSError):
                 await body(b": subscribed\n\n")
-                await asyncio.wait({serving, watching}, return_when=asyncio.FIRST_COMPLETED)
-            except OSError:
-                pass
-            finally:
-                self.hub.unsubscribe(self.sub)
-                watching.cancel()
-                if not serving.done():
-                    serving.cancel()
-            if watching.done() and not serving.done():
-                return
-            with contextlib.suppress(asyncio.CancelledError):
-                try:
-                    ended = await serving
-                except (TimeoutError, OSError):
-                    return  # cut off: it could not take even the reason; the server closes it
+            ended = await _serve_until_gone(self.hub, self.sub, write, heartbeat, disconnected)
         if ended is not None:
             with contextlib.suppress(TimeoutError, OSError):
                 async with asyncio.timeout(5):
@@ -214,22 +199,9 @@ def change_routes(hub: ChangeHub) -> list[BaseRoute]:
                 while (await websocket.receive())["type"] != "websocket.disconnect":
                     pass
 
-        serving = asyncio.create_task(hub.serve(sub, write, heartbeat))
-        watching = asyncio.create_task(disconnected())
-        try:
-            await asyncio.wait({serving, watching}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            hub.unsubscribe(sub)
-            watching.cancel()
-            if not serving.done():
-                serving.cancel()
-        if not serving.done() or serving.cancelled():
-            return
-        try:
-            ended = serving.result()
-        except (TimeoutError, OSError, WebSocketDisconnect, RuntimeError):
-            return
-        await _ws_end(websocket, {"event": ended.kind, **ended.body}, 1000)
+        ended = await _serve_until_gone(hub, sub, write, heartbeat, disconnected)
+        if ended is not None:
+            await _ws_end(websocket, {"event": ended.kind, **ended.body}, 1000)
 
     async def put_table(request: Request) -> Response:
         table = request.path_params["table"]
@@ -269,6 +241,32 @@ async def capture(db: Any, table: str) -> CaptureResponse:
             raise ApiError(400, "invalid_request", f"column {column!r} of {table!r} is not a plain identifier")
     await db.write(feed.capture_statements(table, list(columns), await feed.has_row_column(db)))
     return CaptureResponse(table, True, list(columns))
+
+
+async def _serve_until_gone(
+    hub: ChangeHub,
+    sub: Subscriber,
+    write: Callable[[Event], Awaitable[None]],
+    heartbeat: Callable[[], Awaitable[None]],
+    disconnected: Callable[[], Awaitable[None]],
+) -> Ended | None:
+    """Serve `sub` until its stream ends or its client goes; the reason to send last, or None when
+    there is nobody left to tell (the client left, or could not take even the reason). Both tasks
+    are awaited to the end, so a send that failed on a closed connection is never left unretrieved."""
+    serving = asyncio.create_task(hub.serve(sub, write, heartbeat))
+    watching = asyncio.create_task(disconnected())
+    try:
+        await asyncio.wait({serving, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hub.unsubscribe(sub)
+        gone = watching.done()
+        for task in (serving, watching):
+            task.cancel()
+        outcome = await asyncio.gather(serving, watching, return_exceptions=True)
+    ended = outcome[0]
+    if gone or not isinstance(ended, Ended):
+        return None  # cancelled, or a send failed: the server closes the connection
+    return ended
 
 
 async def _ws_end(websocket: WebSocket, body: dict[str, Any], code: int) -> None:
