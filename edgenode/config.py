@@ -60,6 +60,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_rows: Annotated[int, Doc("Most rows one query may return.")] = 10_000
     query_timeout_ms: Annotated[int, Doc("Longest a read query may run.")] = 5_000
     read_connections: Annotated[int, Doc("Reader processes in standalone mode (REST and Hrana share them).")] = 2
+    http_workers: Annotated[
+        int,
+        Doc(
+            "Processes serving HTTP (standalone): 1 = the node process alone; more adds workers sharing the "
+            "port that answer reads themselves and forward everything else to the node process."
+        ),
+    ] = 1
     sync_interval: Annotated[float, Doc("Seconds between replica syncs.")] = 1.0
     sync_timeout: Annotated[float, Doc("Seconds one sync may take.")] = 10.0
     max_lag: Annotated[float, Doc("Seconds of replica lag before /ready is 503.")] = 10.0
@@ -181,7 +188,14 @@ def _validate(settings: Settings) -> None:
         fail("port", "a TCP port between 1 and 65535", settings.port)
     if settings.profile not in PROFILES:
         fail("profile", "one of " + ", ".join(PROFILES), settings.profile)
-    positive_ints = ("max_body_bytes", "max_connections", "max_rows", "query_timeout_ms", "read_connections")
+    positive_ints = (
+        "max_body_bytes",
+        "max_connections",
+        "max_rows",
+        "query_timeout_ms",
+        "read_connections",
+        "http_workers",
+    )
     for name in (*positive_ints, "generation_max_frames"):
         if getattr(settings, name) <= 0:
             fail(name, "a positive integer", getattr(settings, name))

@@ -16,8 +16,11 @@ the body, forever: a few such clients would hold the server. `GuardedProtocol` a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import socket
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -147,15 +150,18 @@ def _peer(client: tuple[str, int] | None) -> str:
     return f"{client[0]}:{client[1]}" if client else "?"
 
 
-def run(app: Any, settings: Settings, error_body: ErrorBody, **options: Any) -> None:
-    """uvicorn.run with the guarded protocol and the settings' connection bound."""
+def run(
+    app: Any, settings: Settings, error_body: ErrorBody, sockets: list[socket.socket] | None = None, **options: Any
+) -> None:
+    """uvicorn.run with the guarded protocol and the settings' connection bound; on `sockets`
+    already bound (HTTP workers share one) instead of host and port when given."""
     protocol = functools.partial(
         GuardedProtocol,
         header_timeout=settings.header_timeout,
         body_timeout=settings.body_timeout,
         error_body=error_body,
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -164,3 +170,8 @@ def run(app: Any, settings: Settings, error_body: ErrorBody, **options: Any) -> 
         limit_concurrency=settings.max_connections,
         **options,
     )
+    server = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=sockets)
+    if not server.started:
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE, as uvicorn.run exits

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from edgenode.api.component import Component
     from edgenode.database import Database
+    from edgenode.http_workers.supervisor import HttpWorkers
     from edgenode.replica.database import ReplicaDatabase
     from edgenode.standalone import LocalDatabase
 
@@ -83,8 +84,16 @@ def _local(settings: Settings) -> LocalDatabase:
     )
 
 
-def build_node_app(settings: Settings) -> Starlette:
+def build_node_app(settings: Settings, workers: HttpWorkers | None = None) -> Starlette:
+    """The node's app; with `workers`, the owner of HTTP worker processes (their last component:
+    they start once everything else runs, and learn each schema change before it is acknowledged)."""
     from edgenode.api import create_app
 
     db, components = open_node(settings)
+    if workers is not None:
+        from edgenode.standalone import LocalDatabase
+
+        assert isinstance(db, LocalDatabase)  # the command refuses workers on a replica
+        db.schema_listeners.append(workers.epoch.publish)
+        components.append(workers)
     return create_app(settings, db, components=components)

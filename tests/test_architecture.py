@@ -96,6 +96,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "edgenode.frozen",
             "edgenode.commands",
             "edgenode.commands.",
+            "edgenode.http_workers",
+            "edgenode.http_workers.",
         ),
     ),
 ]

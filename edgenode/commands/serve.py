@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import click
 
 from edgenode.backup import HalfRestored
 from edgenode.cli import settings_options
 from edgenode.config import Settings
+
+if TYPE_CHECKING:
+    from edgenode.http_workers.supervisor import HttpWorkers
 
 
 def check_exposure(settings: Settings) -> None:
@@ -19,10 +23,18 @@ def check_exposure(settings: Settings) -> None:
         )
 
 
-def build_app(settings: Settings):
+def build_app(settings: Settings, workers: HttpWorkers | None = None):
     from edgenode.node import build_node_app
 
-    return build_node_app(settings)
+    return build_node_app(settings, workers)
+
+
+def check_http_workers(settings: Settings) -> None:
+    if settings.http_workers > 1 and settings.is_replica:
+        raise click.UsageError(
+            f"--http-workers {settings.http_workers}: a replica serves HTTP from one process for now "
+            "(HTTP workers answer reads from a standalone node's file); drop the flag or set it to 1."
+        )
 
 
 @click.command()
@@ -30,6 +42,7 @@ def build_app(settings: Settings):
 def serve(settings: Settings) -> None:
     """Run the node: REST API, Hrana and vector search over the local database."""
     check_exposure(settings)
+    check_http_workers(settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from edgenode.encryption import EncryptionError, check_start
 
@@ -47,14 +60,20 @@ def serve(settings: Settings) -> None:
 
     owner.warm_up()  # connection processes fork from it; it starts while the node imports
     startup.mark("imports")
+    workers = None
+    if settings.http_workers > 1:
+        from edgenode.http_workers.supervisor import HttpWorkers
+
+        workers = HttpWorkers.prepare(settings)
     try:
-        app = build_app(settings)
+        app = build_app(settings, workers)
     except HalfRestored as exc:
         raise click.ClickException(str(exc)) from exc
     startup.mark("app_built")
     from edgenode import http_server
 
-    http_server.run(app, settings, error_body, access_log=False)
+    sockets = workers.sockets if workers is not None else None
+    http_server.run(app, settings, error_body, sockets=sockets, access_log=False)
 
 
 def error_body(path: str, code: str, message: str) -> bytes:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,8 @@ class LocalDatabase(Database):
         self.commits = GroupCommitter(self._writer, self._write_lock, self._after_group)
         self.analyzer: StatementAnalyzer | None = None
         self._schema_version: int | None = None  # the file's schema cookie the mirror was built from
+        # Told each new mirror's version before the change that made it is acknowledged (HTTP workers).
+        self.schema_listeners: list[Callable[[int], None]] = []
         self.schema_refreshes = 0
         self.started = False
 
@@ -77,6 +79,7 @@ class LocalDatabase(Database):
             self.migration_report = await self._writer.call(engine.migrate_local, self.sql_dir)
         self._schema_version, schema = await self._writer.call(engine.read_versioned_schema)
         self.analyzer = StatementAnalyzer(lambda: schema)
+        self._tell_schema(self._schema_version)
         await self.readers.start()
         self.started = True
 
@@ -98,6 +101,11 @@ class LocalDatabase(Database):
             await asyncio.to_thread(analyzer.refresh)
         self._schema_version = version
         self.schema_refreshes += 1
+        self._tell_schema(version)
+
+    def _tell_schema(self, version: int) -> None:
+        for listener in self.schema_listeners:
+            listener(version)
 
     async def refresh_schema_if_changed(self) -> bool:
         """After a statement failed analysis ("no such table"): rebuild the mirror only when the file's

@@ -1,0 +1,145 @@
+"""The owner's side of HTTP workers: the shared sockets, and worker processes kept running.
+
+`HttpWorkers.prepare(settings)` binds the TCP listening socket (the owner's uvicorn serves it and
+every worker inherits it: one accept queue, which the kernel shares out on Linux and macOS alike,
+where SO_REUSEPORT would not balance on macOS) and a unix socket in a private temporary directory,
+on which the owner serves the requests workers forward. As the node's last component it starts
+`http_workers - 1` workers once everything else runs, restarts one that exits (a `kill -9` costs
+its in-flight reads only), and stops them before the node stops. Workers stop by themselves when
+the owner dies (`edgenode.lifeline`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import msgspec
+import uvicorn
+from starlette.routing import BaseRoute
+
+from edgenode import lifeline
+from edgenode.api.component import Component
+from edgenode.config import Settings
+from edgenode.http_workers.epoch import SchemaEpoch
+
+log = logging.getLogger(__name__)
+
+# What the owner hands a worker (the settings carry tokens: never on the command line).
+SETTINGS_ENV = "EDGENODE_WORKER_SETTINGS"
+LISTEN_FD_ENV = "EDGENODE_WORKER_LISTEN_FD"
+EPOCH_FD_ENV = "EDGENODE_WORKER_EPOCH_FD"
+OWNER_SOCKET_ENV = "EDGENODE_WORKER_OWNER_SOCKET"
+
+_POLL_SECONDS = 0.2
+_RESTART_PAUSE = 1.0  # a worker that dies within this long of starting waits as long before the next
+_STOP_SECONDS = 10.0
+
+
+class HttpWorkers(Component):
+    name = "http_workers"
+
+    def __init__(self, settings: Settings, listener: socket.socket, owner_dir: str, epoch: SchemaEpoch) -> None:
+        self.settings = settings
+        self.count = settings.http_workers - 1
+        self.listener = listener
+        self.owner_dir = owner_dir
+        self.owner_socket_path = os.path.join(owner_dir, "owner.sock")
+        self.owner_socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.owner_socket.bind(self.owner_socket_path)
+        self.owner_socket.listen(2048)
+        self.epoch = epoch
+        self.processes: list[subprocess.Popen[bytes] | None] = [None] * self.count
+        self.started_at: list[float] = [0.0] * self.count
+        self.restarts = 0
+        self._monitor: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @classmethod
+    def prepare(cls, settings: Settings) -> HttpWorkers:
+        config = uvicorn.Config(app=None, host=settings.host, port=settings.port)
+        listener = config.bind_socket()
+        owner_dir = tempfile.mkdtemp(prefix="edgenode-http-")  # 0700: only this user may forward
+        return cls(settings, listener, owner_dir, SchemaEpoch.create())
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """What the owner's HTTP server listens on."""
+        return [self.listener, self.owner_socket]
+
+    def routes(self) -> list[BaseRoute]:
+        return []
+
+    async def start(self) -> None:
+        for index in range(self.count):
+            await self._spawn(index)
+        self._monitor = asyncio.create_task(self._watch(), name="http-workers")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        await asyncio.to_thread(self._stop_all)
+        shutil.rmtree(self.owner_dir, ignore_errors=True)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "workers": self.count,
+            "pids": [p.pid for p in self.processes if p is not None and p.poll() is None],
+            "restarts": self.restarts,
+        }
+
+    async def _spawn(self, index: int) -> None:
+        env = {
+            **os.environ,
+            SETTINGS_ENV: msgspec.json.encode(self.settings).decode(),
+            LISTEN_FD_ENV: str(self.listener.fileno()),
+            EPOCH_FD_ENV: str(self.epoch.fd),
+            OWNER_SOCKET_ENV: self.owner_socket_path,
+        }
+        args = [sys.executable, "-m", "edgenode.http_workers.worker"]
+        fds = (self.listener.fileno(), self.epoch.fd)
+        process = await asyncio.to_thread(subprocess.Popen, args, pass_fds=fds, **lifeline.child_options(env))
+        self.processes[index] = process
+        self.started_at[index] = time.monotonic()
+        log.info("http worker %d started (pid %d)", index + 1, process.pid)
+
+    async def _watch(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(_POLL_SECONDS)
+            for index, process in enumerate(self.processes):
+                if process is None or process.poll() is None or self._stopping:
+                    continue
+                code = process.returncode
+                log.warning("http worker %d (pid %d) exited with %s; restarting it", index + 1, process.pid, code)
+                if time.monotonic() - self.started_at[index] < _RESTART_PAUSE:
+                    await asyncio.sleep(_RESTART_PAUSE)
+                self.restarts += 1
+                await self._spawn(index)
+
+    def _stop_all(self) -> None:
+        live = [p for p in self.processes if p is not None and p.poll() is None]
+        for process in live:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + _STOP_SECONDS
+        for process in live:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.stdin is not None:
+                process.stdin.close()

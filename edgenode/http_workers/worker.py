@@ -1,0 +1,83 @@
+"""An HTTP worker process: `python -m edgenode.http_workers.worker`, started by `supervisor.py`.
+
+It accepts on the listening socket it inherited from the owner, answers the hot read paths from
+its own reader processes (`dispatch.py`) and forwards the rest to the owner's unix socket. It
+holds no write and no stream state, so `kill -9` loses nothing: the owner starts another. It stops
+when the owner is gone (`edgenode.lifeline`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+import msgspec
+from starlette.routing import BaseRoute
+
+from edgenode import lifeline, owner
+from edgenode.api.component import Component
+from edgenode.config import Settings
+from edgenode.http_workers.forward import OwnerLink
+from edgenode.http_workers.supervisor import EPOCH_FD_ENV, LISTEN_FD_ENV, OWNER_SOCKET_ENV, SETTINGS_ENV
+
+
+class OwnerLinkComponent(Component):
+    """Closes the worker's pooled connections to the owner when the worker stops."""
+
+    name = "owner_link"
+
+    def __init__(self, link: OwnerLink) -> None:
+        self.link = link
+
+    def routes(self) -> list[BaseRoute]:
+        return []
+
+    async def stop(self) -> None:
+        await self.link.aclose()
+
+    def status(self) -> dict[str, Any]:
+        return {"forwarded": self.link.forwarded}
+
+
+def main() -> None:
+    lifeline.watch()
+    settings = msgspec.json.decode(os.environ.pop(SETTINGS_ENV), type=Settings)
+    listen_fd = int(os.environ.pop(LISTEN_FD_ENV))
+    epoch_fd = int(os.environ.pop(EPOCH_FD_ENV))
+    owner_socket = os.environ.pop(OWNER_SOCKET_ENV)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per forwarded request otherwise
+    owner.warm_up()  # reader processes fork from it
+
+    from edgenode import http_server
+    from edgenode.api import create_app
+    from edgenode.commands.serve import error_body
+    from edgenode.encryption import load_key
+    from edgenode.hrana_node.component import HranaComponent
+    from edgenode.http_workers.database import ReadOnlyLocalDatabase
+    from edgenode.http_workers.dispatch import Dispatcher
+    from edgenode.http_workers.epoch import SchemaEpoch
+    from edgenode.pragmas import select_profile
+
+    db = ReadOnlyLocalDatabase(
+        settings.data_path,
+        select_profile(settings.profile, data_dir=settings.data_path),
+        SchemaEpoch(epoch_fd),
+        readers=settings.read_connections,
+        max_rows=settings.max_rows,
+        timeout_ms=settings.query_timeout_ms,
+        encryption_key=load_key(settings),
+    )
+    link = OwnerLink(owner_socket, error_body)
+    app = create_app(settings, db, components=[HranaComponent(settings, db), OwnerLinkComponent(link)])
+    dispatcher = Dispatcher(app, db, link, settings.max_body_bytes)
+    listener = socket.socket(fileno=listen_fd)
+    http_server.run(dispatcher, settings, error_body, access_log=False, sockets=[listener])
+
+
+if __name__ == "__main__":
+    main()
