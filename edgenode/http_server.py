@@ -21,7 +21,7 @@ import functools
 import logging
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvicorn
@@ -150,11 +150,28 @@ def _peer(client: tuple[str, int] | None) -> str:
     return f"{client[0]}:{client[1]}" if client else "?"
 
 
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, before_shutdown: Callable[[], Awaitable[None]] | None) -> None:
+        super().__init__(config)
+        self._before_shutdown = before_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._before_shutdown is not None:
+            await self._before_shutdown()
+        await super().shutdown(sockets)
+
+
 def run(
-    app: Any, settings: Settings, error_body: ErrorBody, sockets: list[socket.socket] | None = None, **options: Any
+    app: Any,
+    settings: Settings,
+    error_body: ErrorBody,
+    sockets: list[socket.socket] | None = None,
+    before_shutdown: Callable[[], Awaitable[None]] | None = None,
+    **options: Any,
 ) -> None:
     """uvicorn.run with the guarded protocol and the settings' connection bound; on `sockets`
-    already bound (HTTP workers share one) instead of host and port when given."""
+    already bound (HTTP workers share one) instead of host and port when given. `before_shutdown`
+    runs when a graceful stop begins, while the server still serves (HTTP workers drain first)."""
     protocol = functools.partial(
         GuardedProtocol,
         header_timeout=settings.header_timeout,
@@ -170,7 +187,7 @@ def run(
         limit_concurrency=settings.max_connections,
         **options,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config, before_shutdown)
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=sockets)
     if not server.started:

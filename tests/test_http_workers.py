@@ -280,3 +280,24 @@ def test_a_replica_refuses_more_than_one_http_process(tmp_path: Path) -> None:
     args += ["--primary-url", "http://127.0.0.1:9", "--http-workers", "2"]
     done = subprocess.run(args, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--http-workers 2" in done.stderr, done.stderr
+
+
+def test_a_graceful_stop_ends_the_workers_first_even_with_a_change_stream_open(tmp_path: Path) -> None:
+    proc = _start(tmp_path)
+    (pid,) = _worker_pids(proc.url)
+    assert _execute(proc.url, "CREATE TABLE w (id INTEGER PRIMARY KEY)").is_success
+    assert httpx.put(proc.url + "/api/v1/changes/tables/w", headers=_auth(), timeout=10).is_success
+    with httpx.Client(timeout=30) as client:
+        for _ in range(60):
+            request = client.build_request("GET", proc.url + "/api/v1/changes", params={"tables": "w"}, headers=_auth())
+            sse = client.send(request, stream=True)
+            if WORKER in sse.headers:
+                break
+            sse.close()
+        else:
+            raise AssertionError("no SSE stream landed on a worker")
+        started = time.monotonic()
+        assert proc.stop() in (0, -signal.SIGTERM), proc.log()  # uvicorn re-raises the signal it stopped on
+        assert time.monotonic() - started < 8, "a change stream through a worker held the stop"
+        sse.close()
+    assert not _alive(pid)

@@ -72,8 +72,12 @@ def serve(settings: Settings) -> None:
     startup.mark("app_built")
     from edgenode import http_server
 
-    sockets = workers.sockets if workers is not None else None
-    http_server.run(app, settings, error_body, sockets=sockets, access_log=False)
+    if workers is None:
+        http_server.run(app, settings, error_body, access_log=False)
+    else:
+        http_server.run(
+            app, settings, error_body, sockets=workers.sockets, before_shutdown=workers.drain, access_log=False
+        )
 
 
 def error_body(path: str, code: str, message: str) -> bytes:

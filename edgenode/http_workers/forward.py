@@ -19,6 +19,8 @@ from starlette.types import Message, Receive, Scope, Send
 from websockets.asyncio.client import ClientConnection, unix_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from edgenode.http_server import STREAMING_KEY
+
 log = logging.getLogger(__name__)
 
 # Headers about this hop only (RFC 9110 §7.6.1), and those the WebSocket client sets itself.
@@ -86,6 +88,10 @@ class OwnerLink:
             log.warning("http worker: the owner process could not be reached: %s", exc)
             await self._unavailable(scope, send)
             return
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            # Streams until its client leaves: a graceful stop of this worker ends it (the client
+            # resumes from its cursor) rather than waiting for it.
+            scope[STREAMING_KEY] = True
         try:
             await send(
                 {

@@ -85,13 +85,18 @@ class HttpWorkers(Component):
             await self._spawn(index)
         self._monitor = asyncio.create_task(self._watch(), name="http-workers")
 
-    async def stop(self) -> None:
+    async def drain(self) -> None:
+        """Stop the workers gracefully while the owner still serves what they forward: run when the
+        owner's graceful stop begins, before its server stops taking connections."""
         self._stopping = True
         if self._monitor is not None:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor
         await asyncio.to_thread(self._stop_all)
+
+    async def stop(self) -> None:
+        await self.drain()
         shutil.rmtree(self.owner_dir, ignore_errors=True)
 
     def status(self) -> dict[str, Any]:
@@ -130,7 +135,8 @@ class HttpWorkers(Component):
                 await self._spawn(index)
 
     def _stop_all(self) -> None:
-        live = [p for p in self.processes if p is not None and p.poll() is None]
+        started = [p for p in self.processes if p is not None]
+        live = [p for p in started if p.poll() is None]
         for process in live:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
@@ -139,7 +145,9 @@ class HttpWorkers(Component):
             try:
                 process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                log.warning("http worker (pid %d) did not stop within %g s; killed", process.pid, _STOP_SECONDS)
                 process.kill()
                 process.wait()
+        for process in started:
             if process.stdin is not None:
                 process.stdin.close()
