@@ -301,3 +301,29 @@ def test_a_graceful_stop_ends_the_workers_first_even_with_a_change_stream_open(t
         assert time.monotonic() - started < 8, "a change stream through a worker held the stop"
         sse.close()
     assert not _alive(pid)
+
+
+def test_a_hrana_read_that_leaves_its_stream_open_ends_it_in_a_worker(node: Proc) -> None:
+    response = _until_worker(lambda: _pipeline(node.url, [_stmt("SELECT 42")]))
+    assert _served_by(response) == "worker", response.headers
+    body = response.json()
+    assert body["baton"] is None, "a worker's stream ends with its request: the client opens a new one"
+    assert body["results"][0]["response"]["result"]["rows"] == [[{"type": "integer", "value": "42"}]]
+
+
+def test_the_libsql_client_reads_writes_and_uses_transactions_across_processes(node: Proc) -> None:
+    import libsql
+
+    conn = libsql.connect(node.url, auth_token=RW)
+    conn.execute("CREATE TABLE remote (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.commit()
+    for i in range(40):
+        conn.execute("INSERT INTO remote (id, v) VALUES (?, ?)", (i, f"r{i}"))
+        conn.commit()
+        assert conn.execute("SELECT v FROM remote WHERE id = ?", (i,)).fetchall() == [(f"r{i}",)]
+        assert conn.execute("SELECT count(*) FROM remote").fetchall() == [(i + 1,)]
+    conn.execute("BEGIN")
+    conn.execute("INSERT INTO remote (id, v) VALUES (1000, 'rolled back')")
+    assert conn.execute("SELECT count(*) FROM remote").fetchall() == [(41,)]
+    conn.execute("ROLLBACK")
+    assert conn.execute("SELECT count(*) FROM remote").fetchall() == [(40,)]

@@ -102,8 +102,12 @@ class HranaServer:
         max_body_bytes: int | None = None,
         on_request: Callable[[str], None] | None = None,
         on_error: Callable[[str], None] | None = None,
+        stateless: bool = False,
     ):
         self.backend = backend
+        # Every pipeline's stream ends with its request (the response's baton is null, which tells
+        # the client the stream is closed): for a host whose streams may not outlive a request.
+        self.stateless = stateless
         self.authenticate = authenticate
         self.idle_timeout = idle_timeout
         self.transaction_timeout = transaction_timeout
@@ -447,6 +451,9 @@ class HranaServer:
                 else:
                     self._note_transaction(stream, started)
                     results = msgspec.json.encode(answered)
+                if self.stateless and stream.ctx.session is not None:
+                    if await stream.ctx.try_handle(p.CloseReq()) is None:
+                        await anyio.to_thread.run_sync(stream.ctx.close)
             except BaseException:
                 self._discard(stream)
                 raise

@@ -23,7 +23,9 @@ from edgenode.metrics import NodeMetrics
 class HranaComponent(Component):
     name = "hrana"
 
-    def __init__(self, settings: Settings, db: Database, authenticator: Authenticator | None = None) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, authenticator: Authenticator | None = None, *, stateless: bool = False
+    ) -> None:
         self.settings = settings
         self.db = db
         self.authenticator = authenticator or Authenticator.from_settings(
@@ -40,6 +42,7 @@ class HranaComponent(Component):
             max_body_bytes=settings.max_body_bytes,
             on_request=self._on_request,
             on_error=self._on_error,
+            stateless=stateless,  # an HTTP worker's: its streams end with their request
         )
 
     def _authenticate(self, request: Request) -> Access:

@@ -3,11 +3,13 @@
 Answered here, from the worker's own readers (`database.py`), with the same checks and limits as
 on the owner:
 - REST `POST /api/v1/query` (a read by construction: `prepare_read` refuses anything else);
-- a Hrana pipeline (`/v2/pipeline`, `/v3/pipeline`) that opens no stream state: no baton, a
-  `close` last, and otherwise only `execute`/`batch` of plain reads (no transaction control, no
-  stream PRAGMA, no stored SQL) or `get_autocommit`. Its stream opens and closes inside the
-  request, so every baton a client ever holds is the owner's and its next request, wherever it
-  lands, is forwarded to the stream's process.
+- a Hrana pipeline (`/v2/pipeline`, `/v3/pipeline`) that opens a stream (no baton) and only
+  reads: `execute`/`batch` of plain reads (no transaction control, no stream PRAGMA, no stored
+  SQL), `get_autocommit`, `close`. The worker's Hrana server is stateless: the stream ends with
+  the request (a null baton in the response, which tells the client its stream is closed; its next
+  request opens a new one, in the same state: a stream that only read in autocommit holds nothing).
+  So every baton a client ever holds is the owner's, and a request carrying one is forwarded to it,
+  wherever it lands.
 Everything else is forwarded (`forward.py`): writes, Hrana streams, cursors, change streams and
 WebSockets, vectors, text, status, metrics, backups, health.
 
@@ -90,22 +92,21 @@ class Dispatcher:
 
 
 def stateless_reads(body: bytes, analyzer: StatementAnalyzer) -> bool:
-    """Whether a pipeline leaves no stream behind and only reads (see the module docstring)."""
+    """Whether a pipeline opens a stream and only reads (see the module docstring)."""
     try:
         pipeline = msgspec.json.decode(body, type=p.PipelineReqBody)
     except msgspec.ValidationError:
         return False
     except msgspec.DecodeError:
         return False
-    requests = pipeline.requests
-    if pipeline.baton is not None or not requests or not isinstance(requests[-1], p.CloseReq):
+    if pipeline.baton is not None or not pipeline.requests:
         return False
-    for request in requests[:-1]:
+    for request in pipeline.requests:
         if isinstance(request, p.ExecuteReq):
             stmts = [request.stmt]
         elif isinstance(request, p.BatchReq):
             stmts = [step.stmt for step in request.batch.steps]
-        elif isinstance(request, p.GetAutocommitReq):
+        elif isinstance(request, (p.GetAutocommitReq, p.CloseReq)):
             continue
         else:
             return False

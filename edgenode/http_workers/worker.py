@@ -73,7 +73,7 @@ def main() -> None:
         encryption_key=load_key(settings),
     )
     link = OwnerLink(owner_socket, error_body)
-    app = create_app(settings, db, components=[HranaComponent(settings, db), OwnerLinkComponent(link)])
+    app = create_app(settings, db, components=[HranaComponent(settings, db, stateless=True), OwnerLinkComponent(link)])
     dispatcher = Dispatcher(app, db, link, settings.max_body_bytes)
     listener = socket.socket(fileno=listen_fd)
     http_server.run(dispatcher, settings, error_body, access_log=False, sockets=[listener])
