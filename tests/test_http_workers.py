@@ -327,3 +327,11 @@ def test_the_libsql_client_reads_writes_and_uses_transactions_across_processes(n
     assert conn.execute("SELECT count(*) FROM remote").fetchall() == [(41,)]
     conn.execute("ROLLBACK")
     assert conn.execute("SELECT count(*) FROM remote").fetchall() == [(40,)]
+
+
+def test_a_cursor_is_streamed_through_a_worker_from_the_owner(node: Proc) -> None:
+    batch = {"steps": [{"stmt": {"sql": "SELECT 1 UNION ALL SELECT 2"}}]}
+    response = _until_worker(lambda: _post(node.url, "/v3/cursor", {"baton": None, "batch": batch}))
+    assert response.status_code == 200 and response.headers[WORKER].endswith("forwarded"), response.text
+    entries = [json.loads(line) for line in response.text.splitlines()]
+    assert entries[0]["baton"] and [e["type"] for e in entries[1:]][:2] == ["step_begin", "row"], entries
