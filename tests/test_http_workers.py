@@ -335,3 +335,28 @@ def test_a_cursor_is_streamed_through_a_worker_from_the_owner(node: Proc) -> Non
     assert response.status_code == 200 and response.headers[WORKER].endswith("forwarded"), response.text
     entries = [json.loads(line) for line in response.text.splitlines()]
     assert entries[0]["baton"] and [e["type"] for e in entries[1:]][:2] == ["step_begin", "row"], entries
+
+
+def test_large_and_chunked_request_bodies_are_forwarded_whole(node: Proc) -> None:
+    assert _execute(node.url, "CREATE TABLE blobs (id INTEGER PRIMARY KEY, v TEXT)").is_success
+    big = "x" * 300_000
+    counter = iter(range(1, 1000))
+
+    def sized() -> httpx.Response:
+        return _execute(node.url, ("INSERT INTO blobs (id, v) VALUES (?, ?)", [next(counter), big]))
+
+    response = _until_worker(sized)
+    assert response.status_code == 200 and response.headers[WORKER].endswith("forwarded"), response.text
+
+    def chunked() -> httpx.Response:
+        payload = json.dumps(
+            {"statements": [{"sql": "INSERT INTO blobs (id, v) VALUES (?, ?)", "params": [next(counter), big]}]}
+        ).encode()
+        parts = (payload[i : i + 65_536] for i in range(0, len(payload), 65_536))  # no length: chunked
+        headers = {**_auth(), "content-type": "application/json"}
+        return httpx.post(node.url + "/api/v1/execute", content=parts, headers=headers, timeout=30)
+
+    response = _until_worker(chunked)
+    assert response.status_code == 200, response.text
+    lengths = _query(node.url, "SELECT count(*), min(length(v)), max(length(v)) FROM blobs").json()["rows"]
+    assert lengths[0][1:] == [300_000, 300_000], lengths
