@@ -56,12 +56,10 @@ class ReadOnlyLocalDatabase(LocalDatabase):
         self._schema_version = version
         self.schema_refreshes += 1
 
-    async def follow_owner(self) -> None:
-        """Rebuild the mirror if the owner published a schema version other than the mirror's."""
-        published = self.epoch.read()
+    def behind_owner(self) -> bool:
+        """Whether the owner published a newer schema than this mirror's (a memory read)."""
         # Newer only: a mirror rebuilt here after a "no such table" may be ahead of the owner's.
-        if self._schema_version is None or published > self._schema_version:
-            await self.refresh_schema()
+        return self._schema_version is None or self.epoch.read() > self._schema_version
 
     async def migration_status(self) -> list[dict[str, Any]]:
         _refuse()

@@ -72,7 +72,8 @@ class Dispatcher:
         path = scope["path"]
         if scope["method"] == "POST" and self.db.started:
             if path == QUERY_PATH:
-                await self.db.follow_owner()
+                if self.db.behind_owner():
+                    await self.db.refresh_schema()
                 self.served += 1
                 await self.local(scope, receive, self._naming(send, self._answered))
                 return
@@ -80,7 +81,8 @@ class Dispatcher:
                 body, complete = await _read_body(receive, self.max_body_bytes)
                 replay = _replaying(body, complete, receive)
                 if complete:
-                    await self.db.follow_owner()
+                    if self.db.behind_owner():
+                        await self.db.refresh_schema()
                     analyzer = self.db.analyzer
                     if analyzer is not None and stateless_reads(body, analyzer):
                         self.served += 1
