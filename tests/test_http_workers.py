@@ -366,3 +366,18 @@ def test_large_and_chunked_request_bodies_are_forwarded_whole(node: Proc) -> Non
     assert response.status_code == 200, response.text
     lengths = _query(node.url, "SELECT count(*), min(length(v)), max(length(v)) FROM blobs").json()["rows"]
     assert lengths[0][1:] == [300_000, 300_000], lengths
+
+
+def test_a_worker_reads_an_encrypted_database(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("workers-test-key-0123456789abcdef\n")
+    args = ["serve", "--data-dir", str(tmp_path / "data"), "--no-migrate", "--http-workers", "2"]
+    args += ["--encryption-key-file", str(key_file), "--allow-plaintext-derived"]
+    proc = start(args, tmp_path, "encrypted", ready_path="/ready")
+    try:
+        assert _execute(proc.url, "CREATE TABLE secret (v TEXT)", ("INSERT INTO secret VALUES (?)", ["s"])).is_success
+        response = _until_worker(lambda: _query(proc.url, "SELECT v FROM secret"), tries=400)
+        assert response.json()["rows"] == [["s"]], response.text
+    finally:
+        proc.stop()
+    assert b"SQLite format 3" not in (tmp_path / "data" / "edgenode.db").read_bytes()[:16]
