@@ -40,6 +40,7 @@ SETTINGS_ENV = "EDGENODE_WORKER_SETTINGS"
 LISTEN_FD_ENV = "EDGENODE_WORKER_LISTEN_FD"
 EPOCH_FD_ENV = "EDGENODE_WORKER_EPOCH_FD"
 OWNER_SOCKET_ENV = "EDGENODE_WORKER_OWNER_SOCKET"
+READY_FD_ENV = "EDGENODE_WORKER_READY_FD"  # the worker writes a byte there once it is about to accept
 
 _POLL_SECONDS = 0.2
 _RESTART_PAUSE = 1.0  # a worker that dies within this long of starting waits as long before the next
@@ -62,6 +63,8 @@ class HttpWorkers(Component):
         self.processes: list[subprocess.Popen[bytes] | None] = [None] * self.count
         self.started_at: list[float] = [0.0] * self.count
         self.restarts = 0
+        self._ready_pipes: list[int | None] = [None] * self.count
+        self._ever_ready = [False] * self.count
         self._monitor: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -97,7 +100,14 @@ class HttpWorkers(Component):
 
     async def stop(self) -> None:
         await self.drain()
+        for index in range(self.count):
+            self._close_ready_pipe(index)
         shutil.rmtree(self.owner_dir, ignore_errors=True)
+
+    def not_ready_reason(self) -> str | None:
+        # Until each worker first accepts, the node serves with less than its configured capacity.
+        waiting = self._ever_ready.count(False)
+        return f"{waiting} of {self.count} HTTP worker(s) still starting" if waiting else None
 
     def status(self) -> dict[str, Any]:
         return {
@@ -114,16 +124,43 @@ class HttpWorkers(Component):
             EPOCH_FD_ENV: str(self.epoch.fd),
             OWNER_SOCKET_ENV: self.owner_socket_path,
         }
+        ready_read, ready_write = os.pipe()
+        os.set_blocking(ready_read, False)
+        env[READY_FD_ENV] = str(ready_write)
         args = [sys.executable, "-m", "edgenode.http_workers.worker"]
-        fds = (self.listener.fileno(), self.epoch.fd)
-        process = await asyncio.to_thread(subprocess.Popen, args, pass_fds=fds, **lifeline.child_options(env))
+        fds = (self.listener.fileno(), self.epoch.fd, ready_write)
+        try:
+            process = await asyncio.to_thread(subprocess.Popen, args, pass_fds=fds, **lifeline.child_options(env))
+        finally:
+            os.close(ready_write)
+        self._close_ready_pipe(index)
+        self._ready_pipes[index] = ready_read
         self.processes[index] = process
         self.started_at[index] = time.monotonic()
         log.info("http worker %d started (pid %d)", index + 1, process.pid)
 
+    def _check_ready(self, index: int) -> None:
+        fd = self._ready_pipes[index]
+        if fd is None:
+            return
+        try:
+            said = os.read(fd, 1)
+        except BlockingIOError:
+            return
+        if said:
+            self._ever_ready[index] = True
+        self._close_ready_pipe(index)  # a byte, or EOF: the worker exited before it was ready
+
+    def _close_ready_pipe(self, index: int) -> None:
+        fd, self._ready_pipes[index] = self._ready_pipes[index], None
+        if fd is not None:
+            os.close(fd)
+
     async def _watch(self) -> None:
         while not self._stopping:
-            await asyncio.sleep(_POLL_SECONDS)
+            await asyncio.sleep(_POLL_SECONDS if all(self._ever_ready) else 0.02)
+            for index in range(self.count):
+                self._check_ready(index)
             for index, process in enumerate(self.processes):
                 if process is None or process.poll() is None or self._stopping:
                     continue

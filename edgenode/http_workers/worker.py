@@ -20,19 +20,31 @@ from edgenode import lifeline, owner
 from edgenode.api.component import Component
 from edgenode.config import Settings
 from edgenode.http_workers.forward import OwnerLink
-from edgenode.http_workers.supervisor import EPOCH_FD_ENV, LISTEN_FD_ENV, OWNER_SOCKET_ENV, SETTINGS_ENV
+from edgenode.http_workers.supervisor import (
+    EPOCH_FD_ENV,
+    LISTEN_FD_ENV,
+    OWNER_SOCKET_ENV,
+    READY_FD_ENV,
+    SETTINGS_ENV,
+)
 
 
 class OwnerLinkComponent(Component):
-    """Closes the worker's pooled connections to the owner when the worker stops."""
+    """Tells the owner this worker is ready (the last step of its start: the server accepts right
+    after), and closes the worker's connections to the owner when it stops."""
 
     name = "owner_link"
 
-    def __init__(self, link: OwnerLink) -> None:
+    def __init__(self, link: OwnerLink, ready_fd: int) -> None:
         self.link = link
+        self.ready_fd = ready_fd
 
     def routes(self) -> list[BaseRoute]:
         return []
+
+    async def start(self) -> None:
+        os.write(self.ready_fd, b"1")
+        os.close(self.ready_fd)
 
     async def stop(self) -> None:
         await self.link.aclose()
@@ -47,6 +59,7 @@ def main() -> None:
     listen_fd = int(os.environ.pop(LISTEN_FD_ENV))
     epoch_fd = int(os.environ.pop(EPOCH_FD_ENV))
     owner_socket = os.environ.pop(OWNER_SOCKET_ENV)
+    ready_fd = int(os.environ.pop(READY_FD_ENV))
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s"
     )
@@ -73,7 +86,8 @@ def main() -> None:
         encryption_key=load_key(settings),
     )
     link = OwnerLink(owner_socket, error_body)
-    app = create_app(settings, db, components=[HranaComponent(settings, db, stateless=True), OwnerLinkComponent(link)])
+    components = [HranaComponent(settings, db, stateless=True), OwnerLinkComponent(link, ready_fd)]
+    app = create_app(settings, db, components=components)
     dispatcher = Dispatcher(app, db, link, settings.max_body_bytes)
     listener = socket.socket(fileno=listen_fd)
     http_server.run(dispatcher, settings, error_body, access_log=False, sockets=[listener])
