@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy(tmp / "hrana.db", tmp / "turso.db")
         turso = hrana.TursoServer(tmp / "turso.db", tmp / "turso.log")
         try:
-            for workers in args.workers.split(","):
-                rest_dir, hrana_dir = tmp / f"rest-{workers}", tmp / f"hrana-{workers}"
+            for round_, workers in enumerate(args.workers.split(",")):
+                rest_dir, hrana_dir = tmp / f"rest-{round_}", tmp / f"hrana-{round_}"
                 hrana_dir.mkdir()
                 shutil.copy(tmp / "hrana.db", hrana_dir / "edgenode.db")
                 node = NodeProcess(["serve", "--data-dir", str(rest_dir), "--http-workers", workers], tmp / "rest.log")
