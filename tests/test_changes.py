@@ -343,6 +343,46 @@ def test_subscriptions_are_checked_against_the_schema_and_the_token(node: Proc, 
     assert time.monotonic() - started < 8
 
 
+def test_capture_refuses_tables_its_triggers_would_break_and_takes_the_schemas_spelling(node: Proc) -> None:
+    with httpx.Client(base_url=node.url, headers=_auth(RW), timeout=30) as client:
+        _execute(
+            client,
+            "CREATE TABLE IF NOT EXISTS keyed (k TEXT PRIMARY KEY, v TEXT) WITHOUT ROWID",
+            "CREATE VIRTUAL TABLE IF NOT EXISTS docs_fts USING fts5(body)",
+            "CREATE VIEW IF NOT EXISTS a_view AS SELECT id FROM a",
+            "CREATE TABLE IF NOT EXISTS Mixed (id INTEGER PRIMARY KEY, v TEXT)",
+            'CREATE TABLE IF NOT EXISTS "with space" (id INTEGER PRIMARY KEY)',
+        )
+        # Once captured, a WITHOUT ROWID table refused every write (no new.rowid); the writer
+        # process crashed on a write to an FTS5 table whose shadow table was captured.
+        for table, says in [
+            ("keyed", "WITHOUT ROWID"),
+            ("docs_fts", "virtual table"),
+            ("docs_fts_data", "shadow table"),
+            ("a_view", "a view"),
+            ("with space", "letters, digits and _"),
+            ("SQLITE_SCHEMA", "internal"),
+        ]:
+            response = client.put(f"/api/v1/changes/tables/{table}")
+            assert response.status_code == 400, (table, response.text)
+            assert says in response.json()["error"]["message"], (table, response.text)
+        _execute(client, ("INSERT INTO keyed VALUES (?, ?)", ["k", "v"]), ("INSERT INTO docs_fts VALUES (?)", ["x"]))
+
+        # SQLite names are case-insensitive: any spelling captures (and follows) the schema's one.
+        for spelling in ("mixed", "MIXED"):
+            response = client.put(f"/api/v1/changes/tables/{spelling}")
+            assert response.status_code == 200, response.text
+            assert response.json()["table"] == "Mixed"
+        captured = client.get("/api/v1/changes/tables").json()["tables"]
+        assert "Mixed" in captured and "mixed" not in captured and "MIXED" not in captured
+        start_at = _position(node.url)
+        _execute(client, ("INSERT INTO mixed (id, v) VALUES (?, ?)", [1, "one"]))
+    sub = Subscriber(node.url, {"mIxEd"}, None, start_at, want=2, token=RO)
+    sub.run(time.monotonic() + 20)
+    assert sub.error is None, sub.error
+    assert sub.got == [("Mixed", "insert", 1, {"id": 1, "v": "one"}), ("commit",)]
+
+
 def test_a_subscriber_that_stops_reading_is_cut_off_while_writes_keep_flowing(node: Proc) -> None:
     """The stalled client's socket buffers fill, its queue of 100 fills, it is cut off; writes and
     a reading subscriber go on meanwhile."""

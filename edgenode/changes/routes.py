@@ -37,6 +37,22 @@ if TYPE_CHECKING:
 
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_TABLES = 32
+_KINDS = {
+    "view": "a view",
+    "virtual": "a virtual table",
+    "shadow": "a shadow table of a virtual table (FTS5, R*Tree, ...)",
+}
+
+
+async def _schema_table(db: Any, table: str) -> tuple[str, str, bool] | None:
+    """`table` as the schema spells it (SQLite matches names without regard to case, the feed and
+    the subscriptions by exact text), its type (`table`, `view`, `virtual`, `shadow`) and whether it
+    is WITHOUT ROWID; None when the main database has no such table."""
+    result = await db.read("SELECT name, type, wr FROM pragma_table_list(?) WHERE schema = 'main'", [table])
+    if not result.rows:
+        return None
+    name, kind, without_rowid = result.rows[0]
+    return str(name), str(kind), bool(without_rowid)
 
 
 async def _columns(db: Any, table: str) -> dict[str, str]:
@@ -79,7 +95,9 @@ async def parse_subscription(db: Any, params: Any, last_event_id: str | None) ->
             raise ApiError(400, "invalid_request", f"{table!r} is not a table name")
     captured = await feed.captured_tables(db)
     columns: dict[str, dict[str, str]] = {}
-    for table in tables:
+    for i, given in enumerate(tables):
+        found = await _schema_table(db, given)
+        tables[i] = table = found[0] if found else given
         columns[table] = await _columns(db, table)
         if not columns[table]:
             raise ApiError(400, "unknown_table", f"no table {table!r} in this database")
@@ -214,6 +232,8 @@ def change_routes(hub: ChangeHub) -> list[BaseRoute]:
         table = request.path_params["table"]
         if not IDENT.match(table):
             return error_response(400, "invalid_request", f"{table!r} is not a table name")
+        found = await _schema_table(db, table)
+        table = found[0] if found else table  # a dropped table took its triggers with it
         await db.write(feed.drop_capture_statements(table))
         return JSONResponse(CaptureResponse(table, False))
 
@@ -231,11 +251,31 @@ def change_routes(hub: ChangeHub) -> list[BaseRoute]:
 
 async def capture(db: Any, table: str) -> CaptureResponse:
     """Install (or refresh, after ALTER TABLE) the stream's triggers of `table`."""
-    if not IDENT.match(table) or table.startswith(("_edgenode", "sqlite_")):
-        raise ApiError(400, "invalid_request", f"{table!r} is not a table that can be captured")
-    columns = await _columns(db, table)
-    if not columns:
+    if not IDENT.match(table):
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"{table!r} cannot be captured: the change stream takes tables named with letters, digits "
+            "and _ (not starting with a digit); rename the table to capture it",
+        )
+    if table.lower().startswith(("_edgenode", "sqlite_")):
+        raise ApiError(400, "invalid_request", f"{table!r} is internal (edgenode's or SQLite's) and cannot be captured")
+    found = await _schema_table(db, table)
+    if found is None:
         raise ApiError(404, "unknown_table", f"no table {table!r} in this database")
+    table, kind, without_rowid = found
+    # Triggers on these would fail at creation (views, virtual tables) or break the table's writes
+    # (`new.rowid` does not exist WITHOUT ROWID; a shadow table belongs to its virtual table).
+    if kind != "table":
+        what = _KINDS.get(kind, f"a {kind} table")
+        raise ApiError(400, "invalid_request", f"{table!r} is {what}; only ordinary tables can be captured")
+    if without_rowid:
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"{table!r} is a WITHOUT ROWID table; the change stream identifies rows by rowid and cannot capture it",
+        )
+    columns = await _columns(db, table)
     for column in columns:
         if not IDENT.match(column):
             raise ApiError(400, "invalid_request", f"column {column!r} of {table!r} is not a plain identifier")
