@@ -308,6 +308,30 @@ def test_trigram_collections_find_substrings(node: tuple[Proc, Path]) -> None:
     assert _ids(proc.url, "tri", "京都の") == [1] and _ids(proc.url, "tri", "ベース") == [2]
 
 
+def test_collections_follow_writes_whatever_the_spelling_of_their_tables_name(node: tuple[Proc, Path]) -> None:
+    """The feed's triggers record the table's name as text; a collection defined over 'DOCS' used
+    to be built once and then miss every write to 'docs' (searches silently stale)."""
+    proc, _ = node
+    _execute(proc.url, DOCS, ("INSERT INTO docs(id, title, emb) VALUES (1, 'first', vector32(?))", ["[1,0,0,0]"]))
+    for name, table in (("lower", "docs"), ("upper", "DOCS")):
+        r = httpx.put(f"{proc.url}/api/v1/text/{name}", json={"table": table, "columns": ["TITLE"]})
+        assert r.status_code == 202, r.text
+        assert r.json()["table"] == "docs"
+        _wait_ready(proc.url, name)
+    r = httpx.put(f"{proc.url}/api/v1/collections/vecs", json={"table": "Docs", "column": "EMB", "dim": 4})
+    assert r.status_code == 202, r.text
+    assert r.json()["table"] == "docs"
+    _execute(proc.url, ("INSERT INTO docs(id, title, emb) VALUES (2, 'second', vector32(?))", ["[0,0,0,1]"]))
+    deadline = time.monotonic() + 30
+    while True:
+        nearest = httpx.post(f"{proc.url}/api/v1/collections/vecs/search", json={"vector": [0, 0, 0, 1], "k": 1})
+        found = [_found(proc.url, name, "second") for name in ("lower", "upper")]
+        if nearest.status_code == 200 and nearest.json()["results"][0]["rowid"] == 2 and found == [[2], [2]]:
+            break
+        assert time.monotonic() < deadline, (nearest.text, found)
+        time.sleep(0.1)
+
+
 def test_hybrid_search_fuses_text_and_vector_ranks_with_filters_on_both_arms(node: tuple[Proc, Path]) -> None:
     proc, _ = node
     rows = [
