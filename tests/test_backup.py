@@ -251,6 +251,16 @@ def test_http_backup_writes_into_the_backups_dir_with_the_write_token(node: Proc
     assert again.status_code == 409
     default = httpx.post(node.url + "/api/v1/backup", headers=auth_rw, timeout=60)
     assert default.status_code == 200 and Path(default.json()["path"]).name.startswith("standalone-")
+    # Unnamed backups in quick succession each get a name of their own (was: 409 'choose another
+    # name' within the same second); an empty name is refused, not taken for no name.
+    paths = {default.json()["path"]}
+    for _ in range(3):
+        more = httpx.post(node.url + "/api/v1/backup", headers=auth_rw, timeout=60)
+        assert more.status_code == 200, more.text
+        paths.add(more.json()["path"])
+    assert len(paths) == 4
+    empty = httpx.post(node.url + "/api/v1/backup", json={"name": ""}, headers=auth_rw)
+    assert empty.status_code == 400 and "leave it out" in empty.json()["error"]["message"]
 
 
 def test_restore_refuses_an_existing_database_without_force_and_a_running_one_even_with_it(tmp_path: Path) -> None:
