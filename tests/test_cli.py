@@ -54,3 +54,11 @@ def test_a_command_whose_import_fails_is_an_error_naming_the_cause() -> None:
     assert run.returncode == 1
     assert "the 'broken' command cannot be loaded: ModuleNotFoundError" in run.stderr
     assert "edgenode.no_such_module" in run.stderr
+
+
+def test_changes_stops_at_once_on_a_url_it_cannot_use() -> None:
+    # It used to retry such a URL every second, forever, printing 'disconnected'.
+    for url in ("notaurl", "ftp://example.com"):
+        run = edgenode("changes", "--tables", "t", "--capture", "--url", url, timeout=20)
+        assert run.returncode == 1 and "http:// or https://" in run.stderr, run.stderr
+        assert "Traceback" not in run.stderr
