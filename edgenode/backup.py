@@ -306,6 +306,9 @@ def backup(
     dest = dest.resolve()
     if dest.is_dir():
         raise BackupError(f"{dest} is a directory; give the backup file's path")
+    if dest.exists() and not dest.is_file():
+        # The copy is renamed over `dest`: run as root, that replaced a device node (/dev/full).
+        raise BackupError(f"{dest} is not a regular file (a device, FIFO or socket); give the backup file's path")
     if not dest.parent.is_dir():
         raise BackupError(f"{dest.parent} does not exist")
     tmp = dest.with_name(f".{dest.name}.partial")
