@@ -267,6 +267,8 @@ def test_hostile_query_strings_get_a_400_that_says_where_and_never_a_500(node: t
     bad = [
         ({"q": "word", "filter": {"sql": "body = 'x'"}}, 400, "invalid_filter"),  # not a filter column
         ({"q": "word", "filter": {"sql": "1); DROP TABLE docs; --"}}, 400, "invalid_filter"),
+        # A value past SQLite's length limit (SQLITE_TOOBIG) was a 500 'internal error: TooBigError'.
+        ({"q": "word", "filter": {"sql": "printf('%.*c', 2000000000, 'x') = tag"}}, 400, "invalid_filter"),
         ({"q": "word", "weights": {"nope": 1}}, 400, "invalid_weights"),
         ({"q": "word", "weights": {"title": -1}}, 400, "invalid_weights"),
         ({"q": "word", "k": 0}, 400, "invalid_k"),
