@@ -62,3 +62,23 @@ def test_changes_stops_at_once_on_a_url_it_cannot_use() -> None:
         run = edgenode("changes", "--tables", "t", "--capture", "--url", url, timeout=20)
         assert run.returncode == 1 and "http:// or https://" in run.stderr, run.stderr
         assert "Traceback" not in run.stderr
+
+
+def test_status_names_each_collection_instead_of_an_empty_line() -> None:
+    from edgenode.commands.status import summarise
+
+    status = {
+        "role": "standalone",
+        "database": {"path": "x.db", "size_bytes": 0, "wal_bytes": 0},
+        "migrations": [],
+        "components": {
+            "vectors": {},
+            "text": {"docs": {"state": "ready", "size": 3, "position": 9}},
+            "hrana": {"open_streams": 0, "errors": {}},
+        },
+        "uptime_seconds": 1.0,
+        "versions": {"edgenode": "0.1.0"},
+    }
+    lines = summarise(status, {"status": "ready"})
+    assert "text        docs(state=ready, size=3, position=9)" in lines  # was 'text' and nothing after it
+    assert "hrana       open_streams=0" in lines
