@@ -82,3 +82,15 @@ def test_status_names_each_collection_instead_of_an_empty_line() -> None:
     lines = summarise(status, {"status": "ready"})
     assert "text        docs(state=ready, size=3, position=9)" in lines  # was 'text' and nothing after it
     assert "hrana       open_streams=0" in lines
+
+
+SEARCHES = [["text", "search", "docs", "word", "--collection", "v"], ["vectors", "search", "v"]]
+
+
+@pytest.mark.parametrize("command", SEARCHES)
+def test_a_vector_file_that_cannot_be_read_is_a_usage_error_not_a_traceback(tmp_path: Path, command: list[str]) -> None:
+    # Checked before any request: no node is needed.
+    for path in (tmp_path / "missing.json", tmp_path):
+        run = edgenode(command[0], "--url", "http://127.0.0.1:9", *command[1:], "--vector-file", str(path))
+        assert run.returncode == 2 and "cannot read a vector" in run.stderr, run.stderr
+        assert "Traceback" not in run.stderr
