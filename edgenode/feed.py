@@ -65,6 +65,15 @@ def _trigger(table: str, op: str) -> str:
     return f'"_edgenode_feed_{table}_{op}"'
 
 
+def rowid_hidden(table: str, columns: Any) -> str | None:
+    """Why the feed cannot follow `table`, when a column named rowid hides the table's rowid: the
+    triggers' `new.rowid` would read that column (a NULL there failed every insert on the feed's
+    NOT NULL rid, and a text value stood in for a row id)."""
+    if any(str(c).lower() == "rowid" for c in columns):
+        return f"table {table!r} has a column named rowid, which hides the rowid the change feed follows; rename it"
+    return None
+
+
 def trigger_statements(table: str) -> list[tuple[str, list]]:
     """Triggers for one table; `table` is a validated plain identifier (see CollectionSpec.validate)."""
     ins = f"INSERT INTO {CHANGES_TABLE}(tbl, rid, op)"

@@ -352,6 +352,7 @@ def test_capture_refuses_tables_its_triggers_would_break_and_takes_the_schemas_s
             "CREATE VIEW IF NOT EXISTS a_view AS SELECT id FROM a",
             "CREATE TABLE IF NOT EXISTS Mixed (id INTEGER PRIMARY KEY, v TEXT)",
             'CREATE TABLE IF NOT EXISTS "with space" (id INTEGER PRIMARY KEY)',
+            "CREATE TABLE IF NOT EXISTS shadowed (rowid TEXT, v TEXT)",
         )
         # Once captured, a WITHOUT ROWID table refused every write (no new.rowid); the writer
         # process crashed on a write to an FTS5 table whose shadow table was captured.
@@ -362,11 +363,17 @@ def test_capture_refuses_tables_its_triggers_would_break_and_takes_the_schemas_s
             ("a_view", "a view"),
             ("with space", "letters, digits and _"),
             ("SQLITE_SCHEMA", "internal"),
+            ("shadowed", "column named rowid"),  # new.rowid read it: a NULL there failed every insert
         ]:
             response = client.put(f"/api/v1/changes/tables/{table}")
             assert response.status_code == 400, (table, response.text)
             assert says in response.json()["error"]["message"], (table, response.text)
-        _execute(client, ("INSERT INTO keyed VALUES (?, ?)", ["k", "v"]), ("INSERT INTO docs_fts VALUES (?)", ["x"]))
+        _execute(
+            client,
+            ("INSERT INTO keyed VALUES (?, ?)", ["k", "v"]),
+            ("INSERT INTO docs_fts VALUES (?)", ["x"]),
+            ("INSERT INTO shadowed (v) VALUES (?)", ["x"]),
+        )
 
         # SQLite names are case-insensitive: any spelling captures (and follows) the schema's one.
         for spelling in ("mixed", "MIXED"):

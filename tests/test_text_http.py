@@ -254,7 +254,12 @@ HOSTILE = [
 
 def test_hostile_query_strings_get_a_400_that_says_where_and_never_a_500(node: tuple[Proc, Path]) -> None:
     proc, _ = node
-    _execute(proc.url, DOCS, "INSERT INTO docs(id, title, body, tag) VALUES (1, 'word', 'a b c', 'a')")
+    _execute(
+        proc.url,
+        DOCS,
+        "INSERT INTO docs(id, title, body, tag) VALUES (1, 'word', 'a b c', 'a')",
+        "CREATE TABLE shadowed (rowid TEXT, v TEXT)",
+    )
     httpx.put(
         proc.url + "/api/v1/text/docs", json={"table": "docs", "columns": ["title", "body"], "filter_columns": ["tag"]}
     )
@@ -289,9 +294,13 @@ def test_hostile_query_strings_get_a_400_that_says_where_and_never_a_500(node: t
         ({"table": "docs", "columns": ["title"], "tokenizer": "icu"}, 422, "invalid_field"),
         ({"table": "_edgenode_changes", "columns": ["tbl"]}, 400, "invalid_collection"),
         ({"table": "docs", "columns": ['title"; drop']}, 400, "invalid_collection"),
+        ({"table": "shadowed", "columns": ["v"]}, 400, "invalid_collection"),  # a column named rowid
     ]:
         r = httpx.put(proc.url + "/api/v1/text/bad", json=spec)
         assert r.status_code == status and r.json()["error"]["code"] == code, (spec, r.text)
+    vectors = httpx.put(proc.url + "/api/v1/collections/bad", json={"table": "shadowed", "column": "v", "dim": 2})
+    assert vectors.status_code == 400 and "column named rowid" in vectors.text, vectors.text
+    _execute(proc.url, ("INSERT INTO shadowed (v) VALUES (?)", ["no feed triggers got in the way"]))
 
 
 def test_trigram_collections_find_substrings(node: tuple[Proc, Path]) -> None:

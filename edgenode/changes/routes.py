@@ -276,6 +276,8 @@ async def capture(db: Any, table: str) -> CaptureResponse:
             f"{table!r} is a WITHOUT ROWID table; the change stream identifies rows by rowid and cannot capture it",
         )
     columns = await _columns(db, table)
+    if hidden := feed.rowid_hidden(table, columns):
+        raise ApiError(400, "invalid_request", hidden)
     for column in columns:
         if not IDENT.match(column):
             raise ApiError(400, "invalid_request", f"column {column!r} of {table!r} is not a plain identifier")

@@ -74,6 +74,8 @@ async def check_against_table(db: DatabaseLike, spec: TextSpec) -> None:
     if table is None or not columns:
         raise ApiError(400, "unknown_table", f"table {spec.table!r} does not exist")
     spec.table = table
+    if hidden := feed.rowid_hidden(table, columns):
+        raise ApiError(400, "invalid_collection", hidden)
     for label, col in [("column", c) for c in spec.columns] + [("filter column", c) for c in spec.filter_columns]:
         if col.lower() not in columns:
             raise ApiError(400, "unknown_column", f"{label} {col!r} is not a column of table {spec.table!r}")
