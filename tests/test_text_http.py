@@ -343,6 +343,43 @@ def test_collections_follow_writes_whatever_the_spelling_of_their_tables_name(no
         time.sleep(0.1)
 
 
+def test_a_put_of_the_same_spec_follows_a_table_dropped_and_created_again(node: tuple[Proc, Path]) -> None:
+    """DROP TABLE takes the feed's triggers with it: the collections kept answering from the old
+    rows and never saw the new table's writes, and a PUT of the same spec changed nothing."""
+    proc, _ = node
+    vec = {"table": "docs", "column": "emb", "dim": 4}
+    _execute(proc.url, DOCS, ("INSERT INTO docs(id, title, emb) VALUES (1, 'old', vector32(?))", ["[1,0,0,0]"]))
+    assert httpx.put(f"{proc.url}/api/v1/text/t", json={"table": "docs", "columns": ["title"]}).status_code == 202
+    assert httpx.put(f"{proc.url}/api/v1/collections/v", json=vec).status_code == 202
+    _wait_ready(proc.url, "t")
+    _execute(
+        proc.url,
+        "DROP TABLE docs",
+        DOCS,
+        ("INSERT INTO docs(id, title, emb) VALUES (1, 'fresh', vector32(?))", ["[0,1,0,0]"]),
+    )
+    again = httpx.put(f"{proc.url}/api/v1/text/t", json={"table": "docs", "columns": ["title"]})
+    assert again.status_code == 202, again.text  # rebuilding
+    # That PUT rebuilt every collection over the table, the vector one too: nothing is missing now.
+    assert httpx.put(f"{proc.url}/api/v1/collections/v", json=vec).status_code == 200
+    _execute(proc.url, ("INSERT INTO docs(id, title, emb) VALUES (2, 'later', vector32(?))", ["[0,0,1,0]"]))
+
+    def nearest(vector: list[float]) -> tuple[int, float] | None:
+        r = httpx.post(f"{proc.url}/api/v1/collections/v/search", json={"vector": vector, "k": 1, "mode": "exact"})
+        return (r.json()["results"][0]["rowid"], r.json()["results"][0]["distance"]) if r.status_code == 200 else None
+
+    deadline = time.monotonic() + 30
+    while True:
+        found = [_found(proc.url, "t", w) for w in ("old", "fresh", "later")]
+        vectors = [nearest([0, 1, 0, 0]), nearest([0, 0, 1, 0])]  # row 1's vector is the new table's
+        if found == [[], [1], [2]] and vectors == [(1, 0.0), (2, 0.0)]:
+            break
+        assert time.monotonic() < deadline, (found, vectors)
+        time.sleep(0.1)
+    # Nothing was missing any more: the same PUT is a plain 200 again.
+    assert httpx.put(f"{proc.url}/api/v1/text/t", json={"table": "docs", "columns": ["title"]}).status_code == 200
+
+
 def test_hybrid_search_fuses_text_and_vector_ranks_with_filters_on_both_arms(node: tuple[Proc, Path]) -> None:
     proc, _ = node
     rows = [

@@ -212,6 +212,9 @@ class ChangeHub:
     def feed_tables(self) -> set[str]:
         return set()  # the stream's triggers are its own, not the vector/text ones
 
+    async def table_recreated(self, table: str) -> None:
+        pass  # a subscriber reads changes as they come; its own triggers went with the table
+
     # -- reading ---------------------------------------------------------------------------------
 
     async def _changed(self) -> None:

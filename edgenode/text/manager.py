@@ -161,6 +161,11 @@ class TextManager(Component):
     def feed_tables(self) -> set[str]:
         return {c.spec.table for c in self.collections.values()}
 
+    async def table_recreated(self, table: str) -> None:
+        for name, c in list(self.collections.items()):
+            if c.spec.table == table:
+                await self.rebuild(name)
+
     # lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
         await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
@@ -291,6 +296,10 @@ class TextManager(Component):
         existing = (await load_definitions(self.db)).get(name)
         if existing is not None and existing.same_spec(spec):
             await self._heal_replace_triggers(spec.table)
+            if await feed.refollow(self.db, spec.table):  # dropped and created again: rebuilt
+                log.warning("the change-feed triggers of %s were gone; reinstalled them, rebuilding", spec.table)
+                await self.refresh()
+                return 202, self.get(name).info()
             await self.refresh()
             return 200, self.get(name).info()
         await self.db.write(put_statements(name, spec, await unique_keys(self.db, spec.table)))
