@@ -44,8 +44,10 @@ def _fail(message: str) -> ApiError:
 
 
 def _around(q: str, at: int) -> str:
+    """The text around `at` in a long query; nothing more for a short one, whose message already
+    names the position (it used to say '... at character 0 ... (at character 0)')."""
     snippet = q[max(0, at - 10) : at + 10]
-    return f" (at character {at}: ...{snippet}...)" if len(q) > 20 else f" (at character {at})"
+    return f" (...{snippet}...)" if len(q) > 20 else ""
 
 
 def tokens(q: str) -> list[Token]:
