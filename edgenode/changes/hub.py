@@ -171,6 +171,13 @@ class ChangeHub:
         self.compact_threshold = compact_threshold or 2 * retention
         self.position: int | None = None  # None until the feed could be read once
         self.subscribers: set[Subscriber] = set()
+        # Fan-out index: a change is offered only to its table's subscribers, and a commit marker
+        # only to those that may want it (see `_fan_out`).
+        self.by_table: dict[str, set[Subscriber]] = {}
+        self._took: dict[Subscriber, None] = {}  # took a change since the last commit marker
+        # Registered subscribers, until a commit marker passes what they were registered at.
+        self._joined: dict[Subscriber, int] = {}
+        self._last_marker = 0  # seq of the last commit marker fanned out
         self.delivered = 0
         self.cut = 0
         self._wake = asyncio.Event()
@@ -242,10 +249,7 @@ class ChangeHub:
         while self.position < upto:
             rows = await feed.read_events(self.db, self.position, upto, PAGE)
             for row in rows:
-                event = Event.from_feed(*row)
-                for sub in list(self.subscribers):
-                    if sub._wants(event):
-                        sub.offer(event)
+                self._fan_out(Event.from_feed(*row))
             self.position = rows[-1][0] if len(rows) == PAGE else upto
             self._since_compact += len(rows)
         if self._since_compact >= max(self.retention // 2, 1) and not self._compacting:
@@ -254,6 +258,35 @@ class ChangeHub:
             task = asyncio.create_task(self._compact())
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+
+    def _fan_out(self, event: Event) -> None:
+        """Offer `event` to every subscriber whose `_wants` takes it, asking only those that may.
+
+        A change: its table's subscribers. A commit marker (its unit's first change `first`): a
+        subscriber wants it when it took a change at or past `first`, or was registered at a
+        position or with a cursor at or past `first` (`Subscriber._wants`). Every writer starts a
+        unit after the previous unit's marker (`edgenode.commit_marks`), so those are the
+        subscribers that took a change since the last marker (`_took`) and those registered at or
+        past it (`_joined`); were a marker ever to name a first change at or before the previous
+        marker, every subscriber is asked, as before the index. Nothing here awaits, so no
+        subscriber comes or goes while the sets are walked."""
+        if event.op != "commit":
+            for sub in self.by_table.get(event.table, ()):
+                if sub._wants(event):
+                    sub.offer(event)
+                    self._took[sub] = None
+            return
+        if event.first is not None and event.first > self._last_marker:
+            candidates: Any = {**self._took, **self._joined}
+        else:
+            candidates = self.subscribers
+        for sub in candidates:
+            if sub._wants(event):
+                sub.offer(event)
+        self._took.clear()
+        if self._joined:
+            self._joined = {sub: mark for sub, mark in self._joined.items() if mark > event.seq}
+        self._last_marker = event.seq
 
     async def _compact(self) -> None:
         try:
@@ -290,6 +323,9 @@ class ChangeHub:
         sub.on_slow = self._count_cut
         sub.start = self.position  # in one loop step with the check above: no event falls between
         self.subscribers.add(sub)
+        for table in filt.tables:
+            self.by_table.setdefault(table, set()).add(sub)
+        self._joined[sub] = max(sub.start, sub.last_taken)
         return sub
 
     def _count_cut(self) -> None:
@@ -297,6 +333,14 @@ class ChangeHub:
 
     def unsubscribe(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
+        for table in sub.filter.tables:
+            subs = self.by_table.get(table)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self.by_table[table]
+        self._took.pop(sub, None)
+        self._joined.pop(sub, None)
 
     async def serve(self, sub: Subscriber, write: Write, heartbeat: Callable[[], Awaitable[None]]) -> Ended:
         """Deliver to `sub` until it ends; returns the reason to send last. The caller unsubscribes."""
