@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from edgenode import feed
-from edgenode.auth import Authenticator
+from edgenode.auth import Authenticator, AuthError, TokenExpired
 from edgenode.values import to_json
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ class Subscriber:
     after: int  # everything up to here was delivered (the client's cursor)
     buffer: int
     expires_at: float | None = None
+    authorization: str | None = None  # its credential ("Bearer <token>"), checked again on a key rotation
     queue: asyncio.Queue[Event] = field(init=False)
     start: int = 0  # the hub's position at registration: the queue holds events past it
     last_change: int = 0  # seq of the last change delivered (commit events follow their changes)
@@ -183,6 +184,8 @@ class ChangeHub:
         self._wake = asyncio.Event()
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._key_task: asyncio.Task[None] | None = None
+        self.revoked = 0
         self._since_compact = 0
         self._compacting = False
         self._background: set[asyncio.Task[None]] = set()
@@ -193,12 +196,15 @@ class ChangeHub:
     async def start(self) -> None:
         self.db.add_change_listener(self._changed)
         self._task = asyncio.create_task(self._run())
+        if self.authenticator.jwt_key_file is not None:
+            self._key_task = asyncio.create_task(self._watch_key())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._key_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for sub in list(self.subscribers):
             sub.cut_off(Ended("error", "shutting_down", "the node is stopping; reconnect with your cursor"), 1.0)
 
@@ -208,6 +214,7 @@ class ChangeHub:
             "subscribers": len(self.subscribers),
             "delivered": self.delivered,
             "cut_off": self.cut,
+            "revoked": self.revoked,
             "retention": self.retention,
         }
 
@@ -218,6 +225,36 @@ class ChangeHub:
 
     def feed_tables(self) -> set[str]:
         return set()  # the stream's triggers are its own, not the vector/text ones
+
+    # -- revocation ------------------------------------------------------------------------------
+
+    async def _watch_key(self) -> None:
+        """Every heartbeat, re-read the JWT key file if it changed (`Authenticator.refresh_key`);
+        on a rotation, end the streams whose token no longer verifies."""
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            try:
+                rotated = await self.authenticator.refresh_key()
+            except Exception:
+                log.exception("checking the JWT key file failed")
+                continue
+            if rotated:
+                self.revoke()  # in the loop step of the swap: no subscriber registers in between
+
+    def revoke(self) -> None:
+        """End every stream whose credential the authenticator refuses now."""
+        verdicts: dict[str | None, AuthError | None] = {}  # one signature check per distinct token
+        for sub in list(self.subscribers):
+            if sub.authorization not in verdicts:
+                try:
+                    self.authenticator.check(sub.authorization)
+                    verdicts[sub.authorization] = None
+                except AuthError as exc:
+                    verdicts[sub.authorization] = exc
+            refused = verdicts[sub.authorization]
+            if refused is not None:
+                self.revoked += 1
+                sub.cut_off(_refused(refused))
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -300,8 +337,9 @@ class ChangeHub:
 
     # -- subscribing -----------------------------------------------------------------------------
 
-    async def subscribe(self, filt: Filter, after: int | None, expires_at: float | None) -> Subscriber:
-        """Register a subscriber; raises Ended when its cursor can no longer be served."""
+    async def subscribe(self, filt: Filter, after: int | None, authorization: str | None = None) -> Subscriber:
+        """Register a subscriber; raises Ended when its cursor can no longer be served, AuthError
+        when its credential (`authorization`, as a bearer header) is refused."""
         await asyncio.wait_for(self._ready.wait(), 30)
         assert self.position is not None
         if after is not None:
@@ -315,7 +353,11 @@ class ChangeHub:
                 # A replica's cursors are its primary's, so one ahead of a lagging replica is
                 # valid there and simply waits.
                 raise _ahead(after, self.position)
-        sub = Subscriber(filt, self.position if after is None else after, self.buffer, expires_at)
+        # Checked again here, in the loop step that registers it: a key rotated since the request
+        # was let in (the revocation pass has run) must not leave it streaming.
+        self.authenticator.check(authorization)
+        expires_at = self.authenticator.expires_at(authorization)
+        sub = Subscriber(filt, self.position if after is None else after, self.buffer, expires_at, authorization)
         if after is not None:
             # A client's cursor names an event it got: a transaction it stopped inside of still
             # ends with its commit event on this connection.
@@ -355,7 +397,7 @@ class ChangeHub:
                     if sub.expires_at is not None:
                         wait = min(wait, sub.expires_at - time.time())
                         if wait <= 0:
-                            return Ended("error", "token_expired", "the token expired; reconnect with a new one")
+                            return _token_expired()
                     if sub.queue.empty():
                         try:
                             # wait_for costs a task: only paid when the queue is empty
@@ -394,6 +436,20 @@ class ChangeHub:
         if event.op != "commit":
             sub.last_change = event.seq
         self.delivered += 1
+
+
+def _token_expired() -> Ended:
+    return Ended("error", "token_expired", "the token expired; reconnect with a new one")
+
+
+def _refused(exc: AuthError) -> Ended:
+    if isinstance(exc, TokenExpired):
+        return _token_expired()
+    return Ended(
+        "error",
+        "token_revoked",
+        f"this token is no longer accepted ({exc}): the node's JWT key was rotated; reconnect with a new token",
+    )
 
 
 def _ahead(cursor: int, position: int) -> Ended:
