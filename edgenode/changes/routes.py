@@ -3,7 +3,8 @@
 
 SSE: each change is `id: <cursor>` + `data: <json>`; the stream ends with `event: resync` or
 `event: error` and a JSON reason; `: keep-alive` comments every `changes_heartbeat` seconds. A
-client resumes with `Last-Event-ID` (what EventSource sends on its own) or `?after=<cursor>`.
+client resumes with `Last-Event-ID` (what EventSource sends on its own when it reconnects) or
+`?after=<cursor>`; given both, `Last-Event-ID` wins, being the newer of the two.
 WebSocket: the same JSON objects as text messages (each carries its `cursor`); the end is a message
 `{"event": "resync" | "error", "reason", "message", ...}` and a close (code 1000, or 1008 for a
 refused subscription and a token that expired or was revoked). A WebSocket resumes with
@@ -109,11 +110,13 @@ async def parse_subscription(db: Any, params: Any, last_event_id: str | None) ->
             if column not in columns[table]:
                 raise ApiError(400, "invalid_filter", f"where: table {table!r} has no column {column!r}")
         value = _typed(text, columns[tables[0]][column], column)
+    # Last-Event-ID first: EventSource reconnects by itself to the same URL, whose `after` is older
+    # than the last event it got (resuming from `after` would send events twice).
     after = None
-    if params.get("after") is not None:
-        after = _cursor(params["after"], "after")
-    elif last_event_id:
+    if last_event_id:
         after = _cursor(last_event_id.strip(), "Last-Event-ID")
+    elif params.get("after") is not None:
+        after = _cursor(params["after"], "after")
     return Filter(frozenset(tables), column, value), after
 
 
