@@ -187,12 +187,19 @@ def test_a_browser_token_in_the_query_opens_the_change_streams_only_and_never_re
     put = httpx.put(f"{url}/api/v1/changes/tables/a", params={"access_token": RO}, timeout=10)
     assert put.status_code == 401
 
+    # A JWT given in the query expires like one in the header; the WebSocket closes with 1008.
+    short = mint_token(node.old[0].read_bytes(), Access.READ, ttl_seconds=3)
+    expiring = Stream(_ws_url(node, tables="a", access_token=short), websocket=True).start()
+    expiring.ended(timeout=10)
+    assert [(kind, body["reason"]) for kind, body in expiring.events] == [("error", "token_expired")]
+    assert expiring.close_code == 1008
+
     # uvicorn logs each WebSocket with its query string: the node's log shows it redacted.
     _insert(node, 2)
     ws.wait_for(_insert_seen(2))
     log = node.proc.log()
     assert "access_token=[redacted]" in log, log
-    for secret in (RO, RW, jwt, forged, "not-a-token"):
+    for secret in (RO, RW, jwt, forged, short, "not-a-token"):
         assert secret not in log, f"{secret} leaked into the node's log"
 
 
@@ -228,6 +235,10 @@ def test_rotating_the_jwt_key_ends_the_streams_of_old_tokens_and_refuses_them(no
     assert refused.status_code == 401 and "invalid token" in refused.json()["error"]["message"]
     query = httpx.post(f"{url}/api/v1/query", json={"sql": "SELECT 1"}, headers=_auth(old_write), timeout=10)
     assert query.status_code == 401
+    hrana = {"requests": [{"type": "execute", "stmt": {"sql": "SELECT 1"}}, {"type": "close"}]}
+    for token, status in ((old_write, 401), (_token(node.new, Access.WRITE), 200)):  # one authenticator
+        response = httpx.post(f"{url}/v2/pipeline", json=hrana, headers=_auth(token), timeout=10)
+        assert response.status_code == status, response.text
     with ws_connect(_ws_url(node, tables="a", access_token=old_read), open_timeout=10) as ws:
         assert json.loads(ws.recv(timeout=10))["reason"] == "unauthorized"
     fresh = Stream(f"{url}/api/v1/changes?" + urlencode({"tables": "a", "access_token": _token(node.new)})).start()

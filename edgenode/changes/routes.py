@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.types import Receive, Scope, Send
@@ -35,7 +35,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from edgenode import feed
 from edgenode.api.errors import ApiError, JSONResponse, error_response
 from edgenode.api.routing import read_route, write_route
-from edgenode.auth import QUERY_TOKEN, Authenticator, AuthError
+from edgenode.auth import Authenticator, AuthError, query_token
 from edgenode.changes.hub import Ended, Event, Filter, Subscriber
 from edgenode.changes.models import CapturedTables, CaptureResponse
 from edgenode.http_server import STREAMING_KEY
@@ -120,11 +120,12 @@ async def parse_subscription(db: Any, params: Any, last_event_id: str | None) ->
     return Filter(frozenset(tables), column, value), after
 
 
-def _credential(headers: Any, params: Any) -> tuple[str | None, bool]:
-    """The request's credential as a bearer header value, and whether it came in the query."""
-    header = headers.get("authorization")
-    if header is None and QUERY_TOKEN in params:
-        return f"Bearer {params[QUERY_TOKEN]}", True
+def _credential(connection: HTTPConnection) -> tuple[str | None, bool]:
+    """The request's credential as a bearer header value, and whether it came in the query (read
+    by the middleware's own function: the token it checked is the one subscribed with)."""
+    header = connection.headers.get("authorization")
+    if header is None and (token := query_token(connection.scope.get("query_string", b""))) is not None:
+        return f"Bearer {token}", True
     return header, False
 
 
@@ -186,7 +187,7 @@ def change_routes(hub: ChangeHub) -> list[BaseRoute]:
             filt, after = await parse_subscription(db, request.query_params, request.headers.get("last-event-id"))
         except ApiError as exc:
             return error_response(exc.status, exc.code, exc.message, **exc.extra)
-        authorization, _ = _credential(request.headers, request.query_params)  # checked by the middleware
+        authorization, _ = _credential(request)  # checked by the middleware
         try:
             sub = await hub.subscribe(filt, after, authorization)
         except AuthError as exc:
@@ -201,7 +202,7 @@ def change_routes(hub: ChangeHub) -> list[BaseRoute]:
     async def ws(websocket: WebSocket) -> None:
         await websocket.accept()
         try:
-            authorization, from_query = _credential(websocket.headers, websocket.query_params)
+            authorization, from_query = _credential(websocket)
             _check(hub.authenticator, authorization, from_query)
             # No Last-Event-ID: a browser's WebSocket cannot send it; `?after=` resumes.
             filt, after = await parse_subscription(db, websocket.query_params, None)
