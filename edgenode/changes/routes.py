@@ -131,8 +131,7 @@ def _credential(connection: HTTPConnection) -> tuple[str | None, bool]:
 
 def _check(authenticator: Authenticator, authorization: str | None, from_query: bool) -> None:
     if from_query:
-        assert authorization is not None
-        authenticator.check_query_token(authorization.removeprefix("Bearer "))
+        authenticator.check_query_token((authorization or "").removeprefix("Bearer "))
     else:
         authenticator.check(authorization)
 
