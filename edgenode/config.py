@@ -40,7 +40,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     port: Annotated[int, Doc("TCP port to listen on.")] = 8080
     auth_token: Annotated[str | None, Doc("Read-write bearer token.")] = None
     read_token: Annotated[str | None, Doc("Read-only bearer token.")] = None
-    jwt_key_file: Annotated[str | None, Doc("Ed25519 public key (PEM) accepting sqld-style JWTs.")] = None
+    jwt_key_file: Annotated[
+        str | None,
+        Doc("Ed25519 public key (PEM) accepting sqld-style JWTs; re-read when replaced (revokes old tokens)."),
+    ] = None
     primary_url: Annotated[str | None, Doc("Primary to replicate; unset = standalone.", ("TURSO_DATABASE_URL",))] = None
     primary_token: Annotated[str | None, Doc("Bearer token for the primary.", ("TURSO_AUTH_TOKEN",))] = None
     write_mode: Annotated[
@@ -97,7 +100,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     changes_buffer: Annotated[
         int, Doc("Change events waiting per subscriber before a slow one is disconnected (it resumes).")
     ] = 1_000
-    changes_heartbeat: Annotated[float, Doc("Seconds between keep-alive comments on idle change streams.")] = 15.0
+    changes_heartbeat: Annotated[
+        float, Doc("Seconds between keep-alive comments on idle change streams, and between looks at the JWT key file.")
+    ] = 15.0
     migrate: Annotated[bool, Doc("Apply sql/ migrations on start.")] = True
     log_level: Annotated[Literal["debug", "info", "warning", "error"], Doc("debug, info, warning or error.")] = "info"
 

@@ -11,19 +11,27 @@ the body, forever: a few such clients would hold the server. `GuardedProtocol` a
   client as gone (its own answer goes nowhere), and the 408 is logged once, here.
 
 `max_connections` is uvicorn's `limit_concurrency`: past it new requests are answered 503 at once.
+
+`RedactTokens` takes `access_token=` values out of uvicorn's log lines: uvicorn logs each WebSocket
+with its path and query string (and, when on, its access log each request's), and a browser's
+change stream carries its token there (`edgenode.auth.QUERY_TOKEN`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote_plus
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from edgenode.auth import QUERY_TOKEN
 from edgenode.bodies import TIMED_OUT_KEY
 from edgenode.config import Settings
 
@@ -143,6 +151,44 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
 
+_QUERY_PARAM = re.compile(r"([?&])([^=&\s\"#?]*)=([^&\s\"#]*)")
+REDACTED = "[redacted]"
+
+
+def _redact_param(match: re.Match[str]) -> str:
+    # Compared decoded, as the server reads it: `access%5Ftoken` is the same parameter.
+    if unquote_plus(match[2]).lower() != QUERY_TOKEN:
+        return match[0]
+    return f"{match[1]}{match[2]}={REDACTED}"
+
+
+def redact(text: str) -> str:
+    """`text` with the value of every `access_token` query parameter in it replaced."""
+    return _QUERY_PARAM.sub(_redact_param, text) if "?" in text else text
+
+
+class RedactTokens(logging.Filter):
+    """Rewrites a record's message and string arguments without the query's access token."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging configuration with `RedactTokens` on each of its handlers."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact_tokens"] = {"()": RedactTokens}
+    for handler in config["handlers"].values():
+        handler["filters"] = [*handler.get("filters", []), "redact_tokens"]
+    return config
+
+
 def _peer(client: tuple[str, int] | None) -> str:
     return f"{client[0]}:{client[1]}" if client else "?"
 
@@ -162,5 +208,5 @@ def run(app: Any, settings: Settings, error_body: ErrorBody, **options: Any) -> 
         log_level=settings.log_level,
         http=protocol,  # type: ignore[arg-type]
         limit_concurrency=settings.max_connections,
-        **options,
+        **{"log_config": log_config(), **options},
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from edgenode.auth import Authenticator
 from edgenode.backup import check_not_half_restored
 from edgenode.config import Settings
 from edgenode.pragmas import select_profile
@@ -31,8 +32,9 @@ def open_database(settings: Settings) -> Database:
     return _replica(settings) if settings.is_replica else _local(settings)
 
 
-def open_node(settings: Settings) -> tuple[Database, list[Component]]:
-    """The database and the components that serve it."""
+def open_node(settings: Settings, authenticator: Authenticator) -> tuple[Database, list[Component]]:
+    """The database and the components that serve it. One authenticator for all of them: a rotated
+    JWT key (`Authenticator.refresh_key`) is then refused by every route at once."""
     check_not_half_restored(settings.data_path)
     db: Database
     components: list[Component] = []
@@ -55,8 +57,8 @@ def open_node(settings: Settings) -> tuple[Database, list[Component]]:
 
     vectors = VectorManager(db, settings.data_path)
     text = TextManager(db, settings.data_path, vectors=vectors)
-    components += [vectors, text, HranaComponent(settings, db), BackupComponent(settings, db)]
-    components.append(ChangesComponent(settings, db))
+    components += [vectors, text, HranaComponent(settings, db, authenticator), BackupComponent(settings, db)]
+    components.append(ChangesComponent(settings, db, authenticator))
     return db, components
 
 
@@ -86,5 +88,6 @@ def _local(settings: Settings) -> LocalDatabase:
 def build_node_app(settings: Settings) -> Starlette:
     from edgenode.api import create_app
 
-    db, components = open_node(settings)
-    return create_app(settings, db, components=components)
+    authenticator = Authenticator.from_settings(settings.auth_token, settings.read_token, settings.jwt_key_file)
+    db, components = open_node(settings, authenticator)
+    return create_app(settings, db, components=components, authenticator=authenticator)

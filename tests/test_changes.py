@@ -614,3 +614,20 @@ def test_values_round_trip_exactly(node: Proc) -> None:
     inserted, updated = sub.got[0][3], sub.got[1][3]
     assert inserted == {"id": 30_000_000, "k": 2**63 - 1, "v": text, "f": 5e-324, "x": {"base64": _b64(blob)}}
     assert (updated["k"], updated["f"]) == (-(2**63), 1.7976931348623157e308)
+
+
+def test_an_eventsource_reconnecting_to_its_after_url_resumes_from_its_last_event_id(node: Proc) -> None:
+    """EventSource reconnects to the URL it was opened with, `?after=` and all, adding the newer
+    `Last-Event-ID`: that one wins, or the events between would come twice."""
+    start_at = _position(node.url)
+    with httpx.Client(base_url=node.url, headers=_auth(RW), timeout=30) as client:
+        for rowid in (40_000_001, 40_000_002):
+            _execute(client, ("INSERT INTO b (id, k) VALUES (?, 1)", [rowid]))
+    first = Subscriber(node.url, {"b"}, None, start_at, want=2)  # the first insert and its commit
+    first.run(time.monotonic() + 20)
+    assert first.error is None and first.got[0][2] == 40_000_001
+    headers = {**_auth(RO), "Last-Event-ID": str(first.cursors[-1])}
+    params = {"tables": "b", "after": str(start_at)}
+    with httpx.stream("GET", node.url + "/api/v1/changes", params=params, headers=headers, timeout=30) as response:
+        event = next(iter(parse_sse(response.iter_lines())))
+    assert (event.data["op"], event.data["rowid"]) == ("insert", 40_000_002)
