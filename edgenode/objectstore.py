@@ -2,7 +2,9 @@
 
 Both targets make an object visible only whole: a directory target writes a hidden temp file,
 fsyncs it and renames it into place (then fsyncs the directory); an S3 target uploads each object
-with one complete PUT. So a writer killed at any moment leaves either the previous set of objects or
+with one complete PUT, or above the multipart threshold as a multipart upload that S3 shows only
+once completed (a killed writer's unfinished uploads are aborted by the next writer's `clean`).
+So a writer killed at any moment leaves either the previous set of objects or
 that set plus whole new ones; a reader (restore) never sees half an object. Leftover temp files of a
 killed directory writer are removed by the next writer (`DirTarget.clean`).
 
@@ -120,8 +122,8 @@ class DirTarget:
 
 
 class S3Target:
-    def __init__(self, url: str, endpoint: str | None, region: str) -> None:
-        from edgenode.s3 import S3Client, S3Error
+    def __init__(self, url: str, endpoint: str | None, region: str, multipart_threshold: int | None = None) -> None:
+        from edgenode.s3 import MULTIPART_THRESHOLD, S3Client, S3Error
 
         parts = urllib.parse.urlsplit(url)
         if not parts.netloc:
@@ -129,7 +131,12 @@ class S3Target:
         self.url = url
         self.prefix = parts.path.strip("/") + "/" if parts.path.strip("/") else ""
         try:
-            self.client = S3Client(parts.netloc, endpoint=endpoint, region=region)
+            self.client = S3Client(
+                parts.netloc,
+                endpoint=endpoint,
+                region=region,
+                multipart_threshold=multipart_threshold or MULTIPART_THRESHOLD,
+            )
         except S3Error as exc:
             raise ObjectStoreError(str(exc)) from exc
 
@@ -153,16 +160,19 @@ class S3Target:
         self.client.delete(self.prefix + key)
 
     def clean(self) -> None:
-        pass  # S3 never shows an incomplete PUT
+        """S3 never shows an incomplete PUT; a killed writer's multipart uploads are aborted here."""
+        self.client.abort_uploads(self.prefix)
 
     def close(self) -> None:
         self.client.close()
 
 
-def open_target(url: str, *, endpoint: str | None = None, region: str = "us-east-1") -> Target:
+def open_target(
+    url: str, *, endpoint: str | None = None, region: str = "us-east-1", multipart_threshold: int | None = None
+) -> Target:
     """`s3://bucket/prefix` (with `endpoint` for a non-AWS server) or a directory path."""
     if url.startswith("s3://"):
-        return S3Target(url, endpoint, region)
+        return S3Target(url, endpoint, region, multipart_threshold)
     if "://" in url:
         raise ObjectStoreError(f"{url}: an archive is a directory path or an s3://BUCKET/PREFIX URL")
     return DirTarget(Path(url))

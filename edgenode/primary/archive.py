@@ -3,10 +3,17 @@
 One background thread ("archiver") ships, in order, to a directory or an S3-compatible bucket
 (`edgenode.objectstore`; object names and formats in `archive_format.py`):
   1. a snapshot of the current generation's base when the archive has no usable chain (first start,
-     or frames lost to a gap), and again at the first generation after `snapshot_interval`;
+     or frames lost to a gap), and again at the first generation after `snapshot_interval` or once
+     the frames shipped since the last snapshot exceed `snapshot_ratio` times its size (so a restore
+     never replays much more than the database's size of frames, whatever the write rate);
   2. the committed frames of each generation as segments, each as soon as they are durable (the
      thread wakes on every commit: the archive lag is the upload time plus the batch in flight);
-  3. an end marker once a finished generation is shipped whole, then the next generation.
+  3. an end marker once a finished generation is shipped whole, then the next generation;
+  4. when idle (nothing committed is unshipped), compaction: the many small segments of a finished
+     generation are merged into few (up to `merge_frames` frames each, every frame and commit time
+     kept, so no restorable moment is lost), the merged object first, its parts deleted after it is
+     visible. A kill -9 in between leaves both, which readers handle (`archive_format.cover`) and
+     the next start finishes.
 Each object appears whole or not at all, and the shipped position is read back from the archive on
 start, so a kill -9 at any moment resumes where the archive ends (a segment shipped twice is
 harmless: a restore skips frames it has). Finished generations are read from `generations/` while
@@ -39,7 +46,10 @@ import msgspec
 
 from edgenode.objectstore import Target
 from edgenode.primary.archive_format import (
+    FRAMES,
     IDENTITY,
+    cover,
+    decode_segment,
     encode_segment,
     end_key,
     parse_listing,
@@ -53,6 +63,7 @@ from edgenode.primary.wal import FRAME_SIZE
 log = logging.getLogger("edgenode.primary.archive")
 
 MAX_SEGMENT_FRAMES = 4096  # 16 MiB per object at most
+MERGED_SEGMENT_FRAMES = 16_384  # 64 MiB: a compacted generation is one object up to there
 MAX_REMEMBERED_COMMITS = 200_000
 SNAPSHOT_TMP = "archive-snapshot.partial"
 TIMES_FILE = "archive-commit-times"
@@ -73,12 +84,19 @@ class Archiver:
         retention: float,
         snapshot_interval: float,
         max_segment_frames: int = MAX_SEGMENT_FRAMES,
+        snapshot_ratio: float = 0.0,
+        merge_frames: int = MERGED_SEGMENT_FRAMES,
     ) -> None:
         self.store = store
         self.target = target
         self.retention = retention
         self.snapshot_interval = snapshot_interval
         self.max_segment_frames = max_segment_frames
+        self.snapshot_ratio = snapshot_ratio
+        self.merge_frames = merge_frames
+        self._snapshot_size = 0  # bytes of the newest snapshot, and of segments shipped since it
+        self._since_snapshot = 0
+        self._to_compact: deque[int] = deque()  # finished generations whose segments may be merged
         self._mutex = threading.Lock()
         # (generation, frames after commit) and when SQLite reported the commit durable.
         self._seen: list[tuple[int, int]] = []
@@ -93,7 +111,17 @@ class Archiver:
         self._lags: deque[float] = deque(maxlen=20_000)
         self.last_error: str | None = None
         self.last_shipped_at: float | None = None
-        self.stats = {"segments": 0, "frames": 0, "bytes": 0, "snapshots": 0, "deleted": 0}
+        # "snapshots" counts what the archive holds (read back on start); the rest count this run's work.
+        self.stats = {
+            "segments": 0,
+            "frames": 0,
+            "bytes": 0,
+            "snapshots": 0,
+            "snapshots_shipped": 0,
+            "deleted": 0,
+            "merged": 0,
+            "merged_away": 0,
+        }
         self._times_path = store.data_dir / TIMES_FILE
         self._times_fd: int | None = None
         store.add_commit_listener(self.on_commit)
@@ -209,7 +237,8 @@ class Archiver:
     def _resume(self) -> None:
         """Find where the archive ends (it is the only record of what was shipped)."""
         self.target.clean()
-        keys = [key for key, _ in self.target.list("")]
+        sizes = dict(self.target.list(""))
+        keys = list(sizes)
         ours = {"database_id": self.store.database_id}
         if IDENTITY in keys:
             theirs = msgspec.json.decode(self.target.get_bytes(IDENTITY))
@@ -223,14 +252,23 @@ class Archiver:
         else:
             self.target.put_bytes(IDENTITY, msgspec.json.encode(ours))
         listing = parse_listing(keys)
+        self.stats["snapshots"] = len(listing.snapshots)
+        # Merges a kill -9 interrupted, or never began (the primary stopped first).
+        self._to_compact.extend(
+            g for g in sorted(listing.segments) if g in listing.ends and len(listing.segments[g]) > 1
+        )
         current = self.store.generation
         usable = [s for s in listing.snapshots if s[0] <= current]
         if not usable:
             self._need_snapshot = True
             self._generation, self._frame = current, 0
             return
-        generation, began_at, _ = usable[-1]
+        generation, began_at, key = usable[-1]
         self._last_snapshot = (generation, began_at)
+        self._snapshot_size = sizes[key]
+        self._since_snapshot = sum(
+            sizes[k] for g, segments in listing.segments.items() if g >= generation for _, _, k in segments
+        )
         while generation < current and generation in listing.ends:
             generation += 1
         self._generation = generation
@@ -248,11 +286,16 @@ class Archiver:
         current, durable = position
         last = self._last_snapshot
         due = last is not None and last[0] < current and time.time() - last[1] >= self.snapshot_interval
+        if last is not None and last[0] < current and self.snapshot_ratio > 0:
+            due = due or self._since_snapshot >= self.snapshot_ratio * self._snapshot_size
         if due and self._generation == current:
             # A new generation's base after the interval: restores of later times start here.
             self._snapshot(new_chain=False)
             return True
         if self._generation == current and durable <= self._frame:
+            if self._to_compact:
+                self._compact(self._to_compact.popleft())
+                return True
             return False
         start = self._frame + 1
         result = self.store.pull(self._generation, start, start + self.max_segment_frames, extend=False)
@@ -263,6 +306,7 @@ class Archiver:
             if self._generation < result.generation:  # the generation is finished and shipped whole
                 self.target.put_bytes(end_key(self._generation, self._frame), b"")
                 crash_point("archive-end-marked")
+                self._to_compact.append(self._generation)
                 self._generation, self._frame = self._generation + 1, 0
                 return True
             return False
@@ -305,17 +349,20 @@ class Archiver:
         self.stats["segments"] += 1
         self.stats["frames"] += frames.last - frames.first + 1
         self.stats["bytes"] += len(body)
+        self._since_snapshot += len(body)
 
     def _snapshot(self, *, new_chain: bool) -> None:
         tmp = self.store.data_dir / SNAPSHOT_TMP
         try:
             generation, began_at, sha256 = self.store.copy_base(tmp)
             self.target.put_file(snapshot_key(generation, began_at), tmp, sha256)
+            self._snapshot_size, self._since_snapshot = tmp.stat().st_size, 0
         finally:
             tmp.unlink(missing_ok=True)
         crash_point("archive-snapshot-shipped")
         log.info("archive: snapshot of generation %d shipped to %s", generation, self.target.url)
         self.stats["snapshots"] += 1
+        self.stats["snapshots_shipped"] += 1
         self._last_snapshot = (generation, began_at)
         if new_chain:
             with self._mutex:
@@ -338,6 +385,40 @@ class Archiver:
         for key in doomed:
             self.target.delete(key)
         self.stats["deleted"] += len(doomed)
+        self.stats["snapshots"] -= sum(1 for generation, _, _ in listing.snapshots if generation < anchor)
+
+    def _compact(self, generation: int) -> None:
+        """Merge the first run of small segments of a finished generation into one (then requeue the
+        generation if more runs are left). Every frame and commit time is kept: a lossless rewrite."""
+        listing = parse_listing([key for key, _ in self.target.list(f"{FRAMES}{generation:010d}/")])
+        chosen, redundant = cover(listing.segments.get(generation, []))
+        run: list[tuple[int, int, str]] = []
+        for segment in chosen:
+            if run and segment[1] - run[0][0] + 1 > self.merge_frames:
+                if len(run) > 1:
+                    self._to_compact.appendleft(generation)  # more runs after this one
+                    break
+                run = []
+            run.append(segment)
+        if len(run) > 1:
+            frames = bytearray()
+            commits: list[tuple[int, float]] = []
+            seen = run[0][0] - 1
+            for first, last, key in run:
+                header, data = decode_segment(self.target.get_bytes(key), key)
+                frames += data[(seen + 1 - first) * FRAME_SIZE :]
+                commits.extend((frame, at) for frame, at in header.commits if frame > seen)
+                seen = last
+            first = run[0][0]
+            self.target.put_bytes(
+                segment_key(generation, first, seen), encode_segment(generation, first, bytes(frames), commits)
+            )
+            crash_point("archive-compaction-merged")
+            redundant.extend(run)
+            self.stats["merged"] += 1
+        for _, _, key in redundant:
+            self.target.delete(key)
+        self.stats["merged_away"] += len(redundant)
 
 
 def archive_from_settings(store: PrimaryStore, settings: Any) -> Archiver | None:
@@ -345,9 +426,18 @@ def archive_from_settings(store: PrimaryStore, settings: Any) -> Archiver | None
         return None
     from edgenode.objectstore import open_target
 
-    target = open_target(settings.archive, endpoint=settings.archive_s3_endpoint, region=settings.archive_s3_region)
+    target = open_target(
+        settings.archive,
+        endpoint=settings.archive_s3_endpoint,
+        region=settings.archive_s3_region,
+        multipart_threshold=settings.archive_s3_multipart_threshold,
+    )
     if isinstance(getattr(target, "root", None), Path):
         target.root.mkdir(parents=True, exist_ok=True)  # type: ignore[attr-defined]
     return Archiver(
-        store, target, retention=settings.archive_retention, snapshot_interval=settings.archive_snapshot_interval
+        store,
+        target,
+        retention=settings.archive_retention,
+        snapshot_interval=settings.archive_snapshot_interval,
+        snapshot_ratio=settings.archive_snapshot_ratio,
     )

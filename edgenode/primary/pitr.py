@@ -23,7 +23,7 @@ import apsw
 
 from edgenode.backup import STANDALONE, BackupError, RestoreReport, restore_built
 from edgenode.objectstore import ObjectStoreError, open_target
-from edgenode.primary.archive_format import ArchiveFormatError, decode_segment, parse_listing
+from edgenode.primary.archive_format import FRAMES, ArchiveFormatError, cover, decode_segment, parse_listing
 from edgenode.primary.wal import FRAME_SIZE, WalHeader, encode_frames
 
 Progress = Callable[[int, int], None]
@@ -146,13 +146,25 @@ def restore_to_time(
             while not reached:
                 pending = bytearray()  # frames of a transaction whose commit frame is not seen yet
                 seen = 0  # frames of `generation` read so far (committed or pending)
-                for first, last, key in listing.segments.get(generation, []):
-                    if last <= seen:
-                        continue  # shipped twice (an archiver killed after its upload): already have it
-                    if first > seen + 1:
-                        break
+                # The widest segments first: a merged one (compaction) over its parts, never both.
+                plan = cover(listing.segments.get(generation, []))[0]
+                relisted = False
+                while plan:
+                    first, last, key = plan.pop(0)
                     try:
-                        header, frames = decode_segment(target.get_bytes(key), key)
+                        body = target.get_bytes(key)
+                    except Exception:
+                        if relisted:
+                            raise
+                        # Compaction replaced it with a merged segment since we listed: list again.
+                        prefix = f"{FRAMES}{generation:010d}/"
+                        fresh = target.list(prefix)
+                        sizes.update(fresh)
+                        plan = cover(parse_listing([k for k, _ in fresh]).segments.get(generation, []), seen)[0]
+                        relisted = True
+                        continue
+                    try:
+                        header, frames = decode_segment(body, key)
                     except ArchiveFormatError as exc:
                         raise BackupError(f"archive object {key} is damaged: {exc}") from exc
                     done += sizes[key]
