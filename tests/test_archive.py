@@ -564,3 +564,86 @@ def test_status_counts_the_snapshots_the_archive_holds_after_a_restart(tmp_path:
         proc.stop()
     assert info["snapshots"] == held and info["snapshots_shipped"] == 0, info
     check_moment(history, archive, history.acked[-1][2] - 0.5, tmp_path / "restored", None)
+
+
+def test_a_snapshot_above_the_multipart_threshold_goes_up_in_parts_and_restores(
+    tmp_path: Path, s3_endpoint: str
+) -> None:
+    archive = make_bucket(s3_endpoint, f"multipart-{os.getpid()}")
+    args = primary_args(
+        tmp_path / "primary",
+        archive,
+        "--archive-s3-endpoint",
+        s3_endpoint,
+        "--archive-s3-multipart-threshold",
+        str(1 << 20),
+        "--archive-snapshot-ratio",
+        "0.5",
+    )
+    proc = start(args, tmp_path, "primary", env=S3_ENV)
+    try:
+        setup_schema(proc.url)
+        for batch in range(4):  # ~12 MB: the next snapshot is bigger than one 5 MiB part
+            primary_execute(
+                proc.url,
+                [
+                    f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000) "
+                    f"INSERT INTO t(id, data) SELECT {batch * 1000} + i, randomblob(3000) FROM n",
+                    f"UPDATE meta SET last = {(batch + 1) * 1000}",
+                ],
+                TOKEN,
+                transaction=True,
+            )
+        primary_execute(proc.url, ["INSERT INTO t(id) VALUES (4001)", "UPDATE meta SET last = 4001"], TOKEN)
+        deadline = time.monotonic() + 60
+        client = S3Client(
+            archive.split("/")[2], endpoint=s3_endpoint, credentials=Credentials("test-key", "test-secret")
+        )
+        try:
+            while time.monotonic() < deadline:
+                big = [(k, n) for k, n in client.list("primary-1/snapshots/") if n > 6 << 20]
+                if big:
+                    break
+                primary_execute(proc.url, ["UPDATE meta SET last = 4001"], TOKEN)  # more rollovers
+                time.sleep(0.05)
+            assert big, "no snapshot above the threshold was shipped"
+            # S3 marks an object completed from parts by an ETag ending in -PARTS.
+            etag = client._request("HEAD", big[0][0]).headers["etag"]
+            parts = -(-big[0][1] // (5 << 20))  # 5 MiB parts: S3's smallest
+            assert parts > 1 and etag.strip('"').endswith(f"-{parts}"), (etag, big)
+            wait_archived(proc)
+        finally:
+            client.close()
+    finally:
+        proc.stop()
+    os.environ.update(S3_ENV)
+    restore_to_time(archive, time.time(), tmp_path / "restored", endpoint=s3_endpoint)
+    assert state_of(tmp_path / "restored" / "edgenode.db") == (4001, set(range(1, 4002)))
+
+
+def test_a_failed_multipart_upload_is_aborted_and_a_killed_writers_upload_is_cleaned(
+    tmp_path: Path, s3_endpoint: str
+) -> None:
+    bucket = f"abort-{os.getpid()}"
+    make_bucket(s3_endpoint, bucket)
+    client = S3Client(bucket, endpoint=s3_endpoint, credentials=Credentials("test-key", "test-secret"))
+    try:
+
+        def parts_then_failure() -> Iterator[bytes]:
+            yield os.urandom(5 << 20)
+            raise OSError("disk read failed")
+
+        with pytest.raises(OSError, match="disk read failed"):
+            client._multipart("a/snapshot.db", parts_then_failure())
+        assert client.list("a/") == []
+        assert client.abort_uploads("a/") == 0  # nothing left behind: it was aborted at once
+        # A writer killed mid-upload leaves an unfinished upload (never an object): clean() aborts it.
+        created = client._request("POST", "a/orphan.db", query={"uploads": ""})
+        assert b"UploadId" in created.content
+        os.environ.update(S3_ENV)
+        target = open_target(f"s3://{bucket}/a", endpoint=s3_endpoint)
+        target.clean()
+        target.close()
+        assert client.abort_uploads("a/") == 0 and client.list("a/") == []
+    finally:
+        client.close()
