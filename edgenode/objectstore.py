@@ -13,6 +13,7 @@ Keys are '/'-separated relative paths; listing returns them sorted.
 
 from __future__ import annotations
 
+import logging
 import os
 import urllib.parse
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Protocol
 from edgenode.durable import fsync_dir
 
 _TMP_PREFIX = ".tmp-"
+
+log = logging.getLogger("edgenode.objectstore")
 
 
 class ObjectStoreError(Exception):
@@ -161,7 +164,14 @@ class S3Target:
 
     def clean(self) -> None:
         """S3 never shows an incomplete PUT; a killed writer's multipart uploads are aborted here."""
-        self.client.abort_uploads(self.prefix)
+        from edgenode.s3 import S3Error
+
+        try:
+            self.client.abort_uploads(self.prefix)
+        except S3Error as exc:
+            # Not every S3-compatible server lists uploads; leftovers stay invisible (and a bucket
+            # lifecycle rule can expire them), so shipping goes on.
+            log.warning("could not list unfinished multipart uploads under %s: %s", self.url, exc)
 
     def close(self) -> None:
         self.client.close()
