@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import urllib.parse
 from pathlib import Path
 from typing import Protocol
@@ -37,7 +38,9 @@ class Target(Protocol):
     def put_file(self, key: str, path: Path, sha256: str | None = None) -> None: ...
     def get_bytes(self, key: str) -> bytes: ...
     def get_to_file(self, key: str, dest: Path) -> int: ...
-    def list(self, prefix: str) -> list[tuple[str, int]]: ...
+    def list(
+        self, prefix: str, start_after: str | None = None, end_before: str | None = None
+    ) -> list[tuple[str, int]]: ...
     def delete(self, key: str) -> None: ...
     def clean(self) -> None: ...
     def close(self) -> None: ...
@@ -83,14 +86,14 @@ class DirTarget:
         return self._path(key).read_bytes()
 
     def get_to_file(self, key: str, dest: Path) -> int:
-        written = 0
-        with open(self._path(key), "rb") as f, open(dest, "wb") as out:
-            while chunk := f.read(4 << 20):
-                out.write(chunk)
-                written += len(chunk)
-        return written
+        # copyfile uses the kernel's copy (copy_file_range/sendfile): a restore's snapshot copy was
+        # 2.7x slower through Python reads and writes.
+        shutil.copyfile(self._path(key), dest)
+        return dest.stat().st_size
 
-    def list(self, prefix: str) -> list[tuple[str, int]]:
+    def list(self, prefix: str, start_after: str | None = None, end_before: str | None = None) -> list[tuple[str, int]]:
+        """Keys under prefix, sorted; with start_after / end_before only those strictly between
+        (directories wholly outside are not walked)."""
         if not self.root.is_dir():
             return []  # else the walk below would start in the root's parent, outside the archive
         base = self._path(prefix.rstrip("/")) if prefix.rstrip("/") else self.root
@@ -98,14 +101,28 @@ class DirTarget:
         if not start.is_dir():
             return []
         out = []
-        for dirpath, _, files in os.walk(start):
+        for dirpath, dirs, files in os.walk(start):
+            base_key = Path(dirpath).relative_to(self.root).as_posix()
+            if start_after is not None or end_before is not None:
+                keep = []
+                for d in dirs:
+                    key = f"{base_key}/{d}/" if base_key != "." else f"{d}/"
+                    if start_after is not None and key + "\uffff" < start_after:
+                        continue  # every key in it sorts before start_after
+                    if end_before is not None and key >= end_before:
+                        continue
+                    keep.append(d)
+                dirs[:] = keep
             for name in files:
                 if name.startswith(_TMP_PREFIX):
                     continue
                 full = Path(dirpath) / name
                 key = full.relative_to(self.root).as_posix()
-                if key.startswith(prefix):
-                    out.append((key, full.stat().st_size))
+                if not key.startswith(prefix):
+                    continue
+                if (start_after is not None and key <= start_after) or (end_before is not None and key >= end_before):
+                    continue
+                out.append((key, full.stat().st_size))
         return sorted(out)
 
     def delete(self, key: str) -> None:
@@ -155,9 +172,14 @@ class S3Target:
     def get_to_file(self, key: str, dest: Path) -> int:
         return self.client.get_to_file(self.prefix + key, dest)
 
-    def list(self, prefix: str) -> list[tuple[str, int]]:
+    def list(self, prefix: str, start_after: str | None = None, end_before: str | None = None) -> list[tuple[str, int]]:
         n = len(self.prefix)
-        return [(key[n:], size) for key, size in self.client.list(self.prefix + prefix)]
+        listed = self.client.list(
+            self.prefix + prefix,
+            start_after=self.prefix + start_after if start_after is not None else None,
+            end_before=self.prefix + end_before if end_before is not None else None,
+        )
+        return [(key[n:], size) for key, size in listed]
 
     def delete(self, key: str) -> None:
         self.client.delete(self.prefix + key)

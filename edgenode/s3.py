@@ -286,17 +286,24 @@ class S3Client:
     def delete(self, key: str) -> None:
         self._request("DELETE", key, ok=(200, 204))
 
-    def list(self, prefix: str) -> list[tuple[str, int]]:
-        """Every (key, size) under prefix, in key order (follows continuation tokens)."""
+    def list(self, prefix: str, start_after: str | None = None, end_before: str | None = None) -> list[tuple[str, int]]:
+        """Every (key, size) under prefix, in key order (follows continuation tokens); with
+        start_after / end_before only the keys strictly between (S3 starts there; the paging stops
+        at end_before)."""
         out: list[tuple[str, int]] = []
         token: str | None = None
         while True:
             query = {"list-type": "2", "prefix": prefix}
             if token:
                 query["continuation-token"] = token
+            elif start_after is not None:
+                query["start-after"] = start_after
             root = ET.fromstring(self._request("GET", "", query=query).content)
             for item in root.iter(_NS + "Contents"):
-                out.append((item.findtext(_NS + "Key") or "", int(item.findtext(_NS + "Size") or 0)))
+                key = item.findtext(_NS + "Key") or ""
+                if end_before is not None and key >= end_before:
+                    return out
+                out.append((key, int(item.findtext(_NS + "Size") or 0)))
             if root.findtext(_NS + "IsTruncated") != "true":
                 return out
             token = root.findtext(_NS + "NextContinuationToken")

@@ -24,7 +24,14 @@ import apsw
 
 from edgenode.backup import STANDALONE, BackupError, RestoreReport, restore_built
 from edgenode.objectstore import ObjectStoreError, open_target
-from edgenode.primary.archive_format import FRAMES, ArchiveFormatError, cover, decode_segment, parse_listing
+from edgenode.primary.archive_format import (
+    FRAMES,
+    SNAPSHOTS,
+    ArchiveFormatError,
+    cover,
+    decode_segment,
+    parse_listing,
+)
 from edgenode.primary.wal import FRAME_HEADER_SIZE, FRAME_SIZE, PAGE_SIZE, frame_page_and_commit
 
 Progress = Callable[[int, int], None]
@@ -83,18 +90,19 @@ class _PageWriter:
         self.file = open(path, "r+b")
         self.pages = 0  # the database size (pages) after the last applied commit; 0: none applied
 
-    def append(self, frames: bytes) -> None:
-        latest: dict[int, int] = {}  # page -> offset of its last frame in this batch
-        view = memoryview(frames)
-        for offset in range(0, len(frames), FRAME_SIZE):
-            page, size = frame_page_and_commit(view, offset)
-            latest[page] = offset
-            if size:
-                self.pages = size
+    def append(self, chunks: list[memoryview]) -> None:
+        """Whole committed transactions, in order (each chunk a run of whole frames)."""
+        latest: dict[int, tuple[memoryview, int]] = {}  # page -> where its last frame in this batch is
+        for chunk in chunks:
+            for offset in range(0, len(chunk), FRAME_SIZE):
+                page, size = frame_page_and_commit(chunk, offset)
+                latest[page] = (chunk, offset + FRAME_HEADER_SIZE)
+                if size:
+                    self.pages = size
         fd = self.file.fileno()
         for page in sorted(latest):  # in file order: sequential writes where pages are adjacent
-            start = latest[page] + FRAME_HEADER_SIZE
-            os.pwrite(fd, view[start : start + PAGE_SIZE], (page - 1) * PAGE_SIZE)
+            chunk, start = latest[page]
+            os.pwrite(fd, chunk[start : start + PAGE_SIZE], (page - 1) * PAGE_SIZE)
 
     def close(self) -> None:
         if self.pages:
@@ -118,22 +126,32 @@ def restore_to_time(
     except ObjectStoreError as exc:
         raise BackupError(str(exc)) from exc
     try:
-        listed = target.list("")
+        sizes = dict(target.list(SNAPSHOTS))
+        snapshots = parse_listing(list(sizes)).snapshots
+        if not snapshots:
+            target.close()
+            raise BackupError(f"{url} holds no archive snapshot (is it a primary's --archive?)")
+        usable = [s for s in snapshots if s[1] <= to_time]
+        if not usable:
+            target.close()
+            raise BackupError(f"{iso(to_time)} is before the archive's earliest restorable time {iso(snapshots[0][1])}")
+        snapshot_generation, _, snapshot_key = usable[-1]
+        # Only the frames between this snapshot and the next one: the next began after to_time, so
+        # every commit at or before to_time is in an earlier generation. An archive of a week is
+        # hundreds of thousands of keys; a restore lists the few it needs.
+        later = [s[0] for s in snapshots if s[0] > snapshot_generation]
+        frames = target.list(
+            FRAMES,
+            start_after=f"{FRAMES}{snapshot_generation - 1:010d}/~",
+            end_before=f"{FRAMES}{later[0] + 1:010d}/" if later else None,
+        )
+    except BackupError:
+        raise
     except Exception as exc:
         target.close()
         raise BackupError(f"cannot list the archive {url}: {exc}") from exc
-    sizes = dict(listed)
+    sizes.update(frames)
     listing = parse_listing(list(sizes))
-    if not listing.snapshots:
-        target.close()
-        raise BackupError(f"{url} holds no archive snapshot (is it a primary's --archive?)")
-    usable = [s for s in listing.snapshots if s[1] <= to_time]
-    if not usable:
-        target.close()
-        raise BackupError(
-            f"{iso(to_time)} is before the archive's earliest restorable time {iso(listing.snapshots[0][1])}"
-        )
-    snapshot_generation, _, snapshot_key = usable[-1]
     outcome: dict[str, object] = {}
 
     def build(staging: Path) -> int:
@@ -147,10 +165,13 @@ def restore_to_time(
         commits, last_at = 0, None
         generation, frame = snapshot_generation, 0
         reached = False  # a commit after to_time was found: the state at to_time is complete
-        accepted = bytearray()  # committed frames not yet re-checksummed into the WAL (written in batches)
+        # Committed frames not yet written (in batches, so a page changed often is written once per
+        # batch), as views into the segments read: no copies.
+        accepted: list[memoryview] = []
+        accepted_bytes = 0
         try:
             while not reached:
-                pending = bytearray()  # frames of a transaction whose commit frame is not seen yet
+                pending: list[memoryview] = []  # frames of a transaction whose commit frame is not seen yet
                 seen = 0  # frames of `generation` read so far (committed or pending)
                 # The widest segments first: a merged one (compaction) over its parts, never both.
                 plan = cover(listing.segments.get(generation, []))[0]
@@ -183,15 +204,16 @@ def restore_to_time(
                             reached = True
                             break
                         end = number - first + 1
-                        pending += frames[start * FRAME_SIZE : end * FRAME_SIZE]
-                        accepted += pending
+                        pending.append(frames[start * FRAME_SIZE : end * FRAME_SIZE])
+                        accepted.extend(pending)
+                        accepted_bytes += sum(len(chunk) for chunk in pending)
                         pending.clear()
-                        if len(accepted) >= _FLUSH_BYTES:
-                            pages.append(bytes(accepted))
-                            accepted.clear()
+                        if accepted_bytes >= _FLUSH_BYTES:
+                            pages.append(accepted)
+                            accepted, accepted_bytes = [], 0
                         commits, last_at, frame, start, seen = commits + 1, at, number, end, number
                     if not reached:
-                        pending += frames[start * FRAME_SIZE :]  # a transaction its next segment ends
+                        pending.append(frames[start * FRAME_SIZE :])  # a transaction its next segment ends
                         seen = last
                     if progress is not None:
                         progress(min(done, total), total)
@@ -212,7 +234,7 @@ def restore_to_time(
                         )
                     break  # the end of the archive: to_time is after its last commit
                 generation, frame = generation + 1, 0
-            pages.append(bytes(accepted))
+            pages.append(accepted)
             pages.close()
             _to_rollback_journal(staging)
             outcome.update(generation=generation, frame=frame, commits=commits, last_at=last_at, reached=reached)
