@@ -89,6 +89,16 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     archive_snapshot_interval: Annotated[
         float, Doc("Seconds between archive snapshots (a restore replays at most this much history).")
     ] = 86_400.0
+    archive_snapshot_ratio: Annotated[
+        float,
+        Doc(
+            "Primary: also snapshot at a rollover once the frames archived since the last snapshot exceed this "
+            "times its size (bounds a restore's replay; 0 = by interval only)."
+        ),
+    ] = 0.5
+    archive_s3_multipart_threshold: Annotated[
+        int, Doc("Bytes above which an s3:// archive object is sent as a multipart upload.")
+    ] = 64 << 20
     stream_idle_timeout: Annotated[float, Doc("Seconds before an idle Hrana stream expires.")] = 10.0
     transaction_timeout: Annotated[float, Doc("Seconds a Hrana transaction may hold the write lock.")] = 5.0
     idempotency_retention: Annotated[
@@ -187,11 +197,13 @@ def _validate(settings: Settings) -> None:
     if settings.profile not in PROFILES:
         fail("profile", "one of " + ", ".join(PROFILES), settings.profile)
     positive_ints = ("max_body_bytes", "max_connections", "max_rows", "query_timeout_ms", "read_connections")
-    for name in (*positive_ints, "generation_max_frames"):
+    for name in (*positive_ints, "generation_max_frames", "archive_s3_multipart_threshold"):
         if getattr(settings, name) <= 0:
             fail(name, "a positive integer", getattr(settings, name))
     if settings.keep_generations < 0:
         fail("keep_generations", "zero or more", settings.keep_generations)
+    if settings.archive_snapshot_ratio < 0:
+        fail("archive_snapshot_ratio", "zero (off) or a positive number", settings.archive_snapshot_ratio)
     for name in (
         "sync_interval",
         "sync_timeout",
