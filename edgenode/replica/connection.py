@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import libsql
 
+from edgenode.crash import crash_point
 from edgenode.engine import read_schema
 from edgenode.engine import rollback as engine_rollback
 from edgenode.idempotency import TABLE, WRITER_MARK, lf_key
@@ -195,6 +196,7 @@ def rollback_to_pulled(files: ReplicaFiles) -> bool:
             os.fsync(wal.fileno())
     except FileNotFoundError:
         return False
+    crash_point("N4")  # docs/local-first.md §6: the WAL cut, the wal-index header not yet invalidated
     try:
         fd = os.open(files.shm, os.O_RDWR)
     except FileNotFoundError:
@@ -250,6 +252,7 @@ def _settle_and_replay(conn: Any, files: ReplicaFiles) -> int:
                 _local_failures[seq] = error
             else:
                 _local_failures.pop(seq, None)
+            crash_point("N6")  # §6: the replay transaction open, not committed
     return len(entries)
 
 
@@ -299,12 +302,15 @@ def pull_local_first(
     The last item is the change feed's synced head (consumers read no further, §8)."""
     files = ReplicaFiles(Path(data_dir))
     before = files.read_info()
-    if rollback_to_pulled(files):
+    cut = rollback_to_pulled(files)
+    if cut:
         conn.execute("SELECT count(*) FROM sqlite_schema").fetchall()  # WAL recovery, fresh page cache
     replayed = 0
     try:
         duration, truncated = _sync(conn, files, relay_url, timeout)
         after = _after(files)
+        if cut:
+            crash_point("N5")  # §6: pulled, the pending writes cut and not yet replayed
     finally:
         replayed = _settle_and_replay(conn, files)
     schema = read_schema(conn) if after != before or replayed else None
@@ -362,6 +368,8 @@ def apply_local(
                 continue
             accepted.append((i, (key, fingerprint, statements, local, results)))
         seqs = outbox.append([w for _, w in accepted], retention) if accepted else []
+        if seqs:
+            crash_point("N2")  # §6: queued durably, the replica's COMMIT and the response not done
     for (i, write), seq in zip(accepted, seqs, strict=True):
         out[i] = ("ok", seq, write[4])
     for i, outcome in enumerate(out):

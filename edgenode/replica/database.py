@@ -306,6 +306,8 @@ class ReplicaDatabase(Database):
         assert self._http is not None
         try:
             info = await bootstrap.primary_info(self._http, self.primary_url)
+        except bootstrap.PrimaryRefused:
+            raise  # the pusher pauses on it (a credentials problem, not an outage)
         except (httpx.HTTPError, bootstrap.BootstrapError) as exc:
             raise Unavailable(f"cannot reach the primary at {self.primary_url}: {exc}") from exc
         database_id = info.get("database_id")
