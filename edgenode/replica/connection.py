@@ -425,3 +425,51 @@ def outbox_resolve(conn: Any, seq: int, action: str, retention: float) -> tuple[
             return ("error", outcome[1])  # it stays a conflict
     outbox.take_conflict(seq)
     return ("discarded",) if action == "discard" else ("ok", outcome[1])
+
+
+# -- local-first interactive transactions (docs/local-first.md §7) -----------------------------------
+# The session holding the node's lease (replica/lease.py) runs its BEGIN, statements and COMMIT here as
+# separate owner calls; nothing else touches the connection meanwhile (no pull, no other write).
+
+
+def txn_begin(conn: Any, sql: str) -> None:
+    """Open the transaction (the client's own BEGIN; a READONLY one opens a plain deferred one)."""
+    conn.execute("PRAGMA synchronous = NORMAL")  # the outbox commit is the durable one (§3 step 2c)
+    try:
+        conn.execute(sql)
+    except BaseException:
+        conn.execute("PRAGMA synchronous = FULL")
+        raise
+
+
+def txn_end(
+    conn: Any,
+    write: tuple[str, list[tuple[str, Any]], list[PlainStatement], list[ExecResult]] | None,
+    retention: float,
+    database_id: str | None = None,
+) -> int | None:
+    """COMMIT (with `write`: fingerprint, statements, local statements, local results, queued first as
+    ONE outbox entry, durably) or ROLLBACK (`write` None and nothing to keep). The seq, if queued."""
+    seq = None
+    try:
+        if write is not None and conn.in_transaction:
+            outbox = _box()
+            if database_id is not None and outbox.database_id() is None:
+                outbox.set_database_id(database_id)
+            fingerprint, statements, local, results = write
+            (seq,) = outbox.append([(None, fingerprint, statements, local, results)], retention)
+            crash_point("N2")  # §6: queued durably, the replica's COMMIT and the response not done
+            conn.execute("COMMIT")
+        elif conn.in_transaction:
+            engine_rollback(conn)
+    finally:
+        conn.execute("PRAGMA synchronous = FULL")
+    return seq
+
+
+def txn_rollback(conn: Any) -> None:
+    try:
+        if conn.in_transaction:
+            engine_rollback(conn)
+    finally:
+        conn.execute("PRAGMA synchronous = FULL")
