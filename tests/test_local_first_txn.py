@@ -22,7 +22,6 @@ from tests.procs import ROOT
 from tests.test_replica_support import (
     AUTH,
     NODE_TOKEN,
-    eventually,
     primary_rows,
     primary_write,
     rows,
@@ -65,7 +64,11 @@ def test_a_transaction_with_the_primary_away_commits_here_as_one_write_and_reach
     node = start_node(tmp_path, primary, *LF)
     try:
         wait_ready(node)
+        # The primary takes 'mine' while the node is down, then goes away: the node never learns it.
+        node.stop()
+        primary_write(primary, "INSERT INTO uniq VALUES ('mine')")
         primary.stop()
+        node.start()
         with HranaClient(node.url, NODE_TOKEN, timeout=15) as client:
             with client.stream() as stream:
                 stream.execute("BEGIN IMMEDIATE")
@@ -108,16 +111,12 @@ def test_a_transaction_with_the_primary_away_commits_here_as_one_write_and_reach
             assert json.loads(done.stdout) == {"inside": [65, 1035], "after": [65, 1035]}
             assert outbox(node)["pending"] == 3
         primary.start()
-        primary_write(primary, "INSERT INTO uniq VALUES ('mine')")  # usually before the node's push
-        eventually(lambda: outbox(node)["pending"] == 0, timeout=30)
-        listed = conflicts(node)
         converge(primary, node)
-        if listed:  # the primary got 'mine' first: the second transaction is one conflict, wholly refused
-            assert len(listed) == 1 and len(listed[0]["statements"]) == 2
-            assert "UNIQUE" in listed[0]["error"]["message"]
-            expected = [(65,), (35,)] if JS_CLIENT.is_dir() and shutil.which("node") else [(70,), (30,)]
-        else:
-            expected = [(65,), (1035,)] if JS_CLIENT.is_dir() and shutil.which("node") else [(70,), (1030,)]
+        # The transaction that took 'mine' is one conflict, wholly refused: its +1000 is not applied.
+        listed = conflicts(node)
+        assert len(listed) == 1 and len(listed[0]["statements"]) == 2
+        assert "UNIQUE" in listed[0]["error"]["message"]
+        expected = [(65,), (35,)] if JS_CLIENT.is_dir() and shutil.which("node") else [(70,), (30,)]
         assert primary_rows(primary, "SELECT balance FROM acct ORDER BY id") == expected
         assert primary_rows(primary, "SELECT note FROM audit") == [("moved 30",)]
         assert rows(node, "SELECT * FROM pragma_quick_check") == [["ok"]]
@@ -146,6 +145,49 @@ def test_a_stuck_transaction_is_rolled_back_after_transaction_timeout_and_frees_
             stuck.close()
         assert outbox(node)["pending"] == 0
         converge(primary, node)
+    finally:
+        node.stop()
+        primary.stop()
+
+
+def test_a_kill_9_at_a_transaction_commit_or_inside_it_loses_nothing_acknowledged_and_applies_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    """N2 of docs/local-first.md §6 at a transaction's COMMIT (queued durably, the replica not yet
+    committed, no answer): after the restart it is applied once. A kill while a transaction is open:
+    nothing of it is queued or applied."""
+    primary = start_primary(tmp_path)
+    primary_write(primary, *SCHEMA)
+    node = start_node(tmp_path, primary, *LF)
+    try:
+        wait_ready(node)
+        node.stop()
+        node.env = {"EDGENODE_CRASH_AT": "N2"}
+        node.start()
+        wait_ready(node)
+        with HranaClient(node.url, NODE_TOKEN, timeout=15) as client, client.stream() as stream:
+            stream.execute("BEGIN")
+            stream.execute("INSERT INTO uniq VALUES ('at-commit')")
+            stream.execute("UPDATE acct SET balance = balance + 1 WHERE id = 'a'")
+            with pytest.raises(HranaError):
+                stream.execute("COMMIT")  # the connection's process died at N2: no answer
+        assert "edgenode: crash point N2 " in node.log()
+        node.kill()
+        node.env = {}
+        node.start()
+        wait_ready(node)
+        with HranaClient(node.url, NODE_TOKEN, timeout=15) as client:
+            open_txn = client.stream()
+            open_txn.execute("BEGIN")
+            open_txn.execute("INSERT INTO uniq VALUES ('never-committed')")
+            node.kill()  # mid-transaction
+            node.start()
+            wait_ready(node)
+        converge(primary, node)
+        assert primary_rows(primary, "SELECT v FROM uniq ORDER BY v") == [("at-commit",)]
+        assert primary_rows(primary, "SELECT balance FROM acct WHERE id = 'a'") == [(101,)]
+        assert rows(node, "SELECT * FROM pragma_quick_check") == [["ok"]]
+        assert conflicts(node) == []
     finally:
         node.stop()
         primary.stop()
