@@ -137,14 +137,21 @@ def prepare_writes(analyzer: StatementAnalyzer, statements: Sequence[Statement])
         raise DatabaseError("statements: give at least one statement")
     prepared = []
     current = analyzer
+    temps: list[str] = []
     for index, (sql, params) in enumerate(statements):
         where = f"statements[{index}]"
         analysis = analyze(current, sql, where)
-        # The expect_rows check's TEMP view and trigger (edgenode.expect): the guards after them use them.
-        if analysis.is_ddl or sql in EXPECT_PRELUDE:
+        if sql in EXPECT_PRELUDE:
+            # The expect_rows check's TEMP view and trigger (edgenode.expect), which its guards use:
+            # temp objects on the mirror, no fork (a fork copies the main schema only: see below).
+            temps.append(sql)
+            current.add_temp(sql)
+        elif analysis.is_ddl:
             # Later statements of this batch may use what this one creates.
             if current is analyzer:
                 current = analyzer.fork()
+                for temp in temps:
+                    current.add_temp(temp)
             current.apply_ddl(sql)
         if analysis.is_transaction_control:
             raise DatabaseError(

@@ -125,3 +125,23 @@ def test_a_local_first_write_whose_row_changed_on_the_primary_becomes_a_conflict
     finally:
         node.stop()
         primary.stop()
+
+
+def test_a_checked_write_that_creates_a_table_is_analysed_with_the_check_and_the_new_table() -> None:
+    from edgenode.analysis import StatementAnalyzer
+    from edgenode.errors import SQLError
+    from edgenode.expect import MESSAGE, Expanded, ExpectRowsMismatch
+    from edgenode.statements import prepare_writes
+
+    analyzer = StatementAnalyzer(lambda: ["CREATE TABLE kv (k TEXT PRIMARY KEY, v INTEGER)"])
+    expanded = Expanded(
+        [("UPDATE kv SET v = 1", None), ("CREATE TABLE made (a)", None), ("INSERT INTO made VALUES (1)", None)],
+        [1, None, 1],
+    )
+    prepared = prepare_writes(analyzer, expanded.statements)  # the fork for CREATE TABLE keeps the check's view
+    assert len(prepared) == 7 and expanded.positions == [2, 4, 5]
+    assert expanded.results(list("vtUgCIg")) == ["U", "C", "I"]
+    mismatch = expanded.error(SQLError(f"statements[6]: {MESSAGE}", index=6))
+    assert isinstance(mismatch, ExpectRowsMismatch) and mismatch.status == 409 and mismatch.index == 2
+    other = expanded.error(SQLError("statements[5]: UNIQUE constraint failed: made.a", index=5))
+    assert str(other) == "statements[2]: UNIQUE constraint failed: made.a" and other.index == 2
