@@ -49,6 +49,10 @@ const { createClient } = require(process.env.LIBSQL_CLIENT);
   const tx2 = await db.transaction("write");
   await tx2.execute("update acct set balance = 0");
   await tx2.rollback();
+  await db.batch([
+    "update acct set balance = balance + 1 where id = 'a'",
+    "update acct set balance = balance - 1 where id = 'b'",
+  ], "write");
   out.after = (await db.execute("select balance from acct order by id")).rows.map((r) => Number(r.balance));
   db.close();
   console.log(JSON.stringify(out));
@@ -108,15 +112,15 @@ def test_a_transaction_with_the_primary_away_commits_here_as_one_write_and_reach
             env = {**os.environ, "URL": node.url, "TOKEN": NODE_TOKEN, "LIBSQL_CLIENT": str(JS_CLIENT)}
             done = subprocess.run(["node", str(script)], env=env, capture_output=True, text=True, timeout=60)
             assert done.returncode == 0, done.stderr
-            assert json.loads(done.stdout) == {"inside": [65, 1035], "after": [65, 1035]}
-            assert outbox(node)["pending"] == 3
+            assert json.loads(done.stdout) == {"inside": [65, 1035], "after": [66, 1034]}
+            assert outbox(node)["pending"] == 4  # the transaction and the batch: one queued write each
         primary.start()
         converge(primary, node)
         # The transaction that took 'mine' is one conflict, wholly refused: its +1000 is not applied.
         listed = conflicts(node)
         assert len(listed) == 1 and len(listed[0]["statements"]) == 2
         assert "UNIQUE" in listed[0]["error"]["message"]
-        expected = [(65,), (35,)] if JS_CLIENT.is_dir() and shutil.which("node") else [(70,), (30,)]
+        expected = [(66,), (34,)] if JS_CLIENT.is_dir() and shutil.which("node") else [(70,), (30,)]
         assert primary_rows(primary, "SELECT balance FROM acct ORDER BY id") == expected
         assert primary_rows(primary, "SELECT note FROM audit") == [("moved 30",)]
         assert rows(node, "SELECT * FROM pragma_quick_check") == [["ok"]]

@@ -18,8 +18,10 @@ import httpx
 import libsql
 
 from edgenode.crash import crash_point
+from edgenode.engine import execute as engine_execute
 from edgenode.engine import read_schema
 from edgenode.engine import rollback as engine_rollback
+from edgenode.errors import SQLError
 from edgenode.idempotency import TABLE, WRITER_MARK, lf_key
 from edgenode.pragmas import PragmaReport, Profile, apply_profile
 from edgenode.replica.files import InvalidInfo, Position, ReplicaFiles
@@ -440,6 +442,16 @@ def txn_begin(conn: Any, sql: str) -> None:
     except BaseException:
         conn.execute("PRAGMA synchronous = FULL")
         raise
+
+
+def txn_execute(
+    conn: Any, sql: str, params: list[Any], want_rows: bool, is_dml: bool, is_insert: bool
+) -> tuple[Any, bool]:
+    """One statement of the open transaction (`engine.execute`); never in autocommit: a transaction
+    the watchdog rolled back meanwhile must not turn its late statement into an unqueued local write."""
+    if not conn.in_transaction:
+        return SQLError("the transaction is no longer open on this node (rolled back)"), False
+    return engine_execute(conn, sql, params, want_rows, is_dml, is_insert)
 
 
 def txn_end(

@@ -91,13 +91,10 @@ class LocalTransaction:
         self, statement: str, args: list[Value] | dict[str, Value], want_rows: bool, can_write: bool
     ) -> StmtResult:
         if self.expired:
-            raise HranaError(
-                f"the transaction was rolled back: it held the node's connection longer than "
-                f"{self.db.settings.transaction_timeout:g} s (transaction_timeout)",
-                "TRANSACTION_TIMEOUT",
-            )
+            raise self._expired_error()
         if _COMMIT.match(statement):
-            self.bridge.run(self._end(self._entry()))
+            if not self.bridge.run(self._end(self._entry())):
+                raise self._expired_error()  # the watchdog rolled it back first
             return StmtResult([], [], 0, None)
         if _ROLLBACK.match(statement):
             self.bridge.run(self._end(None))
@@ -122,7 +119,7 @@ class LocalTransaction:
         except DatabaseError as exc:
             raise hrana_error(exc) from exc
         outcome, in_txn = self.bridge.run(
-            self.db.call(engine.execute, sql, bound, want_rows, analysis.is_dml, analysis.is_insert, lease=self)
+            self.db.call(connection.txn_execute, sql, bound, want_rows, analysis.is_dml, analysis.is_insert, lease=self)
         )
         if not in_txn:
             # The statement ended the transaction itself (RAISE(ROLLBACK), INSERT OR ROLLBACK): nothing kept.
@@ -140,6 +137,13 @@ class LocalTransaction:
             )
         return result
 
+    def _expired_error(self) -> HranaError:
+        return HranaError(
+            f"the transaction was rolled back: it held the node's connection longer than "
+            f"{self.db.settings.transaction_timeout:g} s (transaction_timeout)",
+            "TRANSACTION_TIMEOUT",
+        )
+
     def close(self) -> None:
         if not self.ended:
             self.bridge.run(self._end(None))
@@ -152,9 +156,10 @@ class LocalTransaction:
         statements = [w[0] for w in self.writes]
         return fingerprint(statements), statements, [w[1] for w in self.writes], [w[2] for w in self.writes]
 
-    async def _end(self, entry: Any) -> None:
+    async def _end(self, entry: Any) -> bool:
+        """End it (COMMIT with `entry`, else ROLLBACK); False if it had ended already."""
         if self.ended:
-            return
+            return False
         self.ended = True
         if self._watchdog is not None:
             self._watchdog.cancel()
@@ -171,3 +176,4 @@ class LocalTransaction:
             if self.ddl:
                 await self.db._set_schema(await self.db.call(engine.read_schema))
             await self.db.notify_changed()
+        return True
