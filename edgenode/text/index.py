@@ -15,6 +15,7 @@ import apsw
 from edgenode.api.errors import ApiError
 from edgenode.text.models import TOKENIZE, TextSpec
 from edgenode.text.query import engine_error
+from edgenode.text.scoring import Mode, Scorer
 from edgenode.vectors.exact import CompiledFilter, Sidecar
 
 MARK = ("<mark>", "</mark>")
@@ -30,6 +31,23 @@ def _text(value: Any) -> str | None:
 
 class TextIndex(Sidecar):
     spec: TextSpec  # type: ignore[assignment]
+
+    def __init__(self, path: Any, spec: TextSpec, uid: str) -> None:
+        # Trigram phrases are runs of trigrams, never one token: FTS5 ranks those itself.
+        self.scorer = Scorer(len(spec.columns)) if spec.tokenizer != "trigram" else None
+        super().__init__(path, spec, uid)  # type: ignore[arg-type]
+
+    def _scoring_reader(self) -> tuple[apsw.Connection, apsw.FTS5Tokenizer]:
+        """This thread's reader, with the index's instance table and the collection's tokenizer
+        (both belong to a connection)."""
+        conn = self._reader()
+        tokenizer = getattr(self._local, "tokenizer", None)
+        if tokenizer is None:
+            conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.fts_instances USING fts5vocab(main, fts, instance)")
+            name, *args = TOKENIZE[self.spec.tokenizer].split()
+            tokenizer = conn.fts5_tokenizer(name, args)
+            self._local.tokenizer = tokenizer
+        return conn, tokenizer
 
     def _ensure_schema(self) -> None:
         filt = "".join(f', "{c}"' for c in self.columns)
@@ -53,6 +71,24 @@ class TextIndex(Sidecar):
         filt_cols = "".join(f', "{c}"' for c in self.columns)
         ids = [(rowid,) for rowid, _ in rows]
         live = [(rowid, values) for rowid, values in rows if values is not None]
+        if rows and self.scorer is not None:
+            self.scorer.begin_write()
+        try:
+            self._write_rows(ids, live, n, fts_cols, filt_cols, position)
+        finally:
+            if rows and self.scorer is not None:
+                self.scorer.end_write()
+        return len(rows)
+
+    def _write_rows(
+        self,
+        ids: list[tuple[int]],
+        live: list[tuple[int, list[Any]]],
+        n: int,
+        fts_cols: str,
+        filt_cols: str,
+        position: int | None,
+    ) -> None:
         with self.writer:
             self.writer.executemany("DELETE FROM fts WHERE rowid = ?", ids)
             self.writer.executemany("DELETE FROM filt WHERE rowid = ?", ids)
@@ -67,17 +103,36 @@ class TextIndex(Sidecar):
                 )
             if position is not None:
                 self.writer.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('position', ?)", (position,))
-        return len(rows)
 
     def optimize(self) -> None:
         """Merge the index's segments into one (after a full build: faster queries, smaller file)."""
         self.writer.execute("INSERT INTO fts(fts) VALUES ('optimize')")
 
     def rank(
-        self, match: str, limit: int, offset: int, weights: list[float], flt: CompiledFilter | None, q: str
+        self,
+        match: str,
+        limit: int,
+        offset: int,
+        weights: list[float],
+        flt: CompiledFilter | None,
+        q: str,
+        words: tuple[list[str], Mode] | None = None,
     ) -> list[tuple[int, float]]:
         """(rowid, score), best first: score is BM25 with the given column weights, negated so that
-        higher is better; ties go to the lower rowid, so pages never overlap or skip."""
+        higher is better; ties go to the lower rowid, so pages never overlap or skip. `words`: the
+        free-text words `match` ORs ("any") or ANDs ("all"), which the postings in memory
+        (edgenode.text.scoring) score to the same result without FTS5's per-row ranking."""
+        if words is not None and flt is None and self.scorer is not None:
+            conn, tokenizer = self._scoring_reader()
+            ranked = self.scorer.rank(conn, tokenizer, words[0], words[1], weights, limit, offset)
+            if ranked is not None:
+                return ranked
+        return self.rank_fts5(match, limit, offset, weights, flt, q)
+
+    def rank_fts5(
+        self, match: str, limit: int, offset: int, weights: list[float], flt: CompiledFilter | None, q: str
+    ) -> list[tuple[int, float]]:
+        """The ranking query itself: bm25() on every matching row, then the top of the order."""
         marks = ", ".join("?" * len(weights))
         sql = f"SELECT rowid, -bm25(fts, {marks}) AS score FROM fts WHERE fts MATCH ?"
         params: tuple[Any, ...] = (*weights, match)
