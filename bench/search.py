@@ -368,7 +368,7 @@ def bench_inprocess(
                 s1 = time.perf_counter()
                 ranked = index.rank(m, K, 0, [1.0], None, q, (words, "any"))
                 s2 = time.perf_counter()
-                snippets = index.snippets(m, [r for r, _ in ranked], 16, q)
+                snippets = index.snippets(m, [r for r, _ in ranked], 16, q, words)
                 s3 = time.perf_counter()
                 hits = [Hit(rowid, score, snippets.get(rowid)) for rowid, score in ranked]
                 encoder.encode(SearchResult(results=hits, mode="text", elapsed_ms=0.0))
@@ -383,7 +383,7 @@ def bench_inprocess(
         profile += [
             _stage(label, "query check (edgenode.text.query)", stages["parse"]),
             _stage(label, "BM25 ranking, top 10 (TextIndex.rank: postings in memory)", stages["rank"]),
-            _stage(label, "FTS5 snippets of the 10 hits (TextIndex.snippets)", stages["snippets"]),
+            _stage(label, "FTS5 snippets of the 10 hits (TextIndex.snippets: each row's words)", stages["snippets"]),
             _stage(label, "hits and JSON encoding (msgspec)", stages["encode"]),
         ]
         # FTS5's own ranking query (bm25() on every match; what TextIndex.rank falls back to).

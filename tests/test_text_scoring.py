@@ -152,3 +152,23 @@ def test_searches_on_several_threads_during_writes_answer_a_state_of_the_index(t
     for q in _queries(rng, 20):
         _assert_same(index, q, "any", [1.0], 10, 0)
     index.close()
+
+
+@pytest.mark.parametrize("columns", [1, 3])
+def test_snippets_from_the_words_each_row_holds_equal_the_whole_querys(tmp_path: Path, columns: int) -> None:
+    rng = random.Random(11 + columns)
+    index = _index(tmp_path, columns)
+    index.apply_rows(_rows(rng, list(range(1, 301)), columns), None)
+    assert index.scorer is not None
+    for q in _queries(rng, 60):
+        for syntax, mode in (("any", "any"), ("plain", "all")):
+            match, words = check(q, syntax), free_words(q)
+            ranked = index.rank(match, 10, 0, [1.0] * columns, None, q, (words, mode))  # type: ignore[arg-type]
+            rowids = [r for r, _ in ranked]
+            if not rowids:
+                continue
+            held = index.scorer.words_in_rows(words, rowids)
+            assert held is not None and all(held[r] for r in rowids)
+            for tokens in (1, 4, 16):
+                assert index.snippets(match, rowids, tokens, q, words) == index.snippets(match, rowids, tokens, q)
+    index.close()

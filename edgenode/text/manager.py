@@ -627,12 +627,14 @@ class TextManager(Component):
             index = self._index(c)
             compiled: CompiledFilter | None = index.compile_filter(flt.sql, flt.params) if flt else None
             ranked = index.rank(match, limit, offset, weights, compiled, q, words)
-            snippets = index.snippets(match, [r for r, _ in ranked], snippet_tokens, q)
+            snippets = index.snippets(match, [r for r, _ in ranked], snippet_tokens, q, words[0] if words else None)
         return [(rowid, score, snippets.get(rowid)) for rowid, score in ranked]
 
-    def _snippets(self, c: TextCollection, match: str, rowids: list[int], tokens: int, q: str) -> dict[int, str]:
+    def _snippets(
+        self, c: TextCollection, match: str, rowids: list[int], tokens: int, q: str, words: list[str] | None
+    ) -> dict[int, str]:
         with c.swap.shared():
-            return self._index(c).snippets(match, rowids, tokens, q)
+            return self._index(c).snippets(match, rowids, tokens, q, words)
 
     @staticmethod
     def _index(c: TextCollection) -> TextIndex:
@@ -693,7 +695,10 @@ class TextManager(Component):
         page = fused[req.offset : req.offset + req.k]
         texts = [h.rowid for h in page if h.text_rank is not None]
         if texts and req.snippet_tokens:
-            snippets = await asyncio.to_thread(self._snippets, c, match, texts, req.snippet_tokens, req.q or "")
+            words = _words(req)
+            snippets = await asyncio.to_thread(
+                self._snippets, c, match, texts, req.snippet_tokens, req.q or "", words[0] if words else None
+            )
             for h in page:
                 h.snippet = snippets.get(h.rowid)
         await self._include(c, page, req.include)

@@ -212,6 +212,28 @@ class Scorer:
         entry.scores[weights] = scores
         return scores
 
+    def words_in_rows(self, words: list[str], rowids: list[int]) -> dict[int, list[str]] | None:
+        """Which of the words each row holds (in query order, repeats kept), from the current
+        snapshot; None when there is none or a word is not cached there."""
+        snap = self._snapshot
+        if snap is None or not self._stable(snap.version) or not rowids:
+            return None
+        entries = [snap.words.get(word) for word in words]
+        if any(entry is None for entry in entries):
+            return None
+        ids = np.asarray(rowids, np.int64)
+        slots = np.searchsorted(snap.rowids, ids).clip(0, len(snap.rowids) - 1)
+        known = snap.rowids[slots] == ids
+        out: dict[int, list[str]] = {r: [] for r in rowids}
+        for word, entry in zip(words, entries, strict=True):
+            assert entry is not None
+            if len(entry.slots) == 0:
+                continue
+            at = np.minimum(np.searchsorted(entry.slots, slots), len(entry.slots) - 1)
+            for r in ids[known & (entry.slots[at] == slots)].tolist():
+                out[r].append(word)
+        return out
+
     def rank(
         self,
         conn: apsw.Connection,
