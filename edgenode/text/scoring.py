@@ -173,7 +173,8 @@ class Scorer:
             for at, (_, col, n) in zip(where.tolist(), found, strict=True):
                 counts[at, names[col]] = n
         slots = np.searchsorted(snap.rowids, docs)
-        if not self._stable(snap.version) or (len(docs) and not np.array_equal(snap.rowids[slots], docs)):
+        inside = np.minimum(slots, len(snap.rowids) - 1)
+        if not self._stable(snap.version) or not np.array_equal(snap.rowids[inside], docs):
             return None  # the index changed under the read: this snapshot is done
         entry = _Word(slots=slots, counts=counts)
         if snap.postings + len(docs) > MAX_POSTINGS:
