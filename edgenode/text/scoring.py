@@ -69,6 +69,13 @@ def _varints(blob: bytes) -> list[int]:
     return out
 
 
+def _parse_ints(text: str, n: int) -> np.ndarray:
+    if n < 64:
+        return np.array(text.split(" "), dtype=np.int64)
+    out = np.fromstring(text, dtype=np.int64, sep=" ")  # text mode: not the deprecated binary one
+    return out if len(out) == n else np.array(text.split(" "), dtype=np.int64)
+
+
 @dataclass
 class _Word:
     slots: np.ndarray  # positions in Snapshot.rowids, ascending
@@ -98,6 +105,7 @@ class Scorer:
         self._snapshot: Snapshot | None = None
         self._built_at = -math.inf
         self._lock = threading.Lock()
+        self._columns: dict[str, int] | None = None
 
     def begin_write(self) -> None:
         self._begun += 1
@@ -156,22 +164,7 @@ class Scorer:
         if len(tokens) != 1:
             snap.words[word] = None
             return None
-        if self.columns == 1:
-            found = conn.execute(
-                "SELECT doc, count(*) FROM temp.fts_instances WHERE term = ? GROUP BY doc", (tokens[0],)
-            ).fetchall()
-            docs = np.fromiter((r[0] for r in found), np.int64, len(found))
-            counts = np.fromiter((r[1] for r in found), np.int32, len(found)).reshape(-1, 1)
-        else:
-            found = conn.execute(
-                "SELECT doc, col, count(*) FROM temp.fts_instances WHERE term = ? GROUP BY doc, col", (tokens[0],)
-            ).fetchall()
-            docs = np.unique(np.fromiter((r[0] for r in found), np.int64, len(found)))
-            counts = np.zeros((len(docs), self.columns), np.int32)
-            where = np.searchsorted(docs, [r[0] for r in found])
-            names = self._column_numbers(conn)
-            for at, (_, col, n) in zip(where.tolist(), found, strict=True):
-                counts[at, names[col]] = n
+        docs, counts = self._postings(conn, tokens[0])
         slots = np.searchsorted(snap.rowids, docs)
         inside = np.minimum(slots, len(snap.rowids) - 1)
         if not self._stable(snap.version) or not np.array_equal(snap.rowids[inside], docs):
@@ -184,9 +177,46 @@ class Scorer:
         snap.postings += len(docs)
         return entry
 
+    def _postings(self, conn: apsw.Connection, term: str) -> tuple[np.ndarray, np.ndarray]:
+        """The rows holding `term`, ascending, and its occurrences in each column of each.
+
+        The instance table has a row per occurrence, in (rowid, column, offset) order; they come
+        back as one string of numbers (a row per occurrence through Python costs ~0.7 µs, eight
+        times the parse: a word in a fifth of 50k rows loads in 1 ms instead of 8)."""
+        if self.columns == 1:
+            col_expr = "0"
+        else:
+            cols = self._column_numbers(conn)
+            col_expr = "CASE col " + " ".join(f"WHEN '{name}' THEN {i}" for name, i in cols.items()) + " END"
+        found = conn.execute(
+            f"SELECT count(*), group_concat(doc, ' '), group_concat({col_expr}, ' ') "
+            "FROM temp.fts_instances WHERE term = ?"
+            if self.columns > 1
+            else "SELECT count(*), group_concat(doc, ' ') FROM temp.fts_instances WHERE term = ?",
+            (term,),
+        ).fetchone()
+        n = int(found[0]) if found else 0
+        if n == 0:
+            return np.zeros(0, np.int64), np.zeros((0, self.columns), np.int32)
+        docs = _parse_ints(found[1], n)
+        if len(docs) != n or np.any(docs[1:] < docs[:-1]):
+            raise RuntimeError(f"the instance table gave the postings of {term!r} out of order")
+        new_doc = np.concatenate(([True], docs[1:] != docs[:-1]))
+        if self.columns == 1:
+            starts = np.flatnonzero(new_doc)
+            counts = np.diff(np.append(starts, n)).astype(np.int32).reshape(-1, 1)
+            return docs[starts], counts
+        col = _parse_ints(found[2], n)
+        row = np.cumsum(new_doc) - 1
+        rows = int(row[-1]) + 1
+        counts = np.bincount(row * self.columns + col, minlength=rows * self.columns).astype(np.int32)
+        return docs[new_doc], counts.reshape(rows, self.columns)
+
     def _column_numbers(self, conn: apsw.Connection) -> dict[str, int]:
-        cols = [r[1] for r in conn.execute("PRAGMA table_info(fts)").fetchall()]
-        return {name: i for i, name in enumerate(cols)}
+        if self._columns is None:
+            cols = [r[1] for r in conn.execute("PRAGMA table_info(fts)").fetchall()]
+            self._columns = {name: i for i, name in enumerate(cols)}
+        return self._columns
 
     @staticmethod
     def _scores(snap: Snapshot, entry: _Word, weights: tuple[float, ...]) -> np.ndarray:
