@@ -15,13 +15,16 @@ Figures:
   applied it to its indexes (text and vector), so rows/s is the rate at which they stay current.
 - text search via HTTP: one client in sequence (p50/p99), then 1 and 4 concurrent keep-alive
   clients from a separate process (bench/loadgen.py) for queries/s.
-- in-process: edgenode's FTS5 search (with snippets, as the API answers) and tantivy's (ids, then
-  ids + snippets) on the same queries; `agreement@10` is the share of tantivy's top 10 that
-  edgenode's top 10 holds (both BM25, so high but not 1: tokenizers and BM25 details differ).
+- in-process: edgenode's search as the API runs it (free-text ranking from the postings in
+  memory, edgenode.text.scoring, then FTS5 snippets of the hits; the profile also times FTS5's own
+  ranking query on the same queries) and tantivy's (ids, then ids + snippets) on the same
+  queries; `agreement@10` is the share of tantivy's top 10 that edgenode's top 10 holds (both
+  BM25, so high but not 1: tokenizers and BM25 details differ).
 - hybrid vs vector-only vs text-only on the held-out queries: overlap of each top 10 with the
   exact vector neighbours, and latency via HTTP (one client).
 
-Run: `python -m bench search [--quick]`.
+Run: `python -m bench search [--quick]`; `python -m bench.search --text-only` leaves out the vector
+collection and the hybrid figures (the HNSW build is most of a full run's time).
 """
 
 from __future__ import annotations
