@@ -13,7 +13,7 @@ import pytest
 from edgenode.text.index import TextIndex
 from edgenode.text.models import TextSpec
 from edgenode.text.query import check, free_words
-from edgenode.text.scoring import Mode
+from edgenode.text.scoring import WEIGHT_SETS, Mode
 
 VOCAB = [f"w{i}" for i in range(60)] + ["running", "runs", "café", "Cafe", "the", "Zoë"]
 
@@ -171,4 +171,14 @@ def test_snippets_from_the_words_each_row_holds_equal_the_whole_querys(tmp_path:
             assert held is not None and all(held[r] for r in rowids)
             for tokens in (1, 4, 16):
                 assert index.snippets(match, rowids, tokens, q, words) == index.snippets(match, rowids, tokens, q)
+    index.close()
+
+
+def test_scores_kept_per_word_are_bounded_however_many_weight_sets_requests_choose(tmp_path: Path) -> None:
+    index = _index(tmp_path, 2)
+    index.apply_rows([(i, [f"alpha w{i}", "alpha beta"]) for i in range(1, 50)], None)
+    for i in range(40):
+        _assert_same(index, "alpha beta", "any", [1.0 + i / 7, 0.5], 10, 0)
+    assert index.scorer is not None and index.scorer._snapshot is not None
+    assert all(len(e.scores) <= WEIGHT_SETS for e in index.scorer._snapshot.words.values() if e is not None)
     index.close()

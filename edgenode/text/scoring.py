@@ -47,6 +47,9 @@ REBUILD_SECONDS = 1.0
 # 8 B): about 20 MiB at this bound for a one-column collection. Past it the words are dropped.
 MAX_POSTINGS = 1_000_000
 
+# Scores kept per word for this many weight sets (requests choose them freely; each costs 8 B a posting).
+WEIGHT_SETS = 4
+
 Mode = Literal["any", "all"]
 
 
@@ -240,6 +243,8 @@ class Scorer:
         if idf <= 0.0:
             idf = 1e-6
         scores = idf * ((f * (K1 + 1.0)) / (f + snap.scale[entry.slots]))
+        if len(entry.scores) >= WEIGHT_SETS:
+            entry.scores.clear()
         entry.scores[weights] = scores
         return scores
 
