@@ -47,6 +47,8 @@ REBUILD_SECONDS = 1.0
 # 8 B): about 20 MiB at this bound for a one-column collection. Past it the words are dropped.
 MAX_POSTINGS = 1_000_000
 
+# Past this many rows FTS5 ranks: a query here sums into arrays of one entry per row (12 B each).
+MAX_ROWS = 2_000_000
 # Scores kept per word for this many weight sets (requests choose them freely; each costs 8 B a posting).
 WEIGHT_SETS = 4
 
@@ -144,6 +146,8 @@ class Scorer:
             return None
         totals = _varints(averages[0])
         rows, tokens = totals[0], sum(totals[1 : 1 + self.columns])
+        if rows > MAX_ROWS:
+            return None
         sizes = conn.execute("SELECT id, sz FROM fts_docsize ORDER BY id").fetchall()
         if len(sizes) != rows or rows == 0:
             return None
