@@ -182,3 +182,24 @@ def test_scores_kept_per_word_are_bounded_however_many_weight_sets_requests_choo
     assert index.scorer is not None and index.scorer._snapshot is not None
     assert all(len(e.scores) <= WEIGHT_SETS for e in index.scorer._snapshot.words.values() if e is not None)
     index.close()
+
+
+def test_the_first_in_memory_answer_is_checked_against_bm25_and_a_disagreement_turns_the_path_off(
+    tmp_path: Path,
+) -> None:
+    q = "alpha beta"
+    for disagree in (False, True):
+        (tmp_path / str(disagree)).mkdir()
+        index = _index(tmp_path / str(disagree), 1)
+        index.apply_rows([(i, [f"alpha {'beta ' * (i % 3)}w{i}"]) for i in range(1, 40)], None)
+        conn, _ = index._scoring_reader()
+        assert index.scorer is not None
+        snap = index.scorer.snapshot(conn)
+        assert snap is not None
+        if disagree:  # what a SQLite build with other floating-point rounding would look like
+            snap.scale *= 1.0 + 1e-12
+        exact = index.rank_fts5(check(q, "any"), 10, 0, [1.0], None, q)
+        assert index.rank(check(q, "any"), 10, 0, [1.0], None, q, (free_words(q), "any")) == exact
+        assert index._checked and index._scorer_agrees is not disagree
+        assert index.rank(check(q, "any"), 10, 0, [1.0], None, q, (free_words(q), "any")) == exact
+        index.close()

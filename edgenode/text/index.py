@@ -8,6 +8,7 @@ engine authorizes every action of the expression), the same `meta` rows recordin
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import apsw
@@ -17,6 +18,8 @@ from edgenode.text.models import TOKENIZE, TextSpec
 from edgenode.text.query import engine_error
 from edgenode.text.scoring import Mode, Scorer
 from edgenode.vectors.exact import CompiledFilter, Sidecar
+
+log = logging.getLogger(__name__)
 
 MARK = ("<mark>", "</mark>")
 ELLIPSIS = "…"
@@ -39,6 +42,8 @@ class TextIndex(Sidecar):
     def __init__(self, path: Any, spec: TextSpec, uid: str) -> None:
         # Trigram phrases are runs of trigrams, never one token: FTS5 ranks those itself.
         self.scorer = Scorer(len(spec.columns)) if spec.tokenizer != "trigram" else None
+        self._checked = False  # the scorer's first answer was compared with FTS5's
+        self._scorer_agrees = True
         super().__init__(path, spec, uid)  # type: ignore[arg-type]
 
     def _scoring_reader(self) -> tuple[apsw.Connection, apsw.FTS5Tokenizer]:
@@ -126,11 +131,23 @@ class TextIndex(Sidecar):
         higher is better; ties go to the lower rowid, so pages never overlap or skip. `words`: the
         free-text words `match` ORs ("any") or ANDs ("all"), which the postings in memory
         (edgenode.text.scoring) score to the same result without FTS5's per-row ranking."""
-        if words is not None and flt is None and self.scorer is not None:
+        if words is not None and flt is None and self.scorer is not None and self._scorer_agrees:
             conn, tokenizer = self._scoring_reader()
+            version = self.scorer.version()
             ranked = self.scorer.rank(conn, tokenizer, words[0], words[1], weights, limit, offset)
             if ranked is not None:
-                return ranked
+                if self._checked:
+                    return ranked
+                # Once per index, an answer is checked against bm25() itself: the equality rests
+                # on SQLite's build doing the same floating-point operations (a compiler that fuses
+                # a multiply-add, as some ARM builds do, would change the last bits).
+                exact = self.rank_fts5(match, limit, offset, weights, flt, q)
+                if self.scorer.unchanged_since(version):  # else a write came between: check later
+                    if ranked != exact:
+                        log.warning("%s: in-memory BM25 differs from bm25(); FTS5 ranks from now on", self.path)
+                        self._scorer_agrees = False
+                    self._checked = True
+                return exact
         return self.rank_fts5(match, limit, offset, weights, flt, q)
 
     def rank_fts5(
@@ -160,7 +177,7 @@ class TextIndex(Sidecar):
         long queries (tests/test_text_scoring.py compares them)."""
         if not rowids or tokens == 0:
             return {}
-        if words is not None and self.scorer is not None:
+        if words is not None and self.scorer is not None and self._scorer_agrees:
             held = self.scorer.words_in_rows(words, rowids)
             if held is not None:
                 conn = self._reader()

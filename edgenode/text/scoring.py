@@ -118,6 +118,13 @@ class Scorer:
     def end_write(self) -> None:
         self._done += 1
 
+    def version(self) -> int:
+        return self._done
+
+    def unchanged_since(self, version: int) -> bool:
+        """No write began since `version()` answered `version`."""
+        return self._stable(version)
+
     def _stable(self, version: int) -> bool:
         return self._begun == self._done == version
 
