@@ -21,10 +21,13 @@ changes nothing), and the logarithm is the C library's, as in SQLite. tests/test
 checks equality with bm25() on random corpora, weights, updates and deletes.
 
 Used only where that holds: each query word is one token for the collection's tokenizer (never
-with trigrams), no filter; anything else, and a search while the index is changing, goes to
-FTS5's ranking query. A write bumps a seqlock-style counter before and after its transaction; a
-snapshot (or a word's postings) read while the counter moved is thrown away, so one snapshot
-never mixes two states of the index. Snapshots are rebuilt at most every REBUILD_SECONDS (a
+with trigrams), no filter, at most MAX_ROWS rows; anything else, and a search while the index is
+changing, goes to FTS5's ranking query. TextIndex.rank also compares the first answer of each
+index with bm25()'s and keeps to FTS5 if they differ (a SQLite built to round differently).
+
+A write bumps a seqlock-style counter before and after its transaction; a snapshot (or a word's
+postings) read while the counter moved is thrown away, so one snapshot never mixes two states
+of the index. Snapshots are rebuilt at most every REBUILD_SECONDS (a
 50k-row index reads its sizes in ~25 ms): between the first search after a write and then,
 searches take the FTS5 path, exact as well.
 """
