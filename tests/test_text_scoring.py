@@ -111,7 +111,7 @@ def test_a_snapshot_is_never_read_while_a_write_is_under_way_nor_used_after_it(t
     assert before is not None and [r for r, _ in before] == [2, 1]
     scorer.begin_write()  # what apply_rows does before its transaction
     assert scorer.rank(conn, tokenizer, ["alpha"], "any", [1.0], 10, 0) is None
-    scorer.end_write()
+    scorer.end_write(None)
     index.apply_rows([(3, ["alpha alpha"])], None)
     after = scorer.rank(conn, tokenizer, ["alpha"], "any", [1.0], 10, 0)
     assert after == index.rank_fts5('"alpha"', 10, 0, [1.0], None, "alpha") and after is not None
@@ -203,3 +203,31 @@ def test_the_first_in_memory_answer_is_checked_against_bm25_and_a_disagreement_t
         assert index._checked and index._scorer_agrees is not disagree
         assert index.rank(check(q, "any"), 10, 0, [1.0], None, q, (free_words(q), "any")) == exact
         index.close()
+
+
+def test_a_write_rereads_only_the_words_its_rows_held_before_or_after(tmp_path: Path) -> None:
+    index = _index(tmp_path, 1)
+    index.apply_rows([(i, [f"common w{i % 7} x{i % 5}"]) for i in range(1, 200)], None)
+    assert index.scorer is not None
+    words = ["common", "w1", "w2", "x3", "x4"]
+    for w in words:
+        _assert_same(index, w, "any", [1.0], 1000, 0)
+    before = index.scorer._snapshot
+    assert before is not None
+    # Row 8 held "common w1 x3": it is rewritten to "common w2 y", row 9 ("common w2 x4") deleted.
+    index.apply_rows([(8, ["common w2 y"]), (9, None)], 1)
+    for w in [*words, "y"]:
+        _assert_same(index, w, "any", [1.0], 1000, 0)
+    after = index.scorer._snapshot
+    assert after is not None and after is not before
+    assert after.carried == {}  # every word searched was in row 8 or 9, before or after
+    index.apply_rows([(500, ["w5 only"])], 2)
+    for w in ["common", "w1", "w5", "x3"]:
+        _assert_same(index, w, "any", [1.0], 1000, 0)
+    third = index.scorer._snapshot
+    assert third is not None
+    # postings not reread: the carried words share their arrays with the snapshot before
+    assert third.words["common"].docs is after.words["common"].docs  # type: ignore[union-attr]
+    assert third.words["w1"].docs is after.words["w1"].docs  # type: ignore[union-attr]
+    assert third.words["w5"] is not None and 500 in third.words["w5"].docs.tolist()
+    index.close()

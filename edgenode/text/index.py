@@ -44,6 +44,7 @@ class TextIndex(Sidecar):
         self.scorer = Scorer(len(spec.columns)) if spec.tokenizer != "trigram" else None
         self._checked = False  # the scorer's first answer was compared with FTS5's
         self._scorer_agrees = True
+        self._writer_tokenizer: apsw.FTS5Tokenizer | None = None
         super().__init__(path, spec, uid)  # type: ignore[arg-type]
 
     def _scoring_reader(self) -> tuple[apsw.Connection, apsw.FTS5Tokenizer]:
@@ -80,14 +81,47 @@ class TextIndex(Sidecar):
         filt_cols = "".join(f', "{c}"' for c in self.columns)
         ids = [(rowid,) for rowid, _ in rows]
         live = [(rowid, values) for rowid, values in rows if values is not None]
-        if rows and self.scorer is not None:
-            self.scorer.begin_write()
+        scorer = self.scorer if rows else None
+        if scorer is None:
+            self._write_rows(ids, live, n, fts_cols, filt_cols, position)
+            return len(rows)
+        terms = self._terms(ids, live) if scorer.wants_terms() else None
+        scorer.begin_write()
         try:
             self._write_rows(ids, live, n, fts_cols, filt_cols, position)
         finally:
-            if rows and self.scorer is not None:
-                self.scorer.end_write()
+            scorer.end_write(terms)
         return len(rows)
+
+    def _terms(self, ids: list[tuple[int]], live: list[tuple[int, list[Any]]]) -> frozenset[str]:
+        """Every term of the rows' text as indexed now and as written: the words whose postings
+        this write may change (the others' carry over to the next snapshot, edgenode.text.scoring).
+        The writer's own connection: it is the only one that changes the index."""
+        tokenizer = self._writer_tokenizer
+        if tokenizer is None:
+            name, *args = TOKENIZE[self.spec.tokenizer].split()
+            tokenizer = self._writer_tokenizer = self.writer.fts5_tokenizer(name, args)
+        cols = ", ".join(f'"{c}"' for c in self.spec.columns)
+        texts: list[Any] = []
+        for start in range(0, len(ids), 1000):
+            chunk = ",".join(str(int(r)) for (r,) in ids[start : start + 1000])
+            for row in self.writer.execute(f"SELECT {cols} FROM fts WHERE rowid IN ({chunk})"):
+                texts += row
+        for _, values in live:
+            texts += [_text(v) for v in values[: len(self.spec.columns)]]
+        out: set[str] = set()
+        for text in texts:
+            if text:
+                out.update(
+                    tokenizer(
+                        text.encode(),
+                        apsw.FTS5_TOKENIZE_DOCUMENT,
+                        None,
+                        include_offsets=False,
+                        include_colocated=False,
+                    )
+                )
+        return frozenset(out)
 
     def _write_rows(
         self,

@@ -27,9 +27,11 @@ index with bm25()'s and keeps to FTS5 if they differ (a SQLite built to round di
 
 A write bumps a seqlock-style counter before and after its transaction; a snapshot (or a word's
 postings) read while the counter moved is thrown away, so one snapshot never mixes two states
-of the index. Snapshots are rebuilt at most every REBUILD_SECONDS (a
-50k-row index reads its sizes in ~25 ms): between the first search after a write and then,
-searches take the FTS5 path, exact as well.
+of the index. Snapshots are rebuilt at most every REBUILD_SECONDS (a 50k-row index reads its
+sizes in ~20 ms): between the first search after a write and then, searches take the FTS5
+path, exact as well. A rebuilt snapshot keeps the postings of the words no write since touched:
+each write names the terms of its rows' old and new text (TextIndex reads and tokenizes them,
+~2 µs a row), and only those words are read again.
 """
 
 from __future__ import annotations
@@ -86,7 +88,9 @@ def _parse_ints(text: str, n: int) -> np.ndarray:
 
 @dataclass
 class _Word:
-    slots: np.ndarray  # positions in Snapshot.rowids, ascending
+    term: str  # the index's token for the word
+    docs: np.ndarray  # rowids holding it, ascending
+    slots: np.ndarray  # their positions in Snapshot.rowids
     counts: np.ndarray  # (len(slots), columns) occurrences
     scores: dict[tuple[float, ...], np.ndarray] = field(default_factory=dict)  # per weight set
 
@@ -99,6 +103,8 @@ class Snapshot:
     rows: int
     words: dict[str, _Word | None] = field(default_factory=dict)  # None: not one token, use FTS5
     postings: int = 0
+    # Words of the snapshot before, whose terms no write since touched: their postings still hold.
+    carried: dict[str, _Word | None] = field(default_factory=dict)
 
 
 class Scorer:
@@ -114,12 +120,24 @@ class Scorer:
         self._built_at = -math.inf
         self._lock = threading.Lock()
         self._columns: dict[str, int] | None = None
+        # (version after a write, the terms its rows held before and after; None: not known)
+        self._touched: list[tuple[int, frozenset[str] | None]] = []
+        self._touched_lock = threading.Lock()
+
+    def wants_terms(self) -> bool:
+        """Whether a write should name the terms it touches (there are postings to keep)."""
+        return self._snapshot is not None
 
     def begin_write(self) -> None:
         self._begun += 1
 
-    def end_write(self) -> None:
-        self._done += 1
+    def end_write(self, terms: frozenset[str] | None) -> None:
+        """`terms`: every term of the written rows' old and new text; None when not known (then
+        the next snapshot reads every word again)."""
+        with self._touched_lock:
+            self._done += 1
+            if self._snapshot is not None or terms is None:
+                self._touched.append((self._done, terms))
 
     def version(self) -> int:
         return self._done
@@ -145,10 +163,25 @@ class Scorer:
             snap = self._read_snapshot(conn, version)
             if snap is None or not self._stable(version):
                 return None
+            self._carry(self._snapshot, snap)
             self._snapshot = snap
             return snap
         finally:
             self._lock.release()
+
+    def _carry(self, old: Snapshot | None, new: Snapshot) -> None:
+        """Offer `new` the words of `old` whose terms no write between the two touched."""
+        with self._touched_lock:
+            if old is None:
+                self._touched = [t for t in self._touched if t[0] > new.version]
+                return
+            between = [terms for v, terms in self._touched if old.version < v <= new.version]
+            self._touched = [t for t in self._touched if t[0] > new.version]
+        if any(terms is None for terms in between):
+            return
+        touched = frozenset().union(*between)  # type: ignore[arg-type]
+        kept = {**old.carried, **old.words}
+        new.carried = {w: e for w, e in kept.items() if e is None or e.term not in touched}
 
     def _read_snapshot(self, conn: apsw.Connection, version: int) -> Snapshot | None:
         averages = conn.execute("SELECT block FROM fts_data WHERE id = 1").fetchone()
@@ -175,18 +208,26 @@ class Scorer:
         known = snap.words.get(word, False)
         if known is not False:
             return known  # type: ignore[return-value]
-        tokens = tokenizer(
-            word.encode(), apsw.FTS5_TOKENIZE_QUERY, None, include_offsets=False, include_colocated=False
-        )
-        if len(tokens) != 1:
+        carried = snap.carried.get(word, False)
+        if carried is None:
             snap.words[word] = None
             return None
-        docs, counts = self._postings(conn, tokens[0])
+        if carried is not False:
+            term, docs, counts = carried.term, carried.docs, carried.counts  # type: ignore[union-attr]
+        else:
+            tokens = tokenizer(
+                word.encode(), apsw.FTS5_TOKENIZE_QUERY, None, include_offsets=False, include_colocated=False
+            )
+            if len(tokens) != 1:
+                snap.words[word] = None
+                return None
+            term = tokens[0]
+            docs, counts = self._postings(conn, term)
         slots = np.searchsorted(snap.rowids, docs)
         inside = np.minimum(slots, len(snap.rowids) - 1)
         if not self._stable(snap.version) or not np.array_equal(snap.rowids[inside], docs):
             return None  # the index changed under the read: this snapshot is done
-        entry = _Word(slots=slots, counts=counts)
+        entry = _Word(term=term, docs=docs, slots=slots, counts=counts)
         if snap.postings + len(docs) > MAX_POSTINGS:
             snap.words.clear()
             snap.postings = 0
