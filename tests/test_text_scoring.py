@@ -81,6 +81,14 @@ def test_scores_and_order_equal_fts5s_bm25_on_random_corpora_under_inserts_updat
         added = rng.sample(range(10**9, 2 * 10**9), 50)
         index.apply_rows(_rows(rng, changed + added, columns) + [(r, None) for r in deleted], step)
         rowids = [r for r in rowids if r not in deleted] + added
+        # the next snapshot patches the sizes of the rows written into the last one's: as a full read
+        conn, _ = index._scoring_reader()
+        assert index.scorer is not None
+        snap = index.scorer.snapshot(conn)
+        assert snap is not None
+        full_ids, full_lengths = index.scorer._sizes(conn, None)
+        assert snap.rowids.tolist() == full_ids.tolist() == sorted(rowids)
+        assert snap.lengths.tolist() == full_lengths.tolist()
     index.close()
 
 
@@ -111,7 +119,7 @@ def test_a_snapshot_is_never_read_while_a_write_is_under_way_nor_used_after_it(t
     assert before is not None and [r for r, _ in before] == [2, 1]
     scorer.begin_write()  # what apply_rows does before its transaction
     assert scorer.rank(conn, tokenizer, ["alpha"], "any", [1.0], 10, 0) is None
-    scorer.end_write(None)
+    scorer.end_write(None, [])
     index.apply_rows([(3, ["alpha alpha"])], None)
     after = scorer.rank(conn, tokenizer, ["alpha"], "any", [1.0], 10, 0)
     assert after == index.rank_fts5('"alpha"', 10, 0, [1.0], None, "alpha") and after is not None

@@ -90,7 +90,7 @@ class TextIndex(Sidecar):
         try:
             self._write_rows(ids, live, n, fts_cols, filt_cols, position)
         finally:
-            scorer.end_write(terms)
+            scorer.end_write(terms, [r for (r,) in ids])
         return len(rows)
 
     def _terms(self, ids: list[tuple[int]], live: list[tuple[int, list[Any]]]) -> frozenset[str]:

@@ -27,9 +27,9 @@ index with bm25()'s and keeps to FTS5 if they differ (a SQLite built to round di
 
 A write bumps a seqlock-style counter before and after its transaction; a snapshot (or a word's
 postings) read while the counter moved is thrown away, so one snapshot never mixes two states
-of the index. Snapshots are rebuilt at most every REBUILD_SECONDS (a 50k-row index reads its
-sizes in ~20 ms): between the first search after a write and then, searches take the FTS5
-path, exact as well. A rebuilt snapshot keeps the postings of the words no write since touched:
+of the index. Snapshots are rebuilt at most every REBUILD_SECONDS, reading the sizes of the rows
+written since the last one: between the first search after a write and then, searches take the
+FTS5 path, exact as well. A rebuilt snapshot keeps the postings of the words no write since touched:
 each write names the terms of its rows' old and new text (TextIndex reads and tokenizes them,
 ~2 µs a row), and only those words are read again.
 """
@@ -47,7 +47,9 @@ import numpy as np
 
 K1 = 1.2
 B = 0.75
-REBUILD_SECONDS = 1.0
+# A snapshot after writes patches the written rows' sizes into the last one (~2 ms for 100 rows at
+# 50k; a full read, ~20 ms, past rows/8 written), at most this often.
+REBUILD_SECONDS = 0.25
 # Postings kept per snapshot (rowid slot 8 B, one count per column 4 B, and a score per weight set
 # 8 B): about 20 MiB at this bound for a one-column collection. Past it the words are dropped.
 MAX_POSTINGS = 1_000_000
@@ -99,6 +101,7 @@ class _Word:
 class Snapshot:
     version: int
     rowids: np.ndarray  # every row of the index, ascending
+    lengths: np.ndarray  # D: each row's size in tokens, all columns (float64)
     scale: np.ndarray  # k1 * (1 - b + b * D / avgdl) per row
     rows: int
     words: dict[str, _Word | None] = field(default_factory=dict)  # None: not one token, use FTS5
@@ -120,8 +123,9 @@ class Scorer:
         self._built_at = -math.inf
         self._lock = threading.Lock()
         self._columns: dict[str, int] | None = None
-        # (version after a write, the terms its rows held before and after; None: not known)
-        self._touched: list[tuple[int, frozenset[str] | None]] = []
+        # Per write since the snapshot: (version after it, the terms its rows held before and
+        # after or None when not known, its rowids)
+        self._touched: list[tuple[int, frozenset[str] | None, list[int]]] = []
         self._touched_lock = threading.Lock()
 
     def wants_terms(self) -> bool:
@@ -131,13 +135,15 @@ class Scorer:
     def begin_write(self) -> None:
         self._begun += 1
 
-    def end_write(self, terms: frozenset[str] | None) -> None:
-        """`terms`: every term of the written rows' old and new text; None when not known (then
-        the next snapshot reads every word again)."""
+    def end_write(self, terms: frozenset[str] | None, rowids: list[int]) -> None:
+        """`terms`: every term of the written rows' old and new text, None when not known (then
+        the next snapshot reads every word again); `rowids`: the rows written or deleted."""
         with self._touched_lock:
             self._done += 1
-            if self._snapshot is not None or terms is None:
-                self._touched.append((self._done, terms))
+            # A snapshot is only installed with no write under way, and never removed: every write
+            # after it is logged here.
+            if self._snapshot is not None:
+                self._touched.append((self._done, terms, rowids))
 
     def version(self) -> int:
         return self._done
@@ -160,49 +166,68 @@ class Scorer:
             return None  # another thread is building it; FTS5 answers meanwhile
         try:
             self._built_at = time.monotonic()
-            snap = self._read_snapshot(conn, version)
+            old = self._snapshot
+            with self._touched_lock:
+                between = [(t, r) for v, t, r in self._touched if old is not None and old.version < v <= version]
+            snap = self._read_snapshot(conn, version, old, [r for _, r in between])
             if snap is None or not self._stable(version):
                 return None
-            self._carry(self._snapshot, snap)
+            if old is not None and all(t is not None for t, _ in between):
+                # The words of `old` whose terms no write between the two touched.
+                touched = frozenset().union(*(t for t, _ in between if t is not None))
+                kept = {**old.carried, **old.words}
+                snap.carried = {w: e for w, e in kept.items() if e is None or e.term not in touched}
+            with self._touched_lock:
+                self._touched = [e for e in self._touched if e[0] > version]
             self._snapshot = snap
             return snap
         finally:
             self._lock.release()
 
-    def _carry(self, old: Snapshot | None, new: Snapshot) -> None:
-        """Offer `new` the words of `old` whose terms no write between the two touched."""
-        with self._touched_lock:
-            if old is None:
-                self._touched = [t for t in self._touched if t[0] > new.version]
-                return
-            between = [terms for v, terms in self._touched if old.version < v <= new.version]
-            self._touched = [t for t in self._touched if t[0] > new.version]
-        if any(terms is None for terms in between):
-            return
-        touched = frozenset().union(*between)  # type: ignore[arg-type]
-        kept = {**old.carried, **old.words}
-        new.carried = {w: e for w, e in kept.items() if e is None or e.term not in touched}
-
-    def _read_snapshot(self, conn: apsw.Connection, version: int) -> Snapshot | None:
+    def _read_snapshot(
+        self, conn: apsw.Connection, version: int, old: Snapshot | None, written: list[list[int]]
+    ) -> Snapshot | None:
+        """The index's rows and sizes: those of `old` with the `written` rows read again when
+        there is one (a write of a few rows costs a few lookups, not a read of every size)."""
         averages = conn.execute("SELECT block FROM fts_data WHERE id = 1").fetchone()
         if averages is None:
             return None
         totals = _varints(averages[0])
         rows, tokens = totals[0], sum(totals[1 : 1 + self.columns])
-        if rows > MAX_ROWS:
+        if rows > MAX_ROWS or rows == 0:
             return None
-        sizes = conn.execute("SELECT id, sz FROM fts_docsize ORDER BY id").fetchall()
-        if len(sizes) != rows or rows == 0:
+        found: tuple[np.ndarray, np.ndarray] | None = None
+        changed = np.unique(np.fromiter((r for ids in written for r in ids), np.int64)) if old is not None else None
+        if old is not None and changed is not None and len(changed) <= max(1000, rows // 8):
+            ids, lengths = self._sizes(conn, changed.tolist())
+            keep = ~np.isin(old.rowids, changed)
+            all_ids = np.concatenate((old.rowids[keep], ids))
+            order = np.argsort(all_ids, kind="stable")
+            found = all_ids[order], np.concatenate((old.lengths[keep], lengths))[order]
+        if found is None or len(found[0]) != rows:
+            found = self._sizes(conn, None)
+        rowids, d = found
+        if len(rowids) != rows:
             return None
-        rowids = np.fromiter((r[0] for r in sizes), np.int64, len(sizes))
+        avgdl = float(tokens) / float(rows)
+        scale = K1 * ((1 - B) + B * d / avgdl)
+        return Snapshot(version=version, rowids=rowids, lengths=d, scale=scale, rows=rows)
+
+    def _sizes(self, conn: apsw.Connection, rowids: list[int] | None) -> tuple[np.ndarray, np.ndarray]:
+        """(rowids ascending, sizes in tokens) from `%_docsize`: of the given rows, or of all."""
+        if rowids is None:
+            sizes = conn.execute("SELECT id, sz FROM fts_docsize ORDER BY id").fetchall()
+        else:
+            sizes = []
+            for start in range(0, len(rowids), 1000):
+                chunk = ",".join(str(int(r)) for r in rowids[start : start + 1000])
+                sizes += conn.execute(f"SELECT id, sz FROM fts_docsize WHERE id IN ({chunk}) ORDER BY id").fetchall()
+        ids = np.fromiter((r[0] for r in sizes), np.int64, len(sizes))
         if self.columns == 1:
             lengths = [sz[0] if len(sz) == 1 else _varints(sz)[0] for _, sz in sizes]
         else:
             lengths = [sum(_varints(sz)) for _, sz in sizes]
-        d = np.asarray(lengths, dtype=np.float64)
-        avgdl = float(tokens) / float(rows)
-        scale = K1 * ((1 - B) + B * d / avgdl)
-        return Snapshot(version=version, rowids=rowids, scale=scale, rows=rows)
+        return ids, np.asarray(lengths, dtype=np.float64)
 
     def _word(self, conn: apsw.Connection, snap: Snapshot, tokenizer: apsw.FTS5Tokenizer, word: str) -> _Word | None:
         known = snap.words.get(word, False)
