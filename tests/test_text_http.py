@@ -230,6 +230,14 @@ def test_search_has_phrases_prefixes_boolean_operators_weights_filters_snippets_
         for h in _search(proc.url, "docs", q="common", k=10, offset=o).json()["results"]
     ]
     assert pages == whole and len(whole) == 57 == len(set(whole))
+    # free text is scored from postings in memory (edgenode.text.scoring), the FTS5 syntax by FTS5's
+    # bm25(): the same query both ways answers the same rows, order and scores
+    for free, fts5 in (("search database", '"search" OR "database"'), ("search, text!", '"search" "text"')):
+        syntax = "any" if " OR " in fts5 else "plain"
+        for weights in ({}, {"title": 3, "body": 0.5}):
+            via_memory = _search(proc.url, "docs", q=free, syntax=syntax, k=20, weights=weights).json()["results"]
+            via_fts5 = _search(proc.url, "docs", q=fts5, k=20, weights=weights).json()["results"]
+            assert via_memory == via_fts5 and via_memory
 
 
 HOSTILE = [

@@ -107,17 +107,22 @@ def check(q: str | None, syntax: str) -> str:
     if "\x00" in q:
         raise _fail("q contains a NUL character")
     if syntax in ("plain", "any"):
-        words = re.findall(r"\w+", q)
-        if not words:
-            raise _fail("q has no words to search for")
-        # Words in most documents say little about any of them, yet every match is scored: left
-        # out, an 'any' query over a 50k-row table is ~8x faster (bench/search.py).
-        words = [w for w in words if w.lower() not in STOPWORDS] or words
-        if len(words) > MAX_TOKENS:
-            raise _fail(f"q has more than {MAX_TOKENS} words")
-        return (" " if syntax == "plain" else " OR ").join(f'"{w}"' for w in words)
+        return (" " if syntax == "plain" else " OR ").join(f'"{w}"' for w in free_words(q))
     tokens(q)
     return q
+
+
+def free_words(q: str) -> list[str]:
+    """The words a `plain` or `any` query searches for, in order (each a phrase of its own)."""
+    words = re.findall(r"\w+", q)
+    if not words:
+        raise _fail("q has no words to search for")
+    # Words in most documents say little about any of them, yet every match is scored: left
+    # out, an 'any' query over a 50k-row table is ~8x faster (bench/search.py).
+    words = [w for w in words if w.lower() not in STOPWORDS] or words
+    if len(words) > MAX_TOKENS:
+        raise _fail(f"q has more than {MAX_TOKENS} words")
+    return words
 
 
 _NEAR = re.compile(r'fts5: syntax error near "(.*)"$', re.S)
