@@ -17,11 +17,27 @@ at 200 single-row writes/s over Hrana; archive lag per commit = when its segment
 (fsynced and renamed) minus when SQLite reported it committed, p50/p99 from the primary's own
 `/info` (the archiver measures it). Then `edgenode restore --to-time` from that archive (snapshot +
 every archived frame replayed) next to a plain copy of the same database file.
+
+A day of frames (the issue's goal: restore of a database with a day of frames within 2x a plain
+copy): on the same primary, writers then run unpaced — a day at 200 writes/s compressed in time —
+each write one transaction (half a 200-byte insert, half a 1 KB update of a random row, so pages
+all over the file change), while the archiver ships, snapshots at a rollover once the frames since
+the last snapshot exceed `--archive-snapshot-ratio` (0.5) times its size, and compacts finished
+generations. Then `restore --to-time` to a random moment of the last quarter of the "day" and to
+its end, each next to a plain copy of the final database file. A literal day at 200 writes/s is
+17.3 M transactions (hours to write here); a restore's cost depends only on the frames since the
+newest snapshot before T, which the ratio bounds, so the full run writes `DAY_WRITES` (enough for
+several snapshot cycles of a 1 GB database) and reports how many snapshots the day crossed;
+`--day-writes 17280000` writes the literal day.
+
+`python -m bench backup [--quick]` or `python -m bench.backup [--quick] [--size-mb N] [--day-writes N]`.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import random
 import shutil
 import tempfile
 import threading
@@ -40,6 +56,9 @@ from edgenode.primary.pitr import restore_to_time
 
 ARCHIVE_WRITE_RATE = 200.0
 ARCHIVE_WRITERS = 4
+DAY_RATE = 200.0  # the write rate the compressed "day" stands for
+DAY_WRITES = 200_000
+DAY_WRITERS = 4
 
 
 def build(path: Path, megabytes: int) -> None:
@@ -123,7 +142,9 @@ def write_window(url: str, seconds: float, during: Callable[[], None] | None) ->
     }
 
 
-def archive_lag_and_pitr(root: Path, db: Path, window: float, repeats: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def archive_lag_and_pitr(
+    root: Path, db: Path, window: float, repeats: int, day_writes: int
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Archive lag under paced writes on a primary, then restore-to-time rate next to a plain copy."""
     pdir = root / "primary"
     pdir.mkdir()
@@ -172,6 +193,7 @@ def archive_lag_and_pitr(root: Path, db: Path, window: float, repeats: int) -> t
         writes = sum(counts)
         rate = writes / (time.monotonic() - start)
         s = caught_up()
+        day = a_day_of_frames(node.url, token, day_writes, status, caught_up)
     finally:
         node.stop()
     lag = {
@@ -202,11 +224,71 @@ def archive_lag_and_pitr(root: Path, db: Path, window: float, repeats: int) -> t
         "pitr_seconds": round(pitr_s, 3),
         "pitr_over_copy": round(pitr_s / copy_s, 2),
     }
-    return lag, rates
+    for label, at in (("a random moment of the last quarter", day.pop("moment")), ("the end of the day", time.time())):
+        seconds, report = restore_once(str(archive), at, root / "day-pitr")
+        day[f"pitr_{'moment' if 'random' in label else 'end'}"] = {
+            "to": label,
+            "seconds": round(seconds, 3),
+            "over_copy": round(seconds / copy_s, 2),
+            "snapshot_generation": report.snapshot_generation,
+            "generations_replayed": report.generation - report.snapshot_generation + 1,
+            "commits_replayed": report.commits,
+        }
+    day["plain_copy_seconds"] = round(copy_s, 3)
+    day["database_mb"] = round(size_mb, 1)
+    day["goal"] = "pitr within 2x a plain copy"
+    return lag, rates, day
 
 
-def run(quick: bool, out: Path) -> dict[str, Any]:
-    megabytes = 32 if quick else 1024
+def restore_once(archive: str, at: float, dest: Path) -> tuple[float, Any]:
+    shutil.rmtree(dest, ignore_errors=True)
+    start = time.perf_counter()
+    report = restore_to_time(archive, at, dest)
+    return time.perf_counter() - start, report
+
+
+def a_day_of_frames(
+    url: str, token: str, writes: int, status: Callable[[], dict[str, Any]], caught_up: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """Unpaced single-write transactions (a day at DAY_RATE, compressed in time); returns what the archive did."""
+    rows = int(hrana_execute(url, ["SELECT max(id) FROM t"], token)[0][0][0] or 1)
+    before = status()
+    done = [0] * DAY_WRITERS
+    started = time.time()
+
+    def writer(i: int) -> None:
+        rng = random.Random(i)
+        while sum(done) < writes:
+            if rng.random() < 0.5:
+                hrana_execute(url, ["INSERT INTO w(data) VALUES (randomblob(200))"], token)
+            else:
+                hrana_execute(
+                    url, [("UPDATE t SET data = randomblob(1000) WHERE id = ?", [rng.randint(1, rows)])], token
+                )
+            done[i] += 1
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(DAY_WRITERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ended = time.time()
+    after = caught_up()
+    return {
+        "writes": sum(done),
+        "stands_for_minutes_at_200_per_s": round(sum(done) / DAY_RATE / 60, 1),
+        "wall_seconds": round(ended - started, 1),
+        "snapshots_during": after["snapshots_shipped"] - before["snapshots_shipped"],
+        "segments_shipped": after["segments"] - before["segments"],
+        "segments_merged_away": after["merged_away"] - before["merged_away"],
+        "archive_mb": round((after["bytes"] - before["bytes"]) / 1e6, 1),
+        "moment": started + (ended - started) * random.Random(18).uniform(0.75, 1.0),
+    }
+
+
+def run(quick: bool, out: Path, megabytes: int | None = None, day_writes: int | None = None) -> dict[str, Any]:
+    megabytes = megabytes or (32 if quick else 1024)
+    day_writes = day_writes or (3_000 if quick else DAY_WRITES)
     repeats = 1 if quick else 3
     window = 2.0 if quick else 15.0
     with tempfile.TemporaryDirectory(prefix="edgenode-bench-backup-") as tmp:
@@ -243,20 +325,48 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
             ]
         finally:
             node.stop()
-        lag, pitr = archive_lag_and_pitr(root, db, window * 2, repeats)
+        lag, pitr, day = archive_lag_and_pitr(root, db, window * 2, repeats, day_writes)
     print(table(throughput, ["method", "seconds", "mb_per_s"]))
     print(table(latency, ["while", "writes", "p50_ms", "p99_ms", "max_ms", "backups_completed"]))
     print(table([lag], list(lag)))
     print(table([pitr], list(pitr)))
+    print(
+        table(
+            [{k: v for k, v in day.items() if not k.startswith("pitr_")}], [k for k in day if not k.startswith("pitr_")]
+        )
+    )
+    print(table([day["pitr_moment"], day["pitr_end"]], list(day["pitr_end"])))
     return {
         "benchmark": "backup",
         "command": "python -m bench backup" + (" --quick" if quick else ""),
         "machine": machine(),
-        "parameters": {"database_mb": round(size_mb, 1), "repeats_best_of": repeats, "write_window_s": window},
+        "parameters": {
+            "database_mb": round(size_mb, 1),
+            "repeats_best_of": repeats,
+            "write_window_s": window,
+            "day_writes": day_writes,
+            "day_rate_per_s": DAY_RATE,
+        },
         "throughput": throughput,
         "write_latency": latency,
         "archive_lag": [lag],
         "point_in_time_restore": [pitr],
+        "a_day_of_frames": [{k: v for k, v in day.items() if not k.startswith("pitr_")}],
+        "point_in_time_restore_after_a_day": [day["pitr_moment"], day["pitr_end"]],
         "peers_missing": [],
         "notes": "page cache warm for every method; writes are single-row REST transactions back to back",
     }
+
+
+if __name__ == "__main__":
+    from bench.common import DEFAULT_OUT, save
+
+    parser = argparse.ArgumentParser(prog="python -m bench.backup", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--size-mb", type=int, default=None, help="database size (default 1024; 32 with --quick)")
+    parser.add_argument("--day-writes", type=int, default=None, help=f"the compressed day (default {DAY_WRITES})")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    cli = parser.parse_args()
+    result = run(cli.quick, cli.out, cli.size_mb, cli.day_writes)
+    result["command"] = "python -m bench.backup " + " ".join(__import__("sys").argv[1:])
+    print("wrote", save("backup", result, cli.out))

@@ -161,6 +161,11 @@ def plot(rows: list[dict[str, Any]], out: Path) -> Path | None:
     return save_figure(fig, out / "changes.png")
 
 
+# Above the default max_connections (1000): 1,000 open streams plus the writer's connection would
+# have the writes answered 503.
+CONNECTIONS = ["--max-connections", "2000"]
+
+
 def run(quick: bool, out: Path) -> dict[str, Any]:
     counts = [1, 10] if quick else [1, 100, 1000]
     seconds = 2.0 if quick else 20.0
@@ -168,7 +173,8 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="edgenode-bench-changes-") as tmp:
         root = Path(tmp)
         node = NodeProcess(
-            ["serve", "--data-dir", str(root / "node"), "--no-migrate", "--auth-token", TOKEN], root / "node.log"
+            ["serve", "--data-dir", str(root / "node"), "--no-migrate", "--auth-token", TOKEN, *CONNECTIONS],
+            root / "node.log",
         )
         try:
             node.wait_ready()
@@ -186,7 +192,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
         try:
             primary.wait_ready("/health")
             primary_execute(primary.url, [SCHEMA], TOKEN)
-            args = ["serve", "--data-dir", str(root / "replica"), "--auth-token", TOKEN]
+            args = ["serve", "--data-dir", str(root / "replica"), "--auth-token", TOKEN, *CONNECTIONS]
             replica = NodeProcess([*args, "--primary-url", primary.url, "--primary-token", TOKEN], root / "replica.log")
             replica.wait_ready()
             _capture(replica.url)

@@ -15,13 +15,16 @@ Figures:
   applied it to its indexes (text and vector), so rows/s is the rate at which they stay current.
 - text search via HTTP: one client in sequence (p50/p99), then 1 and 4 concurrent keep-alive
   clients from a separate process (bench/loadgen.py) for queries/s.
-- in-process: edgenode's FTS5 search (with snippets, as the API answers) and tantivy's (ids, then
-  ids + snippets) on the same queries; `agreement@10` is the share of tantivy's top 10 that
-  edgenode's top 10 holds (both BM25, so high but not 1: tokenizers and BM25 details differ).
+- in-process: edgenode's search as the API runs it (free-text ranking from the postings in
+  memory, edgenode.text.scoring, then FTS5 snippets of the hits; the profile also times FTS5's own
+  ranking query on the same queries) and tantivy's (ids, then ids + snippets) on the same
+  queries; `agreement@10` is the share of tantivy's top 10 that edgenode's top 10 holds (both
+  BM25, so high but not 1: tokenizers and BM25 details differ).
 - hybrid vs vector-only vs text-only on the held-out queries: overlap of each top 10 with the
   exact vector neighbours, and latency via HTTP (one client).
 
-Run: `python -m bench search [--quick]`.
+Run: `python -m bench search [--quick]`; `python -m bench.search --text-only` leaves out the vector
+collection and the hybrid figures (the HNSW build is most of a full run's time).
 """
 
 from __future__ import annotations
@@ -186,7 +189,9 @@ def _overlap(found: list[list[int]], gt: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(g.tolist())) / K for f, g in zip(found, gt, strict=True)]))
 
 
-def bench_http(ds: dict[str, Any], data: Path, seconds: float, quick: bool) -> dict[str, list[dict[str, Any]]]:
+def bench_http(
+    ds: dict[str, Any], data: Path, seconds: float, quick: bool, hybrid: bool = True
+) -> dict[str, list[dict[str, Any]]]:
     import httpx
     import msgspec
 
@@ -210,20 +215,6 @@ def bench_http(ds: dict[str, Any], data: Path, seconds: float, quick: bool) -> d
                     "size": info["size"],
                 }
             )
-            t = time.perf_counter()
-            vec = {"table": "docs", "column": "emb", "dim": ds["base"].shape[1], "metric": "cosine"}
-            assert client.put("/api/v1/collections/emb", json=vec).status_code == 202
-            _wait(client, "/api/v1/collections/emb")
-            vbuild = time.perf_counter() - t
-            out["build"].append(
-                {
-                    "method": "edgenode vector collection (PUT to ready, HTTP)",
-                    "n": n,
-                    "seconds": round(vbuild, 3),
-                    "docs_per_s": round(n / vbuild),
-                }
-            )
-
             found_sets: dict[str, list[list[int]]] = {}
             lat_sets: dict[str, list[float]] = {}
             for label, texts in query_sets(ds).items():
@@ -273,27 +264,42 @@ def bench_http(ds: dict[str, Any], data: Path, seconds: float, quick: bool) -> d
             text_bodies = [{"q": q, "k": K, "syntax": "any"} for q in ds["qtexts"]]
             found_text, lat = found_sets["summaries"], lat_sets["summaries"]
 
-            vec_bodies = [{"vector": q.tolist(), "k": K} for q in ds["queries"]]
-            found_vec, vlat = _sequential(client, "/api/v1/collections/emb/search", vec_bodies)
-            hybrid_bodies = [
-                {**b, "vector": v["vector"], "collection": "emb"} for b, v in zip(text_bodies, vec_bodies, strict=True)
-            ]
-            found_hyb, hlat = _sequential(client, TEXT_PATH, hybrid_bodies)
-            for label, found, lats in (
-                ("vector only (HNSW, ef 64)", found_vec, vlat),
-                ("text only (BM25, any word)", found_text, lat),
-                ("hybrid (RRF, weight 0.5, 100 candidates per arm)", found_hyb, hlat),
-            ):
-                out["hybrid"].append(
+            if hybrid:
+                t = time.perf_counter()
+                vec = {"table": "docs", "column": "emb", "dim": ds["base"].shape[1], "metric": "cosine"}
+                assert client.put("/api/v1/collections/emb", json=vec).status_code == 202
+                _wait(client, "/api/v1/collections/emb")
+                vbuild = time.perf_counter() - t
+                out["build"].append(
                     {
-                        "method": label,
+                        "method": "edgenode vector collection (PUT to ready, HTTP)",
                         "n": n,
-                        "queries": len(lats),
-                        "overlap_with_exact_vector_top10": round(_overlap(found, ds["gt"]), 4),
-                        "p50_ms": round(percentile(lats, 50) * 1000, 3),
-                        "p99_ms": round(percentile(lats, 99) * 1000, 3),
+                        "seconds": round(vbuild, 3),
+                        "docs_per_s": round(n / vbuild),
                     }
                 )
+                vec_bodies = [{"vector": q.tolist(), "k": K} for q in ds["queries"]]
+                found_vec, vlat = _sequential(client, "/api/v1/collections/emb/search", vec_bodies)
+                hybrid_bodies = [
+                    {**b, "vector": v["vector"], "collection": "emb"}
+                    for b, v in zip(text_bodies, vec_bodies, strict=True)
+                ]
+                found_hyb, hlat = _sequential(client, TEXT_PATH, hybrid_bodies)
+                for label, found, lats in (
+                    ("vector only (HNSW, ef 64)", found_vec, vlat),
+                    ("text only (BM25, any word)", found_text, lat),
+                    ("hybrid (RRF, weight 0.5, 100 candidates per arm)", found_hyb, hlat),
+                ):
+                    out["hybrid"].append(
+                        {
+                            "method": label,
+                            "n": n,
+                            "queries": len(lats),
+                            "overlap_with_exact_vector_top10": round(_overlap(found, ds["gt"]), 4),
+                            "p50_ms": round(percentile(lats, 50) * 1000, 3),
+                            "p99_ms": round(percentile(lats, 99) * 1000, 3),
+                        }
+                    )
 
             # updates: batches of 100 rows; each write returns with the indexes current
             batches = 5 if quick else 20
@@ -330,7 +336,7 @@ def bench_inprocess(
 
     from edgenode.text.index import TextIndex
     from edgenode.text.models import Hit, SearchResult, TextSpec
-    from edgenode.text.query import check
+    from edgenode.text.query import check, free_words
 
     texts, n = ds["texts"], len(ds["texts"])
     builds, rows = [], []
@@ -361,10 +367,11 @@ def bench_inprocess(
             for q in qtexts:
                 s = time.perf_counter()
                 m = check(q, "any")
+                words = free_words(q)
                 s1 = time.perf_counter()
-                ranked = index.rank(m, K, 0, [1.0], None, q)
+                ranked = index.rank(m, K, 0, [1.0], None, q, (words, "any"))
                 s2 = time.perf_counter()
-                snippets = index.snippets(m, [r for r, _ in ranked], 16, q)
+                snippets = index.snippets(m, [r for r, _ in ranked], 16, q, words)
                 s3 = time.perf_counter()
                 hits = [Hit(rowid, score, snippets.get(rowid)) for rowid, score in ranked]
                 encoder.encode(SearchResult(results=hits, mode="text", elapsed_ms=0.0))
@@ -378,13 +385,20 @@ def bench_inprocess(
         rows.append(_row(f"edgenode FTS5 search ({label}, with snippets), in-process", n, lat))
         profile += [
             _stage(label, "query check (edgenode.text.query)", stages["parse"]),
-            _stage(label, "FTS5 BM25 ranking, top 10 (TextIndex.rank)", stages["rank"]),
-            _stage(label, "FTS5 snippets of the 10 hits (TextIndex.snippets)", stages["snippets"]),
+            _stage(label, "BM25 ranking, top 10 (TextIndex.rank: postings in memory)", stages["rank"]),
+            _stage(label, "FTS5 snippets of the 10 hits (TextIndex.snippets: each row's words)", stages["snippets"]),
             _stage(label, "hits and JSON encoding (msgspec)", stages["encode"]),
         ]
-        # What the ranking costs is scoring: counting the same matches, without BM25, is the floor.
+        # FTS5's own ranking query (bm25() on every match; what TextIndex.rank falls back to).
         conn = index._reader()
         matches = [check(q, "any") for q in qtexts]
+        took = []
+        for q, m in zip(qtexts, matches, strict=True):
+            s = time.perf_counter()
+            index.rank_fts5(m, K, 0, [1.0], None, q)
+            took.append(time.perf_counter() - s)
+        profile.append(_stage(label, "FTS5 BM25 ranking query, top 10 (TextIndex.rank_fts5)", took))
+        # Counting the same matches, without BM25, is FTS5's floor.
         counted, took = [], []
         for m in matches:
             s = time.perf_counter()
@@ -486,7 +500,7 @@ def plot(search_rows: list[dict[str, Any]], hybrid_rows: list[dict[str, Any]], p
     save_figure(fig, path)
 
 
-def run(quick: bool = False, out: Path = DEFAULT_OUT) -> dict[str, Any]:
+def run(quick: bool = False, out: Path = DEFAULT_OUT, hybrid: bool = True) -> dict[str, Any]:
     from edgenode.standalone import DB_FILE
 
     ds = load(quick)
@@ -498,7 +512,7 @@ def run(quick: bool = False, out: Path = DEFAULT_OUT) -> dict[str, Any]:
         data = tmp / "data"
         data.mkdir()
         write_db(data / DB_FILE, ds["texts"], ds["base"])
-        http = bench_http(ds, data, seconds, quick)
+        http = bench_http(ds, data, seconds, quick, hybrid)
         builds, inproc, profile, ours, theirs = bench_inprocess(ds, tmp, 1 if quick else 3)
     found_text = http.pop("found_text")
     agreement = (
@@ -551,7 +565,7 @@ def run(quick: bool = False, out: Path = DEFAULT_OUT) -> dict[str, Any]:
         )
     return {
         "machine": machine(),
-        "command": "python -m bench search" + (" --quick" if quick else ""),
+        "command": "python -m bench search" + (" --quick" if quick else "") + ("" if hybrid else " --text-only"),
         "parameters": {
             "dataset": ds["name"],
             "n": n,
@@ -581,8 +595,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3,000 documents, 30 queries: a few seconds")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--text-only",
+        action="store_true",
+        help="no vector collection and no hybrid figures (the HNSW build is most of a full run's time)",
+    )
     args = parser.parse_args(argv)
-    result = run(quick=args.quick, out=args.out)
+    result = run(quick=args.quick, out=args.out, hybrid=not args.text_only)
     print(f"wrote {save('search', result, args.out)} and {args.out / 'search.png'}")
     return 1 if result["peers_missing"] else 0
 

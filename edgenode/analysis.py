@@ -161,6 +161,15 @@ class StatementAnalyzer:
             backup.step()
         return fork
 
+    def add_temp(self, sql: str) -> None:
+        """Create a TEMP object (`IF NOT EXISTS`) on the mirror: the main schema is unchanged, so no
+        cached analysis is dropped and no fork is needed (edgenode.expect's view and trigger)."""
+        with self._lock:
+            try:
+                self._mirror.execute(sql)
+            except apsw.Error:
+                pass
+
     def apply_ddl(self, sql: str) -> None:
         """Run a schema change on this analyzer's mirror only (errors surface when it really runs)."""
         with self._lock:

@@ -44,7 +44,7 @@ import apsw
 import msgspec
 
 from edgenode.durable import atomic_write, fsync_dir
-from edgenode.encryption import Secret, is_encrypted
+from edgenode.encryption import EncryptionError, Secret, check_database, is_encrypted
 
 STANDALONE = "standalone"
 PRIMARY = "primary"
@@ -289,9 +289,26 @@ def backup(
             f"{db_path} is encrypted at rest: give its key (EDGENODE_ENCRYPTION_KEY or --encryption-key-file); "
             "the backup is encrypted with it too"
         )
+    if key is not None and not encrypted:
+        # The backup would be plaintext while its maker believes it encrypted (serve refuses the same).
+        raise BackupError(
+            f"{db_path} is a plaintext database but an encryption key is set; its backup would be plaintext: "
+            "run without EDGENODE_ENCRYPTION_KEY / --encryption-key-file"
+        )
+    if encrypted:
+        assert key is not None
+        try:
+            check_database(db_path, key)  # read-only probe: a wrong key is one line, not a traceback
+        except EncryptionError:
+            raise BackupError(
+                f"{db_path} cannot be read with this encryption key (wrong key?); nothing was written"
+            ) from None
     dest = dest.resolve()
     if dest.is_dir():
         raise BackupError(f"{dest} is a directory; give the backup file's path")
+    if dest.exists() and not dest.is_file():
+        # The copy is renamed over `dest`: run as root, that replaced a device node (/dev/full).
+        raise BackupError(f"{dest} is not a regular file (a device, FIFO or socket); give the backup file's path")
     if not dest.parent.is_dir():
         raise BackupError(f"{dest.parent} does not exist")
     tmp = dest.with_name(f".{dest.name}.partial")
@@ -543,6 +560,11 @@ def restore(
         raise BackupError(f"no backup file at {source}")
     if key is None:
         _check_header(source)
+    elif is_encrypted(source) is False:
+        raise BackupError(
+            f"{source} is a plaintext backup but an encryption key is set: restore it without the key "
+            "(an encrypted node is restored from its own, encrypted, backups)"
+        )
     total = source.stat().st_size
 
     def copy(staging: Path) -> int:

@@ -64,15 +64,18 @@ class BackupService:
         raw = await bodies.read(request, 64 * 1024)  # a file name; the primary has no body limit of its own
         content_type = request.headers.get("content-type")
         spec = bodies.decode(raw, BackupRequest, content_type) if raw.strip() else BackupRequest()
-        name = spec.name or f"{self.kind}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.db"
-        if not _NAME.match(name) or name.endswith((".partial", "-journal", "-wal", "-shm")):
+        name = spec.name
+        if name is not None and (not _NAME.match(name) or name.endswith((".partial", "-journal", "-wal", "-shm"))):
             raise BackupRefused(
-                400, "bad_request", "name: a plain file name (letters, digits, '.', '_', '-') within DATA_DIR/backups/"
+                400,
+                "bad_request",
+                "name: a plain file name of 1 to 128 letters, digits, '.', '_', '-' within DATA_DIR/backups/ "
+                "(leave it out for a timestamped one)",
             )
         if self._running.locked():
             raise BackupRefused(409, "backup_running", "a backup is already running; retry when it has finished")
         async with self._running:
-            dest = self.directory / name
+            dest = self.directory / (name or self._default_name())
             if dest.exists():
                 raise BackupRefused(409, "exists", f"{dest} already exists; choose another name")
             try:
@@ -81,6 +84,16 @@ class BackupService:
                 raise BackupRefused(503, "backup_failed", str(exc)) from exc
             self.last = report
         return report
+
+    def _default_name(self) -> str:
+        """A timestamped name no earlier backup has: two unnamed backups in one second used to get
+        409 'already exists; choose another name' for a name the caller never chose."""
+        stamp = f"{self.kind}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        name, n = f"{stamp}.db", 1
+        while (self.directory / name).exists():
+            n += 1
+            name = f"{stamp}-{n}.db"
+        return name
 
     def _backup(self, dest: Path) -> BackupReport:
         self.directory.mkdir(exist_ok=True)

@@ -40,7 +40,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     port: Annotated[int, Doc("TCP port to listen on.")] = 8080
     auth_token: Annotated[str | None, Doc("Read-write bearer token.")] = None
     read_token: Annotated[str | None, Doc("Read-only bearer token.")] = None
-    jwt_key_file: Annotated[str | None, Doc("Ed25519 public key (PEM) accepting sqld-style JWTs.")] = None
+    jwt_key_file: Annotated[
+        str | None,
+        Doc("Ed25519 public key (PEM) accepting sqld-style JWTs; re-read when replaced (revokes old tokens)."),
+    ] = None
     primary_url: Annotated[str | None, Doc("Primary to replicate; unset = standalone.", ("TURSO_DATABASE_URL",))] = None
     primary_token: Annotated[str | None, Doc("Bearer token for the primary.", ("TURSO_AUTH_TOKEN",))] = None
     write_mode: Annotated[
@@ -93,6 +96,16 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     archive_snapshot_interval: Annotated[
         float, Doc("Seconds between archive snapshots (a restore replays at most this much history).")
     ] = 86_400.0
+    archive_snapshot_ratio: Annotated[
+        float,
+        Doc(
+            "Primary: also snapshot at a rollover once the frames archived since the last snapshot exceed this "
+            "times its size (bounds a restore's replay; 0 = by interval only)."
+        ),
+    ] = 0.5
+    archive_s3_multipart_threshold: Annotated[
+        int, Doc("Bytes above which an s3:// archive object is sent as a multipart upload.")
+    ] = 64 << 20
     stream_idle_timeout: Annotated[float, Doc("Seconds before an idle Hrana stream expires.")] = 10.0
     transaction_timeout: Annotated[float, Doc("Seconds a Hrana transaction may hold the write lock.")] = 5.0
     idempotency_retention: Annotated[
@@ -104,7 +117,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     changes_buffer: Annotated[
         int, Doc("Change events waiting per subscriber before a slow one is disconnected (it resumes).")
     ] = 1_000
-    changes_heartbeat: Annotated[float, Doc("Seconds between keep-alive comments on idle change streams.")] = 15.0
+    changes_heartbeat: Annotated[
+        float, Doc("Seconds between keep-alive comments on idle change streams, and between looks at the JWT key file.")
+    ] = 15.0
     migrate: Annotated[bool, Doc("Apply sql/ migrations on start.")] = True
     log_level: Annotated[Literal["debug", "info", "warning", "error"], Doc("debug, info, warning or error.")] = "info"
 
@@ -196,11 +211,13 @@ def _validate(settings: Settings) -> None:
         "read_connections",
         "http_workers",
     )
-    for name in (*positive_ints, "generation_max_frames"):
+    for name in (*positive_ints, "generation_max_frames", "archive_s3_multipart_threshold"):
         if getattr(settings, name) <= 0:
             fail(name, "a positive integer", getattr(settings, name))
     if settings.keep_generations < 0:
         fail("keep_generations", "zero or more", settings.keep_generations)
+    if settings.archive_snapshot_ratio < 0:
+        fail("archive_snapshot_ratio", "zero (off) or a positive number", settings.archive_snapshot_ratio)
     for name in (
         "sync_interval",
         "sync_timeout",

@@ -65,6 +65,35 @@ def _trigger(table: str, op: str) -> str:
     return f'"_edgenode_feed_{table}_{op}"'
 
 
+def rowid_hidden(table: str, columns: Any) -> str | None:
+    """Why the feed cannot follow `table`, when a column named rowid hides the table's rowid: the
+    triggers' `new.rowid` would read that column (a NULL there failed every insert on the feed's
+    NOT NULL rid, and a text value stood in for a row id)."""
+    if any(str(c).lower() == "rowid" for c in columns):
+        return f"table {table!r} has a column named rowid, which hides the rowid the change feed follows; rename it"
+    return None
+
+
+async def refollow(db: Any, table: str) -> bool:
+    """Put back the feed triggers of a table dropped and created again and have every consumer
+    rebuild what it holds over it (the old rows are gone, the new ones were never recorded);
+    False when its triggers are all there."""
+    if not await feed_triggers_missing(db, table):
+        return False
+    await db.write(trigger_statements(table))
+    for consumer in consumers(db):
+        await consumer.table_recreated(table)
+    return True
+
+
+async def feed_triggers_missing(db: Any, table: str) -> bool:
+    """Some of the table's feed triggers are gone: DROP TABLE takes a table's triggers with it, so a
+    table dropped and created again under its name is no longer followed until they are put back."""
+    names = [_trigger(table, op).strip('"') for op in ("i", "u", "d")]
+    result = await db.read("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name IN (?, ?, ?)", names)
+    return int(result.rows[0][0]) < 3
+
+
 def trigger_statements(table: str) -> list[tuple[str, list]]:
     """Triggers for one table; `table` is a validated plain identifier (see CollectionSpec.validate)."""
     ins = f"INSERT INTO {CHANGES_TABLE}(tbl, rid, op)"
@@ -287,6 +316,10 @@ class Consumer(Protocol):
         ...
 
     def feed_tables(self) -> set[str]: ...
+
+    async def table_recreated(self, table: str) -> None:
+        """`table` was dropped and created again (`refollow`): rebuild what it holds over it."""
+        ...
 
 
 # Both weak: a consumer holds its database, so strong references here would keep both alive.

@@ -11,22 +11,30 @@ the body, forever: a few such clients would hold the server. `GuardedProtocol` a
   client as gone (its own answer goes nowhere), and the 408 is logged once, here.
 
 `max_connections` is uvicorn's `limit_concurrency`: past it new requests are answered 503 at once.
+
+`RedactTokens` takes `access_token=` values out of uvicorn's log lines: uvicorn logs each WebSocket
+with its path and query string (and, when on, its access log each request's), and a browser's
+change stream carries its token there (`edgenode.auth.QUERY_TOKEN`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import functools
 import logging
+import re
 import socket
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote_plus
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from edgenode.auth import QUERY_TOKEN
 from edgenode.bodies import TIMED_OUT_KEY
 from edgenode.config import Settings
 
@@ -146,6 +154,44 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
 
+_QUERY_PARAM = re.compile(r"([?&])([^=&\s\"#?]*)=([^&\s\"#]*)")
+REDACTED = "[redacted]"
+
+
+def _redact_param(match: re.Match[str]) -> str:
+    # Compared decoded, as the server reads it: `access%5Ftoken` is the same parameter.
+    if unquote_plus(match[2]).lower() != QUERY_TOKEN:
+        return match[0]
+    return f"{match[1]}{match[2]}={REDACTED}"
+
+
+def redact(text: str) -> str:
+    """`text` with the value of every `access_token` query parameter in it replaced."""
+    return _QUERY_PARAM.sub(_redact_param, text) if "?" in text else text
+
+
+class RedactTokens(logging.Filter):
+    """Rewrites a record's message and string arguments without the query's access token."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging configuration with `RedactTokens` on each of its handlers."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact_tokens"] = {"()": RedactTokens}
+    for handler in config["handlers"].values():
+        handler["filters"] = [*handler.get("filters", []), "redact_tokens"]
+    return config
+
+
 def _peer(client: tuple[str, int] | None) -> str:
     return f"{client[0]}:{client[1]}" if client else "?"
 
@@ -185,7 +231,7 @@ def run(
         log_level=settings.log_level,
         http=protocol,  # type: ignore[arg-type]
         limit_concurrency=settings.max_connections,
-        **options,
+        **{"log_config": log_config(), **options},
     )
     server = _Server(config, before_shutdown)
     with contextlib.suppress(KeyboardInterrupt):

@@ -39,6 +39,7 @@ import msgspec
 
 from edgenode.engine import run_transaction
 from edgenode.errors import DatabaseError, SQLError, Unavailable
+from edgenode.expect import guard_want
 from edgenode.hrana import protocol as p
 from edgenode.hrana.backend import StmtResult
 from edgenode.hrana.batch import IN_TRANSACTION, GroupBatch, all_of, failed, ok
@@ -75,6 +76,13 @@ CLAIM = f"INSERT INTO {TABLE} (key, fingerprint, outcome, total, created_at) VAL
 RECORD_STEP = (
     f"UPDATE {TABLE} SET outcome = json_insert(outcome, '$[#]', CASE WHEN total_changes() = total "
     "THEN json_array(0, NULL) ELSE json_array(changes(), last_insert_rowid()) END), "
+    "total = total_changes() + 1 WHERE key = ?"
+)
+# RECORD_STEP after an `expect_rows` guard (edgenode.expect), which leaves changes() at 0 and passes only
+# when the statement changed exactly the expected count: that count (the first argument) is recorded.
+RECORD_EXPECTED = (
+    f"UPDATE {TABLE} SET outcome = json_insert(outcome, '$[#]', CASE WHEN total_changes() = total "
+    "THEN json_array(0, NULL) ELSE json_array(?, last_insert_rowid()) END), "
     "total = total_changes() + 1 WHERE key = ?"
 )
 RECORD_ALL = f"UPDATE {TABLE} SET outcome = ? WHERE key = ?"
@@ -210,10 +218,16 @@ def _hrana_attempt(
     ]
     lookup, claim = 4, 5
     statement_steps = []
-    for sql, args in statements:
+    deferred: int | None = None  # see GroupBatch.write: a statement's record waits for its expect_rows guard
+    for index, (sql, args) in enumerate(statements):
         statement_steps.append(len(steps))
         steps.append(p.BatchStep(stmt=make_stmt(sql, args), condition=p.OkCond(step=len(steps) - 1)))
-        steps.append(step(RECORD_STEP, [write.key], after=len(steps) - 1))
+        if deferred is not None:
+            steps.append(step(RECORD_EXPECTED, [deferred, write.key], after=len(steps) - 1))
+            deferred = None
+        deferred = guard_want(statements, index)
+        if deferred is None:
+            steps.append(step(RECORD_STEP, [write.key], after=len(steps) - 1))
     commit = len(steps)
     steps.append(step("COMMIT", after=commit - 1))
     rollback = make_stmt("ROLLBACK", want_rows=False)
@@ -333,6 +347,7 @@ def group_steps(
             gate=ok(lookup),
             claim=(CLAIM, [key, write.fingerprint, "[]", now]),
             record=(RECORD_STEP, [key]),
+            record_expected=(RECORD_EXPECTED, [key]),
         )
         assert placed.claim is not None
         # The write's own failure (its claim succeeded): record the decision, in the transaction if

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from edgenode.auth import Authenticator
 from edgenode.backup import check_not_half_restored
 from edgenode.config import Settings
 from edgenode.pragmas import select_profile
@@ -32,8 +33,9 @@ def open_database(settings: Settings) -> Database:
     return _replica(settings) if settings.is_replica else _local(settings)
 
 
-def open_node(settings: Settings) -> tuple[Database, list[Component]]:
-    """The database and the components that serve it."""
+def open_node(settings: Settings, authenticator: Authenticator) -> tuple[Database, list[Component]]:
+    """The database and the components that serve it. One authenticator for all of them: a rotated
+    JWT key (`Authenticator.refresh_key`) is then refused by every route at once."""
     check_not_half_restored(settings.data_path)
     db: Database
     components: list[Component] = []
@@ -56,8 +58,8 @@ def open_node(settings: Settings) -> tuple[Database, list[Component]]:
 
     vectors = VectorManager(db, settings.data_path)
     text = TextManager(db, settings.data_path, vectors=vectors)
-    components += [vectors, text, HranaComponent(settings, db), BackupComponent(settings, db)]
-    components.append(ChangesComponent(settings, db))
+    components += [vectors, text, HranaComponent(settings, db, authenticator), BackupComponent(settings, db)]
+    components.append(ChangesComponent(settings, db, authenticator))
     return db, components
 
 
@@ -89,11 +91,12 @@ def build_node_app(settings: Settings, workers: HttpWorkers | None = None) -> St
     they start once everything else runs, and learn each schema change before it is acknowledged)."""
     from edgenode.api import create_app
 
-    db, components = open_node(settings)
+    authenticator = Authenticator.from_settings(settings.auth_token, settings.read_token, settings.jwt_key_file)
+    db, components = open_node(settings, authenticator)
     if workers is not None:
         from edgenode.standalone import LocalDatabase
 
         assert isinstance(db, LocalDatabase)  # the command refuses workers on a replica
         db.schema_listeners.append(workers.epoch.publish)
         components.append(workers)
-    return create_app(settings, db, components=components)
+    return create_app(settings, db, components=components, authenticator=authenticator)

@@ -6,7 +6,11 @@ single-file binary and seconds to its start; SigV4 is one documented HMAC chain
 S3-compatible servers (MinIO, R2, moto) through path-style URLs on a configurable endpoint.
 
 Every PUT is one complete object (S3 makes it visible only when the whole body arrived and its
-`x-amz-content-sha256` matched), so a writer killed mid-upload leaves no partial object.
+`x-amz-content-sha256` matched), so a writer killed mid-upload leaves no partial object. An object
+above `multipart_threshold` goes up as a multipart upload instead (one part in memory at a time,
+each part signed with its own SHA-256; S3 shows the object only when the upload is completed): a
+failed upload is aborted at once, and one left by a killed writer is invisible until
+`abort_uploads` (called when the archiver starts) removes it.
 Credentials come from the standard AWS_* environment variables and are never logged or returned.
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import logging
 import os
 import urllib.parse
 import xml.etree.ElementTree as ET
@@ -27,6 +32,11 @@ import httpx
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _UPLOAD_CHUNK = 1 << 20
+MULTIPART_THRESHOLD = 64 << 20
+MIN_PART = 5 << 20  # S3's smallest part (all but the last)
+MAX_PART = 16 << 20
+
+log = logging.getLogger("edgenode.s3")
 
 
 class S3Error(Exception):
@@ -77,8 +87,12 @@ class S3Client:
         region: str = "us-east-1",
         credentials: Credentials | None = None,
         timeout: float = 60.0,
+        multipart_threshold: int = MULTIPART_THRESHOLD,
     ) -> None:
         self.bucket = bucket
+        self.multipart_threshold = multipart_threshold
+        self.part_size = max(MIN_PART, min(multipart_threshold, MAX_PART))
+        self.multipart_uploads = 0  # completed ones, for status and tests
         self.region = region
         self.endpoint = (endpoint or f"https://s3.{region}.amazonaws.com").rstrip("/")
         self.credentials = credentials or Credentials.from_env()
@@ -162,11 +176,24 @@ class S3Client:
     # -- calls ---------------------------------------------------------------------------------
 
     def put_bytes(self, key: str, data: bytes) -> None:
+        if len(data) > self.multipart_threshold:
+            view = memoryview(data)
+            self._multipart(key, (bytes(view[i : i + self.part_size]) for i in range(0, len(data), self.part_size)))
+            return
         self._request("PUT", key, content=data, payload_sha256=hashlib.sha256(data).hexdigest())
 
     def put_file(self, key: str, path: Path, sha256: str | None = None) -> None:
-        """Upload a file as one object (up to S3's 5 GB single-PUT limit), streamed from disk."""
+        """Upload a file as one object, streamed from disk (multipart above the threshold)."""
         size = path.stat().st_size
+        if size > self.multipart_threshold:
+
+            def parts() -> Iterator[bytes]:
+                with open(path, "rb") as f:
+                    while part := f.read(self.part_size):
+                        yield part
+
+            self._multipart(key, parts())
+            return
         if sha256 is None:
             digest = hashlib.sha256()
             with open(path, "rb") as f:
@@ -180,6 +207,62 @@ class S3Client:
                     yield chunk
 
         self._request("PUT", key, content=body(), payload_sha256=sha256, extra={"content-length": str(size)})
+
+    def _multipart(self, key: str, parts: Iterator[bytes]) -> None:
+        """Create, upload each part, complete; abort on any failure (no orphaned parts billed)."""
+        created = self._request("POST", key, query={"uploads": ""})
+        upload_id = ET.fromstring(created.content).findtext(_NS + "UploadId")
+        if not upload_id:
+            raise S3Error(f"S3 POST {self.bucket}/{key}?uploads: no UploadId in the answer")
+        try:
+            etags: list[str] = []
+            for number, part in enumerate(parts, 1):
+                answer = self._request(
+                    "PUT",
+                    key,
+                    query={"partNumber": str(number), "uploadId": upload_id},
+                    content=part,
+                    payload_sha256=hashlib.sha256(part).hexdigest(),
+                )
+                etags.append(answer.headers.get("etag", ""))
+            body = (
+                "<CompleteMultipartUpload>"
+                + "".join(f"<Part><PartNumber>{n}</PartNumber><ETag>{e}</ETag></Part>" for n, e in enumerate(etags, 1))
+                + "</CompleteMultipartUpload>"
+            ).encode()
+            done = self._request(
+                "POST",
+                key,
+                query={"uploadId": upload_id},
+                content=body,
+                payload_sha256=hashlib.sha256(body).hexdigest(),
+            )
+            # S3 may answer 200 and report the failure in the body (it streams the answer while it assembles).
+            if ET.fromstring(done.content).tag.endswith("Error"):
+                code = ET.fromstring(done.content).findtext("Code")
+                raise S3Error(f"S3 complete multipart {self.bucket}/{key}: {code}", 200, code)
+        except BaseException:
+            self.abort_upload(key, upload_id)
+            raise
+        self.multipart_uploads += 1
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        try:
+            self._request("DELETE", key, query={"uploadId": upload_id}, ok=(200, 204, 404))
+        except S3Error as exc:
+            log.warning("could not abort the multipart upload of %s/%s (it stays invisible): %s", self.bucket, key, exc)
+
+    def abort_uploads(self, prefix: str) -> int:
+        """Abort every unfinished multipart upload under prefix (a killed writer's); their parts were
+        never visible as an object. Returns how many."""
+        root = ET.fromstring(self._request("GET", "", query={"uploads": "", "prefix": prefix}).content)
+        aborted = 0
+        for upload in root.iter(_NS + "Upload"):
+            key, upload_id = upload.findtext(_NS + "Key"), upload.findtext(_NS + "UploadId")
+            if key and upload_id:
+                self.abort_upload(key, upload_id)
+                aborted += 1
+        return aborted
 
     def get_bytes(self, key: str) -> bytes:
         return self._request("GET", key).content
@@ -203,17 +286,24 @@ class S3Client:
     def delete(self, key: str) -> None:
         self._request("DELETE", key, ok=(200, 204))
 
-    def list(self, prefix: str) -> list[tuple[str, int]]:
-        """Every (key, size) under prefix, in key order (follows continuation tokens)."""
+    def list(self, prefix: str, start_after: str | None = None, end_before: str | None = None) -> list[tuple[str, int]]:
+        """Every (key, size) under prefix, in key order (follows continuation tokens); with
+        start_after / end_before only the keys strictly between (S3 starts there; the paging stops
+        at end_before)."""
         out: list[tuple[str, int]] = []
         token: str | None = None
         while True:
             query = {"list-type": "2", "prefix": prefix}
             if token:
                 query["continuation-token"] = token
+            elif start_after is not None:
+                query["start-after"] = start_after
             root = ET.fromstring(self._request("GET", "", query=query).content)
             for item in root.iter(_NS + "Contents"):
-                out.append((item.findtext(_NS + "Key") or "", int(item.findtext(_NS + "Size") or 0)))
+                key = item.findtext(_NS + "Key") or ""
+                if end_before is not None and key >= end_before:
+                    return out
+                out.append((key, int(item.findtext(_NS + "Size") or 0)))
             if root.findtext(_NS + "IsTruncated") != "true":
                 return out
             token = root.findtext(_NS + "NextContinuationToken")

@@ -44,6 +44,9 @@ def test_status_reports_role_pragmas_migrations_and_versions(ro: httpx.Client) -
     assert status["database"]["pragmas"]["applied"]["journal_mode_wal"] == "wal"
     assert all(m["applied"] for m in status["migrations"]) and len(status["migrations"]) >= 3
     assert status["versions"]["libsql"].startswith("0.1.")
+    # The engine's own SQLite, as a statement sees it (the binding's version constant was stale).
+    engine_sqlite = ro.post("/api/v1/query", json={"sql": "SELECT sqlite_version()"}).json()["rows"][0][0]
+    assert status["versions"]["libsql_sqlite"] == engine_sqlite
 
 
 def test_execute_is_one_transaction_and_query_reads_it_back(rw: httpx.Client, ro: httpx.Client) -> None:

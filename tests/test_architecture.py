@@ -49,6 +49,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "edgenode.encryption",
             "edgenode.objectstore",
             "edgenode.commit_marks",
+            "edgenode.expect",
+            "edgenode.crash",
             "edgenode.primary",  # the package itself: import-free constants shared with the relay
         ),
     ),

@@ -35,9 +35,11 @@ from tests.procs import ROOT, Proc, free_port, start
 
 TOKEN = "archive-token"
 # How many random moments each history is restored to, and kill -9s per crash test (the issue asks
-# for 20 each; CI runs fewer to keep the suite short: EDGENODE_TEST_PITR_MOMENTS / _KILLS raise them).
+# for 20 each: the archive-upload test runs 20, ~20 s; the restore test runs fewer to keep the suite
+# short: EDGENODE_TEST_PITR_MOMENTS / _KILLS / _UPLOAD_KILLS set them).
 MOMENTS = int(os.environ.get("EDGENODE_TEST_PITR_MOMENTS", "10"))
 KILLS = int(os.environ.get("EDGENODE_TEST_ARCHIVE_KILLS", "3"))
+UPLOAD_KILLS = int(os.environ.get("EDGENODE_TEST_ARCHIVE_UPLOAD_KILLS", "20"))
 S3_ENV = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret"}
 
 
@@ -156,6 +158,10 @@ def primary_args(pdir: Path, archive: str, *extra: str) -> list[str]:
         "60",
         "--archive",
         archive,
+        # By interval only: snapshots at every rollover (the default for a tiny database) would leave
+        # replays across generations untested; the tests of the ratio set it.
+        "--archive-snapshot-ratio",
+        "0",
         *extra,
     ]
 
@@ -257,17 +263,33 @@ def test_restore_to_random_moments_matches_the_recorded_history(
 def test_kill_9_of_the_primary_mid_upload_resumes_the_archive_without_a_torn_object(
     tmp_path: Path, s3_endpoint: str
 ) -> None:
+    """The issue's 20 kills while the archiver uploads (segments every few ms under 200 writes/s,
+    multipart snapshots at a rollover, compaction when idle), each followed by a restore to a
+    moment the archive must hold."""
     archive = make_bucket(s3_endpoint, f"kill-{os.getpid()}")
-    args = primary_args(tmp_path / "primary", archive, "--archive-s3-endpoint", s3_endpoint)
+    args = [
+        *primary_args(tmp_path / "primary", archive, "--archive-s3-endpoint", s3_endpoint),
+        "--archive-snapshot-ratio",
+        "1",
+        "--archive-s3-multipart-threshold",
+        str(1 << 20),
+    ]
     proc = start(args, tmp_path, "primary", env=S3_ENV)
     setup_schema(proc.url)
     history = History(proc.url, rate=200)
     history.start()
     rng = random.Random(9)
+    os.environ.update(S3_ENV)
     try:
-        for _ in range(KILLS):
-            time.sleep(rng.uniform(0.3, 1.0))
+        for n in range(UPLOAD_KILLS):
+            time.sleep(rng.uniform(0.2, 0.6))
             proc.kill()  # the archiver ships every few ms under this load: mostly mid-upload
+            acked = list(history.acked)
+            if len(acked) > 1:
+                # Acknowledged before the kill and shipped within the lag: restorable right now.
+                t = rng.uniform(acked[0][1], acked[-1][2] - 0.5) if acked[-1][2] - acked[0][1] > 1 else acked[0][1]
+                if t >= acked[0][1]:
+                    check_moment(history, archive, t, tmp_path / f"killed-{n}", s3_endpoint)
             proc.start()
         time.sleep(0.5)
         history.stop()
@@ -275,7 +297,6 @@ def test_kill_9_of_the_primary_mid_upload_resumes_the_archive_without_a_torn_obj
     finally:
         history.stopping.set()
         proc.stop()
-    os.environ.update(S3_ENV)
     all_objects_whole(archive, s3_endpoint)
     first, last = history.acked[0][1], history.acked[-1][2]
     for n, t in enumerate(sorted(rng.uniform(first, last) for _ in range(max(3, MOMENTS // 2)))):
@@ -352,8 +373,9 @@ def test_retention_deletes_what_no_moment_in_the_window_needs(tmp_path: Path) ->
     finally:
         proc.stop()
     listing = parse_listing([key for key, _ in open_target(str(archive)).list("")])
-    assert status["snapshots"] > 3 and status["deleted"] > 0, status
-    assert len(listing.snapshots) < status["snapshots"]
+    assert status["snapshots_shipped"] > 3 and status["deleted"] > 0, status
+    # "snapshots" counts what the archive holds: the pruned ones are gone from it.
+    assert len(listing.snapshots) == status["snapshots"] < status["snapshots_shipped"], status
     anchor = listing.snapshots[0][0]
     assert min(listing.segments) >= anchor and min(listing.ends, default=anchor) >= anchor
     # The oldest kept snapshot began at or before the window's start: the window is still restorable.
@@ -454,3 +476,221 @@ def test_restore_from_a_directory_that_does_not_exist_says_it_holds_no_archive(t
     with pytest.raises(BackupError, match="holds no archive snapshot"):
         restore_to_time(str(missing), time.time(), tmp_path / "data")
     assert not (tmp_path / "data" / "edgenode.db").exists()
+
+
+def segments_per_generation(archive: str, endpoint: str | None = None) -> dict[int, int]:
+    target = open_target(archive, endpoint=endpoint)
+    try:
+        listing = parse_listing([key for key, _ in target.list("")])
+    finally:
+        target.close()
+    return {g: len(segments) for g, segments in listing.segments.items() if g in listing.ends}
+
+
+def wait_compacted(proc: Proc, archive: str, timeout: float = 30) -> None:
+    """Until every finished generation is one segment (they are all below the merge limit here)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        counts = segments_per_generation(archive)
+        if counts and max(counts.values()) == 1:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not compacted: {counts}")
+
+
+def test_compaction_merges_each_generation_into_one_segment_and_every_moment_still_restores(tmp_path: Path) -> None:
+    archive = str(tmp_path / "archive")
+    proc = start(primary_args(tmp_path / "primary", archive), tmp_path, "primary")
+    try:
+        history, _ = record_history(proc)
+        wait_compacted(proc, archive)
+        status = wait_archived(proc)
+    finally:
+        proc.stop()
+    assert status["merged"] > 0 and status["merged_away"] > status["merged"], status
+    counts = segments_per_generation(archive)
+    assert len(counts) > 2, counts  # several finished generations, each now a single object
+    all_objects_whole(archive, None)
+    rng = random.Random(1818)
+    first, last = history.acked[0][1], history.acked[-1][2]
+    for n, t in enumerate(sorted(rng.uniform(first - 0.05, last + 0.05) for _ in range(MOMENTS))):
+        check_moment(history, archive, t, tmp_path / f"restore-{n}", None)
+
+
+def test_kill_9_between_a_merged_segment_and_deleting_its_parts_leaves_a_restorable_archive(tmp_path: Path) -> None:
+    archive = str(tmp_path / "archive")
+    args = primary_args(tmp_path / "primary", archive)
+    proc = start(args, tmp_path, "primary")
+    history = History(proc.url, recover_seconds=0)
+    try:
+        setup_schema(proc.url)
+        wait_archived(proc)
+        proc.stop()
+        proc.env = {"EDGENODE_PRIMARY_CRASH_AT": "archive-compaction-merged"}
+        proc.start()
+        deadline = time.monotonic() + 30
+        while proc.popen is not None and proc.popen.poll() is None and time.monotonic() < deadline:
+            history.write()
+            time.sleep(0.005)  # idle moments: compaction runs when nothing is left to ship
+        assert proc.popen is not None and proc.popen.returncode == -signal.SIGKILL, "crash point not reached"
+    finally:
+        proc.kill()
+    # Killed with the merged segment visible and its parts not yet deleted: both are there, whole.
+    overlapping = segments_per_generation(archive)
+    assert max(overlapping.values()) > 1, overlapping
+    all_objects_whole(archive, None)
+    first, last = history.acked[0][1], history.acked[-1][2]
+    moments = sorted(random.Random(5).uniform(first, last) for _ in range(max(3, MOMENTS // 2)))
+    for n, t in enumerate(moments):
+        check_moment(history, archive, t, tmp_path / f"crashed-{n}", None)
+    # The next start finishes the merge (the parts go) and ships on.
+    proc.env = {}
+    proc.start()
+    try:
+        history.next = primary_execute(proc.url, ["SELECT last FROM meta"], TOKEN)[0][0][0] + 1
+        for _ in range(10):
+            history.write()
+        wait_archived(proc)
+        wait_compacted(proc, archive)
+    finally:
+        proc.stop()
+    all_objects_whole(archive, None)
+    for n, t in enumerate([*moments, time.time() + 1]):
+        check_moment(history, archive, t, tmp_path / f"after-{n}", None)
+
+
+def test_status_counts_the_snapshots_the_archive_holds_after_a_restart(tmp_path: Path) -> None:
+    """A snapshot at each rollover once the frames since the last one exceed the ratio times its size;
+    after a restart the status counts what the archive holds, not what this run shipped."""
+    archive = str(tmp_path / "archive")
+    args = [*primary_args(tmp_path / "primary", archive), "--archive-snapshot-ratio", "0.5"]
+    proc = start(args, tmp_path, "primary")
+    try:
+        history, status = record_history(proc, seconds=2.0)
+    finally:
+        proc.stop()
+    held = len(parse_listing([key for key, _ in open_target(archive).list("")]).snapshots)
+    # (A rollover just after the last write may still have added one after `status` was read.)
+    assert held > 2 and status["snapshots"] == status["snapshots_shipped"] <= held, (held, status)
+    proc.start()
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # read back as the archiver starts
+            info = httpx.get(proc.url + "/info", headers={"Authorization": f"Bearer {TOKEN}"}).json()["archive"]
+            if info["snapshots"] >= held or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    finally:
+        proc.stop()
+    # What the archive held before this run, plus any this run shipped (one may be due at once).
+    assert info["snapshots"] == held + info["snapshots_shipped"], (held, info)
+    check_moment(history, archive, history.acked[-1][2] - 0.5, tmp_path / "restored", None)
+
+
+def test_a_snapshot_above_the_multipart_threshold_goes_up_in_parts_and_restores(
+    tmp_path: Path, s3_endpoint: str
+) -> None:
+    archive = make_bucket(s3_endpoint, f"multipart-{os.getpid()}")
+    args = primary_args(
+        tmp_path / "primary",
+        archive,
+        "--archive-s3-endpoint",
+        s3_endpoint,
+        "--archive-s3-multipart-threshold",
+        str(1 << 20),
+        "--archive-snapshot-ratio",
+        "0.5",
+    )
+    proc = start(args, tmp_path, "primary", env=S3_ENV)
+    try:
+        setup_schema(proc.url)
+        for batch in range(4):  # ~12 MB: the next snapshot is bigger than one 5 MiB part
+            primary_execute(
+                proc.url,
+                [
+                    f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000) "
+                    f"INSERT INTO t(id, data) SELECT {batch * 1000} + i, randomblob(3000) FROM n",
+                    f"UPDATE meta SET last = {(batch + 1) * 1000}",
+                ],
+                TOKEN,
+                transaction=True,
+            )
+        primary_execute(proc.url, ["INSERT INTO t(id) VALUES (4001)", "UPDATE meta SET last = 4001"], TOKEN)
+        deadline = time.monotonic() + 60
+        client = S3Client(
+            archive.split("/")[2], endpoint=s3_endpoint, credentials=Credentials("test-key", "test-secret")
+        )
+        try:
+            while time.monotonic() < deadline:
+                big = [(k, n) for k, n in client.list("primary-1/snapshots/") if n > 6 << 20]
+                if big:
+                    break
+                primary_execute(proc.url, ["UPDATE meta SET last = 4001"], TOKEN)  # more rollovers
+                time.sleep(0.05)
+            assert big, "no snapshot above the threshold was shipped"
+            # S3 marks an object completed from parts by an ETag ending in -PARTS.
+            etag = client._request("HEAD", big[0][0]).headers["etag"]
+            parts = -(-big[0][1] // (5 << 20))  # 5 MiB parts: S3's smallest
+            assert parts > 1 and etag.strip('"').endswith(f"-{parts}"), (etag, big)
+            wait_archived(proc)
+        finally:
+            client.close()
+    finally:
+        proc.stop()
+    os.environ.update(S3_ENV)
+    restore_to_time(archive, time.time(), tmp_path / "restored", endpoint=s3_endpoint)
+    assert state_of(tmp_path / "restored" / "edgenode.db") == (4001, set(range(1, 4002)))
+
+
+def test_a_failed_multipart_upload_is_aborted_and_a_killed_writers_upload_is_cleaned(
+    tmp_path: Path, s3_endpoint: str
+) -> None:
+    bucket = f"abort-{os.getpid()}"
+    make_bucket(s3_endpoint, bucket)
+    client = S3Client(bucket, endpoint=s3_endpoint, credentials=Credentials("test-key", "test-secret"))
+    try:
+
+        def parts_then_failure() -> Iterator[bytes]:
+            yield os.urandom(5 << 20)
+            raise OSError("disk read failed")
+
+        with pytest.raises(OSError, match="disk read failed"):
+            client._multipart("a/snapshot.db", parts_then_failure())
+        assert client.list("a/") == []
+        assert client.abort_uploads("a/") == 0  # nothing left behind: it was aborted at once
+        # A writer killed mid-upload leaves an unfinished upload (never an object): clean() aborts it.
+        created = client._request("POST", "a/orphan.db", query={"uploads": ""})
+        assert b"UploadId" in created.content
+        os.environ.update(S3_ENV)
+        target = open_target(f"s3://{bucket}/a", endpoint=s3_endpoint)
+        target.clean()
+        target.close()
+        assert client.abort_uploads("a/") == 0 and client.list("a/") == []
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("where", ["dir", "s3"])
+def test_a_bounded_listing_returns_only_the_keys_between_its_bounds(
+    tmp_path: Path, where: str, request: pytest.FixtureRequest
+) -> None:
+    """What a restore lists: the frames between its snapshot and the next, not the whole archive."""
+    endpoint = request.getfixturevalue("s3_endpoint") if where == "s3" else None
+    url = make_bucket(endpoint, f"bounds-{os.getpid()}") if endpoint else str(tmp_path / "archive")
+    os.environ.update(S3_ENV)
+    target = open_target(url, endpoint=endpoint)
+    try:
+        keys = [f"frames/{g:010d}/{n:010d}-{n:010d}.seg" for g in range(1, 6) for n in (1, 2)]
+        keys += [f"frames/{g:010d}/end-0000000002" for g in range(1, 6)] + ["snapshots/0000000001-1.db"]
+        for key in keys:
+            target.put_bytes(key, b"x")
+        got = [
+            key for key, _ in target.list("frames/", start_after="frames/0000000002/~", end_before="frames/0000000005/")
+        ]
+        assert got == sorted(k for k in keys if k.startswith(("frames/0000000003/", "frames/0000000004/")))
+        assert [key for key, _ in target.list("frames/", start_after="frames/0000000004/~")] == sorted(
+            k for k in keys if k.startswith("frames/0000000005/")
+        )
+        assert [key for key, _ in target.list("")] == sorted(keys)
+    finally:
+        target.close()

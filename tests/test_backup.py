@@ -7,6 +7,7 @@ import json
 import os
 import random
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -251,6 +252,16 @@ def test_http_backup_writes_into_the_backups_dir_with_the_write_token(node: Proc
     assert again.status_code == 409
     default = httpx.post(node.url + "/api/v1/backup", headers=auth_rw, timeout=60)
     assert default.status_code == 200 and Path(default.json()["path"]).name.startswith("standalone-")
+    # Unnamed backups in quick succession each get a name of their own (was: 409 'choose another
+    # name' within the same second); an empty name is refused, not taken for no name.
+    paths = {default.json()["path"]}
+    for _ in range(3):
+        more = httpx.post(node.url + "/api/v1/backup", headers=auth_rw, timeout=60)
+        assert more.status_code == 200, more.text
+        paths.add(more.json()["path"])
+    assert len(paths) == 4
+    empty = httpx.post(node.url + "/api/v1/backup", json={"name": ""}, headers=auth_rw)
+    assert empty.status_code == 400 and "leave it out" in empty.json()["error"]["message"]
 
 
 def test_restore_refuses_an_existing_database_without_force_and_a_running_one_even_with_it(tmp_path: Path) -> None:
@@ -325,6 +336,21 @@ def test_kill_9_during_restore_leaves_nothing_or_the_whole_verified_database(tmp
     finish = edgenode("restore", "--from", str(backup), "--data-dir", str(data))
     assert finish.returncode == 0 or "already exists" in finish.stderr
     assert verify(target) == expected and not (data / RESTORE_MARKER).exists()
+
+
+def test_backup_refuses_a_target_that_is_not_a_regular_file_and_leaves_it_as_it_was(tmp_path: Path) -> None:
+    # The verified copy is renamed over --to: run as root, `--to /dev/full` replaced the device node.
+    data = tmp_path / "data"
+    make_database(data / "edgenode.db", rows=10)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.db"
+    link.symlink_to(fifo)
+    for target in (fifo, link):
+        result = edgenode("backup", "--data-dir", str(data), "--to", str(target))
+        assert result.returncode == 1 and "not a regular file" in result.stderr, result.stderr
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode) and link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "fifo", "link.db"]  # no .partial left
 
 
 def test_kill_9_or_ctrl_c_during_backup_leaves_no_file_at_the_target(tmp_path: Path) -> None:

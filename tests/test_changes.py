@@ -343,6 +343,53 @@ def test_subscriptions_are_checked_against_the_schema_and_the_token(node: Proc, 
     assert time.monotonic() - started < 8
 
 
+def test_capture_refuses_tables_its_triggers_would_break_and_takes_the_schemas_spelling(node: Proc) -> None:
+    with httpx.Client(base_url=node.url, headers=_auth(RW), timeout=30) as client:
+        _execute(
+            client,
+            "CREATE TABLE IF NOT EXISTS keyed (k TEXT PRIMARY KEY, v TEXT) WITHOUT ROWID",
+            "CREATE VIRTUAL TABLE IF NOT EXISTS docs_fts USING fts5(body)",
+            "CREATE VIEW IF NOT EXISTS a_view AS SELECT id FROM a",
+            "CREATE TABLE IF NOT EXISTS Mixed (id INTEGER PRIMARY KEY, v TEXT)",
+            'CREATE TABLE IF NOT EXISTS "with space" (id INTEGER PRIMARY KEY)',
+            "CREATE TABLE IF NOT EXISTS shadowed (rowid TEXT, v TEXT)",
+        )
+        # Once captured, a WITHOUT ROWID table refused every write (no new.rowid); the writer
+        # process crashed on a write to an FTS5 table whose shadow table was captured.
+        for table, says in [
+            ("keyed", "WITHOUT ROWID"),
+            ("docs_fts", "virtual table"),
+            ("docs_fts_data", "shadow table"),
+            ("a_view", "a view"),
+            ("with space", "letters, digits and _"),
+            ("SQLITE_SCHEMA", "internal"),
+            ("shadowed", "column named rowid"),  # new.rowid read it: a NULL there failed every insert
+        ]:
+            response = client.put(f"/api/v1/changes/tables/{table}")
+            assert response.status_code == 400, (table, response.text)
+            assert says in response.json()["error"]["message"], (table, response.text)
+        _execute(
+            client,
+            ("INSERT INTO keyed VALUES (?, ?)", ["k", "v"]),
+            ("INSERT INTO docs_fts VALUES (?)", ["x"]),
+            ("INSERT INTO shadowed (v) VALUES (?)", ["x"]),
+        )
+
+        # SQLite names are case-insensitive: any spelling captures (and follows) the schema's one.
+        for spelling in ("mixed", "MIXED"):
+            response = client.put(f"/api/v1/changes/tables/{spelling}")
+            assert response.status_code == 200, response.text
+            assert response.json()["table"] == "Mixed"
+        captured = client.get("/api/v1/changes/tables").json()["tables"]
+        assert "Mixed" in captured and "mixed" not in captured and "MIXED" not in captured
+        start_at = _position(node.url)
+        _execute(client, ("INSERT INTO mixed (id, v) VALUES (?, ?)", [1, "one"]))
+    sub = Subscriber(node.url, {"mIxEd"}, None, start_at, want=2, token=RO)
+    sub.run(time.monotonic() + 20)
+    assert sub.error is None, sub.error
+    assert sub.got == [("Mixed", "insert", 1, {"id": 1, "v": "one"}), ("commit",)]
+
+
 def test_a_subscriber_that_stops_reading_is_cut_off_while_writes_keep_flowing(node: Proc) -> None:
     """The stalled client's socket buffers fill, its queue of 100 fills, it is cut off; writes and
     a reading subscriber go on meanwhile."""
@@ -567,3 +614,20 @@ def test_values_round_trip_exactly(node: Proc) -> None:
     inserted, updated = sub.got[0][3], sub.got[1][3]
     assert inserted == {"id": 30_000_000, "k": 2**63 - 1, "v": text, "f": 5e-324, "x": {"base64": _b64(blob)}}
     assert (updated["k"], updated["f"]) == (-(2**63), 1.7976931348623157e308)
+
+
+def test_an_eventsource_reconnecting_to_its_after_url_resumes_from_its_last_event_id(node: Proc) -> None:
+    """EventSource reconnects to the URL it was opened with, `?after=` and all, adding the newer
+    `Last-Event-ID`: that one wins, or the events between would come twice."""
+    start_at = _position(node.url)
+    with httpx.Client(base_url=node.url, headers=_auth(RW), timeout=30) as client:
+        for rowid in (40_000_001, 40_000_002):
+            _execute(client, ("INSERT INTO b (id, k) VALUES (?, 1)", [rowid]))
+    first = Subscriber(node.url, {"b"}, None, start_at, want=2)  # the first insert and its commit
+    first.run(time.monotonic() + 20)
+    assert first.error is None and first.got[0][2] == 40_000_001
+    headers = {**_auth(RO), "Last-Event-ID": str(first.cursors[-1])}
+    params = {"tables": "b", "after": str(start_at)}
+    with httpx.stream("GET", node.url + "/api/v1/changes", params=params, headers=headers, timeout=30) as response:
+        event = next(iter(parse_sse(response.iter_lines())))
+    assert (event.data["op"], event.data["rowid"]) == ("insert", 40_000_002)

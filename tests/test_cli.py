@@ -54,3 +54,43 @@ def test_a_command_whose_import_fails_is_an_error_naming_the_cause() -> None:
     assert run.returncode == 1
     assert "the 'broken' command cannot be loaded: ModuleNotFoundError" in run.stderr
     assert "edgenode.no_such_module" in run.stderr
+
+
+def test_changes_stops_at_once_on_a_url_it_cannot_use() -> None:
+    # It used to retry such a URL every second, forever, printing 'disconnected'.
+    for url in ("notaurl", "ftp://example.com"):
+        run = edgenode("changes", "--tables", "t", "--capture", "--url", url, timeout=20)
+        assert run.returncode == 1 and "http:// or https://" in run.stderr, run.stderr
+        assert "Traceback" not in run.stderr
+
+
+def test_status_names_each_collection_instead_of_an_empty_line() -> None:
+    from edgenode.commands.status import summarise
+
+    status = {
+        "role": "standalone",
+        "database": {"path": "x.db", "size_bytes": 0, "wal_bytes": 0},
+        "migrations": [],
+        "components": {
+            "vectors": {},
+            "text": {"docs": {"state": "ready", "size": 3, "position": 9}},
+            "hrana": {"open_streams": 0, "errors": {}},
+        },
+        "uptime_seconds": 1.0,
+        "versions": {"edgenode": "0.1.0"},
+    }
+    lines = summarise(status, {"status": "ready"})
+    assert "text        docs(state=ready, size=3, position=9)" in lines  # was 'text' and nothing after it
+    assert "hrana       open_streams=0" in lines
+
+
+SEARCHES = [["text", "search", "docs", "word", "--collection", "v"], ["vectors", "search", "v"]]
+
+
+@pytest.mark.parametrize("command", SEARCHES)
+def test_a_vector_file_that_cannot_be_read_is_a_usage_error_not_a_traceback(tmp_path: Path, command: list[str]) -> None:
+    # Checked before any request: no node is needed.
+    for path in (tmp_path / "missing.json", tmp_path):
+        run = edgenode(command[0], "--url", "http://127.0.0.1:9", *command[1:], "--vector-file", str(path))
+        assert run.returncode == 2 and "cannot read a vector" in run.stderr, run.stderr
+        assert "Traceback" not in run.stderr

@@ -149,3 +149,43 @@ def test_roles_that_cannot_encrypt_refuse_a_key_in_one_line(tmp_path: Path, role
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "encrypt" in lines[0], result.stderr
     assert KEY not in result.stderr
+
+
+def test_backup_and_restore_refuse_a_key_that_does_not_fit_in_one_line(tmp_path: Path) -> None:
+    encrypted, plain = tmp_path / "encrypted", tmp_path / "plain"
+    for data, key in ((encrypted, KEY), (plain, None)):
+        data.mkdir()
+        conn = libsql.connect(str(data / "edgenode.db"), isolation_level=None, encryption_key=key)
+        conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, body TEXT)")
+        conn.execute("INSERT INTO t(body) VALUES ('secret-row')")
+        conn.close()
+    before = fingerprint(encrypted)
+
+    # A wrong key used to end in a traceback from VACUUM INTO ("file is not a database").
+    wrong = run_edgenode(
+        "backup", "--data-dir", str(encrypted), "--to", str(tmp_path / "w.db"), env={"EDGENODE_ENCRYPTION_KEY": "no"}
+    )
+    assert wrong.returncode != 0 and "cannot be read with this encryption key" in wrong.stderr, wrong.stderr
+    assert "Traceback" not in wrong.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["encrypted", "plain"]  # no backup, no .partial
+    assert fingerprint(encrypted) == before
+
+    # A key for a plaintext node used to make a plaintext backup its maker believed encrypted.
+    keyed = run_edgenode(
+        "backup", "--data-dir", str(plain), "--to", str(tmp_path / "k.db"), env={"EDGENODE_ENCRYPTION_KEY": KEY}
+    )
+    assert keyed.returncode != 0 and "would be plaintext" in keyed.stderr, keyed.stderr
+    assert not (tmp_path / "k.db").exists()
+
+    made = run_edgenode("backup", "--data-dir", str(plain), "--to", str(tmp_path / "p.db"))
+    assert made.returncode == 0, made.stderr
+    restore = run_edgenode(
+        "restore",
+        "--from",
+        str(tmp_path / "p.db"),
+        "--data-dir",
+        str(tmp_path / "r"),
+        env={"EDGENODE_ENCRYPTION_KEY": KEY},
+    )
+    assert restore.returncode != 0 and "plaintext backup" in restore.stderr, restore.stderr
+    assert not (tmp_path / "r").exists()

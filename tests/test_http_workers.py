@@ -381,3 +381,27 @@ def test_a_worker_reads_an_encrypted_database(tmp_path: Path) -> None:
     finally:
         proc.stop()
     assert b"SQLite format 3" not in (tmp_path / "data" / "edgenode.db").read_bytes()[:16]
+
+
+def test_a_rotated_jwt_key_is_refused_by_the_workers_too(tmp_path: Path) -> None:
+    from edgenode.auth import Access, generate_keypair, mint_token
+
+    old_private, key_file = generate_keypair(tmp_path / "old")
+    new_private, new_public = generate_keypair(tmp_path / "new")
+    args = ["serve", "--data-dir", str(tmp_path / "data"), "--no-migrate", "--http-workers", "2"]
+    args += ["--jwt-key-file", str(key_file), "--changes-heartbeat", "0.3"]
+    proc = start(args, tmp_path, "jwt", ready_path="/ready")
+    old, new = mint_token(old_private.read_bytes(), Access.READ), mint_token(new_private.read_bytes(), Access.READ)
+    try:
+        assert _until_worker(lambda: _query(proc.url, "SELECT 1", token=old), tries=400).status_code == 200
+        key_file.write_bytes(new_public.read_bytes())
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            refused = _until_worker(lambda: _query(proc.url, "SELECT 1", token=old))
+            if refused.status_code == 401:
+                break
+            time.sleep(0.2)
+        assert refused.status_code == 401, refused.text
+        assert _until_worker(lambda: _query(proc.url, "SELECT 1", token=new)).status_code == 200
+    finally:
+        proc.stop()

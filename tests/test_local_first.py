@@ -151,8 +151,13 @@ def test_a_conflict_can_be_retried_as_a_new_write_or_discarded(tmp_path: Path) -
         primary.stop()
         assert post(node, ("INSERT INTO uniq (v) VALUES ('x')", [])).status_code == 200
         assert post(node, ("INSERT INTO uniq (v) VALUES ('y')", [])).status_code == 200
+        # The primary takes the same values while the node is down: a node that is up pushes as
+        # soon as the primary is back, and could win the race the test means it to lose.
+        node.stop()
         primary.start()
         primary_write(primary, "INSERT INTO uniq (v) VALUES ('x')", "INSERT INTO uniq (v) VALUES ('y')")
+        node.start()
+        wait_ready(node)
         listed = eventually(lambda: len(conflicts(node)) == 2 and conflicts(node), timeout=30)
         x, y = (c["write_id"] for c in listed)
         primary_write(primary, "DELETE FROM uniq WHERE v = 'x'")

@@ -230,6 +230,14 @@ def test_search_has_phrases_prefixes_boolean_operators_weights_filters_snippets_
         for h in _search(proc.url, "docs", q="common", k=10, offset=o).json()["results"]
     ]
     assert pages == whole and len(whole) == 57 == len(set(whole))
+    # free text is scored from postings in memory (edgenode.text.scoring), the FTS5 syntax by FTS5's
+    # bm25(): the same query both ways answers the same rows, order and scores
+    for free, fts5 in (("search database", '"search" OR "database"'), ("search, text!", '"search" "text"')):
+        syntax = "any" if " OR " in fts5 else "plain"
+        for weights in ({}, {"title": 3, "body": 0.5}):
+            via_memory = _search(proc.url, "docs", q=free, syntax=syntax, k=20, weights=weights).json()["results"]
+            via_fts5 = _search(proc.url, "docs", q=fts5, k=20, weights=weights).json()["results"]
+            assert via_memory == via_fts5 and via_memory
 
 
 HOSTILE = [
@@ -254,7 +262,12 @@ HOSTILE = [
 
 def test_hostile_query_strings_get_a_400_that_says_where_and_never_a_500(node: tuple[Proc, Path]) -> None:
     proc, _ = node
-    _execute(proc.url, DOCS, "INSERT INTO docs(id, title, body, tag) VALUES (1, 'word', 'a b c', 'a')")
+    _execute(
+        proc.url,
+        DOCS,
+        "INSERT INTO docs(id, title, body, tag) VALUES (1, 'word', 'a b c', 'a')",
+        "CREATE TABLE shadowed (rowid TEXT, v TEXT)",
+    )
     httpx.put(
         proc.url + "/api/v1/text/docs", json={"table": "docs", "columns": ["title", "body"], "filter_columns": ["tag"]}
     )
@@ -264,9 +277,12 @@ def test_hostile_query_strings_get_a_400_that_says_where_and_never_a_500(node: t
         assert r.status_code == 400, (q, r.text)
         error = r.json()["error"]
         assert error["code"] == "invalid_query" and says in error["message"], (q, error)
+        assert error["message"].count("at character") <= 1, error  # the position once, not twice
     bad = [
         ({"q": "word", "filter": {"sql": "body = 'x'"}}, 400, "invalid_filter"),  # not a filter column
         ({"q": "word", "filter": {"sql": "1); DROP TABLE docs; --"}}, 400, "invalid_filter"),
+        # A value past SQLite's length limit (SQLITE_TOOBIG) was a 500 'internal error: TooBigError'.
+        ({"q": "word", "filter": {"sql": "printf('%.*c', 2000000000, 'x') = tag"}}, 400, "invalid_filter"),
         ({"q": "word", "weights": {"nope": 1}}, 400, "invalid_weights"),
         ({"q": "word", "weights": {"title": -1}}, 400, "invalid_weights"),
         ({"q": "word", "k": 0}, 400, "invalid_k"),
@@ -287,9 +303,13 @@ def test_hostile_query_strings_get_a_400_that_says_where_and_never_a_500(node: t
         ({"table": "docs", "columns": ["title"], "tokenizer": "icu"}, 422, "invalid_field"),
         ({"table": "_edgenode_changes", "columns": ["tbl"]}, 400, "invalid_collection"),
         ({"table": "docs", "columns": ['title"; drop']}, 400, "invalid_collection"),
+        ({"table": "shadowed", "columns": ["v"]}, 400, "invalid_collection"),  # a column named rowid
     ]:
         r = httpx.put(proc.url + "/api/v1/text/bad", json=spec)
         assert r.status_code == status and r.json()["error"]["code"] == code, (spec, r.text)
+    vectors = httpx.put(proc.url + "/api/v1/collections/bad", json={"table": "shadowed", "column": "v", "dim": 2})
+    assert vectors.status_code == 400 and "column named rowid" in vectors.text, vectors.text
+    _execute(proc.url, ("INSERT INTO shadowed (v) VALUES (?)", ["no feed triggers got in the way"]))
 
 
 def test_trigram_collections_find_substrings(node: tuple[Proc, Path]) -> None:
@@ -306,6 +326,67 @@ def test_trigram_collections_find_substrings(node: tuple[Proc, Path]) -> None:
     _wait_ready(proc.url, "tri")
     assert _ids(proc.url, "tri", "geno") == [1]
     assert _ids(proc.url, "tri", "京都の") == [1] and _ids(proc.url, "tri", "ベース") == [2]
+
+
+def test_collections_follow_writes_whatever_the_spelling_of_their_tables_name(node: tuple[Proc, Path]) -> None:
+    """The feed's triggers record the table's name as text; a collection defined over 'DOCS' used
+    to be built once and then miss every write to 'docs' (searches silently stale)."""
+    proc, _ = node
+    _execute(proc.url, DOCS, ("INSERT INTO docs(id, title, emb) VALUES (1, 'first', vector32(?))", ["[1,0,0,0]"]))
+    for name, table in (("lower", "docs"), ("upper", "DOCS")):
+        r = httpx.put(f"{proc.url}/api/v1/text/{name}", json={"table": table, "columns": ["TITLE"]})
+        assert r.status_code == 202, r.text
+        assert r.json()["table"] == "docs"
+        _wait_ready(proc.url, name)
+    r = httpx.put(f"{proc.url}/api/v1/collections/vecs", json={"table": "Docs", "column": "EMB", "dim": 4})
+    assert r.status_code == 202, r.text
+    assert r.json()["table"] == "docs"
+    _execute(proc.url, ("INSERT INTO docs(id, title, emb) VALUES (2, 'second', vector32(?))", ["[0,0,0,1]"]))
+    deadline = time.monotonic() + 30
+    while True:
+        nearest = httpx.post(f"{proc.url}/api/v1/collections/vecs/search", json={"vector": [0, 0, 0, 1], "k": 1})
+        found = [_found(proc.url, name, "second") for name in ("lower", "upper")]
+        if nearest.status_code == 200 and nearest.json()["results"][0]["rowid"] == 2 and found == [[2], [2]]:
+            break
+        assert time.monotonic() < deadline, (nearest.text, found)
+        time.sleep(0.1)
+
+
+def test_a_put_of_the_same_spec_follows_a_table_dropped_and_created_again(node: tuple[Proc, Path]) -> None:
+    """DROP TABLE takes the feed's triggers with it: the collections kept answering from the old
+    rows and never saw the new table's writes, and a PUT of the same spec changed nothing."""
+    proc, _ = node
+    vec = {"table": "docs", "column": "emb", "dim": 4}
+    _execute(proc.url, DOCS, ("INSERT INTO docs(id, title, emb) VALUES (1, 'old', vector32(?))", ["[1,0,0,0]"]))
+    assert httpx.put(f"{proc.url}/api/v1/text/t", json={"table": "docs", "columns": ["title"]}).status_code == 202
+    assert httpx.put(f"{proc.url}/api/v1/collections/v", json=vec).status_code == 202
+    _wait_ready(proc.url, "t")
+    _execute(
+        proc.url,
+        "DROP TABLE docs",
+        DOCS,
+        ("INSERT INTO docs(id, title, emb) VALUES (1, 'fresh', vector32(?))", ["[0,1,0,0]"]),
+    )
+    again = httpx.put(f"{proc.url}/api/v1/text/t", json={"table": "docs", "columns": ["title"]})
+    assert again.status_code == 202, again.text  # rebuilding
+    # That PUT rebuilt every collection over the table, the vector one too: nothing is missing now.
+    assert httpx.put(f"{proc.url}/api/v1/collections/v", json=vec).status_code == 200
+    _execute(proc.url, ("INSERT INTO docs(id, title, emb) VALUES (2, 'later', vector32(?))", ["[0,0,1,0]"]))
+
+    def nearest(vector: list[float]) -> tuple[int, float] | None:
+        r = httpx.post(f"{proc.url}/api/v1/collections/v/search", json={"vector": vector, "k": 1, "mode": "exact"})
+        return (r.json()["results"][0]["rowid"], r.json()["results"][0]["distance"]) if r.status_code == 200 else None
+
+    deadline = time.monotonic() + 30
+    while True:
+        found = [_found(proc.url, "t", w) for w in ("old", "fresh", "later")]
+        vectors = [nearest([0, 1, 0, 0]), nearest([0, 0, 1, 0])]  # row 1's vector is the new table's
+        if found == [[], [1], [2]] and vectors == [(1, 0.0), (2, 0.0)]:
+            break
+        assert time.monotonic() < deadline, (found, vectors)
+        time.sleep(0.1)
+    # Nothing was missing any more: the same PUT is a plain 200 again.
+    assert httpx.put(f"{proc.url}/api/v1/text/t", json={"table": "docs", "columns": ["title"]}).status_code == 200
 
 
 def test_hybrid_search_fuses_text_and_vector_ranks_with_filters_on_both_arms(node: tuple[Proc, Path]) -> None:

@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgenode.api.errors import error_response
 from edgenode.api.routing import AccessMap
-from edgenode.auth import Access, Authenticator, AuthError
+from edgenode.auth import QUERY_TOKEN, Access, Authenticator, AuthError, query_token
 from edgenode.metrics import NodeMetrics
 
 OPEN_PATHS = frozenset({"/health", "/ready"})
@@ -59,7 +59,9 @@ class MetricsMiddleware:
 
 
 class AuthMiddleware:
-    """Bearer auth; a read-only token reaches only routes that declare they read (`api/routing.py`)."""
+    """Bearer auth; a read-only token reaches only routes that declare they read (`api/routing.py`).
+    Routes that declare it also take the token as `?access_token=` (when there is no Authorization
+    header), checked exactly like a bearer token."""
 
     def __init__(self, app: ASGIApp, authenticator: Authenticator, access: AccessMap) -> None:
         self.app = app
@@ -81,7 +83,10 @@ class AuthMiddleware:
                 header = value.decode("latin-1")
                 break
         try:
-            access = self.authenticator.check(header)
+            if header is None and (token := query_token(scope.get("query_string", b""))) is not None:
+                access = self._check_query_token(path, token)
+            else:
+                access = self.authenticator.check(header)
         except AuthError as exc:
             response = error_response(401, "unauthorized", str(exc), headers={"WWW-Authenticate": "Bearer"})
             await response(scope, receive, send)
@@ -94,6 +99,14 @@ class AuthMiddleware:
             return
         scope[ACCESS_KEY] = access
         await self.app(scope, receive, send)
+
+    def _check_query_token(self, path: str, token: str) -> Access:
+        if self.authenticator.enabled and not self.access.takes_query_token(path):
+            raise AuthError(
+                f"{QUERY_TOKEN} is taken only by the change stream (GET /api/v1/changes, /api/v1/changes/ws), "
+                "for browsers that cannot send headers; send 'Authorization: Bearer <token>'"
+            )
+        return self.authenticator.check_query_token(token)
 
 
 class BodyTooLarge(Exception):

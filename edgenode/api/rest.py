@@ -14,6 +14,8 @@ from edgenode.api import schemas
 from edgenode.api.errors import JSONResponse, read_json
 from edgenode.api.node import Node
 from edgenode.api.routing import read_route, write_route
+from edgenode.errors import DatabaseError
+from edgenode.expect import Expanded
 from edgenode.versions import versions
 
 
@@ -69,14 +71,21 @@ async def query(request: Request) -> Response:
 async def execute(request: Request) -> Response:
     body = await read_json(request, schemas.ExecuteRequest)
     n = node(request)
-    statements = [(s.sql, s.params) for s in body.statements]
+    expanded = Expanded([(s.sql, s.params) for s in body.statements], [s.expect_rows for s in body.statements])
+    statements = expanded.statements
     key = idempotency.parse_key(request.headers.get(idempotency.HEADER))
     keyed = idempotency.keyed(key, statements, n.settings.idempotency_retention)
     start = time.perf_counter()
-    written = await n.db.write(statements, keyed)
+    try:
+        written = await n.db.write(statements, keyed)
+    except DatabaseError as exc:
+        mapped = expanded.error(exc)
+        if mapped is exc:
+            raise
+        raise mapped from exc
     elapsed = time.perf_counter() - start
     n.metrics.query_duration.labels("write").observe(elapsed)
-    results = [schemas.ExecResult(r.rows_affected, r.last_insert_rowid) for r in written.results]
+    results = [schemas.ExecResult(r.rows_affected, r.last_insert_rowid) for r in expanded.results(written.results)]
     elapsed_ms = round(elapsed * 1000, 3)
     position = written.position
     if written.write_id is not None:  # local-first: committed here, queued for the primary

@@ -33,6 +33,9 @@ class QueryResponse(msgspec.Struct):
 class Statement(msgspec.Struct, forbid_unknown_fields=True):
     sql: Sql
     params: Params = None
+    # The rows this statement must change where the write commits (the primary, for a replica node);
+    # otherwise the whole write fails with 409 expect_rows_mismatch (local-first: it becomes a conflict).
+    expect_rows: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
 class ExecuteRequest(msgspec.Struct, forbid_unknown_fields=True):

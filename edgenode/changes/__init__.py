@@ -58,7 +58,21 @@ restored or replaced database) ends the same way with reason `cursor_ahead`.
 (docs/local-first.md §8), so the hub reads only up to `Database.feed_bound()` (the synced head in
 local-first mode; no bound otherwise). This is the one call to change when that mode lands.
 
-**Auth.** Both endpoints are read routes: the read-only token may subscribe. The token is checked
-at connect (the WebSocket endpoint checks it itself: the HTTP middleware does not see WebSocket
-scopes); a JWT with an `exp` claim ends the stream at that instant with a `token_expired` event.
+**Fan-out.** The hub indexes subscribers by table: a change is offered to its table's
+subscribers only; a commit marker to those that took a change, or registered, since the previous
+marker (every writer starts a unit after the previous unit's marker; were one not to, the marker
+goes to everyone, as the rule `Subscriber._wants` says). tests/test_changes_fanout.py checks the
+index against asking everyone.
+
+**Auth.** Both endpoints are read routes: the read-only token may subscribe. The token comes in
+the Authorization header or, for browsers (EventSource and WebSocket cannot set headers), as
+`?access_token=` on these two routes only; it is checked at connect (the WebSocket endpoint checks
+it itself: the HTTP middleware does not see WebSocket scopes), and again when the subscriber is
+registered. A JWT with an `exp` claim ends the stream at that instant with a `token_expired`
+event. Revocation is key rotation: every `changes_heartbeat` the hub has the node's one
+authenticator re-read `--jwt-key-file` if the file changed (`Authenticator.refresh_key`); on a new
+key every open stream whose token no longer verifies ends with `token_revoked` (WebSocket: close
+1008), and new requests with such a token get 401 on every route. Chosen over SIGHUP: replacing
+the file is all an operator (or a secret manager that writes files) has to do, and it works the
+same under process managers that do not forward signals. Static tokens change only by restart.
 """

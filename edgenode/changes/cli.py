@@ -33,6 +33,9 @@ def changes(tables: str, where: str | None, after: str | None, capture: bool, ur
     """
     headers = {"authorization": f"Bearer {token}"} if token else {}
     base = url.rstrip("/")
+    if not base.lower().startswith(("http://", "https://")):
+        # Not a connection to retry: every reconnect would fail the same way, forever.
+        raise click.ClickException(f"--url {url!r}: give the node's http:// or https:// URL")
     with httpx.Client(headers=headers, timeout=httpx.Timeout(30.0, read=None)) as client:
         if capture:
             for table in tables.split(","):

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from edgenode import feed
-from edgenode.auth import Authenticator
+from edgenode.auth import Authenticator, AuthError, TokenExpired
 from edgenode.values import to_json
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ class Subscriber:
     after: int  # everything up to here was delivered (the client's cursor)
     buffer: int
     expires_at: float | None = None
+    authorization: str | None = None  # its credential ("Bearer <token>"), checked again on a key rotation
     queue: asyncio.Queue[Event] = field(init=False)
     start: int = 0  # the hub's position at registration: the queue holds events past it
     last_change: int = 0  # seq of the last change delivered (commit events follow their changes)
@@ -171,11 +172,20 @@ class ChangeHub:
         self.compact_threshold = compact_threshold or 2 * retention
         self.position: int | None = None  # None until the feed could be read once
         self.subscribers: set[Subscriber] = set()
+        # Fan-out index: a change is offered only to its table's subscribers, and a commit marker
+        # only to those that may want it (see `_fan_out`).
+        self.by_table: dict[str, set[Subscriber]] = {}
+        self._took: dict[Subscriber, None] = {}  # took a change since the last commit marker
+        # Registered subscribers, until a commit marker passes what they were registered at.
+        self._joined: dict[Subscriber, int] = {}
+        self._last_marker = 0  # seq of the last commit marker fanned out
         self.delivered = 0
         self.cut = 0
         self._wake = asyncio.Event()
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._key_task: asyncio.Task[None] | None = None
+        self.revoked = 0
         self._since_compact = 0
         self._compacting = False
         self._background: set[asyncio.Task[None]] = set()
@@ -186,12 +196,15 @@ class ChangeHub:
     async def start(self) -> None:
         self.db.add_change_listener(self._changed)
         self._task = asyncio.create_task(self._run())
+        if self.authenticator.jwt_key_file is not None:
+            self._key_task = asyncio.create_task(self._watch_key())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._key_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for sub in list(self.subscribers):
             sub.cut_off(Ended("error", "shutting_down", "the node is stopping; reconnect with your cursor"), 1.0)
 
@@ -201,6 +214,7 @@ class ChangeHub:
             "subscribers": len(self.subscribers),
             "delivered": self.delivered,
             "cut_off": self.cut,
+            "revoked": self.revoked,
             "retention": self.retention,
         }
 
@@ -211,6 +225,39 @@ class ChangeHub:
 
     def feed_tables(self) -> set[str]:
         return set()  # the stream's triggers are its own, not the vector/text ones
+
+    async def table_recreated(self, table: str) -> None:
+        pass  # a subscriber reads changes as they come; its own triggers went with the table
+
+    # -- revocation ------------------------------------------------------------------------------
+
+    async def _watch_key(self) -> None:
+        """Every heartbeat, re-read the JWT key file if it changed (`Authenticator.refresh_key`);
+        on a rotation, end the streams whose token no longer verifies."""
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            try:
+                rotated = await self.authenticator.refresh_key()
+            except Exception:
+                log.exception("checking the JWT key file failed")
+                continue
+            if rotated:
+                self.revoke()  # in the loop step of the swap: no subscriber registers in between
+
+    def revoke(self) -> None:
+        """End every stream whose credential the authenticator refuses now."""
+        verdicts: dict[str | None, AuthError | None] = {}  # one signature check per distinct token
+        for sub in list(self.subscribers):
+            if sub.authorization not in verdicts:
+                try:
+                    self.authenticator.check(sub.authorization)
+                    verdicts[sub.authorization] = None
+                except AuthError as exc:
+                    verdicts[sub.authorization] = exc
+            refused = verdicts[sub.authorization]
+            if refused is not None:
+                self.revoked += 1
+                sub.cut_off(_refused(refused))
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -242,10 +289,7 @@ class ChangeHub:
         while self.position < upto:
             rows = await feed.read_events(self.db, self.position, upto, PAGE)
             for row in rows:
-                event = Event.from_feed(*row)
-                for sub in list(self.subscribers):
-                    if sub._wants(event):
-                        sub.offer(event)
+                self._fan_out(Event.from_feed(*row))
             self.position = rows[-1][0] if len(rows) == PAGE else upto
             self._since_compact += len(rows)
         if self._since_compact >= max(self.retention // 2, 1) and not self._compacting:
@@ -254,6 +298,35 @@ class ChangeHub:
             task = asyncio.create_task(self._compact())
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+
+    def _fan_out(self, event: Event) -> None:
+        """Offer `event` to every subscriber whose `_wants` takes it, asking only those that may.
+
+        A change: its table's subscribers. A commit marker (its unit's first change `first`): a
+        subscriber wants it when it took a change at or past `first`, or was registered at a
+        position or with a cursor at or past `first` (`Subscriber._wants`). Every writer starts a
+        unit after the previous unit's marker (`edgenode.commit_marks`), so those are the
+        subscribers that took a change since the last marker (`_took`) and those registered at or
+        past it (`_joined`); were a marker ever to name a first change at or before the previous
+        marker, every subscriber is asked, as before the index. Nothing here awaits, so no
+        subscriber comes or goes while the sets are walked."""
+        if event.op != "commit":
+            for sub in self.by_table.get(event.table, ()):
+                if sub._wants(event):
+                    sub.offer(event)
+                    self._took[sub] = None
+            return
+        if event.first is not None and event.first > self._last_marker:
+            candidates: Any = {**self._took, **self._joined}
+        else:
+            candidates = self.subscribers
+        for sub in candidates:
+            if sub._wants(event):
+                sub.offer(event)
+        self._took.clear()
+        if self._joined:
+            self._joined = {sub: mark for sub, mark in self._joined.items() if mark > event.seq}
+        self._last_marker = event.seq
 
     async def _compact(self) -> None:
         try:
@@ -267,8 +340,9 @@ class ChangeHub:
 
     # -- subscribing -----------------------------------------------------------------------------
 
-    async def subscribe(self, filt: Filter, after: int | None, expires_at: float | None) -> Subscriber:
-        """Register a subscriber; raises Ended when its cursor can no longer be served."""
+    async def subscribe(self, filt: Filter, after: int | None, authorization: str | None = None) -> Subscriber:
+        """Register a subscriber; raises Ended when its cursor can no longer be served, AuthError
+        when its credential (`authorization`, as a bearer header) is refused."""
         await asyncio.wait_for(self._ready.wait(), 30)
         assert self.position is not None
         if after is not None:
@@ -282,7 +356,11 @@ class ChangeHub:
                 # A replica's cursors are its primary's, so one ahead of a lagging replica is
                 # valid there and simply waits.
                 raise _ahead(after, self.position)
-        sub = Subscriber(filt, self.position if after is None else after, self.buffer, expires_at)
+        # Checked again here, in the loop step that registers it: a key rotated since the request
+        # was let in (the revocation pass has run) must not leave it streaming.
+        self.authenticator.check(authorization)
+        expires_at = self.authenticator.expires_at(authorization)
+        sub = Subscriber(filt, self.position if after is None else after, self.buffer, expires_at, authorization)
         if after is not None:
             # A client's cursor names an event it got: a transaction it stopped inside of still
             # ends with its commit event on this connection.
@@ -290,6 +368,9 @@ class ChangeHub:
         sub.on_slow = self._count_cut
         sub.start = self.position  # in one loop step with the check above: no event falls between
         self.subscribers.add(sub)
+        for table in filt.tables:
+            self.by_table.setdefault(table, set()).add(sub)
+        self._joined[sub] = max(sub.start, sub.last_taken)
         return sub
 
     def _count_cut(self) -> None:
@@ -297,6 +378,14 @@ class ChangeHub:
 
     def unsubscribe(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
+        for table in sub.filter.tables:
+            subs = self.by_table.get(table)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self.by_table[table]
+        self._took.pop(sub, None)
+        self._joined.pop(sub, None)
 
     async def serve(self, sub: Subscriber, write: Write, heartbeat: Callable[[], Awaitable[None]]) -> Ended:
         """Deliver to `sub` until it ends; returns the reason to send last. The caller unsubscribes."""
@@ -311,7 +400,7 @@ class ChangeHub:
                     if sub.expires_at is not None:
                         wait = min(wait, sub.expires_at - time.time())
                         if wait <= 0:
-                            return Ended("error", "token_expired", "the token expired; reconnect with a new one")
+                            return _token_expired()
                     if sub.queue.empty():
                         try:
                             # wait_for costs a task: only paid when the queue is empty
@@ -350,6 +439,20 @@ class ChangeHub:
         if event.op != "commit":
             sub.last_change = event.seq
         self.delivered += 1
+
+
+def _token_expired() -> Ended:
+    return Ended("error", "token_expired", "the token expired; reconnect with a new one")
+
+
+def _refused(exc: AuthError) -> Ended:
+    if isinstance(exc, TokenExpired):
+        return _token_expired()
+    return Ended(
+        "error",
+        "token_revoked",
+        f"this token is no longer accepted ({exc}): the node's JWT key was rotated; reconnect with a new token",
+    )
 
 
 def _ahead(cursor: int, position: int) -> Ended:

@@ -2,11 +2,19 @@
 `PUT`/`DELETE /api/v1/changes/tables/{table}` to capture a table (or stop).
 
 SSE: each change is `id: <cursor>` + `data: <json>`; the stream ends with `event: resync` or
-`event: error` and a JSON reason; `: keep-alive` comments every `changes_heartbeat` seconds.
+`event: error` and a JSON reason; `: keep-alive` comments every `changes_heartbeat` seconds. A
+client resumes with `Last-Event-ID` (what EventSource sends on its own when it reconnects) or
+`?after=<cursor>`; given both, `Last-Event-ID` wins, being the newer of the two.
 WebSocket: the same JSON objects as text messages (each carries its `cursor`); the end is a message
 `{"event": "resync" | "error", "reason", "message", ...}` and a close (code 1000, or 1008 for a
-refused subscription). WebSocket keep-alive is the server's protocol ping (uvicorn's
+refused subscription and a token that expired or was revoked). A WebSocket resumes with
+`?after=<cursor>` only: a browser's WebSocket cannot send `Last-Event-ID` (or any header), so the
+route does not read it. WebSocket keep-alive is the server's protocol ping (uvicorn's
 `ws_ping_interval`, 20 s).
+
+Both stream routes take the token as `?access_token=` as well as in the Authorization header (the
+header wins when both are given): a browser's EventSource and WebSocket cannot set headers. No
+other route takes it (`api/routing.py`), and log lines show it redacted (`edgenode.http_server`).
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.types import Receive, Scope, Send
@@ -27,7 +35,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from edgenode import feed
 from edgenode.api.errors import ApiError, JSONResponse, error_response
 from edgenode.api.routing import read_route, write_route
-from edgenode.auth import AuthError
+from edgenode.auth import Authenticator, AuthError, query_token
 from edgenode.changes.hub import Ended, Event, Filter, Subscriber
 from edgenode.changes.models import CapturedTables, CaptureResponse
 from edgenode.http_server import STREAMING_KEY
@@ -37,6 +45,26 @@ if TYPE_CHECKING:
 
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_TABLES = 32
+_KINDS = {
+    "view": "a view",
+    "virtual": "a virtual table",
+    "shadow": "a shadow table of a virtual table (FTS5, R*Tree, ...)",
+}
+
+
+async def _schema_table(db: Any, table: str) -> tuple[str, str, bool] | None:
+    """`table` as the schema spells it (SQLite matches names without regard to case, the feed and
+    the subscriptions by exact text), its type (`table`, `view`, `virtual`, `shadow`) and whether it
+    is WITHOUT ROWID; None when the main database has no such table."""
+    result = await db.read("SELECT name, type, wr FROM pragma_table_list(?) WHERE schema = 'main'", [table])
+    if not result.rows:
+        return None
+    name, kind, without_rowid = result.rows[0]
+    return str(name), str(kind), bool(without_rowid)
+
+
+# Reasons a stream ends for its credential: a WebSocket closes with 1008 (policy violation) for them.
+AUTH_ENDS = frozenset({"token_expired", "token_revoked"})
 
 
 async def _columns(db: Any, table: str) -> dict[str, str]:
@@ -79,7 +107,9 @@ async def parse_subscription(db: Any, params: Any, last_event_id: str | None) ->
             raise ApiError(400, "invalid_request", f"{table!r} is not a table name")
     captured = await feed.captured_tables(db)
     columns: dict[str, dict[str, str]] = {}
-    for table in tables:
+    for i, given in enumerate(tables):
+        found = await _schema_table(db, given)
+        tables[i] = table = found[0] if found else given
         columns[table] = await _columns(db, table)
         if not columns[table]:
             raise ApiError(400, "unknown_table", f"no table {table!r} in this database")
@@ -100,12 +130,30 @@ async def parse_subscription(db: Any, params: Any, last_event_id: str | None) ->
             if column not in columns[table]:
                 raise ApiError(400, "invalid_filter", f"where: table {table!r} has no column {column!r}")
         value = _typed(text, columns[tables[0]][column], column)
+    # Last-Event-ID first: EventSource reconnects by itself to the same URL, whose `after` is older
+    # than the last event it got (resuming from `after` would send events twice).
     after = None
-    if params.get("after") is not None:
-        after = _cursor(params["after"], "after")
-    elif last_event_id:
+    if last_event_id:
         after = _cursor(last_event_id.strip(), "Last-Event-ID")
+    elif params.get("after") is not None:
+        after = _cursor(params["after"], "after")
     return Filter(frozenset(tables), column, value), after
+
+
+def _credential(connection: HTTPConnection) -> tuple[str | None, bool]:
+    """The request's credential as a bearer header value, and whether it came in the query (read
+    by the middleware's own function: the token it checked is the one subscribed with)."""
+    header = connection.headers.get("authorization")
+    if header is None and (token := query_token(connection.scope.get("query_string", b""))) is not None:
+        return f"Bearer {token}", True
+    return header, False
+
+
+def _check(authenticator: Authenticator, authorization: str | None, from_query: bool) -> None:
+    if from_query:
+        authenticator.check_query_token((authorization or "").removeprefix("Bearer "))
+    else:
+        authenticator.check(authorization)
 
 
 class ChangeStream:
@@ -158,9 +206,12 @@ def change_routes(hub: ChangeHub) -> list[BaseRoute]:
             filt, after = await parse_subscription(db, request.query_params, request.headers.get("last-event-id"))
         except ApiError as exc:
             return error_response(exc.status, exc.code, exc.message, **exc.extra)
-        expires = hub.authenticator.expires_at(request.headers.get("authorization"))
+        authorization, _ = _credential(request)  # checked by the middleware
         try:
-            sub = await hub.subscribe(filt, after, expires)
+            sub = await hub.subscribe(filt, after, authorization)
+        except AuthError as exc:
+            # The key was rotated while the request was let in and its subscription parsed.
+            return error_response(401, "unauthorized", str(exc), headers={"WWW-Authenticate": "Bearer"})
         except Ended as ended:
             return ChangeStream(hub, None, ended)
         except TimeoutError:
@@ -170,10 +221,11 @@ def change_routes(hub: ChangeHub) -> list[BaseRoute]:
     async def ws(websocket: WebSocket) -> None:
         await websocket.accept()
         try:
-            authorization = websocket.headers.get("authorization")
-            hub.authenticator.check(authorization)
+            authorization, from_query = _credential(websocket)
+            _check(hub.authenticator, authorization, from_query)
+            # No Last-Event-ID: a browser's WebSocket cannot send it; `?after=` resumes.
             filt, after = await parse_subscription(db, websocket.query_params, None)
-            sub = await hub.subscribe(filt, after, hub.authenticator.expires_at(authorization))
+            sub = await hub.subscribe(filt, after, authorization)
         except AuthError as exc:
             await _ws_end(websocket, {"event": "error", "reason": "unauthorized", "message": str(exc)}, 1008)
             return
@@ -201,7 +253,8 @@ def change_routes(hub: ChangeHub) -> list[BaseRoute]:
 
         ended = await _serve_until_gone(hub, sub, write, heartbeat, disconnected)
         if ended is not None:
-            await _ws_end(websocket, {"event": ended.kind, **ended.body}, 1000)
+            code = 1008 if ended.body["reason"] in AUTH_ENDS else 1000
+            await _ws_end(websocket, {"event": ended.kind, **ended.body}, code)
 
     async def put_table(request: Request) -> Response:
         table = request.path_params["table"]
@@ -214,6 +267,8 @@ def change_routes(hub: ChangeHub) -> list[BaseRoute]:
         table = request.path_params["table"]
         if not IDENT.match(table):
             return error_response(400, "invalid_request", f"{table!r} is not a table name")
+        found = await _schema_table(db, table)
+        table = found[0] if found else table  # a dropped table took its triggers with it
         await db.write(feed.drop_capture_statements(table))
         return JSONResponse(CaptureResponse(table, False))
 
@@ -221,7 +276,7 @@ def change_routes(hub: ChangeHub) -> list[BaseRoute]:
         return JSONResponse(CapturedTables(sorted(await feed.captured_tables(db)), hub.position))
 
     return [
-        read_route("/api/v1/changes", sse, methods=["GET"]),
+        read_route("/api/v1/changes", sse, methods=["GET"], query_token=True),
         WebSocketRoute("/api/v1/changes/ws", ws),
         read_route("/api/v1/changes/tables", list_tables, methods=["GET"]),
         write_route("/api/v1/changes/tables/{table}", put_table, methods=["PUT"]),
@@ -231,11 +286,33 @@ def change_routes(hub: ChangeHub) -> list[BaseRoute]:
 
 async def capture(db: Any, table: str) -> CaptureResponse:
     """Install (or refresh, after ALTER TABLE) the stream's triggers of `table`."""
-    if not IDENT.match(table) or table.startswith(("_edgenode", "sqlite_")):
-        raise ApiError(400, "invalid_request", f"{table!r} is not a table that can be captured")
-    columns = await _columns(db, table)
-    if not columns:
+    if not IDENT.match(table):
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"{table!r} cannot be captured: the change stream takes tables named with letters, digits "
+            "and _ (not starting with a digit); rename the table to capture it",
+        )
+    if table.lower().startswith(("_edgenode", "sqlite_")):
+        raise ApiError(400, "invalid_request", f"{table!r} is internal (edgenode's or SQLite's) and cannot be captured")
+    found = await _schema_table(db, table)
+    if found is None:
         raise ApiError(404, "unknown_table", f"no table {table!r} in this database")
+    table, kind, without_rowid = found
+    # Triggers on these would fail at creation (views, virtual tables) or break the table's writes
+    # (`new.rowid` does not exist WITHOUT ROWID; a shadow table belongs to its virtual table).
+    if kind != "table":
+        what = _KINDS.get(kind, f"a {kind} table")
+        raise ApiError(400, "invalid_request", f"{table!r} is {what}; only ordinary tables can be captured")
+    if without_rowid:
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"{table!r} is a WITHOUT ROWID table; the change stream identifies rows by rowid and cannot capture it",
+        )
+    columns = await _columns(db, table)
+    if hidden := feed.rowid_hidden(table, columns):
+        raise ApiError(400, "invalid_request", hidden)
     for column in columns:
         if not IDENT.match(column):
             raise ApiError(400, "invalid_request", f"column {column!r} of {table!r} is not a plain identifier")

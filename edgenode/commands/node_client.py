@@ -102,11 +102,16 @@ def load_vector(vector: str | None, vector_file: str | None) -> list[float]:
         text = sys.stdin.read()
     elif vector_file is not None:
         path = Path(vector_file)
-        if path.suffix == ".npy":
-            import numpy as np
+        try:
+            if path.suffix == ".npy":
+                import numpy as np
 
-            return [float(x) for x in np.load(path).reshape(-1)]
-        text = path.read_text()
+                return [float(x) for x in np.load(path).reshape(-1)]
+            text = path.read_text()
+        except (OSError, ValueError, TypeError) as exc:  # missing, unreadable, not an array of numbers
+            raise click.BadParameter(
+                f"cannot read a vector from {vector_file}: {exc}", param_hint="--vector-file"
+            ) from None
     else:
         text = vector or ""
     try:

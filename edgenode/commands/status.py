@@ -36,8 +36,15 @@ def summarise(status: dict[str, Any], ready: dict[str, Any]) -> list[str]:
     applied = sum(1 for m in status["migrations"] if m["applied"])
     lines.append(f"migrations  {applied}/{len(status['migrations'])} applied")
     for name, component in status.get("components", {}).items():
-        summary = ", ".join(f"{k}={v}" for k, v in component.items() if not isinstance(v, dict | list))
-        lines.append(f"{name:<11} {summary}")
+        # Collections (vectors, text) are a dict per collection: shown by name, not left out.
+        parts = [
+            f"{k}({', '.join(f'{ik}={iv}' for ik, iv in v.items() if not isinstance(iv, dict | list))})"
+            if isinstance(v, dict)
+            else f"{k}={v}"
+            for k, v in component.items()
+            if not isinstance(v, list) and v != {}
+        ]
+        lines.append(f"{name:<11} {', '.join(parts)}")
     lines.append(f"uptime      {status['uptime_seconds']:.0f}s, edgenode {status['versions']['edgenode']}")
     return lines
 

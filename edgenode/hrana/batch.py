@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from edgenode.expect import guard_want
 from edgenode.hrana import protocol as p
 from edgenode.hrana.backend import Value
 from edgenode.hrana.values import from_python
@@ -81,20 +82,30 @@ class GroupBatch:
         gate: p.BatchCond | None = None,
         claim: tuple[str, Args] | None = None,
         record: tuple[str, Args] | None = None,
+        record_expected: tuple[str, list[Value]] | None = None,
     ) -> WriteSteps:
         """One write in its own savepoint, opened only while the transaction is open (and `gate`
         holds). `claim` runs first inside it; `record` runs after each statement; a failure of either
-        fails the write like a failing statement."""
+        fails the write like a failing statement. A statement followed by an `expect_rows` guard
+        (edgenode.expect) has the guard run before its record, which is then `record_expected` with
+        the expected count first in its arguments (the guard leaves `changes()` at 0)."""
         opened = IN_TRANSACTION if gate is None else all_of(gate, IN_TRANSACTION)
         savepoint = last = self.add(f"SAVEPOINT {_SAVEPOINT}", cond=opened)
         claimed = None
         if claim is not None:
             claimed = last = self.add(claim[0], claim[1], ok(last))
-        indexes = []
-        for sql, args in statements:
+        indexes: list[int] = []
+        deferred: int | None = None  # the expected count of a statement whose record waits for its guard
+        for i, (sql, args) in enumerate(statements):
             last = self.add(sql, args, ok(last), rows)
             indexes.append(last)
-            if record is not None:
+            if deferred is not None and record_expected is not None:
+                last = self.add(record_expected[0], [deferred, *record_expected[1]], ok(last))
+                deferred = None
+            want = guard_want(statements, i) if record_expected is not None else None
+            if want is not None:
+                deferred = want
+            elif record is not None:
                 last = self.add(record[0], record[1], ok(last))
         release = self.add(f"RELEASE {_SAVEPOINT}", cond=ok(last))
         undo = self.add(f"ROLLBACK TO {_SAVEPOINT}", cond=all_of(ok(savepoint), failed(release), IN_TRANSACTION))

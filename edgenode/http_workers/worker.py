@@ -8,6 +8,7 @@ when the owner is gone (`edgenode.lifeline`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -18,6 +19,7 @@ from starlette.routing import BaseRoute
 
 from edgenode import lifeline, owner
 from edgenode.api.component import Component
+from edgenode.auth import Authenticator
 from edgenode.config import Settings
 from edgenode.http_workers.forward import OwnerLink
 from edgenode.http_workers.supervisor import (
@@ -28,25 +30,43 @@ from edgenode.http_workers.supervisor import (
     SETTINGS_ENV,
 )
 
+log = logging.getLogger(__name__)
+
 
 class OwnerLinkComponent(Component):
     """Tells the owner this worker is ready (the last step of its start: the server accepts right
-    after), and closes the worker's connections to the owner when it stops."""
+    after), re-reads the JWT key file as often as the owner does (a rotated key is refused here
+    too, within a heartbeat), and closes the worker's connections to the owner when it stops."""
 
     name = "owner_link"
 
-    def __init__(self, link: OwnerLink, ready_fd: int) -> None:
+    def __init__(self, link: OwnerLink, ready_fd: int, authenticator: Authenticator, every: float) -> None:
         self.link = link
         self.ready_fd = ready_fd
+        self.authenticator = authenticator
+        self.every = every
+        self._key_watch: asyncio.Task[None] | None = None
 
     def routes(self) -> list[BaseRoute]:
         return []
 
     async def start(self) -> None:
+        if self.authenticator.jwt_key_file is not None:
+            self._key_watch = asyncio.create_task(self._watch_key(), name="jwt-key")
         os.write(self.ready_fd, b"1")
         os.close(self.ready_fd)
 
+    async def _watch_key(self) -> None:
+        while True:
+            await asyncio.sleep(self.every)
+            try:
+                await self.authenticator.refresh_key()
+            except Exception:
+                log.exception("checking the JWT key file failed")
+
     async def stop(self) -> None:
+        if self._key_watch is not None:
+            self._key_watch.cancel()
         await self.link.aclose()
 
     def status(self) -> dict[str, Any]:
@@ -86,8 +106,12 @@ def main() -> None:
         encryption_key=load_key(settings),
     )
     link = OwnerLink(owner_socket, error_body)
-    components = [HranaComponent(settings, db, stateless=True), OwnerLinkComponent(link, ready_fd)]
-    app = create_app(settings, db, components=components)
+    authenticator = Authenticator.from_settings(settings.auth_token, settings.read_token, settings.jwt_key_file)
+    components = [
+        HranaComponent(settings, db, authenticator, stateless=True),
+        OwnerLinkComponent(link, ready_fd, authenticator, settings.changes_heartbeat),
+    ]
+    app = create_app(settings, db, components=components, authenticator=authenticator)
     dispatcher = Dispatcher(app, db, link, settings.max_body_bytes)
     listener = socket.socket(fileno=listen_fd)
     http_server.run(dispatcher, settings, error_body, access_log=False, sockets=[listener])

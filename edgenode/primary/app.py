@@ -84,8 +84,11 @@ class ArchiveStatus(msgspec.Struct):
     segments: int
     frames: int
     bytes: int
-    snapshots: int
+    snapshots: int  # held by the archive now (read back on start), not only this run's
+    snapshots_shipped: int
     deleted: int
+    merged: int  # compaction: merged segments written, and small ones deleted after it
+    merged_away: int
 
 
 class InfoBody(msgspec.Struct):

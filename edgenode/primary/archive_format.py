@@ -3,6 +3,8 @@
   snapshots/G-T.db            the base file of generation G (the main file when G began); T = the
                               time (ms) G began, so every commit it holds was acknowledged by then
   frames/G/FIRST-LAST.seg     committed WAL frames FIRST..LAST of generation G, with commit times
+                              (compaction merges consecutive ones into one; for a moment both the
+                              merged one and its parts exist: readers take the widest, `cover`)
   frames/G/end-N              generation G finished with exactly N frames (all shipped before it)
   database.json               {"database_id": ...}: the primary database this archive belongs to
 
@@ -100,6 +102,30 @@ def parse_listing(keys: list[str]) -> Listing:
     for segments in listing.segments.values():
         segments.sort()
     return listing
+
+
+Segment = tuple[int, int, str]  # (first, last, key)
+
+
+def cover(segments: list[Segment], after: int = 0) -> tuple[list[Segment], list[Segment]]:
+    """The fewest segments holding frames after+1..N without a gap (each next one reaching furthest),
+    and the others lying inside that run: copies a compaction merged but did not delete yet (killed
+    between the two) or a segment shipped twice. Segments after a gap are in neither list."""
+    chosen: list[Segment] = []
+    ordered = sorted(segments)
+    last, i = after, 0
+    while True:
+        best: Segment | None = None
+        while i < len(ordered) and ordered[i][0] <= last + 1:
+            if ordered[i][1] > last and (best is None or ordered[i][1] > best[1]):
+                best = ordered[i]
+            i += 1
+        if best is None:
+            break
+        chosen.append(best)
+        last = best[1]
+    picked = set(chosen)
+    return chosen, [s for s in ordered if s not in picked and after < s[1] <= last]
 
 
 def shipped_through(segments: list[tuple[int, int, str]]) -> int:

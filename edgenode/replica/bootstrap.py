@@ -55,6 +55,14 @@ class BootstrapError(Exception):
     """The download failed; a later attempt resumes from what was kept."""
 
 
+class PrimaryRefused(BootstrapError):
+    """The primary refused this node's credentials (401/403): retrying will not help until they change."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class GenerationGone(BootstrapError):
     """The primary no longer exports that generation (it moved on): ask /info again."""
 
@@ -103,6 +111,8 @@ async def primary_info(http: httpx.AsyncClient, url: str) -> dict[str, Any]:
     response = await http.get(f"{url}/info")
     if response.status_code == 404 and await is_turso_sync_server(http, url):
         raise WrongProtocol(turso_sync_server_message(url))
+    if response.status_code in (401, 403):
+        raise PrimaryRefused(response.status_code, f"GET /info answered {response.status_code}: {response.text[:200]}")
     if response.status_code != 200:
         raise BootstrapError(f"GET /info answered {response.status_code}: {response.text[:200]}")
     info = msgspec.json.decode(response.content)

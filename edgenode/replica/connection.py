@@ -17,8 +17,11 @@ from typing import Any
 import httpx
 import libsql
 
+from edgenode.crash import crash_point
+from edgenode.engine import execute as engine_execute
 from edgenode.engine import read_schema
 from edgenode.engine import rollback as engine_rollback
+from edgenode.errors import SQLError
 from edgenode.idempotency import TABLE, WRITER_MARK, lf_key
 from edgenode.pragmas import PragmaReport, Profile, apply_profile
 from edgenode.replica.files import InvalidInfo, Position, ReplicaFiles
@@ -195,6 +198,7 @@ def rollback_to_pulled(files: ReplicaFiles) -> bool:
             os.fsync(wal.fileno())
     except FileNotFoundError:
         return False
+    crash_point("N4")  # docs/local-first.md §6: the WAL cut, the wal-index header not yet invalidated
     try:
         fd = os.open(files.shm, os.O_RDWR)
     except FileNotFoundError:
@@ -250,6 +254,7 @@ def _settle_and_replay(conn: Any, files: ReplicaFiles) -> int:
                 _local_failures[seq] = error
             else:
                 _local_failures.pop(seq, None)
+            crash_point("N6")  # §6: the replay transaction open, not committed
     return len(entries)
 
 
@@ -299,12 +304,15 @@ def pull_local_first(
     The last item is the change feed's synced head (consumers read no further, §8)."""
     files = ReplicaFiles(Path(data_dir))
     before = files.read_info()
-    if rollback_to_pulled(files):
+    cut = rollback_to_pulled(files)
+    if cut:
         conn.execute("SELECT count(*) FROM sqlite_schema").fetchall()  # WAL recovery, fresh page cache
     replayed = 0
     try:
         duration, truncated = _sync(conn, files, relay_url, timeout)
         after = _after(files)
+        if cut:
+            crash_point("N5")  # §6: pulled, the pending writes cut and not yet replayed
     finally:
         replayed = _settle_and_replay(conn, files)
     schema = read_schema(conn) if after != before or replayed else None
@@ -362,6 +370,8 @@ def apply_local(
                 continue
             accepted.append((i, (key, fingerprint, statements, local, results)))
         seqs = outbox.append([w for _, w in accepted], retention) if accepted else []
+        if seqs:
+            crash_point("N2")  # §6: queued durably, the replica's COMMIT and the response not done
     for (i, write), seq in zip(accepted, seqs, strict=True):
         out[i] = ("ok", seq, write[4])
     for i, outcome in enumerate(out):
@@ -417,3 +427,61 @@ def outbox_resolve(conn: Any, seq: int, action: str, retention: float) -> tuple[
             return ("error", outcome[1])  # it stays a conflict
     outbox.take_conflict(seq)
     return ("discarded",) if action == "discard" else ("ok", outcome[1])
+
+
+# -- local-first interactive transactions (docs/local-first.md §7) -----------------------------------
+# The session holding the node's lease (replica/lease.py) runs its BEGIN, statements and COMMIT here as
+# separate owner calls; nothing else touches the connection meanwhile (no pull, no other write).
+
+
+def txn_begin(conn: Any, sql: str) -> None:
+    """Open the transaction (the client's own BEGIN; a READONLY one opens a plain deferred one)."""
+    conn.execute("PRAGMA synchronous = NORMAL")  # the outbox commit is the durable one (§3 step 2c)
+    try:
+        conn.execute(sql)
+    except BaseException:
+        conn.execute("PRAGMA synchronous = FULL")
+        raise
+
+
+def txn_execute(
+    conn: Any, sql: str, params: list[Any], want_rows: bool, is_dml: bool, is_insert: bool
+) -> tuple[Any, bool]:
+    """One statement of the open transaction (`engine.execute`); never in autocommit: a transaction
+    the watchdog rolled back meanwhile must not turn its late statement into an unqueued local write."""
+    if not conn.in_transaction:
+        return SQLError("the transaction is no longer open on this node (rolled back)"), False
+    return engine_execute(conn, sql, params, want_rows, is_dml, is_insert)
+
+
+def txn_end(
+    conn: Any,
+    write: tuple[str, list[tuple[str, Any]], list[PlainStatement], list[ExecResult]] | None,
+    retention: float,
+    database_id: str | None = None,
+) -> int | None:
+    """COMMIT (with `write`: fingerprint, statements, local statements, local results, queued first as
+    ONE outbox entry, durably) or ROLLBACK (`write` None and nothing to keep). The seq, if queued."""
+    seq = None
+    try:
+        if write is not None and conn.in_transaction:
+            outbox = _box()
+            if database_id is not None and outbox.database_id() is None:
+                outbox.set_database_id(database_id)
+            fingerprint, statements, local, results = write
+            (seq,) = outbox.append([(None, fingerprint, statements, local, results)], retention)
+            crash_point("N2")  # §6: queued durably, the replica's COMMIT and the response not done
+            conn.execute("COMMIT")
+        elif conn.in_transaction:
+            engine_rollback(conn)
+    finally:
+        conn.execute("PRAGMA synchronous = FULL")
+    return seq
+
+
+def txn_rollback(conn: Any) -> None:
+    try:
+        if conn.in_transaction:
+            engine_rollback(conn)
+    finally:
+        conn.execute("PRAGMA synchronous = FULL")

@@ -39,6 +39,7 @@ from edgenode.replica.connection import ResyncNeeded, classify, open_replica, pu
 from edgenode.replica.files import InvalidInfo, Position, ReplicaFiles
 from edgenode.replica.forwarder import Forwarder
 from edgenode.replica.identity import database_id_problem, local_problem, normalize_url, write_identity
+from edgenode.replica.lease import Lease
 from edgenode.replica.local_first import LocalFirst
 from edgenode.replica.metrics import ReplicaMetrics
 from edgenode.replica.relay import Relay
@@ -141,6 +142,7 @@ class ReplicaDatabase(Database):
         self._http: httpx.AsyncClient | None = None
         self._last_pull = 0.0
         self._feed_bound: int | None = None  # local-first: the change feed's head in the pulled state
+        self.lease = Lease()  # local-first: an interactive transaction holding the replica connection (§7)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -250,8 +252,10 @@ class ReplicaDatabase(Database):
         await self._set_schema(schema)
         self.opened = True
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn(conn, *args)` in the replica connection's process (module-level `fn`, picklable args)."""
+    async def call(self, fn: Callable[..., T], *args: Any, lease: object | None = None) -> T:
+        """Run `fn(conn, *args)` in the replica connection's process (module-level `fn`, picklable args);
+        while a local-first transaction holds the connection (`self.lease`), only with its token."""
+        await self.lease.gate(lease)
         owner = self.owner
         if owner is None or not self.opened:
             raise Unavailable(f"the replica is not open ({self.scheduler.state}); retry in a moment")
@@ -306,6 +310,8 @@ class ReplicaDatabase(Database):
         assert self._http is not None
         try:
             info = await bootstrap.primary_info(self._http, self.primary_url)
+        except bootstrap.PrimaryRefused:
+            raise  # the pusher pauses on it (a credentials problem, not an outage)
         except (httpx.HTTPError, bootstrap.BootstrapError) as exc:
             raise Unavailable(f"cannot reach the primary at {self.primary_url}: {exc}") from exc
         database_id = info.get("database_id")
@@ -344,6 +350,9 @@ class ReplicaDatabase(Database):
             wait = self._last_pull + PULL_GAP - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
+        await self.lease.gate()  # never cut the WAL under an open local transaction
+        if self.owner is None or not self.opened:
+            raise Unavailable("the replica connection closed while the pull waited")
         try:
             if self.local_first:
                 before, after, schema, duration, truncated, self._feed_bound = await self.owner.call(

@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from edgenode.crash import armed, crash_point
 from edgenode.errors import DatabaseError, SQLError
 from edgenode.hrana.backend import HranaError
 from edgenode.hrana.client import HranaClient, HranaHTTPError
@@ -135,6 +136,8 @@ class LocalFirst:
         if kind == "ok":
             self.metrics.writes.labels("queued").inc()
             self.wake()
+            if armed("N3"):  # §6: after the response (it goes out well within this delay)
+                asyncio.get_running_loop().call_later(0.3, crash_point, "N3")
         return results, write_id(self.node_id, seq), kind == "replayed"
 
     async def _combine(self) -> None:
@@ -189,7 +192,11 @@ class LocalFirst:
         if not writes:
             return False
         if not self._verified:
-            database_id = await self._database()
+            try:
+                database_id = await self._database()
+            except Exception as exc:
+                self._pause_if_refused(exc)
+                raise
             if database_id is not None and owner_database is None:
                 await self._call(connection.outbox_claim, database_id)
             elif database_id is not None and owner_database != database_id:
@@ -206,11 +213,13 @@ class LocalFirst:
             decisions = await asyncio.to_thread(push_group, self.client, node_id, writes, confirmed)
         except HranaError as exc:
             self._verified = False
-            if isinstance(exc, HranaHTTPError) and exc.status in (401, 403):
-                self.paused = f"the primary refused this node's credentials ({exc.status}); check --primary-token"
+            if isinstance(exc, HranaHTTPError):
+                self._pause_if_refused(exc)
             await self._call(connection.outbox_record, [Decision(w.seq, "undecided") for w in writes], str(exc))
             raise
+        crash_point("N7")  # §6: the primary decided the batch, the node has not recorded it
         counts = await self._call(connection.outbox_record, decisions, None)
+        crash_point("N8")  # §6: recorded, the pull that shows the writes not yet run
         self.pushes += 1
         self.last_push_at = time.time()
         self.metrics.outbox_pending.set(counts["pending_now"])
@@ -222,6 +231,16 @@ class LocalFirst:
         if counts["undecided"] and not counts["applied"] and not counts["rejected"]:
             raise HranaError("the primary decided none of the batch (it did not commit)", "UNDECIDED")
         return True
+
+    def _pause_if_refused(self, exc: Exception) -> None:
+        """A 401/403 is not a conflict and not an outage: the writes stay pending, the pushes pause
+        (re-checked every AUTH_RECHECK seconds) and `status`/`outbox` say why."""
+        status = getattr(exc, "status", None)
+        if status in (401, 403):
+            self.paused = (
+                f"paused: the primary refused this node's credentials ({status}); the queued writes stay pending "
+                "until --primary-token is fixed (restart the node with the right token)"
+            )
 
     # -- reporting and operators ------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from typing import Any
 import apsw
 import msgspec
 
+from edgenode.crash import crash_point
 from edgenode.idempotency import GroupWrite
 from edgenode.results import ExecResult, PlainStatement
 
@@ -171,6 +172,7 @@ class Outbox:
                 seq += 1
             self._set("next_seq", seq)
             self.db.execute("DELETE FROM entries WHERE state = 'done' AND created_at < ?", (now - retention,))
+            crash_point("N1")  # docs/local-first.md §6: the write applied locally, its outbox commit not done
         return seqs
 
     # -- pushing ----------------------------------------------------------------------------------
@@ -232,6 +234,7 @@ class Outbox:
             (json.dumps(error or {"code": "UNKNOWN", "message": "refused"}), now, seq),
         ).fetchall()
         if moved:
+            crash_point("N9")  # §6: halfway through moving a refused write to the conflicts (one transaction)
             self.db.execute("DELETE FROM entries WHERE seq = ?", (seq,))
             self._set("conflicts_total", int(self._meta("conflicts_total")) + 1)
         elif error is not None:

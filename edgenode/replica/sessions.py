@@ -31,6 +31,7 @@ from edgenode.errors import DatabaseError
 from edgenode.hrana.backend import DescribeResult, HranaError, Session, StmtResult, Value
 from edgenode.hrana.client import ClientStream, HranaConnectionError, HranaHTTPError
 from edgenode.hrana.sql import is_begin_readonly, single_statement, split_statements
+from edgenode.replica.local_txn import LocalTransaction
 from edgenode.results import WritePosition, position_of_index
 from edgenode.sessions import (
     analyze,
@@ -81,6 +82,7 @@ class ForwardSession(Session):
         self._wrote = False
         self._closed = False
         self._settings = StreamSettings()  # PRAGMAs this stream set (stream_pragmas.py)
+        self._local: LocalTransaction | None = None  # local-first: the transaction this stream runs here
 
     # -- Session -----------------------------------------------------------------------------------
 
@@ -90,6 +92,13 @@ class ForwardSession(Session):
         statement = single_statement(sql)
         if self._remote is not None:
             return self._in_transaction(self._remote, statement, args, want_rows)
+        if self._local is not None:
+            return self._in_local_transaction(self._local, statement, args, want_rows)
+        if self.db.lf is not None and (is_begin_readonly(statement) or starts_transaction(statement)):
+            # Local-first: the transaction runs on this node and commits as one queued write (local_txn.py).
+            read_only = is_begin_readonly(statement) or not self.can_write
+            self._local = LocalTransaction.begin(self.db, self.backend.bridge, statement, read_only)
+            return empty_result()
         if is_begin_readonly(statement):
             return self._begin(statement, read_only=True)
         if starts_transaction(statement):
@@ -152,10 +161,13 @@ class ForwardSession(Session):
             self.execute(statement, [], False)
 
     def is_autocommit(self) -> bool:
-        return self._remote is None
+        return self._remote is None and self._local is None
 
     def close(self) -> None:
         self._closed = True
+        local, self._local = self._local, None
+        if local is not None:
+            local.close()  # rolls back: nothing queued
         remote, self._remote = self._remote, None
         if remote is not None:
             # Closing the primary stream rolls back what it holds.
@@ -250,6 +262,18 @@ class ForwardSession(Session):
                 raise self.backend.primary_error(exc) from exc
         finally:
             self._check_ended(remote, position_of_index(result.replication_index) if result is not None else None)
+
+    def _in_local_transaction(
+        self, local: LocalTransaction, statement: str, args: list[Value] | dict[str, Value], want_rows: bool
+    ) -> StmtResult:
+        if is_begin_readonly(statement) or starts_transaction(statement):
+            raise HranaError("cannot start a transaction within a transaction", "SQLITE_UNKNOWN")
+        try:
+            return local.execute(statement, args, want_rows, self.can_write)
+        finally:
+            if local.ended:
+                self._local = None
+                self._settings.transaction_ended()
 
     def _check_ended(self, remote: ClientStream, commit: WritePosition | None) -> None:
         """`commit`: the position the primary gave the statement that ended the transaction."""

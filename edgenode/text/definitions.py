@@ -18,7 +18,7 @@ import msgspec
 from edgenode import feed
 from edgenode.api.errors import ApiError
 from edgenode.text.models import TextSpec
-from edgenode.vectors.collections import DatabaseLike, is_missing_table, table_columns
+from edgenode.vectors.collections import DatabaseLike, is_missing_table, schema_table_name, table_columns
 
 DEFINITIONS_TABLE = "_edgenode_text_collections"
 
@@ -67,9 +67,15 @@ async def load_definitions(db: DatabaseLike, table_known: bool = False) -> dict[
 
 
 async def check_against_table(db: DatabaseLike, spec: TextSpec) -> None:
-    columns = await table_columns(db, spec.table)
-    if not columns:
+    """Refuse a spec the table does not fit; `spec.table` becomes the schema's spelling of the name
+    (edgenode.vectors.collections.schema_table_name says why)."""
+    table = await schema_table_name(db, spec.table)
+    columns = await table_columns(db, table) if table else {}
+    if table is None or not columns:
         raise ApiError(400, "unknown_table", f"table {spec.table!r} does not exist")
+    spec.table = table
+    if hidden := feed.rowid_hidden(table, columns):
+        raise ApiError(400, "invalid_collection", hidden)
     for label, col in [("column", c) for c in spec.columns] + [("filter column", c) for c in spec.filter_columns]:
         if col.lower() not in columns:
             raise ApiError(400, "unknown_column", f"{label} {col!r} is not a column of table {spec.table!r}")

@@ -54,6 +54,7 @@ from edgenode.text.models import (
     TextSpec,
 )
 from edgenode.text.routes import text_routes
+from edgenode.text.scoring import Mode
 from edgenode.vectors.collections import DatabaseLike, check_name, table_columns, unique_keys
 from edgenode.vectors.collections import load_definitions as load_vector_definitions
 from edgenode.vectors.exact import CompiledFilter
@@ -66,6 +67,13 @@ log = logging.getLogger(__name__)
 
 PAGE = 1000  # rows per read while building: texts can be long, and a read comes back in one message
 FEED_BATCH = 5000
+
+
+def _words(req: SearchRequest) -> tuple[list[str], Mode] | None:
+    """The words of a free-text query (checked already) and how they combine; None for FTS5 syntax."""
+    if req.syntax == "fts5" or req.q is None:
+        return None
+    return query.free_words(req.q), "any" if req.syntax == "any" else "all"
 
 
 class TextCollection:
@@ -160,6 +168,11 @@ class TextManager(Component):
 
     def feed_tables(self) -> set[str]:
         return {c.spec.table for c in self.collections.values()}
+
+    async def table_recreated(self, table: str) -> None:
+        for name, c in list(self.collections.items()):
+            if c.spec.table == table:
+                await self.rebuild(name)
 
     # lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -291,6 +304,10 @@ class TextManager(Component):
         existing = (await load_definitions(self.db)).get(name)
         if existing is not None and existing.same_spec(spec):
             await self._heal_replace_triggers(spec.table)
+            if await feed.refollow(self.db, spec.table):  # dropped and created again: rebuilt
+                log.warning("the change-feed triggers of %s were gone; reinstalled them, rebuilding", spec.table)
+                await self.refresh()
+                return 202, self.get(name).info()
             await self.refresh()
             return 200, self.get(name).info()
         await self.db.write(put_statements(name, spec, await unique_keys(self.db, spec.table)))
@@ -550,7 +567,15 @@ class TextManager(Component):
             return await self._hybrid(c, req, match, weights, started)
         await self._check_include(c, req.include)
         found = await asyncio.to_thread(
-            self._text_search, c, match, req.k, req.offset, weights, req.filter, req.snippet_tokens, req.q or ""
+            self._text_search,
+            c,
+            (match, _words(req)),
+            req.k,
+            req.offset,
+            weights,
+            req.filter,
+            req.snippet_tokens,
+            req.q or "",
         )
         hits = [Hit(rowid, score, snippet) for rowid, score, snippet in found]
         await self._include(c, hits, req.include)
@@ -596,7 +621,7 @@ class TextManager(Component):
     def _text_search(
         self,
         c: TextCollection,
-        match: str,
+        what: tuple[str, tuple[list[str], Mode] | None],
         limit: int,
         offset: int,
         weights: list[float],
@@ -604,17 +629,21 @@ class TextManager(Component):
         snippet_tokens: int,
         q: str,
     ) -> list[tuple[int, float, str | None]]:
-        """Ranked hits with snippets (none when snippet_tokens is 0), on a worker thread."""
+        """Ranked hits with snippets (none when snippet_tokens is 0), on a worker thread. `what`:
+        the FTS5 query and, for free text, its words (see TextIndex.rank)."""
+        match, words = what
         with c.swap.shared():
             index = self._index(c)
             compiled: CompiledFilter | None = index.compile_filter(flt.sql, flt.params) if flt else None
-            ranked = index.rank(match, limit, offset, weights, compiled, q)
-            snippets = index.snippets(match, [r for r, _ in ranked], snippet_tokens, q)
+            ranked = index.rank(match, limit, offset, weights, compiled, q, words)
+            snippets = index.snippets(match, [r for r, _ in ranked], snippet_tokens, q, words[0] if words else None)
         return [(rowid, score, snippets.get(rowid)) for rowid, score in ranked]
 
-    def _snippets(self, c: TextCollection, match: str, rowids: list[int], tokens: int, q: str) -> dict[int, str]:
+    def _snippets(
+        self, c: TextCollection, match: str, rowids: list[int], tokens: int, q: str, words: list[str] | None
+    ) -> dict[int, str]:
         with c.swap.shared():
-            return self._index(c).snippets(match, rowids, tokens, q)
+            return self._index(c).snippets(match, rowids, tokens, q, words)
 
     @staticmethod
     def _index(c: TextCollection) -> TextIndex:
@@ -666,14 +695,19 @@ class TextManager(Component):
         await self._check_include(c, req.include)
         n = max(h.candidates, req.k + req.offset)
         # Candidates without snippets: only the page's text hits get theirs, afterwards.
-        text_arm = asyncio.to_thread(self._text_search, c, match, n, 0, weights, req.filter, 0, req.q or "")
+        text_arm = asyncio.to_thread(
+            self._text_search, c, (match, _words(req)), n, 0, weights, req.filter, 0, req.q or ""
+        )
         vector_arm = self._vector_arm(req.collection, VectorSearchRequest(vector=req.vector, k=n, filter=req.filter))
         text_hits, vector_result = await asyncio.gather(text_arm, vector_arm)
         fused = fuse(text_hits, [(v.rowid, v.distance) for v in vector_result.results], h.weight, h.rank_constant)
         page = fused[req.offset : req.offset + req.k]
         texts = [h.rowid for h in page if h.text_rank is not None]
         if texts and req.snippet_tokens:
-            snippets = await asyncio.to_thread(self._snippets, c, match, texts, req.snippet_tokens, req.q or "")
+            words = _words(req)
+            snippets = await asyncio.to_thread(
+                self._snippets, c, match, texts, req.snippet_tokens, req.q or "", words[0] if words else None
+            )
             for h in page:
                 h.snippet = snippets.get(h.rowid)
         await self._include(c, page, req.include)

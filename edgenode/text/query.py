@@ -44,8 +44,10 @@ def _fail(message: str) -> ApiError:
 
 
 def _around(q: str, at: int) -> str:
+    """The text around `at` in a long query; nothing more for a short one, whose message already
+    names the position (it used to say '... at character 0 ... (at character 0)')."""
     snippet = q[max(0, at - 10) : at + 10]
-    return f" (at character {at}: ...{snippet}...)" if len(q) > 20 else f" (at character {at})"
+    return f" (...{snippet}...)" if len(q) > 20 else ""
 
 
 def tokens(q: str) -> list[Token]:
@@ -105,17 +107,22 @@ def check(q: str | None, syntax: str) -> str:
     if "\x00" in q:
         raise _fail("q contains a NUL character")
     if syntax in ("plain", "any"):
-        words = re.findall(r"\w+", q)
-        if not words:
-            raise _fail("q has no words to search for")
-        # Words in most documents say little about any of them, yet every match is scored: left
-        # out, an 'any' query over a 50k-row table is ~8x faster (bench/search.py).
-        words = [w for w in words if w.lower() not in STOPWORDS] or words
-        if len(words) > MAX_TOKENS:
-            raise _fail(f"q has more than {MAX_TOKENS} words")
-        return (" " if syntax == "plain" else " OR ").join(f'"{w}"' for w in words)
+        return (" " if syntax == "plain" else " OR ").join(f'"{w}"' for w in free_words(q))
     tokens(q)
     return q
+
+
+def free_words(q: str) -> list[str]:
+    """The words a `plain` or `any` query searches for, in order (each a phrase of its own)."""
+    words = re.findall(r"\w+", q)
+    if not words:
+        raise _fail("q has no words to search for")
+    # Words in most documents say little about any of them, yet every match is scored: left
+    # out, an 'any' query over a 50k-row table is ~8x faster (bench/search.py).
+    words = [w for w in words if w.lower() not in STOPWORDS] or words
+    if len(words) > MAX_TOKENS:
+        raise _fail(f"q has more than {MAX_TOKENS} words")
+    return words
 
 
 _NEAR = re.compile(r'fts5: syntax error near "(.*)"$', re.S)

@@ -88,6 +88,14 @@ async def load_definitions(db: DatabaseLike) -> dict[str, Definition]:
     return out
 
 
+async def schema_table_name(db: DatabaseLike, table: str) -> str | None:
+    """`table` as the schema spells it, None when there is no such table. SQLite matches table names
+    without regard to case, but the change feed records the triggers' table name as text and its
+    consumers match that text exactly: a collection over 'DOCS' never saw the changes of 'docs'."""
+    result = await db.read("SELECT name FROM pragma_table_list(?) WHERE schema = 'main'", [table])
+    return str(result.rows[0][0]) if result.rows else None
+
+
 async def table_columns(db: DatabaseLike, table: str) -> dict[str, str]:
     """Column name (lowercased) -> declared type; empty when the table does not exist."""
     result = await db.read("SELECT name, type FROM pragma_table_info(?)", [table])
@@ -107,9 +115,14 @@ async def unique_keys(db: DatabaseLike, table: str) -> list[list[tuple[str, str]
 
 
 async def check_against_table(db: DatabaseLike, spec: CollectionSpec) -> None:
-    columns = await table_columns(db, spec.table)
-    if not columns:
+    """Refuse a spec the table does not fit; `spec.table` becomes the schema's spelling of the name."""
+    table = await schema_table_name(db, spec.table)
+    columns = await table_columns(db, table) if table else {}
+    if table is None or not columns:
         raise ApiError(400, "unknown_table", f"table {spec.table!r} does not exist")
+    spec.table = table
+    if hidden := feed.rowid_hidden(table, columns):
+        raise ApiError(400, "invalid_collection", hidden)
     for label, col in [("column", spec.column)] + [("filter column", c) for c in spec.filter_columns]:
         if col.lower() not in columns:
             raise ApiError(400, "unknown_column", f"{label} {col!r} is not a column of table {spec.table!r}")

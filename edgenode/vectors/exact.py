@@ -283,7 +283,8 @@ class Sidecar:
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, _NotBoolean):
                 raise ApiError(400, "invalid_filter", str(cause)) from exc
-            if isinstance(exc, apsw.SQLError | apsw.MismatchError | apsw.RangeError):
+            # TooBigError: the filter built a string or blob past SQLite's length limit (printf('%.*c', n, ...)).
+            if isinstance(exc, apsw.SQLError | apsw.MismatchError | apsw.RangeError | apsw.TooBigError):
                 raise ApiError(400, "invalid_filter", f"filter failed: {exc}") from exc
             raise
         except _NotBoolean as exc:

@@ -69,6 +69,11 @@ class _FeedFloor:
     def feed_tables(self) -> set[str]:
         return set()
 
+    async def table_recreated(self, table: str) -> None:
+        for name, c in list(self.registry.collections.items()):
+            if c.spec.table == table:
+                self.registry.rebuild(name)
+
 
 class VectorManager(Component):
     """All vector collections of one node. Depends only on Database.read/write/add_change_listener."""

@@ -85,6 +85,10 @@ class Registry:
         existing = (await load_definitions(self.db)).get(name)
         if existing is not None and existing.same_spec(spec):
             await heal_replace_triggers(self.db, spec.table)  # a PUT of the same spec picks up new unique keys
+            if await feed.refollow(self.db, spec.table):  # dropped and created again: rebuilt
+                log.warning("the change-feed triggers of %s were gone; reinstalled them, rebuilding", spec.table)
+                await self.refresh()
+                return 202, self.get(name).info()
             await self.refresh()
             return 200, self.get(name).info()
         _, statements = put_statements(name, spec, await unique_keys(self.db, spec.table))
