@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -266,6 +267,11 @@ def test_kill_9_of_the_owner_stops_its_workers(tmp_path: Path) -> None:
             time.sleep(0.1)
         else:
             raise AssertionError(f"worker {pid} outlived its owner")
+        assert proc.popen is not None
+        left = list(Path(tempfile.gettempdir()).glob(f"edgenode-http-{proc.popen.pid}-*"))
+        assert left, "kill -9 leaves the owner's socket directory"
+        _start(tmp_path, "restarted").stop()  # a later start removes it
+        assert not any(path.exists() for path in left)
     finally:
         proc.stop()
 

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -42,6 +43,7 @@ EPOCH_FD_ENV = "EDGENODE_WORKER_EPOCH_FD"
 OWNER_SOCKET_ENV = "EDGENODE_WORKER_OWNER_SOCKET"
 READY_FD_ENV = "EDGENODE_WORKER_READY_FD"  # the worker writes a byte there once it is about to accept
 
+_DIR_PREFIX = "edgenode-http-"
 _POLL_SECONDS = 0.2
 _RESTART_PAUSE = 1.0  # a worker that dies within this long of starting waits as long before the next
 _STOP_SECONDS = 10.0
@@ -72,7 +74,9 @@ class HttpWorkers(Component):
     def prepare(cls, settings: Settings) -> HttpWorkers:
         config = uvicorn.Config(app=None, host=settings.host, port=settings.port)
         listener = config.bind_socket()
-        owner_dir = tempfile.mkdtemp(prefix="edgenode-http-")  # 0700: only this user may forward
+        _remove_dead_owners_dirs()
+        # 0700: only this user may forward. The pid in the name lets a later start remove it after kill -9.
+        owner_dir = tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-")
         return cls(settings, listener, owner_dir, SchemaEpoch.create())
 
     @property
@@ -188,3 +192,17 @@ class HttpWorkers(Component):
         for process in started:
             if process.stdin is not None:
                 process.stdin.close()
+
+
+def _remove_dead_owners_dirs() -> None:
+    """Socket directories of owners killed with -9 (a graceful stop removes its own)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{_DIR_PREFIX}*-*"):
+        pid = path.name[len(_DIR_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or not path.is_dir() or path.stat().st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, someone else's
