@@ -46,7 +46,7 @@ from edgenode.replica.relay import Relay
 from edgenode.replica.scheduler import Scheduler, SyncFailed, SyncOutcome
 from edgenode.replica.sessions import ReplicaConnections
 from edgenode.replica.watcher import Watcher
-from edgenode.results import NO_POSITION, Params, QueryResult, Statement, WritePosition, WriteResult
+from edgenode.results import NO_POSITION, ExecResult, Params, QueryResult, Statement, WritePosition, WriteResult
 from edgenode.statements import bind_params, bind_statement, plain, prepare_read, prepare_writes
 from edgenode.tls import client_context
 
@@ -114,6 +114,7 @@ class ReplicaDatabase(Database):
                 self.scheduler.trigger,
                 self._primary_database_id,
                 lambda: self.database_id,
+                settings.max_push_bytes,
             )
             if self.local_first
             else None
@@ -501,6 +502,11 @@ class ReplicaDatabase(Database):
         ]
         if self.lf is None:
             return await self.forwarder.write(exact, prepared, keyed)
+        if all(analysis.is_readonly for _, _, analysis in prepared):
+            # Nothing to push: run it as reads here (errors surface as they would in a write), queue nothing.
+            for sql, params, _ in prepared:
+                await self.call(engine.run_read, sql, params, self.max_rows, self.timeout_ms)
+            return WriteResult([ExecResult(0, None) for _ in prepared], self.position())
         results, write_id, replayed = await self.lf.write(exact, plain(prepared), keyed)
         if any(analysis.is_ddl for _, _, analysis in prepared):
             await self._set_schema(await self.call(engine.read_schema))
