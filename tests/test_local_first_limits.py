@@ -4,6 +4,9 @@ one, and the backup of a node holding pending writes (docs/local-first.md ยง3, ย
 
 from __future__ import annotations
 
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +150,51 @@ def test_a_push_over_the_primarys_body_limit_is_split_and_a_write_too_large_alon
     finally:
         lf_node.stop()
         small_primary.stop()
+
+
+def test_a_backup_with_the_primary_down_lists_the_pending_writes_it_holds_and_restores_them(tmp_path: Path) -> None:
+    own_primary = start_primary(tmp_path)
+    primary_write(own_primary, SCHEMA[0])
+    lf_node = start_node(tmp_path, own_primary, *LF, name="lf")
+    try:
+        wait_ready(lf_node)
+        assert post(lf_node, ("INSERT INTO t (k) VALUES ('pushed')", [])).status_code == 200
+        converge(own_primary, lf_node)
+        own_primary.stop()
+        ids = [post(lf_node, ("INSERT INTO t (k) VALUES (?)", [f"p{i}"])).json()["write_id"] for i in range(3)]
+        response = httpx.post(f"{lf_node.url}/api/v1/backup", json={"name": "lf.db"}, headers=AUTH, timeout=30)
+        assert response.status_code == 200, response.text
+        report = response.json()
+        assert report["kind"] == "replica" and report["local_writes"] == ids
+        assert "3 acknowledged local writes" in report["note"]
+        # A copy from another process cannot hold the node's pulls: refused, pointing at the HTTP route.
+        cli = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edgenode",
+                "backup",
+                "--data-dir",
+                str(tmp_path / "lf"),
+                "--to",
+                str(tmp_path / "x.db"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cli.returncode != 0 and "POST /api/v1/backup" in cli.stdout + cli.stderr
+        assert not (tmp_path / "x.db").exists()
+        restored = tmp_path / "restored"
+        done = subprocess.run(
+            [sys.executable, "-m", "edgenode", "restore", "--from", report["path"], "--data-dir", str(restored)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        with sqlite3.connect(restored / "edgenode.db") as db:
+            assert [k for (k,) in db.execute("SELECT k FROM t ORDER BY id")] == ["pushed", "p0", "p1", "p2"]
+    finally:
+        lf_node.stop()
+        own_primary.stop()

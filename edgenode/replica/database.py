@@ -19,9 +19,11 @@ Traps of the PyPI `libsql` 0.1.x binding this module is shaped by:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -143,6 +145,7 @@ class ReplicaDatabase(Database):
         self._http: httpx.AsyncClient | None = None
         self._last_pull = 0.0
         self._feed_bound: int | None = None  # local-first: the change feed's head in the pulled state
+        self._pull_hold = asyncio.Lock()  # local-first: a backup's snapshot must not lose its WAL frames
         self.lease = Lease()  # local-first: an interactive transaction holding the replica connection (§7)
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -356,9 +359,10 @@ class ReplicaDatabase(Database):
             raise Unavailable("the replica connection closed while the pull waited")
         try:
             if self.local_first:
-                before, after, schema, duration, truncated, self._feed_bound = await self.owner.call(
-                    pull_local_first, str(self.settings.data_path), self.relay.url, self.settings.sync_timeout
-                )
+                async with self._pull_hold:
+                    before, after, schema, duration, truncated, self._feed_bound = await self.owner.call(
+                        pull_local_first, str(self.settings.data_path), self.relay.url, self.settings.sync_timeout
+                    )
             else:
                 before, after, schema, duration, truncated = await self.owner.call(
                     pull, str(self.settings.data_path), self.relay.url, self.settings.sync_timeout
@@ -513,6 +517,11 @@ class ReplicaDatabase(Database):
         if not replayed:
             await self.notify_changed()
         return WriteResult(results, self.position(), replayed, write_id=write_id, pending=True)
+
+    def backup_hold(self) -> AbstractAsyncContextManager[Any]:
+        # A local-first pull truncates the WAL back to the pulled frame: under a backup's open snapshot
+        # that would remove (then overwrite) frames the copy still reads.
+        return self._pull_hold if self.local_first else contextlib.nullcontext()
 
     def connections(self, *, lease_timeout: float) -> Connections:
         # Reads of every stream share the replica's one connection; transactions hold primary streams.
