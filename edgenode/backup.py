@@ -52,6 +52,7 @@ REPLICA = "replica"
 KINDS = (STANDALONE, PRIMARY, REPLICA)
 # Where each kind keeps its database inside a data directory (edgenode.database, edgenode.primary,
 # edgenode.replica.files own these names; repeated here as paths only, never opened for writing).
+OUTBOX_NAME = "outbox.db"  # a local-first replica's queue (edgenode.replica.outbox.NAME)
 DB_PATHS = {STANDALONE: "edgenode.db", PRIMARY: "primary.db", REPLICA: "replica/replica.db"}
 PRIMARY_STATE = "primary-state.json"
 DERIVED_DIRS = ("vectors", "text")
@@ -93,6 +94,9 @@ class BackupReport:
     frame: int | None = None
     note: str = ""
     restarts: int = 0
+    # A local-first replica: the write ids of its acknowledged writes that the backup holds on top of
+    # the primary's position (not yet in the state it pulled); None for every other kind of node.
+    local_writes: list[str] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -273,16 +277,24 @@ def backup(
     step_pages: int = STEP_PAGES,
     primary_position: Callable[[], tuple[int, int] | None] | None = None,
     key: Secret | None = None,
+    pulls_held: bool = False,
 ) -> BackupReport:
     """Copy the data directory's database, as of one moment, to `dest` (verified, then renamed into place).
 
     `primary_position`: the primary's process backing itself up says where it is (it must not probe
-    its own -shm); another process reads the -shm or the WAL instead."""
+    its own -shm); another process reads the -shm or the WAL instead. `pulls_held`: the node itself
+    backs up and holds its pulls meanwhile (a running local-first replica needs that)."""
     started = time.monotonic()
     kind = kind or detect_kind(data_dir)
     db_path = data_dir / DB_PATHS[kind]
     if not db_path.exists():
         raise BackupError(f"no {kind} database at {db_path}")
+    # The outbox (plain SQLite in WAL mode, open while the node runs) tells; libsql's replica file does not.
+    if kind == REPLICA and not pulls_held and in_use(data_dir / OUTBOX_NAME):
+        raise BackupError(
+            f"{data_dir} is a running local-first replica: its pulls cut back the WAL a copy reads; back it up "
+            "with POST /api/v1/backup (the node holds its pulls meanwhile), or stop the node first"
+        )
     encrypted = bool(is_encrypted(db_path))
     if encrypted and key is None:
         raise BackupError(
@@ -313,6 +325,7 @@ def backup(
         raise BackupError(f"{dest.parent} does not exist")
     tmp = dest.with_name(f".{dest.name}.partial")
     _remove_copy(tmp)
+    local_writes: list[str] | None = None
     try:
         if kind == PRIMARY:
             position_of = primary_position or (lambda: _primary_position(data_dir))
@@ -322,7 +335,7 @@ def backup(
             assert key is not None
             position, snapshot_at, pages, restarts, expected, note = _copy_encrypted(db_path, tmp, key, progress)
         else:
-            position, snapshot_at, pages, restarts, expected, note = _copy_snapshot(
+            position, snapshot_at, pages, restarts, expected, note, local_writes = _copy_snapshot(
                 data_dir, db_path, tmp, kind, progress, step_pages
             )
         tables = verify(tmp, expected, key if encrypted else None)
@@ -344,6 +357,7 @@ def backup(
         frame=position[1] if position else None,
         note=note,
         restarts=restarts,
+        local_writes=local_writes,
     )
 
 
@@ -354,16 +368,27 @@ def _remove_copy(tmp: Path) -> None:
 
 def _copy_snapshot(
     data_dir: Path, db_path: Path, tmp: Path, kind: str, progress: Progress | None, step_pages: int
-) -> tuple[tuple[int, int] | None, float, int, int, dict[str, int], str]:
+) -> tuple[tuple[int, int] | None, float, int, int, dict[str, int], str, list[str] | None]:
     """Standalone and replica: the pages of one read transaction, with the backup API in steps."""
     position_of = _replica_position if kind == REPLICA else None
     src = _open_source(db_path)
+    local_writes = None
     try:
         mode = src.execute("PRAGMA journal_mode").fetchall()[0][0]
         note = "" if mode == "wal" else f"journal_mode={mode}: writers waited for the copy"
         if kind == REPLICA:
             note = "a replica's copy of its primary's database at the generation/frame it had applied"
         position, snapshot_at, restarts = _begin_snapshot(src, data_dir, position_of)
+        if kind == REPLICA:
+            # Read after the snapshot began: a local-first write commits to the outbox just before the
+            # replica, so these are the writes the snapshot holds beyond the pulled position.
+            local_writes = _local_writes(data_dir)
+            if local_writes:
+                note = (
+                    f"a local-first replica's database: its primary's at the generation/frame it had pulled, "
+                    f"plus {len(local_writes)} acknowledged local writes the primary has not decided yet "
+                    "(local_writes; the primary may still refuse some)"
+                )
         try:
             dst = apsw.Connection(str(tmp))
             try:
@@ -383,7 +408,27 @@ def _copy_snapshot(
             src.execute("COMMIT")
     finally:
         src.close()
-    return position, snapshot_at, pages, restarts, expected, note
+    return position, snapshot_at, pages, restarts, expected, note, local_writes
+
+
+def _local_writes(data_dir: Path) -> list[str] | None:
+    """The write ids a local-first replica replays on top of its pulled state (None: not local-first)."""
+    from edgenode.replica.outbox import write_id
+
+    path = data_dir / OUTBOX_NAME
+    if not path.exists():
+        return None
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        conn.setbusytimeout(5000)
+        meta = dict(conn.execute("SELECT name, value FROM meta WHERE name IN ('node_id', 'pulled_hwm')").fetchall())
+        rows = conn.execute(
+            "SELECT seq FROM entries WHERE state IN ('pending', 'pushed') AND seq > ? ORDER BY seq",
+            (int(meta.get("pulled_hwm") or 0),),
+        ).fetchall()
+    finally:
+        conn.close()
+    return [write_id(str(meta["node_id"]), int(seq)) for (seq,) in rows]
 
 
 def _copy_encrypted(

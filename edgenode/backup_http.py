@@ -9,9 +9,11 @@ implementation; the node mounts it as a component, the primary's app as one more
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,8 @@ class BackupService:
         self.kind = kind
         self.primary_position = primary_position
         self.key: Secret | None = None  # an encrypted node's key: its backups are encrypted with it
+        # Held around the copy (`Database.backup_hold`): a local-first replica's pulls wait for it.
+        self.hold: Callable[[], AbstractAsyncContextManager[Any]] = contextlib.nullcontext
         self._running = asyncio.Lock()
         self.last: BackupReport | None = None
 
@@ -79,7 +83,8 @@ class BackupService:
             if dest.exists():
                 raise BackupRefused(409, "exists", f"{dest} already exists; choose another name")
             try:
-                report = await asyncio.to_thread(self._backup, dest)
+                async with self.hold():
+                    report = await asyncio.to_thread(self._backup, dest)
             except BackupError as exc:
                 raise BackupRefused(503, "backup_failed", str(exc)) from exc
             self.last = report
@@ -97,7 +102,14 @@ class BackupService:
 
     def _backup(self, dest: Path) -> BackupReport:
         self.directory.mkdir(exist_ok=True)
-        return backup(self.data_dir, dest, kind=self.kind, primary_position=self.primary_position, key=self.key)
+        return backup(
+            self.data_dir,
+            dest,
+            kind=self.kind,
+            primary_position=self.primary_position,
+            key=self.key,
+            pulls_held=True,  # run inside `self.hold()`
+        )
 
 
 class BackupComponent(Component):
@@ -106,6 +118,7 @@ class BackupComponent(Component):
     def __init__(self, settings: Settings, db: Database) -> None:
         self.service = BackupService(settings.data_path, REPLICA if db.role == REPLICA else STANDALONE)
         self.service.key = None if db.role == REPLICA else load_key(settings)
+        self.service.hold = db.backup_hold
 
     def routes(self) -> list[BaseRoute]:
         return [write_route("/api/v1/backup", self.handle, methods=["POST"])]

@@ -53,6 +53,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             "here at once, queued and pushed to the primary in the background; docs/local-first.md)."
         ),
     ] = "forward"
+    max_push_bytes: Annotated[
+        int,
+        Doc(
+            "local-first: largest Hrana request one queued write may need on its push (413 at acceptance "
+            "above); match the primary's --max-body-bytes."
+        ),
+    ] = 4 * 1024 * 1024
     profile: Annotated[str, Doc("PRAGMA profile: " + ", ".join(PROFILES) + ".")] = "auto"
     max_body_bytes: Annotated[int, Doc("Largest request body (413 above).")] = 4 * 1024 * 1024
     header_timeout: Annotated[
@@ -205,6 +212,7 @@ def _validate(settings: Settings) -> None:
         fail("profile", "one of " + ", ".join(PROFILES), settings.profile)
     positive_ints = (
         "max_body_bytes",
+        "max_push_bytes",
         "max_connections",
         "max_rows",
         "query_timeout_ms",

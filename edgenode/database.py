@@ -12,9 +12,11 @@ replica both end in the same forwarder to the primary (read-your-writes, write p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -121,6 +123,11 @@ class Database(ABC):
         """The highest change-feed seq (`_edgenode_changes`) consumers may read, None for no bound.
         A local-first replica bounds it at the synced head: later rows are speculative local writes."""
         return None
+
+    def backup_hold(self) -> AbstractAsyncContextManager[Any]:
+        """Held while an online backup copies the database file (`backup_http`). A local-first replica
+        holds its pulls meanwhile: a pull cuts the WAL frames the backup's snapshot is reading."""
+        return contextlib.nullcontext()
 
     @abstractmethod
     def position(self) -> WritePosition:

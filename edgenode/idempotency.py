@@ -433,3 +433,11 @@ def push_group(
     with client.stream() as stream:
         result = stream.batch_raw(steps, close=True)
     return group_decisions(node_id, writes, result, layout)
+
+
+def push_bytes(statements: Sequence[tuple[str, Any]], fingerprint: str) -> int:
+    """The size of the Hrana request that pushes this one write on its own (`push_group`), as the
+    primary's body limit counts it. A node id and seq of the longest kind stand in for the real ones."""
+    steps, _ = group_steps("f" * 32, [GroupWrite(2**62, list(statements), fingerprint)], confirmed=2**62, now=0.0)
+    body = p.PipelineReqBody(requests=[p.BatchReq(batch=p.Batch(steps=steps)), p.CloseReq()], baton=None)
+    return len(msgspec.json.encode(body))

@@ -50,6 +50,10 @@ def open_node(settings: Settings, authenticator: Authenticator) -> tuple[Databas
             components.append(OutboxComponent(replica.lf))
     else:
         db = _local(settings)
+    if not settings.is_replica or settings.write_mode != "local-first":
+        from edgenode.api.outbox import NoOutboxComponent
+
+        components.append(NoOutboxComponent(settings.is_replica))
     from edgenode.backup_http import BackupComponent
     from edgenode.changes.component import ChangesComponent
     from edgenode.hrana_node.component import HranaComponent

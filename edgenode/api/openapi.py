@@ -103,7 +103,7 @@ OPERATIONS: list[Operation] = [
         "Local-first: the queue of writes not yet decided by the primary.",
         None,
         schemas.OutboxResponse,
-        errors=(401,),
+        errors=(401, 404),
     ),
     Operation(
         "get",
@@ -119,7 +119,7 @@ OPERATIONS: list[Operation] = [
         "Local-first: writes the primary refused, with its error.",
         None,
         schemas.ConflictList,
-        errors=(401,),
+        errors=(401, 404),
     ),
     Operation(
         "post",

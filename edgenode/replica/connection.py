@@ -48,6 +48,14 @@ NOT_ON_REPLICA = {
     "wal_autocheckpoint": "checkpoints are left to the sync machinery (at generation changes)",
 }
 
+# In local-first mode the connection is offline: nothing goes to the primary, but the node must
+# check a write the way the primary will re-run it, which is with SQLite's default (sqld's too).
+NOT_ON_LOCAL_FIRST = {
+    **NOT_ON_REPLICA,
+    "foreign_keys": "left at SQLite's default (off) on a local-first replica: its writes run again on the "
+    "primary, whose connections keep that default, and the node checks a write as the primary will run it",
+}
+
 _relay_http: httpx.Client | None = None
 
 
@@ -70,7 +78,7 @@ def classify(message: str) -> str | None:
     return None
 
 
-def apply_replica_profile(profile: Profile, conn: Any) -> PragmaReport:
+def apply_replica_profile(profile: Profile, conn: Any, local_first: bool = False) -> PragmaReport:
     """Apply what the synced connection takes locally; readbacks go through pragma_x() (local),
     because the client sends a bare `PRAGMA x` to the primary."""
 
@@ -81,10 +89,11 @@ def apply_replica_profile(profile: Profile, conn: Any) -> PragmaReport:
             return list(conn.execute(f"SELECT * FROM pragma_{name}").fetchall() or [])
         return list(conn.execute(text).fetchall() or [])
 
-    report = apply_profile(profile, execute, skip=frozenset(NOT_ON_REPLICA))
+    refused = NOT_ON_LOCAL_FIRST if local_first else NOT_ON_REPLICA
+    report = apply_profile(profile, execute, skip=frozenset(refused))
     for setting in profile.settings:
-        if setting.pragma in NOT_ON_REPLICA:
-            report.refused[setting.name] = NOT_ON_REPLICA[setting.pragma]
+        if setting.pragma in refused:
+            report.refused[setting.name] = refused[setting.pragma]
     return report
 
 
@@ -102,7 +111,7 @@ def open_replica(
     conn = libsql.connect(
         str(files.db), sync_url=relay_url, auth_token=token, isolation_level=None, offline=local_first
     )
-    report = apply_replica_profile(profile, conn)
+    report = apply_replica_profile(profile, conn, local_first)
     node_id = None
     if local_first:
         if _outbox is None:
@@ -382,10 +391,11 @@ def apply_local(
     return [o for o in out if o is not None]
 
 
-def outbox_batch(conn: Any) -> tuple[str, list[Any], int, str | None]:
-    """(node id, the oldest undecided writes, the confirmed bound, the database the queue belongs to)."""
+def outbox_batch(conn: Any, limit: int = 256) -> tuple[str, list[Any], int, str | None]:
+    """(node id, the oldest undecided writes (at most `limit`), the confirmed bound, the database the
+    queue belongs to)."""
     outbox = _box()
-    return outbox.node_id, outbox.undecided(), outbox.confirmed(), outbox.database_id()
+    return outbox.node_id, outbox.undecided(limit), outbox.confirmed(), outbox.database_id()
 
 
 def outbox_claim(conn: Any, database_id: str) -> None:
@@ -403,8 +413,12 @@ def outbox_status(conn: Any) -> dict[str, Any]:
     return _box().status()
 
 
-def outbox_entry(conn: Any, seq: int) -> dict[str, Any] | None:
+def outbox_entry(conn: Any, seq: int) -> dict[str, Any] | int | None:
+    """The write's entry, or (when none is kept) the last seq issued, to tell "never issued" from
+    "no longer kept"."""
     entry = _box().entry(seq)
+    if entry is None:
+        return _box().last_issued()
     if entry is not None and entry["state"] in ("pending", "pushed"):
         failure = _local_failures.get(seq)
         entry["local"] = f"fails here now: {failure}" if failure else "applied here"

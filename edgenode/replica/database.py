@@ -19,9 +19,11 @@ Traps of the PyPI `libsql` 0.1.x binding this module is shaped by:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -46,7 +48,7 @@ from edgenode.replica.relay import Relay
 from edgenode.replica.scheduler import Scheduler, SyncFailed, SyncOutcome
 from edgenode.replica.sessions import ReplicaConnections
 from edgenode.replica.watcher import Watcher
-from edgenode.results import NO_POSITION, Params, QueryResult, Statement, WritePosition, WriteResult
+from edgenode.results import NO_POSITION, ExecResult, Params, QueryResult, Statement, WritePosition, WriteResult
 from edgenode.statements import bind_params, bind_statement, plain, prepare_read, prepare_writes
 from edgenode.tls import client_context
 
@@ -114,6 +116,7 @@ class ReplicaDatabase(Database):
                 self.scheduler.trigger,
                 self._primary_database_id,
                 lambda: self.database_id,
+                settings.max_push_bytes,
             )
             if self.local_first
             else None
@@ -142,6 +145,7 @@ class ReplicaDatabase(Database):
         self._http: httpx.AsyncClient | None = None
         self._last_pull = 0.0
         self._feed_bound: int | None = None  # local-first: the change feed's head in the pulled state
+        self._pull_hold = asyncio.Lock()  # local-first: a backup's snapshot must not lose its WAL frames
         self.lease = Lease()  # local-first: an interactive transaction holding the replica connection (§7)
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -355,9 +359,10 @@ class ReplicaDatabase(Database):
             raise Unavailable("the replica connection closed while the pull waited")
         try:
             if self.local_first:
-                before, after, schema, duration, truncated, self._feed_bound = await self.owner.call(
-                    pull_local_first, str(self.settings.data_path), self.relay.url, self.settings.sync_timeout
-                )
+                async with self._pull_hold:
+                    before, after, schema, duration, truncated, self._feed_bound = await self.owner.call(
+                        pull_local_first, str(self.settings.data_path), self.relay.url, self.settings.sync_timeout
+                    )
             else:
                 before, after, schema, duration, truncated = await self.owner.call(
                     pull, str(self.settings.data_path), self.relay.url, self.settings.sync_timeout
@@ -501,12 +506,22 @@ class ReplicaDatabase(Database):
         ]
         if self.lf is None:
             return await self.forwarder.write(exact, prepared, keyed)
+        if all(analysis.is_readonly for _, _, analysis in prepared):
+            # Nothing to push: run it as reads here (errors surface as they would in a write), queue nothing.
+            for sql, params, _ in prepared:
+                await self.call(engine.run_read, sql, params, self.max_rows, self.timeout_ms)
+            return WriteResult([ExecResult(0, None) for _ in prepared], self.position())
         results, write_id, replayed = await self.lf.write(exact, plain(prepared), keyed)
         if any(analysis.is_ddl for _, _, analysis in prepared):
             await self._set_schema(await self.call(engine.read_schema))
         if not replayed:
             await self.notify_changed()
         return WriteResult(results, self.position(), replayed, write_id=write_id, pending=True)
+
+    def backup_hold(self) -> AbstractAsyncContextManager[Any]:
+        # A local-first pull truncates the WAL back to the pulled frame: under a backup's open snapshot
+        # that would remove (then overwrite) frames the copy still reads.
+        return self._pull_hold if self.local_first else contextlib.nullcontext()
 
     def connections(self, *, lease_timeout: float) -> Connections:
         # Reads of every stream share the replica's one connection; transactions hold primary streams.

@@ -23,11 +23,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from edgenode.crash import armed, crash_point
 from edgenode.errors import DatabaseError, SQLError
 from edgenode.hrana.backend import HranaError
 from edgenode.hrana.client import HranaClient, HranaHTTPError
-from edgenode.idempotency import HEADER, Decision, IdempotencyKeyReused, push_group
+from edgenode.idempotency import HEADER, Decision, IdempotencyKeyReused, push_bytes, push_group
 from edgenode.replica import connection
 from edgenode.replica.outbox import parse_write_id, write_id
 from edgenode.results import ExecResult, PlainStatement
@@ -42,11 +44,36 @@ Call = Callable[..., Awaitable[Any]]
 MIN_BACKOFF = 0.1
 MAX_BACKOFF = 30.0
 AUTH_RECHECK = 60.0
+MAX_BATCH = 256  # writes per push request (outbox.undecided's default)
+
+
+class PushTooLarge(DatabaseError):
+    status = 413
+    code = "too_large"
+    hrana_code = "SQLITE_TOOBIG"
 
 
 class OutboxNotFound(DatabaseError):
     status = 404
     code = "not_found"
+
+
+def check_push_size(statements: list[tuple[str, Any]], fingerprint: str, limit: int) -> None:
+    """Refuse, before it is acknowledged, a write whose push alone would exceed the primary's body
+    limit: queued, it could never be sent, and every later write would wait behind it."""
+    packed = len(msgspec.msgpack.encode(statements))
+    args = sum(len(a) for _, a in statements if isinstance(a, list | dict))
+    # An upper bound of the JSON request (a string escapes to at most 6 bytes a byte, an integer
+    # becomes a typed object, each statement adds its outcome record): most writes stop here.
+    if 6 * packed + 1500 * len(statements) + 64 * args + 16384 <= limit:
+        return
+    size = push_bytes(statements, fingerprint)
+    if size > limit:
+        raise PushTooLarge(
+            f"this write would need a {size}-byte push to the primary, over max_push_bytes={limit} "
+            f"({len(statements)} statements); split it into smaller writes, or raise --max-push-bytes "
+            "together with the primary's --max-body-bytes"
+        )
 
 
 class LocalFirst:
@@ -61,6 +88,7 @@ class LocalFirst:
         on_pushed: Callable[[], None],
         database: Callable[[], Awaitable[str | None]],
         following: Callable[[], str | None],
+        max_push_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self._call = call
         self.url = url
@@ -74,6 +102,10 @@ class LocalFirst:
         self._verified = False
         self._following = following  # the database the replica follows (the queue is claimed for it)
         self.node_id: str | None = None
+        self.max_push_bytes = max_push_bytes
+        # Writes per push request: halved by a 413 (the batch was over the primary's body limit),
+        # doubled back after each accepted push.
+        self.batch_limit = MAX_BATCH
         self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         self._combiner: asyncio.Task[None] | None = None
         self._pusher: asyncio.Task[None] | None = None
@@ -112,12 +144,9 @@ class LocalFirst:
         keyed: KeyedWrite | None,
     ) -> tuple[list[ExecResult], str, bool]:
         """Commit here and queue; returns (local results, write id, replayed)."""
-        item = (
-            keyed.key if keyed else None,
-            keyed.fingerprint if keyed else _fingerprint(statements),
-            statements,
-            local,
-        )
+        fingerprint = keyed.fingerprint if keyed else _fingerprint(statements)
+        await self.check_size(statements, fingerprint)
+        item = (keyed.key if keyed else None, fingerprint, statements, local)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
         if self._combiner is None or self._combiner.done():
@@ -139,6 +168,12 @@ class LocalFirst:
             if armed("N3"):  # §6: after the response (it goes out well within this delay)
                 asyncio.get_running_loop().call_later(0.3, crash_point, "N3")
         return results, write_id(self.node_id, seq), kind == "replayed"
+
+    async def check_size(self, statements: list[tuple[str, Any]], fingerprint: str) -> None:
+        if len(statements) > 64:  # the exact measure of a large write takes a while: off the loop
+            await asyncio.to_thread(check_push_size, statements, fingerprint, self.max_push_bytes)
+        else:
+            check_push_size(statements, fingerprint, self.max_push_bytes)
 
     async def _combine(self) -> None:
         # Whatever queued while the previous group ran forms the next group: one owner call, one fsync.
@@ -187,7 +222,7 @@ class LocalFirst:
 
     async def push_once(self) -> bool:
         """Push the oldest undecided writes; True when more may be waiting."""
-        node_id, writes, confirmed, owner_database = await self._call(connection.outbox_batch)
+        node_id, writes, confirmed, owner_database = await self._call(connection.outbox_batch, self.batch_limit)
         self.node_id = node_id
         if not writes:
             return False
@@ -211,10 +246,15 @@ class LocalFirst:
             self._verified = True
         try:
             decisions = await asyncio.to_thread(push_group, self.client, node_id, writes, confirmed)
+        except HranaHTTPError as exc:
+            if exc.status == 413:
+                return await self._too_large(writes, exc)
+            self._verified = False
+            self._pause_if_refused(exc)
+            await self._call(connection.outbox_record, [Decision(w.seq, "undecided") for w in writes], str(exc))
+            raise
         except HranaError as exc:
             self._verified = False
-            if isinstance(exc, HranaHTTPError):
-                self._pause_if_refused(exc)
             await self._call(connection.outbox_record, [Decision(w.seq, "undecided") for w in writes], str(exc))
             raise
         crash_point("N7")  # §6: the primary decided the batch, the node has not recorded it
@@ -228,8 +268,30 @@ class LocalFirst:
             if counts[outcome]:
                 self.metrics.outbox_decisions.labels(outcome).inc(counts[outcome])
         self._on_pushed()
+        self.batch_limit = min(MAX_BATCH, self.batch_limit * 2)
         if counts["undecided"] and not counts["applied"] and not counts["rejected"]:
             raise HranaError("the primary decided none of the batch (it did not commit)", "UNDECIDED")
+        return True
+
+    async def _too_large(self, writes: list[Any], exc: HranaHTTPError) -> bool:
+        """The primary refused the request for its size (nothing ran). Several writes: send fewer per
+        request. One write: it can never be sent, so it becomes a conflict with the primary's error
+        (its local effects vanish at the next pull) and the writes behind it flow again."""
+        if len(writes) > 1:
+            self.batch_limit = max(1, len(writes) // 2)
+            log.info("local-first push over the primary's body limit: %d writes per push now", self.batch_limit)
+            return True
+        error = {
+            "code": "BODY_TOO_LARGE",
+            "message": f"the primary refused the push for its size ({exc}); split the write into smaller "
+            "ones, or raise the primary's --max-body-bytes, then retry it",
+        }
+        counts = await self._call(connection.outbox_record, [Decision(writes[0].seq, "rejected", error=error)], None)
+        log.warning("local-first write %s is a conflict: %s", write_id(self.node_id or "", writes[0].seq), exc)
+        self.metrics.outbox_pending.set(counts["pending_now"])
+        self.metrics.outbox_conflicts.set(counts["conflicts_now"])
+        self.metrics.outbox_decisions.labels("rejected").inc()
+        self._on_pushed()
         return True
 
     def _pause_if_refused(self, exc: Exception) -> None:
@@ -265,8 +327,14 @@ class LocalFirst:
         return seq
 
     async def entry(self, text: str) -> dict[str, Any]:
-        entry = await self._call(connection.outbox_entry, self._seq(text))
-        if entry is None:
+        seq = self._seq(text)
+        entry = await self._call(connection.outbox_entry, seq)
+        if isinstance(entry, int):
+            if seq > entry:
+                raise OutboxNotFound(
+                    f"write {text!r} was never issued on this node "
+                    f"(its last write id is {seq_name(self.node_id, entry)})"
+                )
             raise OutboxNotFound(f"write {text!r} is no longer kept on this node (applied and forgotten, or discarded)")
         return entry
 
@@ -286,6 +354,10 @@ class LocalFirst:
             assert self.node_id is not None
             return {"write_id": write_id(self.node_id, rest[0]), "pending": True}
         return {"discarded": text}
+
+
+def seq_name(node_id: str | None, seq: int) -> str:
+    return write_id(node_id or "", seq) if seq > 0 else "none yet"
 
 
 def _fingerprint(statements: list[tuple[str, list[Any]]]) -> str:

@@ -93,7 +93,14 @@ class LocalTransaction:
         if self.expired:
             raise self._expired_error()
         if _COMMIT.match(statement):
-            if not self.bridge.run(self._end(self._entry())):
+            entry = self._entry()
+            if entry is not None and self.db.lf is not None:
+                try:
+                    self.bridge.run(self.db.lf.check_size(entry[1], entry[0]))
+                except DatabaseError as exc:
+                    self.bridge.run(self._end(None))  # it could never be pushed: rolled back, nothing queued
+                    raise hrana_error(exc) from exc
+            if not self.bridge.run(self._end(entry)):
                 raise self._expired_error()  # the watchdog rolled it back first
             return StmtResult([], [], 0, None)
         if _ROLLBACK.match(statement):

@@ -61,9 +61,13 @@ CREATE TABLE IF NOT EXISTS conflicts (
     local_results TEXT NOT NULL,
     error TEXT NOT NULL,
     created_at REAL NOT NULL,
-    decided_at REAL NOT NULL
+    decided_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    pushed_at REAL
 );
 """
+# Columns added to `conflicts` after outbox.db files were first written: (name, declaration).
+CONFLICT_COLUMNS = (("attempts", "INTEGER NOT NULL DEFAULT 0"), ("pushed_at", "REAL"))
 
 
 def write_id(node_id: str, seq: int) -> str:
@@ -99,6 +103,10 @@ class Outbox:
         self.db.execute("PRAGMA synchronous=FULL")
         with self.db:
             self.db.execute(SCHEMA)
+            have = {row[1] for row in self.db.execute("PRAGMA table_info(conflicts)")}
+            for name, declaration in CONFLICT_COLUMNS:
+                if name not in have:
+                    self.db.execute(f"ALTER TABLE conflicts ADD COLUMN {name} {declaration}")
             if self._meta("node_id") is None:
                 self._set("node_id", uuid.uuid4().hex)
                 self._set("next_seq", 1)
@@ -227,11 +235,13 @@ class Outbox:
         return counts
 
     def _to_conflicts(self, seq: int, error: dict[str, Any] | None, now: float) -> None:
+        # The push that brought the decision counts as an attempt, and is when it was pushed.
         moved = self.db.execute(
             "INSERT INTO conflicts (seq, client_key, fingerprint, statements, local, local_results, error, "
-            "created_at, decided_at) SELECT seq, client_key, fingerprint, statements, local, local_results, ?, "
-            "created_at, ? FROM entries WHERE seq = ? AND state = 'pending' RETURNING seq",
-            (json.dumps(error or {"code": "UNKNOWN", "message": "refused"}), now, seq),
+            "created_at, decided_at, attempts, pushed_at) SELECT seq, client_key, fingerprint, statements, local, "
+            "local_results, ?, created_at, ?, attempts + 1, ? FROM entries WHERE seq = ? AND state = 'pending' "
+            "RETURNING seq",
+            (json.dumps(error or {"code": "UNKNOWN", "message": "refused"}), now, now, seq),
         ).fetchall()
         if moved:
             crash_point("N9")  # §6: halfway through moving a refused write to the conflicts (one transaction)
@@ -301,6 +311,10 @@ class Outbox:
             "node_id": self.node_id,
         }
 
+    def last_issued(self) -> int:
+        """The highest seq this node ever gave a write (0 before the first)."""
+        return int(self._meta("next_seq")) - 1
+
     def counts(self) -> tuple[int, int]:
         """(pending writes, conflicts)."""
         pending = self.db.execute("SELECT count(*) FROM entries WHERE state = 'pending'").fetchone()[0]
@@ -332,14 +346,17 @@ class Outbox:
 
     def _conflict(self, seq: int) -> dict[str, Any] | None:
         row = self.db.execute(
-            "SELECT seq, statements, local_results, error, created_at, decided_at FROM conflicts WHERE seq = ?",
+            "SELECT seq, statements, local_results, error, created_at, decided_at, attempts, pushed_at FROM conflicts "
+            "WHERE seq = ?",
             (seq,),
         ).fetchone()
         return None if row is None else self._conflict_dict(row)
 
     def _conflict_dict(self, row: Any) -> dict[str, Any]:
-        seq, statements, local, error, created, decided = row
+        seq, statements, local, error, created, decided, attempts, pushed = row
         return {
+            "attempts": attempts,
+            "pushed_at": pushed,
             "write_id": write_id(self.node_id, seq),
             "state": "conflict",
             "statements": _statements_json(statements),
@@ -351,7 +368,8 @@ class Outbox:
 
     def conflicts(self, limit: int = 1000) -> list[dict[str, Any]]:
         rows = self.db.execute(
-            "SELECT seq, statements, local_results, error, created_at, decided_at FROM conflicts ORDER BY seq LIMIT ?",
+            "SELECT seq, statements, local_results, error, created_at, decided_at, attempts, pushed_at FROM conflicts "
+            "ORDER BY seq LIMIT ?",
             (limit,),
         )
         return [self._conflict_dict(row) for row in rows]
