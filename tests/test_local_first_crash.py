@@ -97,6 +97,10 @@ def test_a_kill_9_at_each_crash_point_loses_no_acknowledged_write_and_applies_no
         i = 0
         while not crashed(node, point):
             assert time.monotonic() < deadline, f"crash point {point} not reached:\n{node.log()[-3000:]}"
+            if point == "N3" and acknowledged:
+                # N3 fires 0.3 s after an answer: another write sent meanwhile could be cut mid-request.
+                time.sleep(0.05)
+                continue
             marker = f"{point}-{i}"
             i += 1
             sent.append(marker)
