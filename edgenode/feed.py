@@ -247,6 +247,21 @@ EVENTS_SQL = (
 )
 
 
+EVENT_AT_SQL = f"SELECT seq, tbl, rid, op, row FROM {CHANGES_TABLE} WHERE seq = ? AND op IN ('I', 'U', 'D')"
+
+
+async def read_event_at(db: Any, seq: int) -> list[Any] | None:
+    """The captured change at `seq` (as `read_events` gives it); None when `seq` is a commit marker,
+    another consumer's entry, compacted, or not there (yet)."""
+    try:
+        result = await db.read(EVENT_AT_SQL, [seq])
+    except Exception as exc:
+        if "no such table" in str(exc) or "no such column" in str(exc):
+            return None
+        raise
+    return result.rows[0] if result.rows else None
+
+
 async def read_events(db: Any, after: int, upto: int, limit: int) -> list[list[Any]]:
     """Captured changes and commit markers with after < seq <= upto, at most `limit`."""
     try:

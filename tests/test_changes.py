@@ -631,3 +631,37 @@ def test_an_eventsource_reconnecting_to_its_after_url_resumes_from_its_last_even
     with httpx.stream("GET", node.url + "/api/v1/changes", params=params, headers=headers, timeout=30) as response:
         event = next(iter(parse_sse(response.iter_lines())))
     assert (event.data["op"], event.data["rowid"]) == ("insert", 40_000_002)
+
+
+def test_a_cursor_this_subscription_would_not_take_opens_no_transaction(node: Proc) -> None:
+    """Resuming inside a transaction ends it with its commit event; a cursor from another table's
+    change, or one this filter rejects, is no such resume: its commit event came alone before."""
+    start_at = _position(node.url)
+    with httpx.Client(base_url=node.url, headers=_auth(RW), timeout=30) as client:
+        _execute(client, ("INSERT INTO a (id, k) VALUES (?, 1)", [50_000_001]))  # a change, then its marker
+        _execute(
+            client,
+            ("INSERT INTO c (id, k) VALUES (?, 1)", [50_000_002]),
+            ("INSERT INTO c (id, k) VALUES (?, 2)", [50_000_003]),
+        )
+    of_a = Subscriber(node.url, {"a"}, None, start_at, want=2)
+    of_a.run(time.monotonic() + 20)
+    assert of_a.error is None and of_a.got[1] == ("commit",)
+    a_change = of_a.cursors[0]
+
+    def ops(tables: set[str], where: tuple[str, Any] | None, after: int, want: int) -> list[tuple]:
+        sub = Subscriber(node.url, tables, where, after, want=want)
+        sub.run(time.monotonic() + 20)
+        assert sub.error is None, sub.error
+        return [g[:3] for g in sub.got]
+
+    # Another table's change: the stream starts with c's transaction, no lone commit of a's.
+    assert ops({"c"}, None, a_change, 3) == [("c", "insert", 50_000_002), ("c", "insert", 50_000_003), ("commit",)]
+    # The same table's change, which the filter rejects (k is 1): nothing of a's either.
+    with httpx.Client(base_url=node.url, headers=_auth(RW), timeout=30) as client:
+        _execute(client, ("INSERT INTO a (id, k) VALUES (?, 2)", [50_000_004]))
+    assert ops({"a"}, ("k", 2), a_change, 2) == [("a", "insert", 50_000_004), ("commit",)]
+    # Its own change inside a transaction: the rest of it, then its commit event.
+    c_sub = Subscriber(node.url, {"c"}, None, a_change, want=1)
+    c_sub.run(time.monotonic() + 20)
+    assert ops({"c"}, None, c_sub.cursors[0], 2) == [("c", "insert", 50_000_003), ("commit",)]

@@ -356,14 +356,16 @@ class ChangeHub:
                 # A replica's cursors are its primary's, so one ahead of a lagging replica is
                 # valid there and simply waits.
                 raise _ahead(after, self.position)
+        open_transaction = after is not None and await self._takes_change_at(filt, after)
+        assert self.position is not None
         # Checked again here, in the loop step that registers it: a key rotated since the request
         # was let in (the revocation pass has run) must not leave it streaming.
         self.authenticator.check(authorization)
         expires_at = self.authenticator.expires_at(authorization)
         sub = Subscriber(filt, self.position if after is None else after, self.buffer, expires_at, authorization)
-        if after is not None:
-            # A client's cursor names an event it got: a transaction it stopped inside of still
-            # ends with its commit event on this connection.
+        if open_transaction:
+            # The cursor names a change this subscription takes, so the client got it: a
+            # transaction it stopped inside of still ends with its commit event on this connection.
             sub.last_change = sub.last_taken = after
         sub.on_slow = self._count_cut
         sub.start = self.position  # in one loop step with the check above: no event falls between
@@ -372,6 +374,21 @@ class ChangeHub:
             self.by_table.setdefault(table, set()).add(sub)
         self._joined[sub] = max(sub.start, sub.last_taken)
         return sub
+
+    async def _takes_change_at(self, filt: Filter, cursor: int) -> bool:
+        """Whether the feed's entry at `cursor` is a change `filt` takes. A cursor may come from
+        another subscription (another table, another filter) or be a commit event's: the
+        transaction it is in then has nothing of this subscription's before the cursor, and its
+        commit event must not come alone. A cursor this node has not read yet (a replica behind
+        its client) cannot be judged: it is trusted, as the client's last event."""
+        assert self.position is not None
+        if cursor > self.position:
+            return True
+        row = await feed.read_event_at(self.db, cursor)
+        if row is None:
+            return False
+        event = Event.from_feed(*row)
+        return filt.takes(event.table, event.row)
 
     def _count_cut(self) -> None:
         self.cut += 1
