@@ -561,3 +561,78 @@ def test_the_readme_text_search_examples_work_against_a_node(node: tuple[Proc, P
             _wait_ready(proc.url, re.sub(r".*/text/", "", path))
         else:
             assert [h["rowid"] for h in response.json()["results"]] == [1]
+
+
+def test_url_and_token_are_taken_before_and_after_the_subcommand(tmp_path: Path) -> None:
+    """`edgenode text search ... --url X` said "No such option"; vectors the same. Both places work
+    for text and vectors now, as they always did for `edgenode changes` (a command, not a group)."""
+    token = "cli-flags-token"
+    proc = start(["serve", "--data-dir", str(tmp_path / "data"), "--auth-token", token], tmp_path, name="node")
+    auth = {"Authorization": f"Bearer {token}"}
+    try:
+        _execute(
+            proc.url,
+            DOCS,
+            ("INSERT INTO docs(id, title, emb) VALUES (1, 'flags anywhere', vector32(?))", ["[1,0,0,0]"]),
+            headers=auth,
+        )
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "edgenode", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+            )
+
+        url, tok = ("--url", proc.url), ("--token", token)
+        made = run("text", "create", "t", "--table", "docs", "--column", "title", "--wait", *url, *tok)
+        assert made.returncode == 0, made.stderr
+        for args in (
+            ("text", *url, *tok, "search", "t", "flags"),  # before
+            ("text", "search", "t", "flags", *url, *tok),  # after
+            ("text", *url, "search", "t", "flags", *tok),  # one each side
+            ("text", "--url", "http://127.0.0.1:9", *tok, "search", "t", "flags", *url),  # after wins
+        ):
+            out = run(*args)
+            assert out.returncode == 0, (args, out.stderr)
+            assert [h["rowid"] for h in json.loads(out.stdout)["results"]] == [1], args
+        refused = run("text", "search", "t", "flags", *url)
+        assert refused.returncode != 0 and "401" in refused.stderr  # the token is what let them in
+
+        made = run("vectors", "create", "v", "--table", "docs", "--column", "emb", "--dim", "4", "--wait", *url, *tok)
+        assert made.returncode == 0, made.stderr
+        for args in (("vectors", *url, *tok, "list"), ("vectors", "list", *url, *tok)):
+            out = run(*args)
+            assert out.returncode == 0 and "v\tdocs.emb\tdim=4" in out.stdout, (args, out.stderr)
+        found = run("vectors", "search", "v", "--vector", "[1,0,0,0]", "-k", "1", *tok, *url)
+        assert found.returncode == 0 and json.loads(found.stdout)["results"][0]["rowid"] == 1, found.stderr
+
+        after = str(httpx.get(f"{proc.url}/api/v1/changes/tables", headers=auth).json()["position"])
+        changes = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edgenode",
+                "changes",
+                *url,
+                "--tables",
+                "docs",
+                "--after",
+                after,
+                "--capture",
+                *tok,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            eventually(
+                lambda: httpx.get(f"{proc.url}/api/v1/changes/tables", headers=auth).json()["tables"] == ["docs"]
+            )
+            _execute(proc.url, "INSERT INTO docs(id, title) VALUES (2, 'streamed')", headers=auth)
+            assert changes.stdout is not None
+            assert json.loads(changes.stdout.readline())["rowid"] == 2
+        finally:
+            changes.kill()
+            changes.wait(10)
+    finally:
+        proc.stop()
