@@ -636,3 +636,74 @@ def test_url_and_token_are_taken_before_and_after_the_subcommand(tmp_path: Path)
             changes.wait(10)
     finally:
         proc.stop()
+
+
+def _found_once_built(url: str, name: str, words: tuple[str, ...]) -> list[list[int]] | None:
+    """`_found` for each word; None while the collection (re)builds (503)."""
+    try:
+        return [_found(url, name, w) for w in words]
+    except AssertionError:
+        return None
+
+
+def _nearest(url: str, name: str, vector: list[float]) -> tuple[int, float] | None:
+    r = httpx.post(f"{url}/api/v1/collections/{name}/search", json={"vector": vector, "k": 1, "mode": "exact"})
+    return (r.json()["results"][0]["rowid"], r.json()["results"][0]["distance"]) if r.status_code == 200 else None
+
+
+def test_collections_follow_a_renamed_table(node: tuple[Proc, Path]) -> None:
+    """ALTER TABLE ... RENAME kept the feed's triggers writing the old name: the collections, still
+    defined over it, never saw another change. They follow the rename (rebuilt from the table)."""
+    proc, _ = node
+    _execute(proc.url, DOCS, ("INSERT INTO docs(id, title, emb) VALUES (1, 'old', vector32(?))", ["[1,0,0,0]"]))
+    assert httpx.put(f"{proc.url}/api/v1/text/t", json={"table": "docs", "columns": ["title"]}).status_code == 202
+    vec = {"table": "docs", "column": "emb", "dim": 4}
+    assert httpx.put(f"{proc.url}/api/v1/collections/v", json=vec).status_code == 202
+    _wait_ready(proc.url, "t")
+    _execute(proc.url, "ALTER TABLE docs RENAME TO papers")
+    _execute(proc.url, ("INSERT INTO papers(id, title, emb) VALUES (2, 'later', vector32(?))", ["[0,0,1,0]"]))
+    deadline = time.monotonic() + 30
+    while True:
+        tables = [httpx.get(f"{proc.url}/api/v1/{kind}").json()["table"] for kind in ("text/t", "collections/v")]
+        found = _found_once_built(proc.url, "t", ("old", "later"))
+        vectors = [_nearest(proc.url, "v", [1, 0, 0, 0]), _nearest(proc.url, "v", [0, 0, 1, 0])]
+        if tables == ["papers", "papers"] and found == [[1], [2]] and vectors == [(1, 0.0), (2, 0.0)]:
+            break
+        assert time.monotonic() < deadline, (tables, found, vectors)
+        time.sleep(0.1)
+    _execute(proc.url, "UPDATE papers SET title = 'renamed' WHERE id = 1")
+    eventually(lambda: _found(proc.url, "t", "renamed") == [1] and _found(proc.url, "t", "old") == [])
+    names = _rows(proc.url, "SELECT name FROM sqlite_master WHERE type = 'trigger' ORDER BY name")
+    assert not [n for (n,) in names if n.startswith("_edgenode_feed_docs_")], names
+    # Same spec, same table: nothing left to follow.
+    assert httpx.put(f"{proc.url}/api/v1/text/t", json={"table": "papers", "columns": ["title"]}).status_code == 200
+
+
+def test_a_restart_rebuilds_collections_over_a_table_dropped_and_created_again(node: tuple[Proc, Path]) -> None:
+    """Without a PUT in between, a restart loaded the old table's index and never saw the new rows."""
+    proc, _ = node
+    vec = {"table": "docs", "column": "emb", "dim": 4}
+    _execute(proc.url, DOCS, ("INSERT INTO docs(id, title, emb) VALUES (1, 'old', vector32(?))", ["[1,0,0,0]"]))
+    assert httpx.put(f"{proc.url}/api/v1/text/t", json={"table": "docs", "columns": ["title"]}).status_code == 202
+    assert httpx.put(f"{proc.url}/api/v1/collections/v", json=vec).status_code == 202
+    _wait_ready(proc.url, "t")
+    eventually(lambda: _nearest(proc.url, "v", [1, 0, 0, 0]) == (1, 0.0))
+    _execute(
+        proc.url,
+        "DROP TABLE docs",
+        DOCS,
+        ("INSERT INTO docs(id, title, emb) VALUES (1, 'fresh', vector32(?))", ["[0,1,0,0]"]),
+    )
+    proc.stop()
+    proc.start(ready_path="/ready")
+    _execute(proc.url, ("INSERT INTO docs(id, title, emb) VALUES (2, 'later', vector32(?))", ["[0,0,1,0]"]))
+    deadline = time.monotonic() + 30
+    while True:
+        found = _found_once_built(proc.url, "t", ("old", "fresh", "later"))
+        vectors = [_nearest(proc.url, "v", [0, 1, 0, 0]), _nearest(proc.url, "v", [0, 0, 1, 0])]
+        if found == [[], [1], [2]] and vectors == [(1, 0.0), (2, 0.0)]:
+            break
+        assert time.monotonic() < deadline, (found, vectors)
+        time.sleep(0.1)
+    # The triggers are back: a PUT of the same spec finds nothing missing.
+    assert httpx.put(f"{proc.url}/api/v1/text/t", json={"table": "docs", "columns": ["title"]}).status_code == 200

@@ -50,6 +50,14 @@ and gets its commit event; when it is not (a cursor from another subscription, a
 one compacted away) it starts with no transaction open, and a commit event never comes without a
 change of its own before it. A cursor a replica has not reached yet is trusted as the client's.
 
+**Renamed tables.** `ALTER TABLE t RENAME TO u` moves t's triggers to u, but they go on
+writing 't' into the feed. The hub notices (the schema mirror, after the DDL's refresh) and
+follows it (`feed.follow_renames`): u's triggers are made under its name, t's entries relabelled
+u in the same transaction, and streams of t end with `table_renamed` naming u and their cursor;
+resuming on u from it misses nothing and repeats nothing. A capture of u meanwhile has its own
+triggers: t's are dropped and its entries keep their name (relabelling would show those changes
+twice).
+
 **Retention.** The hub registers as a feed consumer whose floor is `changes_retention` entries
 below its position, so vector/text compaction keeps at least that much; the hub compacts the feed
 itself to that floor (never past what a vector or text collection still needs). A cursor below
