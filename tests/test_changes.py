@@ -30,7 +30,7 @@ from edgenode.auth import Access, generate_keypair, mint_token
 from edgenode.changes.client import parse_sse
 from edgenode.hrana.client import HranaClient
 from tests.procs import Proc, start
-from tests.test_replica_support import FAST, NODE_TOKEN, TOKEN, primary_write, start_primary
+from tests.test_replica_support import FAST, NODE_TOKEN, TOKEN, eventually, primary_write, start_primary
 
 RW, RO = "changes-rw", "changes-ro"
 WRITES = int(os.environ.get("CHANGES_TEST_WRITES", "2000"))
@@ -710,3 +710,31 @@ def test_a_captured_table_renamed_is_followed_under_its_new_name(node: Proc) -> 
     new.run(time.monotonic() + 20)
     assert new.error is None, new.error
     assert [g[:3] for g in new.got] == [("rn2", "insert", 1), ("commit",), ("rn2", "insert", 2), ("commit",)]
+
+
+def test_a_replica_follows_a_table_renamed_on_its_primary(tmp_path: Path) -> None:
+    """The rename reaches the replica by sync; its hub moves the triggers through the primary."""
+    primary = start_primary(tmp_path)
+    replica = None
+    try:
+        primary_write(primary, "CREATE TABLE rn (id INTEGER PRIMARY KEY, v TEXT)")
+        args = ["serve", "--data-dir", str(tmp_path / "replica"), "--auth-token", NODE_TOKEN]
+        args += ["--primary-url", primary.url, "--primary-token", TOKEN, *FAST]
+        replica = start(args, tmp_path, "replica", ready_path="/ready")
+        headers = {"Authorization": f"Bearer {NODE_TOKEN}"}
+        assert httpx.put(f"{replica.url}/api/v1/changes/tables/rn", headers=headers, timeout=30).status_code == 200
+        primary_write(primary, "INSERT INTO rn (id, v) VALUES (1, 'before')", "ALTER TABLE rn RENAME TO rn2")
+
+        def tables() -> list[str]:
+            return httpx.get(f"{replica.url}/api/v1/changes/tables", headers=headers, timeout=10).json()["tables"]
+
+        eventually(lambda: tables() == ["rn2"], timeout=30)
+        primary_write(primary, "INSERT INTO rn2 (id, v) VALUES (2, 'after')")
+        sub = Subscriber(replica.url, {"rn2"}, None, 0, want=3, token=NODE_TOKEN)
+        sub.run(time.monotonic() + 30)
+        assert sub.error is None, sub.error
+        assert [g[:3] for g in sub.got] == [("rn2", "insert", 1), ("commit",), ("rn2", "insert", 2)]
+    finally:
+        if replica is not None:
+            replica.stop()
+        primary.stop()
