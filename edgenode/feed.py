@@ -293,10 +293,22 @@ def renamed_from(triggers: Any) -> dict[str, str]:
     return out
 
 
+# Per database: the mirror's trigger list last judged (the analyzer keeps one object until the
+# schema changes) and the verdict, so a check after every commit is an identity test.
+_judged: weakref.WeakKeyDictionary[Any, tuple[Any, bool]] = weakref.WeakKeyDictionary()
+
+
 def renames_suspected(db: Any) -> bool:
     """The schema as the node last read it (its analyzer's mirror; no I/O) has a renamed table."""
-    analyzer = getattr(_key(db), "analyzer", None)
-    return analyzer is not None and bool(renamed_from(analyzer.triggers()))
+    key = _key(db)
+    analyzer = getattr(key, "analyzer", None)
+    if analyzer is None:
+        return False
+    triggers = analyzer.triggers()
+    judged = _judged.get(key)
+    if judged is None or judged[0] is not triggers:
+        judged = _judged[key] = (triggers, bool(renamed_from(triggers)))
+    return judged[1]
 
 
 def followable(name: str) -> bool:
