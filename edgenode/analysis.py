@@ -130,6 +130,7 @@ class StatementAnalyzer:
         self._cache_size = cache_size
         self._slots: OrderedDict[str, tuple[tuple[str, ...], tuple[int, ...]]] = OrderedDict()
         self._tables: frozenset[str] | None = None  # the mirror's table names, lower case, once asked
+        self._triggers: tuple[tuple[str, str], ...] | None = None  # (name, table) of its triggers, once asked
         self._mirror = self._build_mirror()
 
     def _build_mirror(self) -> apsw.Connection:
@@ -154,6 +155,7 @@ class StatementAnalyzer:
         fork._cache_size = self._cache_size
         fork._slots = OrderedDict()
         fork._tables = None
+        fork._triggers = None
         fork._mirror = apsw.Connection(":memory:")
         for name in _LIBSQL_FUNCTIONS:
             fork._mirror.create_scalar_function(name, _stub, -1, deterministic=True)
@@ -179,6 +181,7 @@ class StatementAnalyzer:
                 pass
             self._cache.clear()
             self._tables = None
+            self._triggers = None
 
     def has_table(self, name: str) -> bool:
         """Whether the mirror (the schema as last read) has a table or view `name`."""
@@ -188,12 +191,21 @@ class StatementAnalyzer:
                 self._tables = frozenset(str(n).lower() for (n,) in rows)
             return name.lower() in self._tables
 
+    def triggers(self) -> tuple[tuple[str, str], ...]:
+        """(name, table it is on) of the mirror's triggers: the schema as last read, no I/O."""
+        with self._lock:
+            if self._triggers is None:
+                rows = self._mirror.execute("SELECT name, tbl_name FROM sqlite_schema WHERE type = 'trigger'")
+                self._triggers = tuple((str(n), str(t)) for n, t in rows)
+            return self._triggers
+
     def refresh(self) -> None:
         mirror = self._build_mirror()
         with self._lock:
             self._mirror = mirror
             self._cache.clear()
             self._tables = None
+            self._triggers = None
 
     def parameter_slots(self, sql: str, count: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
         """`sql` cut at its parameters, as SQLite's own tokenizer finds them: `pieces[0] ?slots[0]

@@ -42,11 +42,16 @@ commit itself carry no marker (see `edgenode.changes`).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import re
 import weakref
 from typing import Any, Protocol
 
 from edgenode.commit_marks import CHANGES_TABLE, COMMIT_OP, MARK_SQL, SEQ_SQL  # noqa: F401  (re-exported)
+
+log = logging.getLogger(__name__)
 
 STATE_TABLE = "_edgenode_feed_state"
 
@@ -86,6 +91,30 @@ async def refollow(db: Any, table: str) -> bool:
     return True
 
 
+# Per database: a lock and, per table, what the first look since this process started found.
+_start_checks: weakref.WeakKeyDictionary[Any, tuple[asyncio.Lock, dict[str, bool]]] = weakref.WeakKeyDictionary()
+
+
+async def recreated_before_start(db: Any, table: str) -> bool:
+    """Whether `table` was dropped and created again before this process first looked (while the
+    node was down, or running without a `refollow` since): its feed triggers are gone though the
+    table is there. They are put back then. Every caller gets the first look's answer, so each
+    collection over the table opening at start rebuilds instead of loading an index of the old
+    table's rows and waiting for changes that were never recorded. A failed look is not kept."""
+    lock, seen = _start_checks.setdefault(_key(db), (asyncio.Lock(), {}))
+    async with lock:
+        if table not in seen:
+            recreated = False
+            if await feed_triggers_missing(db, table):
+                result = await db.read("SELECT count(*) FROM pragma_table_list(?) WHERE schema = 'main'", [table])
+                if int(result.rows[0][0]) > 0:  # dropped and not created again: nothing to follow
+                    keys = await unique_keys(db, table)
+                    await db.write(trigger_statements(table) + replace_trigger_statements(table, keys))
+                    recreated = True
+            seen[table] = recreated
+        return seen[table]
+
+
 async def feed_triggers_missing(db: Any, table: str) -> bool:
     """Some of the table's feed triggers are gone: DROP TABLE takes a table's triggers with it, so a
     table dropped and created again under its name is no longer followed until they are put back."""
@@ -116,6 +145,18 @@ def trigger_statements(table: str) -> list[tuple[str, list]]:
             [],
         ),
     ]
+
+
+async def unique_keys(db: Any, table: str) -> list[list[tuple[str, str]]]:
+    """The (column, collation) lists of `table`'s UNIQUE constraints and indexes, the rowid's own
+    excepted; expression indexes are left out (see the module doc)."""
+    indexes = await db.read('SELECT name FROM pragma_index_list(?) WHERE "unique" = 1 ORDER BY name', [table])
+    keys = []
+    for (index,) in indexes.rows:
+        info = await db.read("SELECT cid, name, coll FROM pragma_index_xinfo(?) WHERE key = 1 ORDER BY seqno", [index])
+        if info.rows and all(cid >= 0 for cid, _, _ in info.rows):
+            keys.append([(str(name), str(coll)) for _, name, coll in info.rows])
+    return keys
 
 
 def replace_triggers(table: str, keys: list[list[tuple[str, str]]]) -> dict[str, str]:
@@ -202,15 +243,124 @@ def drop_capture_statements(table: str) -> list[tuple[str, list]]:
 
 
 async def captured_tables(db: Any) -> set[str]:
-    """Tables whose stream triggers are installed (all three)."""
-    result = await db.read(
-        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE '\\_edgenode\\_stream\\_%' ESCAPE '\\'"
-    )
+    """Tables whose stream triggers are installed (all three) on the table they were made for (a
+    renamed table's triggers still write its old name: see `follow_renames`)."""
     counts: dict[str, int] = {}
-    for (name,) in result.rows:
-        table = name[len("_edgenode_stream_") : -2]
-        counts[table] = counts.get(table, 0) + 1
+    for name, on in await _edgenode_triggers(db):
+        recorded = recorded_table(name)
+        if name.startswith(_STREAM_PREFIX) and recorded == on:
+            counts[on] = counts.get(on, 0) + 1
     return {t for t, n in counts.items() if n == 3}
+
+
+# -- renamed tables ------------------------------------------------------------------------------
+#
+# `ALTER TABLE t RENAME TO u` moves t's triggers to u (SQLite rewrites their ON clause and the
+# table's name in their bodies) but not the name they write into the feed, a string literal: u's
+# changes went on under t's name, where no consumer of u looked, and a capture of u added a second
+# set of triggers (each change twice). So the node follows a rename: `follow_renames` puts the
+# triggers back under the new name and has the consumers move what they hold over the table (the
+# vector and text definitions name the new table, with a new uid: rebuilt from it), in one
+# transaction. The change stream's entries of the table are relabelled to the new name in it too,
+# so a subscriber resuming on the new name with its cursor misses nothing. The change hub runs it
+# (`ChangeHub`) when the schema mirror shows a renamed trigger (no I/O per commit:
+# `renames_suspected`), and before a capture.
+
+_FEED_PREFIX = "_edgenode_feed_"
+_STREAM_PREFIX = "_edgenode_stream_"
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def recorded_table(trigger: str) -> str | None:
+    """The table name one of edgenode's triggers writes into the feed (None: not one of ours)."""
+    for prefix, ops in ((_FEED_PREFIX, ("i", "u", "d", "ri", "ru")), (_STREAM_PREFIX, ("i", "u", "d"))):
+        if trigger.startswith(prefix):
+            rest = trigger[len(prefix) :]
+            for op in ops:
+                if rest.endswith(f"_{op}") and len(rest) > len(op) + 1:
+                    return rest[: -len(op) - 1]
+    return None
+
+
+def renamed_from(triggers: Any) -> dict[str, str]:
+    """Recorded table name -> the table its triggers are on now, for every renamed table, from
+    (trigger name, table) pairs."""
+    out: dict[str, str] = {}
+    for name, on in triggers:
+        recorded = recorded_table(name)
+        if recorded is not None and recorded != on:
+            out[recorded] = on
+    return out
+
+
+# Per database: the mirror's trigger list last judged (the analyzer keeps one object until the
+# schema changes) and the verdict, so a check after every commit is an identity test.
+_judged: weakref.WeakKeyDictionary[Any, tuple[Any, bool]] = weakref.WeakKeyDictionary()
+
+
+def renames_suspected(db: Any) -> bool:
+    """The schema as the node last read it (its analyzer's mirror; no I/O) has a renamed table."""
+    key = _key(db)
+    analyzer = getattr(key, "analyzer", None)
+    if analyzer is None:
+        return False
+    triggers = analyzer.triggers()
+    judged = _judged.get(key)
+    if judged is None or judged[0] is not triggers:
+        judged = _judged[key] = (triggers, bool(renamed_from(triggers)))
+    return judged[1]
+
+
+def followable(name: str) -> bool:
+    """Whether triggers can be made for `name` (a plain identifier, as a capture requires)."""
+    return bool(_IDENT.match(name)) and not name.lower().startswith(("_edgenode", "sqlite_"))
+
+
+async def _edgenode_triggers(db: Any) -> list[tuple[str, str]]:
+    result = await db.read(
+        "SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger' AND name LIKE '\\_edgenode\\_%' ESCAPE '\\'"
+    )
+    return [(str(name), str(on)) for name, on in result.rows]
+
+
+async def follow_renames(db: Any) -> dict[str, str]:
+    """Move the triggers of every renamed table (and what the consumers hold over it) to its new
+    name, in one transaction; returns old -> new name (empty when nothing was renamed). A new name
+    triggers cannot be made for (not a plain identifier) loses its triggers: nothing goes on under
+    the old name, and the consumers say why their collections stopped following it."""
+    triggers = await _edgenode_triggers(db)
+    renames = renamed_from(triggers)
+    if not renames:
+        return {}
+    statements: list[tuple[str, list]] = []
+    captured = {on for name, on in triggers if name.startswith(_STREAM_PREFIX) and recorded_table(name) == on}
+    for old, new in renames.items():
+        had_feed = any(n.startswith(_FEED_PREFIX) and recorded_table(n) == old for n, _ in triggers)
+        had_capture = any(n.startswith(_STREAM_PREFIX) and recorded_table(n) == old for n, _ in triggers)
+        statements += drop_trigger_statements(old) + drop_capture_statements(old)
+        if not followable(new):
+            continue
+        if had_feed:
+            statements += trigger_statements(new) + replace_trigger_statements(new, await unique_keys(db, new))
+        if had_capture and new not in captured:
+            result = await db.read("SELECT name FROM pragma_table_info(?)", [new])
+            columns = [str(c) for (c,) in result.rows]
+            if all(_IDENT.match(c) for c in columns):
+                # Its recorded changes go with it (a capture of `new` made meanwhile has its own).
+                statements.append(
+                    (f"UPDATE {CHANGES_TABLE} SET tbl = ? WHERE tbl = ? AND op IN ('I', 'U', 'D')", [new, old])
+                )
+                statements += capture_statements(new, columns, await has_row_column(db))
+            else:
+                log.warning("table %s (was %s) has a column that is not a plain name: no longer captured", new, old)
+        for consumer in consumers(db):
+            statements += await consumer.rename_statements(old, new)
+    for old, new in renames.items():
+        if not followable(new):
+            for consumer in consumers(db):
+                consumer.table_unfollowable(old, new)
+    await db.write(statements)
+    return renames
 
 
 async def has_row_column(db: Any) -> bool:
@@ -245,6 +395,21 @@ EVENTS_SQL = (
     f"SELECT seq, tbl, rid, op, row FROM {CHANGES_TABLE} "
     "WHERE seq > ? AND seq <= ? AND op IN ('I', 'U', 'D', 'C') ORDER BY seq LIMIT ?"
 )
+
+
+EVENT_AT_SQL = f"SELECT seq, tbl, rid, op, row FROM {CHANGES_TABLE} WHERE seq = ? AND op IN ('I', 'U', 'D')"
+
+
+async def read_event_at(db: Any, seq: int) -> list[Any] | None:
+    """The captured change at `seq` (as `read_events` gives it); None when `seq` is a commit marker,
+    another consumer's entry, compacted, or not there (yet)."""
+    try:
+        result = await db.read(EVENT_AT_SQL, [seq])
+    except Exception as exc:
+        if "no such table" in str(exc) or "no such column" in str(exc):
+            return None
+        raise
+    return result.rows[0] if result.rows else None
 
 
 async def read_events(db: Any, after: int, upto: int, limit: int) -> list[list[Any]]:
@@ -319,6 +484,15 @@ class Consumer(Protocol):
 
     async def table_recreated(self, table: str) -> None:
         """`table` was dropped and created again (`refollow`): rebuild what it holds over it."""
+        ...
+
+    async def rename_statements(self, old: str, new: str) -> list[tuple[str, list]]:
+        """Statements (run with the triggers' move, `follow_renames`) that make what it holds over
+        table `old` follow it to `new`."""
+        ...
+
+    def table_unfollowable(self, old: str, new: str) -> None:
+        """`old` was renamed to `new`, which the feed cannot follow: say so on what it held over it."""
         ...
 
 

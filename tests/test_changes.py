@@ -30,7 +30,7 @@ from edgenode.auth import Access, generate_keypair, mint_token
 from edgenode.changes.client import parse_sse
 from edgenode.hrana.client import HranaClient
 from tests.procs import Proc, start
-from tests.test_replica_support import FAST, NODE_TOKEN, TOKEN, primary_write, start_primary
+from tests.test_replica_support import FAST, NODE_TOKEN, TOKEN, eventually, primary_write, start_primary
 
 RW, RO = "changes-rw", "changes-ro"
 WRITES = int(os.environ.get("CHANGES_TEST_WRITES", "2000"))
@@ -631,3 +631,110 @@ def test_an_eventsource_reconnecting_to_its_after_url_resumes_from_its_last_even
     with httpx.stream("GET", node.url + "/api/v1/changes", params=params, headers=headers, timeout=30) as response:
         event = next(iter(parse_sse(response.iter_lines())))
     assert (event.data["op"], event.data["rowid"]) == ("insert", 40_000_002)
+
+
+def test_a_cursor_this_subscription_would_not_take_opens_no_transaction(node: Proc) -> None:
+    """Resuming inside a transaction ends it with its commit event; a cursor from another table's
+    change, or one this filter rejects, is no such resume: its commit event came alone before."""
+    start_at = _position(node.url)
+    with httpx.Client(base_url=node.url, headers=_auth(RW), timeout=30) as client:
+        _execute(client, ("INSERT INTO a (id, k) VALUES (?, 1)", [50_000_001]))  # a change, then its marker
+        _execute(
+            client,
+            ("INSERT INTO c (id, k) VALUES (?, 1)", [50_000_002]),
+            ("INSERT INTO c (id, k) VALUES (?, 2)", [50_000_003]),
+        )
+    of_a = Subscriber(node.url, {"a"}, None, start_at, want=2)
+    of_a.run(time.monotonic() + 20)
+    assert of_a.error is None and of_a.got[1] == ("commit",)
+    a_change = of_a.cursors[0]
+
+    def ops(tables: set[str], where: tuple[str, Any] | None, after: int, want: int) -> list[tuple]:
+        sub = Subscriber(node.url, tables, where, after, want=want)
+        sub.run(time.monotonic() + 20)
+        assert sub.error is None, sub.error
+        return [g[:3] for g in sub.got]
+
+    # Another table's change: the stream starts with c's transaction, no lone commit of a's.
+    assert ops({"c"}, None, a_change, 3) == [("c", "insert", 50_000_002), ("c", "insert", 50_000_003), ("commit",)]
+    # The same table's change, which the filter rejects (k is 1): nothing of a's either.
+    with httpx.Client(base_url=node.url, headers=_auth(RW), timeout=30) as client:
+        _execute(client, ("INSERT INTO a (id, k) VALUES (?, 2)", [50_000_004]))
+    assert ops({"a"}, ("k", 2), a_change, 2) == [("a", "insert", 50_000_004), ("commit",)]
+    # Its own change inside a transaction: the rest of it, then its commit event.
+    c_sub = Subscriber(node.url, {"c"}, None, a_change, want=1)
+    c_sub.run(time.monotonic() + 20)
+    assert ops({"c"}, None, c_sub.cursors[0], 2) == [("c", "insert", 50_000_003), ("commit",)]
+
+
+def _query(url: str, sql: str) -> list[list[Any]]:
+    response = httpx.post(url + "/api/v1/query", json={"sql": sql}, headers=_auth(RO), timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()["rows"]
+
+
+def _captured(url: str) -> list[str]:
+    response = httpx.get(url + "/api/v1/changes/tables", headers=_auth(RO), timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()["tables"]
+
+
+def test_a_captured_table_renamed_is_followed_under_its_new_name(node: Proc) -> None:
+    """ALTER TABLE ... RENAME kept the triggers firing with the old name written into the feed: the
+    listing showed a phantom table and a capture of the new name recorded every change twice."""
+    start_at = _position(node.url)
+    with httpx.Client(base_url=node.url, headers=_auth(RW), timeout=30) as client:
+        _execute(client, "CREATE TABLE rn (id INTEGER PRIMARY KEY, v TEXT)")
+        assert client.put("/api/v1/changes/tables/rn").status_code == 200
+        _execute(client, "INSERT INTO rn (id, v) VALUES (1, 'before')")
+        old = Subscriber(node.url, {"rn"}, None, start_at, want=2)  # the insert and its commit
+        old.run(time.monotonic() + 20)
+        assert old.error is None and old.got[0][:3] == ("rn", "insert", 1)
+        with httpx.stream("GET", node.url + "/api/v1/changes", params={"tables": "rn"}, headers=_auth(RO)) as stream:
+            lines = stream.iter_lines()
+            assert next(lines) == ": subscribed"
+            _execute(client, "ALTER TABLE rn RENAME TO rn2")
+            ended = next(e for e in parse_sse(lines) if e.event != "message")  # the stream of rn ends, saying why
+        assert (ended.event, ended.data["reason"], ended.data["renamed_to"]) == ("error", "table_renamed", "rn2")
+        assert _captured(node.url).count("rn") == 0 and "rn2" in _captured(node.url)
+        # The tryout's step: a capture of the new name once more changes nothing.
+        assert client.put("/api/v1/changes/tables/rn2").status_code == 200
+        _execute(client, "INSERT INTO rn2 (id, v) VALUES (2, 'after')")
+    assert _query(
+        node.url, "SELECT count(*) FROM _edgenode_changes WHERE op = 'I' AND rid = 2 AND tbl IN ('rn', 'rn2')"
+    ) == [[1]]
+    old_triggers = "SELECT count(*) FROM sqlite_master WHERE name IN ('_edgenode_stream_rn_i', '_edgenode_stream_rn_u')"
+    assert _query(node.url, old_triggers) == [[0]]
+    # Resuming on the new name from before the rename: the table's whole history, once each.
+    new = Subscriber(node.url, {"rn2"}, None, start_at, want=4)
+    new.run(time.monotonic() + 20)
+    assert new.error is None, new.error
+    assert [g[:3] for g in new.got] == [("rn2", "insert", 1), ("commit",), ("rn2", "insert", 2), ("commit",)]
+
+
+def test_a_replica_follows_a_table_renamed_on_its_primary(tmp_path: Path) -> None:
+    """The rename reaches the replica by sync; its hub moves the triggers through the primary."""
+    primary = start_primary(tmp_path)
+    replica = None
+    try:
+        primary_write(primary, "CREATE TABLE rn (id INTEGER PRIMARY KEY, v TEXT)")
+        args = ["serve", "--data-dir", str(tmp_path / "replica"), "--auth-token", NODE_TOKEN]
+        args += ["--primary-url", primary.url, "--primary-token", TOKEN, *FAST]
+        replica = start(args, tmp_path, "replica", ready_path="/ready")
+        headers = {"Authorization": f"Bearer {NODE_TOKEN}"}
+        assert httpx.put(f"{replica.url}/api/v1/changes/tables/rn", headers=headers, timeout=30).status_code == 200
+        primary_write(primary, "INSERT INTO rn (id, v) VALUES (1, 'before')", "ALTER TABLE rn RENAME TO rn2")
+
+        def tables() -> list[str]:
+            return httpx.get(f"{replica.url}/api/v1/changes/tables", headers=headers, timeout=10).json()["tables"]
+
+        eventually(lambda: tables() == ["rn2"], timeout=30)
+        primary_write(primary, "INSERT INTO rn2 (id, v) VALUES (2, 'after')")
+        sub = Subscriber(replica.url, {"rn2"}, None, 0, want=3, token=NODE_TOKEN)
+        sub.run(time.monotonic() + 30)
+        assert sub.error is None, sub.error
+        assert [g[:3] for g in sub.got] == [("rn2", "insert", 1), ("commit",), ("rn2", "insert", 2)]
+    finally:
+        if replica is not None:
+            replica.stop()
+        primary.stop()

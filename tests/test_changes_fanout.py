@@ -11,11 +11,14 @@ The stream end to end is tests/test_changes.py's.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from edgenode import feed
 from edgenode.auth import Authenticator
 from edgenode.changes.hub import ChangeHub, Event, Filter, Subscriber
 
@@ -23,12 +26,24 @@ TABLES = ("a", "b", "c", "d")
 
 
 class NoFeedState:
-    """A database whose feed was never compacted."""
+    """A database whose feed was never compacted; it answers the hub's look at a cursor's entry
+    (`feed.read_event_at`) from the events offered so far."""
 
     role = "replica"  # cursors ahead of the hub are valid (they wait)
 
+    def __init__(self, history: list[Event]) -> None:
+        self.history = history
+
     async def read(self, sql: str, params: Any = None) -> Any:
+        if sql == feed.EVENT_AT_SQL:
+            found = [e for e in self.history if e.seq == params[0] and e.op != "commit"]
+            row = {k: str(v) for k, v in (found[0].row or {}).items()} if found else {}
+            rows = [[e.seq, e.table, e.rowid, _OPS[e.op], json.dumps(row)] for e in found]
+            return SimpleNamespace(rows=rows)
         raise RuntimeError("no such table: _edgenode_feed_state")
+
+
+_OPS = {name: letter for letter, name in feed.CAPTURE_OPS.items()}
 
 
 class EveryoneAsked(ChangeHub):
@@ -40,8 +55,8 @@ class EveryoneAsked(ChangeHub):
                 sub.offer(event)
 
 
-def _hub(cls: type[ChangeHub]) -> ChangeHub:
-    hub = cls(NoFeedState(), Authenticator(), retention=10**6, buffer=10**6, heartbeat=15)
+def _hub(cls: type[ChangeHub], history: list[Event]) -> ChangeHub:
+    hub = cls(NoFeedState(history), Authenticator(), retention=10**6, buffer=10**6, heartbeat=15)
     hub.position = 0
     hub._ready.set()
     return hub
@@ -58,9 +73,9 @@ def _newest(sub: Subscriber) -> tuple[int, int | None]:
 
 async def _run(seed: int) -> int:
     rnd = random.Random(seed)
-    indexed, reference = _hub(ChangeHub), _hub(EveryoneAsked)
-    pairs: list[tuple[Subscriber, Subscriber]] = []
     history: list[Event] = []
+    indexed, reference = _hub(ChangeHub, history), _hub(EveryoneAsked, history)
+    pairs: list[tuple[Subscriber, Subscriber]] = []
     seq = 0
 
     offered = 0

@@ -569,3 +569,149 @@ def test_the_readme_text_search_examples_work_against_a_node(node: tuple[Proc, P
             _wait_ready(proc.url, re.sub(r".*/text/", "", path))
         else:
             assert [h["rowid"] for h in response.json()["results"]] == [1]
+
+
+def test_url_and_token_are_taken_before_and_after_the_subcommand(tmp_path: Path) -> None:
+    """`edgenode text search ... --url X` said "No such option"; vectors the same. Both places work
+    for text and vectors now, as they always did for `edgenode changes` (a command, not a group)."""
+    token = "cli-flags-token"
+    proc = start(["serve", "--data-dir", str(tmp_path / "data"), "--auth-token", token], tmp_path, name="node")
+    auth = {"Authorization": f"Bearer {token}"}
+    try:
+        _execute(
+            proc.url,
+            DOCS,
+            ("INSERT INTO docs(id, title, emb) VALUES (1, 'flags anywhere', vector32(?))", ["[1,0,0,0]"]),
+            headers=auth,
+        )
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "edgenode", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+            )
+
+        url, tok = ("--url", proc.url), ("--token", token)
+        made = run("text", "create", "t", "--table", "docs", "--column", "title", "--wait", *url, *tok)
+        assert made.returncode == 0, made.stderr
+        for args in (
+            ("text", *url, *tok, "search", "t", "flags"),  # before
+            ("text", "search", "t", "flags", *url, *tok),  # after
+            ("text", *url, "search", "t", "flags", *tok),  # one each side
+            ("text", "--url", "http://127.0.0.1:9", *tok, "search", "t", "flags", *url),  # after wins
+        ):
+            out = run(*args)
+            assert out.returncode == 0, (args, out.stderr)
+            assert [h["rowid"] for h in json.loads(out.stdout)["results"]] == [1], args
+        refused = run("text", "search", "t", "flags", *url)
+        assert refused.returncode != 0 and "401" in refused.stderr  # the token is what let them in
+
+        made = run("vectors", "create", "v", "--table", "docs", "--column", "emb", "--dim", "4", "--wait", *url, *tok)
+        assert made.returncode == 0, made.stderr
+        for args in (("vectors", *url, *tok, "list"), ("vectors", "list", *url, *tok)):
+            out = run(*args)
+            assert out.returncode == 0 and "v\tdocs.emb\tdim=4" in out.stdout, (args, out.stderr)
+        found = run("vectors", "search", "v", "--vector", "[1,0,0,0]", "-k", "1", *tok, *url)
+        assert found.returncode == 0 and json.loads(found.stdout)["results"][0]["rowid"] == 1, found.stderr
+
+        after = str(httpx.get(f"{proc.url}/api/v1/changes/tables", headers=auth).json()["position"])
+        changes = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edgenode",
+                "changes",
+                *url,
+                "--tables",
+                "docs",
+                "--after",
+                after,
+                "--capture",
+                *tok,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            eventually(
+                lambda: httpx.get(f"{proc.url}/api/v1/changes/tables", headers=auth).json()["tables"] == ["docs"]
+            )
+            _execute(proc.url, "INSERT INTO docs(id, title) VALUES (2, 'streamed')", headers=auth)
+            assert changes.stdout is not None
+            assert json.loads(changes.stdout.readline())["rowid"] == 2
+        finally:
+            changes.kill()
+            changes.wait(10)
+    finally:
+        proc.stop()
+
+
+def _found_once_built(url: str, name: str, words: tuple[str, ...]) -> list[list[int]] | None:
+    """`_found` for each word; None while the collection (re)builds (503)."""
+    try:
+        return [_found(url, name, w) for w in words]
+    except AssertionError:
+        return None
+
+
+def _nearest(url: str, name: str, vector: list[float]) -> tuple[int, float] | None:
+    r = httpx.post(f"{url}/api/v1/collections/{name}/search", json={"vector": vector, "k": 1, "mode": "exact"})
+    return (r.json()["results"][0]["rowid"], r.json()["results"][0]["distance"]) if r.status_code == 200 else None
+
+
+def test_collections_follow_a_renamed_table(node: tuple[Proc, Path]) -> None:
+    """ALTER TABLE ... RENAME kept the feed's triggers writing the old name: the collections, still
+    defined over it, never saw another change. They follow the rename (rebuilt from the table)."""
+    proc, _ = node
+    _execute(proc.url, DOCS, ("INSERT INTO docs(id, title, emb) VALUES (1, 'old', vector32(?))", ["[1,0,0,0]"]))
+    assert httpx.put(f"{proc.url}/api/v1/text/t", json={"table": "docs", "columns": ["title"]}).status_code == 202
+    vec = {"table": "docs", "column": "emb", "dim": 4}
+    assert httpx.put(f"{proc.url}/api/v1/collections/v", json=vec).status_code == 202
+    _wait_ready(proc.url, "t")
+    _execute(proc.url, "ALTER TABLE docs RENAME TO papers")
+    _execute(proc.url, ("INSERT INTO papers(id, title, emb) VALUES (2, 'later', vector32(?))", ["[0,0,1,0]"]))
+    deadline = time.monotonic() + 30
+    while True:
+        tables = [httpx.get(f"{proc.url}/api/v1/{kind}").json()["table"] for kind in ("text/t", "collections/v")]
+        found = _found_once_built(proc.url, "t", ("old", "later"))
+        vectors = [_nearest(proc.url, "v", [1, 0, 0, 0]), _nearest(proc.url, "v", [0, 0, 1, 0])]
+        if tables == ["papers", "papers"] and found == [[1], [2]] and vectors == [(1, 0.0), (2, 0.0)]:
+            break
+        assert time.monotonic() < deadline, (tables, found, vectors)
+        time.sleep(0.1)
+    _execute(proc.url, "UPDATE papers SET title = 'renamed' WHERE id = 1")
+    eventually(lambda: _found(proc.url, "t", "renamed") == [1] and _found(proc.url, "t", "old") == [])
+    names = _rows(proc.url, "SELECT name FROM sqlite_master WHERE type = 'trigger' ORDER BY name")
+    assert not [n for (n,) in names if n.startswith("_edgenode_feed_docs_")], names
+    # Same spec, same table: nothing left to follow.
+    assert httpx.put(f"{proc.url}/api/v1/text/t", json={"table": "papers", "columns": ["title"]}).status_code == 200
+
+
+def test_a_restart_rebuilds_collections_over_a_table_dropped_and_created_again(node: tuple[Proc, Path]) -> None:
+    """Without a PUT in between, a restart loaded the old table's index and never saw the new rows."""
+    proc, _ = node
+    vec = {"table": "docs", "column": "emb", "dim": 4}
+    _execute(proc.url, DOCS, ("INSERT INTO docs(id, title, emb) VALUES (1, 'old', vector32(?))", ["[1,0,0,0]"]))
+    assert httpx.put(f"{proc.url}/api/v1/text/t", json={"table": "docs", "columns": ["title"]}).status_code == 202
+    assert httpx.put(f"{proc.url}/api/v1/collections/v", json=vec).status_code == 202
+    _wait_ready(proc.url, "t")
+    eventually(lambda: _nearest(proc.url, "v", [1, 0, 0, 0]) == (1, 0.0))
+    _execute(
+        proc.url,
+        "DROP TABLE docs",
+        DOCS,
+        ("INSERT INTO docs(id, title, emb) VALUES (1, 'fresh', vector32(?))", ["[0,1,0,0]"]),
+    )
+    proc.stop()
+    proc.start(ready_path="/ready")
+    _execute(proc.url, ("INSERT INTO docs(id, title, emb) VALUES (2, 'later', vector32(?))", ["[0,0,1,0]"]))
+    deadline = time.monotonic() + 30
+    while True:
+        found = _found_once_built(proc.url, "t", ("old", "fresh", "later"))
+        vectors = [_nearest(proc.url, "v", [0, 1, 0, 0]), _nearest(proc.url, "v", [0, 0, 1, 0])]
+        if found == [[], [1], [2]] and vectors == [(1, 0.0), (2, 0.0)]:
+            break
+        assert time.monotonic() < deadline, (found, vectors)
+        time.sleep(0.1)
+    # The triggers are back: a PUT of the same spec finds nothing missing.
+    assert httpx.put(f"{proc.url}/api/v1/text/t", json={"table": "docs", "columns": ["title"]}).status_code == 200

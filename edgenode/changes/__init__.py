@@ -44,7 +44,19 @@ period is closed. Writers and syncs only set an event; they never wait for a sub
 **Resuming.** A subscriber gives a cursor (`Last-Event-ID` or `?after=`); it is registered at the
 hub's position first, reads (cursor, position] from the feed itself, then takes its queue: nothing
 is missed between the two and nothing is sent twice. A subscriber without a cursor starts at the
-head (only new changes).
+head (only new changes). A cursor names the last event the client got, so when the feed's entry
+there is a change this subscription takes, the subscriber starts inside that change's transaction
+and gets its commit event; when it is not (a cursor from another subscription, a commit event's,
+one compacted away) it starts with no transaction open, and a commit event never comes without a
+change of its own before it. A cursor a replica has not reached yet is trusted as the client's.
+
+**Renamed tables.** `ALTER TABLE t RENAME TO u` moves t's triggers to u, but they go on
+writing 't' into the feed. The hub notices (the schema mirror, after the DDL's refresh) and
+follows it (`feed.follow_renames`): u's triggers are made under its name, t's entries relabelled
+u in the same transaction, and streams of t end with `table_renamed` naming u and their cursor;
+resuming on u from it misses nothing and repeats nothing. A capture of u meanwhile has its own
+triggers: t's are dropped and its entries keep their name (relabelling would show those changes
+twice).
 
 **Retention.** The hub registers as a feed consumer whose floor is `changes_retention` entries
 below its position, so vector/text compaction keeps at least that much; the hub compacts the feed

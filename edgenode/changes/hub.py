@@ -19,6 +19,7 @@ from edgenode.values import to_json
 log = logging.getLogger(__name__)
 
 PAGE = 1000  # feed rows per read
+RENAMES_RETRY = 2.0  # seconds between two attempts to follow renamed tables
 _encoder = msgspec.json.Encoder()
 
 
@@ -189,6 +190,8 @@ class ChangeHub:
         self._since_compact = 0
         self._compacting = False
         self._background: set[asyncio.Task[None]] = set()
+        self._renames_lock = asyncio.Lock()
+        self._renames_next = 0.0
         feed.add_consumer(db, self)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -228,6 +231,12 @@ class ChangeHub:
 
     async def table_recreated(self, table: str) -> None:
         pass  # a subscriber reads changes as they come; its own triggers went with the table
+
+    async def rename_statements(self, old: str, new: str) -> list[tuple[str, list]]:
+        return []  # the capture moves with the feed's triggers (feed.follow_renames)
+
+    def table_unfollowable(self, old: str, new: str) -> None:
+        pass  # its subscribers are told when the renames are followed (`follow_renames`)
 
     # -- revocation ------------------------------------------------------------------------------
 
@@ -271,6 +280,14 @@ class ChangeHub:
     async def _run(self) -> None:
         while True:
             try:
+                ready = self.position is not None  # subscribers first wait for the first read, not this
+                if ready and feed.renames_suspected(self.db) and time.monotonic() >= self._renames_next:
+                    # Not again for a while: on a replica the move reaches its schema with a sync.
+                    self._renames_next = time.monotonic() + RENAMES_RETRY
+                    try:
+                        await self.follow_renames()
+                    except Exception as exc:
+                        log.warning("following renamed tables failed (retrying): %s", exc)
                 await self._read()
             except asyncio.CancelledError:
                 raise
@@ -356,14 +373,16 @@ class ChangeHub:
                 # A replica's cursors are its primary's, so one ahead of a lagging replica is
                 # valid there and simply waits.
                 raise _ahead(after, self.position)
+        open_transaction = after is not None and await self._takes_change_at(filt, after)
+        assert self.position is not None
         # Checked again here, in the loop step that registers it: a key rotated since the request
         # was let in (the revocation pass has run) must not leave it streaming.
         self.authenticator.check(authorization)
         expires_at = self.authenticator.expires_at(authorization)
         sub = Subscriber(filt, self.position if after is None else after, self.buffer, expires_at, authorization)
-        if after is not None:
-            # A client's cursor names an event it got: a transaction it stopped inside of still
-            # ends with its commit event on this connection.
+        if open_transaction:
+            # The cursor names a change this subscription takes, so the client got it: a
+            # transaction it stopped inside of still ends with its commit event on this connection.
             sub.last_change = sub.last_taken = after
         sub.on_slow = self._count_cut
         sub.start = self.position  # in one loop step with the check above: no event falls between
@@ -372,6 +391,32 @@ class ChangeHub:
             self.by_table.setdefault(table, set()).add(sub)
         self._joined[sub] = max(sub.start, sub.last_taken)
         return sub
+
+    async def _takes_change_at(self, filt: Filter, cursor: int) -> bool:
+        """Whether the feed's entry at `cursor` is a change `filt` takes. A cursor may come from
+        another subscription (another table, another filter) or be a commit event's: the
+        transaction it is in then has nothing of this subscription's before the cursor, and its
+        commit event must not come alone. A cursor this node has not read yet (a replica behind
+        its client) cannot be judged: it is trusted, as the client's last event."""
+        assert self.position is not None
+        if cursor > self.position:
+            return True
+        row = await feed.read_event_at(self.db, cursor)
+        if row is None:
+            return False
+        event = Event.from_feed(*row)
+        return filt.takes(event.table, event.row)
+
+    async def follow_renames(self) -> dict[str, str]:
+        """Follow the tables renamed since their triggers were made (`feed.follow_renames`) and end
+        the streams of their old names, saying the new one: its changes, old and new, are there."""
+        async with self._renames_lock:
+            renames = await feed.follow_renames(self.db)
+        for old, new in renames.items():
+            log.warning("table %s was renamed to %s; its triggers and collections follow it", old, new)
+            for sub in list(self.by_table.get(old, ())):
+                sub.cut_off(_renamed(old, new, sub.after))
+        return renames
 
     def _count_cut(self) -> None:
         self.cut += 1
@@ -453,6 +498,20 @@ def _refused(exc: AuthError) -> Ended:
         "token_revoked",
         f"this token is no longer accepted ({exc}): the node's JWT key was rotated; reconnect with a new token",
     )
+
+
+def _renamed(old: str, new: str, cursor: int) -> Ended:
+    if not feed.followable(new):
+        message = (
+            f"table {old!r} was renamed to {new!r}, which cannot be captured (not a plain identifier); "
+            "rename it to a plain name and capture that"
+        )
+    else:
+        message = (
+            f"table {old!r} was renamed to {new!r}; subscribe to {new!r} with your cursor: "
+            "its changes are recorded under the new name"
+        )
+    return Ended("error", "table_renamed", message, table=old, renamed_to=new, cursor=cursor)
 
 
 def _ahead(cursor: int, position: int) -> Ended:

@@ -259,6 +259,7 @@ def change_routes(hub: ChangeHub) -> list[BaseRoute]:
     async def put_table(request: Request) -> Response:
         table = request.path_params["table"]
         try:
+            await hub.follow_renames()  # a renamed table's triggers would capture it twice
             return JSONResponse(await capture(db, table))
         except ApiError as exc:
             return error_response(exc.status, exc.code, exc.message, **exc.extra)

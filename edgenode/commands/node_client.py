@@ -25,11 +25,22 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class NodeClient:
-    """A REST client that turns transport failures and error bodies into one-line ClickExceptions."""
+    """A REST client that turns transport failures and error bodies into one-line ClickExceptions.
+
+    Connects on first use: a subcommand's own `--url` / `--token` (`NodeGroup`) may replace the
+    group's before then."""
 
     def __init__(self, url: str, token: str | None) -> None:
-        headers = {"authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=60.0)
+        self.url = url
+        self.token = token
+        self._http: httpx.Client | None = None
+
+    @property
+    def http(self) -> httpx.Client:
+        if self._http is None:
+            headers = {"authorization": f"Bearer {self.token}"} if self.token else {}
+            self._http = httpx.Client(base_url=self.url.rstrip("/"), headers=headers, timeout=60.0)
+        return self._http
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         try:
@@ -67,12 +78,40 @@ class NodeClient:
             time.sleep(0.2)
 
 
-def node_options(group: F) -> F:
-    """`--url` and `--token` on a command group; the group's context object becomes a NodeClient."""
-    group = click.option("--token", envvar="EDGENODE_AUTH_TOKEN", default=None, help=TOKEN_HELP)(group)
+def node_options(command: F) -> F:
+    """`--url` and `--token` on a command (`edgenode changes`) or on a `NodeGroup`, whose context
+    object the group's callback makes a NodeClient of."""
+    command = click.option("--token", envvar="EDGENODE_AUTH_TOKEN", default=None, help=TOKEN_HELP)(command)
     return click.option(
         "--url", envvar="EDGENODE_URL", default="http://127.0.0.1:8080", show_default=True, help=URL_HELP
-    )(group)
+    )(command)
+
+
+def _override(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """A subcommand's `--url` / `--token`, given after it, wins over the group's (or its default)."""
+    client = ctx.find_object(NodeClient)
+    if value is not None and client is not None and param.name is not None:
+        setattr(client, param.name, value)
+
+
+class NodeGroup(click.Group):
+    """A group of commands that call a node (`edgenode vectors`, `edgenode text`): `--url` and
+    `--token` work before the subcommand, as the group's options, and after it, as the
+    subcommand's (`edgenode text search docs q --url ...`), like `edgenode changes --url ...`."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        given = {opt for param in cmd.params for opt in getattr(param, "opts", [])}
+        for flag, help_text in (("--url", URL_HELP), ("--token", TOKEN_HELP)):
+            if flag not in given:
+                option = click.Option(
+                    [flag],
+                    default=None,
+                    expose_value=False,
+                    callback=_override,
+                    help=f"{help_text} (or before the command)",
+                )
+                cmd.params.append(option)
+        super().add_command(cmd, name)
 
 
 def echo_json(payload: Any) -> None:

@@ -11,7 +11,14 @@ from typing import Any
 
 import click
 
-from edgenode.commands.node_client import NodeClient, echo_json, filter_body, load_vector, node_options
+from edgenode.commands.node_client import (
+    NodeClient,
+    NodeGroup,
+    echo_json,
+    filter_body,
+    load_vector,
+    node_options,
+)
 
 # The seed schema's searchable text (sql/001_core.sql): `edgenode text seed` creates these.
 SEED: dict[str, dict[str, Any]] = {
@@ -34,11 +41,11 @@ def _wait_ready(client: NodeClient, name: str, timeout: float) -> Any:
     return client.wait_ready(f"/api/v1/text/{name}", f"text collection {name}", timeout)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=NodeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @node_options
 @click.pass_context
 def text(ctx: click.Context, url: str, token: str | None) -> None:
-    """Full-text collections of a running node (over its REST API: --url, --token).
+    """Full-text collections of a running node (over its REST API: --url, --token, before or after the command).
 
     \b
     Examples:

@@ -100,6 +100,23 @@ def put_statements(name: str, spec: TextSpec, keys: list[list[tuple[str, str]]])
     ]
 
 
+def rename_statements(defs: dict[str, TextDefinition], old: str, new: str) -> list[tuple[str, list]]:
+    """The definitions over table `old` name `new` instead, each with a new uid (rebuilt from the
+    renamed table on every node), as for vector collections (edgenode.vectors.collections)."""
+    statements: list[tuple[str, list]] = []
+    for name, definition in defs.items():
+        if definition.spec.table == old:
+            spec = msgspec.json.decode(msgspec.json.encode(definition.spec), type=TextSpec)
+            spec.table = new
+            statements.append(
+                (
+                    f"UPDATE {DEFINITIONS_TABLE} SET spec = ?, uid = ? WHERE name = ? AND uid = ?",
+                    [msgspec.json.encode(spec).decode(), uuid.uuid4().hex, name, definition.uid],
+                )
+            )
+    return statements
+
+
 def delete_statements(name: str, table: str, table_still_used: bool) -> list[tuple[str, list]]:
     statements: list[tuple[str, list]] = [(f"DELETE FROM {DEFINITIONS_TABLE} WHERE name = ?", [name])]
     if not table_still_used:

@@ -41,6 +41,7 @@ from edgenode.text.definitions import (
     delete_statements,
     load_definitions,
     put_statements,
+    rename_statements,
 )
 from edgenode.text.hybrid import fuse
 from edgenode.text.index import TextIndex
@@ -55,7 +56,7 @@ from edgenode.text.models import (
 )
 from edgenode.text.routes import text_routes
 from edgenode.text.scoring import Mode
-from edgenode.vectors.collections import DatabaseLike, check_name, table_columns, unique_keys
+from edgenode.vectors.collections import DatabaseLike, check_name, renamed_away, table_columns, unique_keys
 from edgenode.vectors.collections import load_definitions as load_vector_definitions
 from edgenode.vectors.exact import CompiledFilter
 from edgenode.vectors.manager import VectorManager
@@ -173,6 +174,14 @@ class TextManager(Component):
         for name, c in list(self.collections.items()):
             if c.spec.table == table:
                 await self.rebuild(name)
+
+    async def rename_statements(self, old: str, new: str) -> list[tuple[str, list]]:
+        return rename_statements(await load_definitions(self.db), old, new)
+
+    def table_unfollowable(self, old: str, new: str) -> None:
+        for c in self.collections.values():
+            if c.spec.table == old:
+                c.state, c.error = "error", renamed_away(old, new)  # searches still answer from the index
 
     # lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -352,6 +361,12 @@ class TextManager(Component):
     async def _open(self, c: TextCollection) -> None:
         self._spawn(self._heal_in_background(c), c)
         try:
+            if await feed.recreated_before_start(self.db, c.spec.table):
+                log.warning("table %s was dropped and created again; rebuilding %s from it", c.spec.table, c.name)
+                await asyncio.to_thread(shutil.rmtree, c.dir, True)  # the old table's index
+                c.rebuilding = True
+                await self._full_build(c)
+                return
             head = await feed.head(self.db)
             compacted = await feed.compacted_through(self.db)
             opened = await asyncio.to_thread(self._open_file, c, head, compacted)

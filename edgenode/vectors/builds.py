@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 
 from edgenode import feed
@@ -36,6 +37,12 @@ class Builder:
     async def open(self, c: Collection) -> None:
         self.tasks.spawn(self._heal_in_background(c), c)
         try:
+            if await feed.recreated_before_start(self.db, c.spec.table):
+                log.warning("table %s was dropped and created again; rebuilding %s from it", c.spec.table, c.name)
+                await asyncio.to_thread(shutil.rmtree, c.dir, True)  # the old table's index and build checkpoint
+                c.rebuilding = True
+                await self.full_build(c)
+                return
             head = await feed.head(self.db)
             compacted = await feed.compacted_through(self.db)
             c.columns = await table_columns(self.db, c.spec.table)

@@ -11,14 +11,21 @@ from typing import Any
 
 import click
 
-from edgenode.commands.node_client import NodeClient, echo_json, filter_body, load_vector, node_options
+from edgenode.commands.node_client import (
+    NodeClient,
+    NodeGroup,
+    echo_json,
+    filter_body,
+    load_vector,
+    node_options,
+)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=NodeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @node_options
 @click.pass_context
 def vectors(ctx: click.Context, url: str, token: str | None) -> None:
-    """Vector collections of a running node (over its REST API: --url, --token).
+    """Vector collections of a running node (over its REST API: --url, --token, before or after the command).
 
     \b
     Examples:

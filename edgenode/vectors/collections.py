@@ -17,6 +17,7 @@ import msgspec
 
 from edgenode import feed
 from edgenode.api.errors import ApiError
+from edgenode.feed import unique_keys
 from edgenode.vectors.models import NAME_RE, CollectionSpec
 
 log = logging.getLogger(__name__)
@@ -102,18 +103,6 @@ async def table_columns(db: DatabaseLike, table: str) -> dict[str, str]:
     return {str(name).lower(): str(ctype or "") for name, ctype in result.rows}
 
 
-async def unique_keys(db: DatabaseLike, table: str) -> list[list[tuple[str, str]]]:
-    """The (column, collation) lists of `table`'s UNIQUE constraints and indexes, the rowid's own
-    excepted; expression indexes are left out (see edgenode.feed)."""
-    indexes = await db.read('SELECT name FROM pragma_index_list(?) WHERE "unique" = 1 ORDER BY name', [table])
-    keys = []
-    for (index,) in indexes.rows:
-        info = await db.read("SELECT cid, name, coll FROM pragma_index_xinfo(?) WHERE key = 1 ORDER BY seqno", [index])
-        if info.rows and all(cid >= 0 for cid, _, _ in info.rows):
-            keys.append([(str(name), str(coll)) for _, name, coll in info.rows])
-    return keys
-
-
 async def check_against_table(db: DatabaseLike, spec: CollectionSpec) -> None:
     """Refuse a spec the table does not fit; `spec.table` becomes the schema's spelling of the name."""
     table = await schema_table_name(db, spec.table)
@@ -165,6 +154,32 @@ def put_statements(
         ),
     ]
     return uid, statements
+
+
+def renamed_away(old: str, new: str) -> str:
+    """Why a collection over `old` stopped following it: renamed to a name triggers cannot have."""
+    return (
+        f"table {old!r} was renamed to {new!r}, which the change feed cannot follow (not a plain "
+        f"identifier); the index no longer changes: rename the table to a plain name, then PUT the "
+        f"collection with that table"
+    )
+
+
+def rename_statements(defs: dict[str, Definition], old: str, new: str) -> list[tuple[str, list]]:
+    """The definitions over table `old` name `new` instead, each with a new uid, so every node
+    rebuilds it from the renamed table; a definition changed meanwhile (its uid) is left alone."""
+    statements: list[tuple[str, list]] = []
+    for name, definition in defs.items():
+        if definition.spec.table == old:
+            spec = msgspec.json.decode(msgspec.json.encode(definition.spec), type=CollectionSpec)
+            spec.table = new
+            statements.append(
+                (
+                    f"UPDATE {DEFINITIONS_TABLE} SET spec = ?, uid = ? WHERE name = ? AND uid = ?",
+                    [msgspec.json.encode(spec).decode(), uuid.uuid4().hex, name, definition.uid],
+                )
+            )
+    return statements
 
 
 def delete_statements(name: str, table: str, table_still_used: bool) -> list[tuple[str, list]]:

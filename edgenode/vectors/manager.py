@@ -33,7 +33,7 @@ from edgenode.errors import DatabaseError
 from edgenode.vectors.apply import Applier
 from edgenode.vectors.builds import Builder
 from edgenode.vectors.changes import ChangeConsumer
-from edgenode.vectors.collections import DatabaseLike
+from edgenode.vectors.collections import DatabaseLike, load_definitions, rename_statements, renamed_away
 from edgenode.vectors.models import (
     CollectionInfo,
     CollectionSpec,
@@ -73,6 +73,14 @@ class _FeedFloor:
         for name, c in list(self.registry.collections.items()):
             if c.spec.table == table:
                 self.registry.rebuild(name)
+
+    async def rename_statements(self, old: str, new: str) -> list[tuple[str, list]]:
+        return rename_statements(await load_definitions(self.registry.db), old, new)
+
+    def table_unfollowable(self, old: str, new: str) -> None:
+        for c in self.registry.collections.values():
+            if c.spec.table == old:
+                c.state, c.error = "error", renamed_away(old, new)  # searches still answer from the index
 
 
 class VectorManager(Component):
