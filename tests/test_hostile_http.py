@@ -185,7 +185,7 @@ def test_a_body_shorter_than_its_content_length_gets_408_and_a_close(
 ) -> None:
     proc = node if server == "node" else primary
     with connect(proc) as sock:
-        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 999\r\n\r\n"
+        head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 999\r\n\r\n"
         sock.sendall(head.encode() + partial)
         data, took = read_until_closed(sock)
     assert data.startswith(b"HTTP/1.1 408 "), data[:300]
@@ -196,7 +196,7 @@ def test_a_body_shorter_than_its_content_length_gets_408_and_a_close(
 def test_half_sent_headers_are_closed(node: Proc, primary: Proc) -> None:
     for proc in (node, primary):
         with connect(proc) as sock:
-            sock.sendall(b"POST /api/v1/query HTTP/1.1\r\nHost: x\r\nContent-Le")
+            sock.sendall(b"POST /api/v1/query HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le")
             data, took = read_until_closed(sock)
         assert data == b"" or data.startswith(b"HTTP/1.1 408 "), data[:300]
         assert took < 5.0
@@ -223,11 +223,11 @@ def test_slow_clients_do_not_slow_the_others_and_each_gets_an_answer(node: Proc)
     def slow_client(kind: int) -> None:
         with connect(node) as sock:
             if kind == 0:  # trickles its headers
-                sock.sendall(b"POST /api/v1/query HTTP/1.1\r\nHost: x\r\n")
+                sock.sendall(b"POST /api/v1/query HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             elif kind == 1:  # promises a body it never sends
-                sock.sendall(b"POST /api/v1/execute HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n")
+                sock.sendall(b"POST /api/v1/execute HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000\r\n\r\n")
             else:  # trickles its body a byte at a time
-                sock.sendall(b"POST /api/v1/query HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n")
+                sock.sendall(b"POST /api/v1/query HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000\r\n\r\n")
                 sock.settimeout(0.2)
                 with_answer = b""
                 for _ in range(40):
@@ -266,7 +266,7 @@ def test_past_max_connections_requests_get_503_not_a_hang(tmp_path: Path) -> Non
     try:
         socks = [connect(proc) for _ in range(6)]
         for sock in socks:
-            sock.sendall(b"POST /api/v1/query HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n")
+            sock.sendall(b"POST /api/v1/query HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 50\r\n\r\n")
         answers = [read_until_closed(sock)[0] for sock in socks]
         for sock in socks:
             sock.close()
@@ -286,7 +286,7 @@ def test_a_client_gone_mid_body_is_one_log_line_without_a_traceback(tmp_path: Pa
         for path in ("/api/v1/execute", "/v2/pipeline", "/api/v1/collections/x"):
             with connect(proc) as sock:
                 method = "PUT" if "collections" in path else "POST"
-                sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 999\r\n\r\n{{".encode())
+                sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 999\r\n\r\n{{".encode())
                 time.sleep(0.2)
         time.sleep(0.5)
         assert httpx.get(proc.url + "/health", timeout=10).status_code == 200
