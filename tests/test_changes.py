@@ -631,3 +631,14 @@ def test_an_eventsource_reconnecting_to_its_after_url_resumes_from_its_last_even
     with httpx.stream("GET", node.url + "/api/v1/changes", params=params, headers=headers, timeout=30) as response:
         event = next(iter(parse_sse(response.iter_lines())))
     assert (event.data["op"], event.data["rowid"]) == ("insert", 40_000_002)
+
+
+def test_a_websocket_client_that_sends_a_big_message_is_closed_with_1009(node: Proc) -> None:
+    url = node.url.replace("http://", "ws://") + f"/api/v1/changes/ws?tables={TABLES[0]}"
+    with ws_connect(url, additional_headers=_auth(RO), open_timeout=30) as ws:
+        ws.send("small messages are read and ignored")
+        ws.send(b"x" * (2 << 20))
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                ws.recv(timeout=30)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009, closed.value
