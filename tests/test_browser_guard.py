@@ -65,9 +65,7 @@ def test_a_cross_origin_write_without_a_token_is_refused_and_says_what_to_do(nod
 
 def test_requests_without_origin_same_origin_and_allowed_origins_are_served(node: Proc) -> None:
     assert forged_post(node.url + "/api/v1/query", origin=None).status_code in (200, 422)  # no Origin: curl, clients
-    same = httpx.post(
-        node.url + "/api/v1/query", json={"sql": "SELECT 1"}, headers={"Origin": node.url}, timeout=30
-    )
+    same = httpx.post(node.url + "/api/v1/query", json={"sql": "SELECT 1"}, headers={"Origin": node.url}, timeout=30)
     assert same.status_code == 200, same.text
     for origin in ("http://localhost:3000", "https://app.example", "HTTPS://APP.EXAMPLE:443"):
         allowed = httpx.post(
