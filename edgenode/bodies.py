@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import logging
+import re
 from typing import Literal, TypeVar
 
 import msgspec
@@ -116,9 +117,25 @@ def decode(raw: bytes, kind: type[T], content_type: str | None = None) -> T:
         field = text.rsplit("at `", 1)[1].rstrip("`") if "at `" in text else "$"
         raise BodyError("invalid", text, field) from None
     except msgspec.DecodeError as exc:
-        raise BodyError("malformed", f"request body is not valid JSON: {exc}") from None
+        raise BodyError("malformed", f"request body is not valid JSON: {_decode_problem(raw, exc)}") from None
     except RecursionError:
         raise BodyError("malformed", "request body is nested too deeply") from None
+
+
+# A `\\uD800`-`\\uDBFF` escape (after an even number of backslashes) not followed by a `\\uDC00`-`\\uDFFF` one.
+_LONE_HIGH_SURROGATE = re.compile(rb"(?<!\\)(?:\\\\)*(\\u[dD][89abAB][0-9a-fA-F]{2})(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})")
+
+
+def _decode_problem(raw: bytes, exc: msgspec.DecodeError) -> str:
+    """msgspec's message, except where it is wrong: a high surrogate escape without its low half
+    is reported as "Input data was truncated" although the input goes on."""
+    if str(exc) == "Input data was truncated" and (lone := _LONE_HIGH_SURROGATE.search(raw)):
+        escape = lone.group(1).decode()
+        return (
+            f"lone UTF-16 surrogate {escape} at byte {lone.start(1)} (a high surrogate must be followed by a "
+            "low one, \\uDC00-\\uDFFF; send the character itself or its full pair)"
+        )
+    return str(exc)
 
 
 async def read_json(request: Request, kind: type[T], max_bytes: int | None = None) -> T:

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal, get_type_hints
 
 import msgspec
 
+from edgenode.origins import Origin, parse_origin
+
 PROFILES = ("auto", "darwin-arm64", "linux-arm64", "linux-x86_64", "sqlite-defaults")
 
 
@@ -40,6 +42,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     port: Annotated[int, Doc("TCP port to listen on.")] = 8080
     auth_token: Annotated[str | None, Doc("Read-write bearer token.")] = None
     read_token: Annotated[str | None, Doc("Read-only bearer token.")] = None
+    allowed_origins: Annotated[
+        str | None,
+        Doc(
+            "Without a token: comma-separated browser origins (http://localhost:3000) allowed besides the "
+            "server's own; other Origins and foreign Host names are refused (403)."
+        ),
+    ] = None
     jwt_key_file: Annotated[
         str | None,
         Doc("Ed25519 public key (PEM) accepting sqld-style JWTs; re-read when replaced (revokes old tokens)."),
@@ -137,6 +146,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     @property
     def is_replica(self) -> bool:
         return bool(self.primary_url)
+
+    @property
+    def origins(self) -> frozenset[Origin]:
+        """`allowed_origins`, parsed (checked by `load_settings`)."""
+        parsed = (parse_origin(o) for o in (self.allowed_origins or "").split(",") if o.strip())
+        return frozenset(o for o in parsed if o is not None)
 
     @property
     def binds_loopback(self) -> bool:
@@ -258,6 +273,9 @@ def _validate(settings: Settings) -> None:
         value = getattr(settings, name)
         if value is not None and (value == "" or value != value.strip()):
             fail(name, "a non-empty token without surrounding spaces", value)
+    for origin in (settings.allowed_origins or "").split(","):
+        if origin.strip() and parse_origin(origin) is None:
+            fail("allowed_origins", "comma-separated origins like http://localhost:3000 (scheme://host[:port])", origin)
     if settings.auth_token and settings.auth_token == settings.read_token:
         fail("read_token", "a token different from auth_token", "<same as auth_token>")
 

@@ -11,6 +11,7 @@ the body, forever: a few such clients would hold the server. `GuardedProtocol` a
   client as gone (its own answer goes nowhere), and the 408 is logged once, here.
 
 `max_connections` is uvicorn's `limit_concurrency`: past it new requests are answered 503 at once.
+A WebSocket message from a client past `WS_MAX_MESSAGE` closes the connection with 1009.
 
 `RedactTokens` takes `access_token=` values out of uvicorn's log lines: uvicorn logs each WebSocket
 with its path and query string (and, when on, its access log each request's), and a browser's
@@ -46,6 +47,11 @@ STREAMING_KEY = "edgenode.streaming"
 
 # (path, code, message) -> the JSON body of an error answered by the server itself.
 ErrorBody = Callable[[str, str, str], bytes]
+
+# Largest WebSocket message a client may send (uvicorn's ws_max_size; past it the connection closes
+# with 1009, message too big). The one WebSocket, the change stream, reads nothing from its
+# clients, and uvicorn's default (16 MiB) let a client make the server take in and drop megabytes.
+WS_MAX_MESSAGE = 16 * 1024
 
 _BARE_408 = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
@@ -231,6 +237,7 @@ def run(
         log_level=settings.log_level,
         http=protocol,  # type: ignore[arg-type]
         limit_concurrency=settings.max_connections,
+        ws_max_size=WS_MAX_MESSAGE,
         **{"log_config": log_config(), **options},
     )
     server = _Server(config, before_shutdown)

@@ -60,8 +60,9 @@ def open_node(settings: Settings, authenticator: Authenticator) -> tuple[Databas
     from edgenode.text.manager import TextManager
     from edgenode.vectors.manager import VectorManager
 
-    vectors = VectorManager(db, settings.data_path)
-    text = TextManager(db, settings.data_path, vectors=vectors)
+    # Filters run SQL in this process: bounded by the same time as any read query.
+    vectors = VectorManager(db, settings.data_path, filter_timeout_ms=settings.query_timeout_ms)
+    text = TextManager(db, settings.data_path, vectors=vectors, filter_timeout_ms=settings.query_timeout_ms)
     components += [vectors, text, HranaComponent(settings, db, authenticator), BackupComponent(settings, db)]
     components.append(ChangesComponent(settings, db, authenticator))
     return db, components

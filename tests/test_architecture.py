@@ -51,6 +51,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "edgenode.commit_marks",
             "edgenode.expect",
             "edgenode.crash",
+            "edgenode.origins",
             "edgenode.primary",  # the package itself: import-free constants shared with the relay
         ),
     ),

@@ -738,3 +738,14 @@ def test_a_replica_follows_a_table_renamed_on_its_primary(tmp_path: Path) -> Non
         if replica is not None:
             replica.stop()
         primary.stop()
+
+
+def test_a_websocket_client_that_sends_a_big_message_is_closed_with_1009(node: Proc) -> None:
+    url = node.url.replace("http://", "ws://") + f"/api/v1/changes/ws?tables={TABLES[0]}"
+    with ws_connect(url, additional_headers=_auth(RO), open_timeout=30) as ws:
+        ws.send("small messages are read and ignored")
+        ws.send(b"x" * (2 << 20))
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                ws.recv(timeout=30)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009, closed.value

@@ -141,6 +141,27 @@ def test_a_utf8_byte_order_mark_is_skipped(node: Proc) -> None:
     assert response.status_code == 200 and response.json()["rows"] == [[1]]
 
 
+def test_a_lone_surrogate_escape_is_a_400_that_names_it_not_a_truncated_body(node: Proc, primary: Proc) -> None:
+    body = rb'{"sql": "SELECT ?", "params": ["\ud800"]}'
+    response = httpx.post(node.url + "/api/v1/query", content=body, timeout=30)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "malformed_json", response.text
+    message = response.json()["error"]["message"]
+    where = body.index(rb"\ud800")
+    assert f"lone UTF-16 surrogate \\ud800 at byte {where}" in message and "truncated" not in message, message
+    hrana = (
+        b'{"requests": [{"type": "execute", "stmt": {"sql": "SELECT ?", "args": [{"type": "text", "value": "%s"}]}}]}'
+    )
+    hrana %= rb"\udbff"
+    for url in (node.url, primary.url):
+        response = httpx.post(url + "/v2/pipeline", content=hrana, timeout=30)
+        hrana_message = response.json()["message"]
+        assert response.status_code == 400 and "surrogate" in hrana_message and "truncated" not in hrana_message
+    # A full pair is a character, and an escaped backslash before "ud800" is no escape at all.
+    pair = rb'{"sql": "SELECT ?", "params": ["\ud83d\ude00", "\\ud800"]}'.replace(b'"SELECT ?"', b'"SELECT ?, ?"')
+    response = httpx.post(node.url + "/api/v1/query", content=pair, timeout=30)
+    assert response.status_code == 200 and response.json()["rows"] == [["\U0001f600", "\\ud800"]], response.text
+
+
 def test_a_push_body_that_is_not_frames_is_a_4xx(primary: Proc) -> None:
     response = httpx.post(primary.url + "/sync/1/1/3", content=b"not frames at all", timeout=30)
     assert_error_shape("/sync/1/1/3", response, "primary")
@@ -185,7 +206,9 @@ def test_a_body_shorter_than_its_content_length_gets_408_and_a_close(
 ) -> None:
     proc = node if server == "node" else primary
     with connect(proc) as sock:
-        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 999\r\n\r\n"
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 999\r\n\r\n"
+        )
         sock.sendall(head.encode() + partial)
         data, took = read_until_closed(sock)
     assert data.startswith(b"HTTP/1.1 408 "), data[:300]
@@ -196,7 +219,7 @@ def test_a_body_shorter_than_its_content_length_gets_408_and_a_close(
 def test_half_sent_headers_are_closed(node: Proc, primary: Proc) -> None:
     for proc in (node, primary):
         with connect(proc) as sock:
-            sock.sendall(b"POST /api/v1/query HTTP/1.1\r\nHost: x\r\nContent-Le")
+            sock.sendall(b"POST /api/v1/query HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le")
             data, took = read_until_closed(sock)
         assert data == b"" or data.startswith(b"HTTP/1.1 408 "), data[:300]
         assert took < 5.0
@@ -223,11 +246,11 @@ def test_slow_clients_do_not_slow_the_others_and_each_gets_an_answer(node: Proc)
     def slow_client(kind: int) -> None:
         with connect(node) as sock:
             if kind == 0:  # trickles its headers
-                sock.sendall(b"POST /api/v1/query HTTP/1.1\r\nHost: x\r\n")
+                sock.sendall(b"POST /api/v1/query HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             elif kind == 1:  # promises a body it never sends
-                sock.sendall(b"POST /api/v1/execute HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n")
+                sock.sendall(b"POST /api/v1/execute HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000\r\n\r\n")
             else:  # trickles its body a byte at a time
-                sock.sendall(b"POST /api/v1/query HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n")
+                sock.sendall(b"POST /api/v1/query HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000\r\n\r\n")
                 sock.settimeout(0.2)
                 with_answer = b""
                 for _ in range(40):
@@ -266,7 +289,7 @@ def test_past_max_connections_requests_get_503_not_a_hang(tmp_path: Path) -> Non
     try:
         socks = [connect(proc) for _ in range(6)]
         for sock in socks:
-            sock.sendall(b"POST /api/v1/query HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n")
+            sock.sendall(b"POST /api/v1/query HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 50\r\n\r\n")
         answers = [read_until_closed(sock)[0] for sock in socks]
         for sock in socks:
             sock.close()
@@ -286,7 +309,7 @@ def test_a_client_gone_mid_body_is_one_log_line_without_a_traceback(tmp_path: Pa
         for path in ("/api/v1/execute", "/v2/pipeline", "/api/v1/collections/x"):
             with connect(proc) as sock:
                 method = "PUT" if "collections" in path else "POST"
-                sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 999\r\n\r\n{{".encode())
+                sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 999\r\n\r\n{{".encode())
                 time.sleep(0.2)
         time.sleep(0.5)
         assert httpx.get(proc.url + "/health", timeout=10).status_code == 200

@@ -51,6 +51,25 @@ def test_the_schema_refuses_what_the_server_refuses(tmp_path: Path) -> None:
         assert path in paths
 
 
+def test_the_change_streams_websocket_is_described_and_a_plain_get_of_it_is_426(tmp_path: Path) -> None:
+    node = build_node_app(Settings(data_dir=str(tmp_path / "node")))
+    described = node.state.openapi["paths"]["/api/v1/changes/ws"]["get"]
+    assert {p["name"]: p["required"] for p in described["parameters"]} == {
+        "tables": True,
+        "where": False,
+        "after": False,
+        "access_token": False,
+    }
+    assert "101" in described["responses"] and "426" in described["responses"]
+    proc = start(["serve", "--data-dir", str(tmp_path / "data")], tmp_path, "node", ready_path="/ready")
+    try:
+        response = httpx.get(proc.url + "/api/v1/changes/ws?tables=t", timeout=30)
+        assert response.status_code == 426 and response.headers["upgrade"] == "websocket", response.text
+        assert response.json()["error"]["code"] == "upgrade_required"
+    finally:
+        proc.stop()
+
+
 def test_an_empty_statement_is_refused_as_the_schema_says(tmp_path: Path) -> None:
     proc = start(["serve", "--data-dir", str(tmp_path / "data")], tmp_path, "node", ready_path="/ready")
     try:

@@ -19,6 +19,7 @@ from edgenode.api.errors import (
     ApiError,
     api_error_handler,
     database_error_handler,
+    error_body,
     http_error_handler,
     internal_error_handler,
 )
@@ -30,6 +31,7 @@ from edgenode.config import Settings
 from edgenode.database import Database
 from edgenode.errors import DatabaseError
 from edgenode.metrics import NodeMetrics
+from edgenode.origins import OriginGuard
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +82,23 @@ def create_app(
         endpoint = scope.get("endpoint")
         return labels.get(id(endpoint), "unmatched") if endpoint is not None else "unmatched"
 
+    middleware = [Middleware(MetricsMiddleware, metrics=metrics, route_label=route_label)]
+    if not authenticator.enabled:
+        # Without a token, what a web page can make a browser send must be refused (edgenode.origins).
+        middleware.append(
+            Middleware(
+                OriginGuard,
+                allowed_origins=settings.origins,
+                host=settings.host,
+                check_host=settings.binds_loopback,
+                error_body=error_body,
+            )
+        )
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         middleware=[
-            Middleware(MetricsMiddleware, metrics=metrics, route_label=route_label),
+            *middleware,
             Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
             Middleware(AuthMiddleware, authenticator=authenticator, access=AccessMap(routes)),
         ],

@@ -19,6 +19,8 @@ from edgenode import bodies
 from edgenode.errors import DatabaseError
 
 T = TypeVar("T")
+# The Hrana server's routes: it authenticates them itself and answers in Hrana's error format.
+HRANA_PREFIXES = ("/v1/", "/v2", "/v3")
 
 _STATUS_CODES = {
     400: "bad_request",
@@ -62,6 +64,14 @@ def error_response(
     if status == 503 and headers is None:
         headers = {"Retry-After": "1"}  # unavailable for a moment: clients back off and retry
     return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def error_body(path: str, code: str, message: str) -> bytes:
+    """An error answered outside the routes (HTTP server, browser guard), in the shape of the path's
+    API: Hrana's for its routes, this one's for the rest."""
+    if path.startswith(HRANA_PREFIXES):
+        return msgspec.json.encode({"error": message, "message": message, "code": code.upper()})
+    return msgspec.json.encode({"error": {"code": code, "message": message}})
 
 
 async def api_error_handler(_: Request, exc: Exception) -> Response:

@@ -8,14 +8,12 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edgenode.api.errors import error_response
+from edgenode.api.errors import HRANA_PREFIXES, error_response
 from edgenode.api.routing import AccessMap
 from edgenode.auth import QUERY_TOKEN, Access, Authenticator, AuthError, query_token
 from edgenode.metrics import NodeMetrics
 
 OPEN_PATHS = frozenset({"/health", "/ready"})
-# The Hrana server authenticates its own routes and answers in Hrana's error format.
-HRANA_PREFIXES = ("/v1/", "/v2", "/v3")
 ACCESS_KEY = "edgenode.access"
 
 

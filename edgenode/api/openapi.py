@@ -46,6 +46,7 @@ class Operation:
     other: tuple[tuple[int, str, Body], ...] = ()  # (status, content type, body) outside the two above
     integer_params: tuple[str, ...] = ()  # path parameters that are integers (others are strings)
     headers: tuple[tuple[str, dict[str, Any]], ...] = ()  # optional request headers and their schemas
+    query: tuple[tuple[str, bool, dict[str, Any]], ...] = ()  # query parameters: name, required, schema
 
 
 # Generations and frame numbers: the sync protocol's unsigned 32-bit integers.
@@ -246,6 +247,7 @@ OPERATIONS += [
 ]
 
 # --- live changes (edgenode.changes); /api/v1/changes/ws is the same stream over a WebSocket ---------------
+# (documented as its upgrade GET; a GET without the upgrade is 426)
 OPERATIONS += [
     Operation(
         "get",
@@ -256,6 +258,24 @@ OPERATIONS += [
         changes.ChangeEvent,
         errors=(400, 401, 503),
         response_type="text/event-stream",
+    ),
+    Operation(
+        "get",
+        "/api/v1/changes/ws",
+        "WebSocket (GET with Upgrade: websocket; 101 Switching Protocols) of the same stream: each text message "
+        "is a ChangeEvent; ends with a {event: resync|error, reason, message} message and a close (1000; 1008 "
+        "refused or token revoked; 1009 for a client message over 16 KiB). Resume with ?after=. Without the "
+        "upgrade: 426.",
+        None,
+        changes.ChangeEvent,
+        ok=(101,),
+        errors=(401, 426),
+        query=(
+            ("tables", True, {"type": "string", "description": "Comma-separated captured tables."}),
+            ("where", False, {"type": "string", "description": "One equality, column=value."}),
+            ("after", False, {"type": "string", "description": "Cursor to resume after."}),
+            ("access_token", False, {"type": "string", "description": "The token, for browsers (no headers)."}),
+        ),
     ),
     Operation(
         "get",
@@ -380,6 +400,7 @@ def build(
             for name in re.findall(r"{(\w+)}", op.path)
         ]
         parameters += [{"name": name, "in": "header", "required": False, "schema": kind} for name, kind in op.headers]
+        parameters += [{"name": name, "in": "query", "required": req, "schema": kind} for name, req, kind in op.query]
         if parameters:
             entry["parameters"] = parameters
         if op.request is not None:

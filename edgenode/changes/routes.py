@@ -10,7 +10,7 @@ WebSocket: the same JSON objects as text messages (each carries its `cursor`); t
 refused subscription and a token that expired or was revoked). A WebSocket resumes with
 `?after=<cursor>` only: a browser's WebSocket cannot send `Last-Event-ID` (or any header), so the
 route does not read it. WebSocket keep-alive is the server's protocol ping (uvicorn's
-`ws_ping_interval`, 20 s).
+`ws_ping_interval`, 20 s). A plain HTTP GET of the WebSocket's path is 426 Upgrade Required.
 
 Both stream routes take the token as `?access_token=` as well as in the Authorization header (the
 header wins when both are given): a browser's EventSource and WebSocket cannot set headers. No
@@ -256,6 +256,16 @@ def change_routes(hub: ChangeHub) -> list[BaseRoute]:
             code = 1008 if ended.body["reason"] in AUTH_ENDS else 1000
             await _ws_end(websocket, {"event": ended.kind, **ended.body}, code)
 
+    async def ws_without_upgrade(request: Request) -> Response:
+        # The path is a WebSocket's; a plain GET (a probe, an HTTP client) learns so instead of a 404.
+        return error_response(
+            426,
+            "upgrade_required",
+            "/api/v1/changes/ws is a WebSocket: connect with a WebSocket client (Upgrade: websocket), "
+            "or read the same stream as Server-Sent Events from GET /api/v1/changes",
+            headers={"Upgrade": "websocket", "Connection": "Upgrade"},
+        )
+
     async def put_table(request: Request) -> Response:
         table = request.path_params["table"]
         try:
@@ -279,6 +289,7 @@ def change_routes(hub: ChangeHub) -> list[BaseRoute]:
     return [
         read_route("/api/v1/changes", sse, methods=["GET"], query_token=True),
         WebSocketRoute("/api/v1/changes/ws", ws),
+        read_route("/api/v1/changes/ws", ws_without_upgrade, methods=["GET"], query_token=True),
         read_route("/api/v1/changes/tables", list_tables, methods=["GET"]),
         write_route("/api/v1/changes/tables/{table}", put_table, methods=["PUT"]),
         write_route("/api/v1/changes/tables/{table}", delete_table, methods=["DELETE"]),

@@ -82,10 +82,6 @@ def serve(settings: Settings) -> None:
 
 def error_body(path: str, code: str, message: str) -> bytes:
     """An error the HTTP server answers itself (a stalled body's 408), in the shape of the route's API."""
-    import msgspec
+    from edgenode.api.errors import error_body as api_error_body
 
-    from edgenode.api.middleware import HRANA_PREFIXES
-
-    if path.startswith(HRANA_PREFIXES):
-        return msgspec.json.encode({"error": message, "message": message, "code": code.upper()})
-    return msgspec.json.encode({"error": {"code": code, "message": message}})
+    return api_error_body(path, code, message)

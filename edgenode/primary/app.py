@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -29,6 +30,7 @@ from edgenode.auth import Access, Authenticator, AuthError
 from edgenode.backup import PRIMARY, BackupReport, BackupRequest
 from edgenode.backup_http import BackupRefused, BackupService
 from edgenode.config import Settings
+from edgenode.origins import OriginGuard
 from edgenode.primary import DATABASE_ID_HEADER
 from edgenode.primary.archive import Archiver, archive_from_settings
 from edgenode.primary.generations import (
@@ -109,6 +111,12 @@ def json_response(body: Any, status: int = 200) -> Response:
 # Not Implemented: the server knows the request and does not serve that protocol (a client error
 # status would suggest the request is malformed; Turso Sync clients do not retry 501).
 TURSO_SYNC_STATUS = 501
+
+
+def error_body(path: str, code: str, message: str) -> bytes:
+    """An error answered outside the routes: sync clients read "error", Hrana clients "message" and
+    "code" (the primary serves both)."""
+    return msgspec.json.encode({"error": message, "message": message, "code": code.upper()})
 
 
 def error_response(status: int, message: str) -> Response:
@@ -482,7 +490,12 @@ def create_app(settings: Settings, *, store: PrimaryStore | None = None) -> Star
             await asyncio.to_thread(store.close)
             workers.shutdown()
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    middleware: list[Middleware] = []
+    if not authenticator.enabled:
+        # Without a token, what a web page can make a browser send must be refused (edgenode.origins).
+        guard = {"allowed_origins": settings.origins, "host": settings.host, "check_host": settings.binds_loopback}
+        middleware.append(Middleware(OriginGuard, **guard, error_body=error_body))
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.store = store
     app.state.openapi = document
     app.state.metrics = metrics

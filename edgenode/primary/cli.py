@@ -39,10 +39,9 @@ def primary(settings: Settings) -> None:
 
 
 def _error_body(path: str, code: str, message: str) -> bytes:
-    # Sync clients read "error"; Hrana clients read "message" and "code" (the primary serves both).
-    import msgspec
+    from edgenode.primary.app import error_body
 
-    return msgspec.json.encode({"error": message, "message": message, "code": code.upper()})
+    return error_body(path, code, message)
 
 
 @click.command()

@@ -196,7 +196,7 @@ class TextIndex(Sidecar):
             sql += f" AND rowid IN (SELECT rowid FROM filt WHERE {where})"
             params += filter_params
         sql += " ORDER BY score DESC, rowid LIMIT ? OFFSET ?"
-        return self._query(self._reader(), sql, (*params, limit, offset), q)  # type: ignore[return-value]
+        return self._query(self._reader(), sql, (*params, limit, offset), q, flt)  # type: ignore[return-value]
 
     def snippets(
         self, match: str, rowids: list[int], tokens: int, q: str, words: list[str] | None = None
@@ -227,9 +227,11 @@ class TextIndex(Sidecar):
         sql = f"SELECT rowid, snippet(fts, -1, ?, ?, ?, ?) FROM fts WHERE fts MATCH ? AND rowid IN ({ids})"
         return dict(self._query(self._reader(), sql, (*MARK, ELLIPSIS, tokens, match), q))  # type: ignore[arg-type]
 
-    def _query(self, conn: apsw.Connection, sql: str, params: tuple[Any, ...], q: str) -> list[tuple[Any, ...]]:
+    def _query(
+        self, conn: apsw.Connection, sql: str, params: tuple[Any, ...], q: str, flt: CompiledFilter | None = None
+    ) -> list[tuple[Any, ...]]:
         try:
-            return self._run(conn, sql, params)
+            return self._run(conn, sql, params, flt)
         except ApiError as exc:
             # _run calls every SQL error the filter's, but the filter compiled before the query ran
             # (compile_filter): what is left is the MATCH expression's.

@@ -58,7 +58,7 @@ from edgenode.text.routes import text_routes
 from edgenode.text.scoring import Mode
 from edgenode.vectors.collections import DatabaseLike, check_name, renamed_away, table_columns, unique_keys
 from edgenode.vectors.collections import load_definitions as load_vector_definitions
-from edgenode.vectors.exact import CompiledFilter
+from edgenode.vectors.exact import FILTER_TIMEOUT_MS, CompiledFilter
 from edgenode.vectors.manager import VectorManager
 from edgenode.vectors.models import Filter
 from edgenode.vectors.models import SearchRequest as VectorSearchRequest
@@ -144,8 +144,10 @@ class TextManager(Component):
         vectors: VectorManager | None = None,
         compact_threshold: int = 20_000,
         compact_retain: int = 10_000,
+        filter_timeout_ms: int = FILTER_TIMEOUT_MS,
     ) -> None:
         self.db: DatabaseLike = RetryingReads(db)
+        self.filter_timeout_ms = filter_timeout_ms
         self.root = Path(data_dir) / "text"
         self.vectors = vectors
         self.compact_threshold = compact_threshold
@@ -649,7 +651,9 @@ class TextManager(Component):
         match, words = what
         with c.swap.shared():
             index = self._index(c)
-            compiled: CompiledFilter | None = index.compile_filter(flt.sql, flt.params) if flt else None
+            compiled: CompiledFilter | None = (
+                index.compile_filter(flt.sql, flt.params, self.filter_timeout_ms) if flt else None
+            )
             ranked = index.rank(match, limit, offset, weights, compiled, q, words)
             snippets = index.snippets(match, [r for r, _ in ranked], snippet_tokens, q, words[0] if words else None)
         return [(rowid, score, snippets.get(rowid)) for rowid, score in ranked]

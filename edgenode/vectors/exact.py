@@ -10,12 +10,18 @@ Filters are checked by the engine, not by parsing: the expression is compiled as
 compiler asks authorization for must be a read of a declared column of `filt`, a SELECT, or a
 deterministic built-in function; nothing may remain after the first statement. At run time the
 value goes through `_edgenode_bool`, which rejects anything that is not 0, 1 or NULL.
+
+A filter runs in the node's own process, so every query that runs one is bounded (`_bounded`):
+no value it makes or reads may pass `FILTER_MAX_LENGTH` (SQLite's own limit, 1 GB, let
+`printf('%.*c', 900000000, 'x')` allocate that much per request), and a progress handler
+interrupts it past its `timeout_ms` (the node's query_timeout_ms). Both answer 400 invalid_filter.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +53,12 @@ MMAP_BYTES = 1 << 30
 # Compiled filters kept per sidecar, by text and parameters (checking one prepares it twice under
 # an authorizer and samples rows: ~0.4 ms, a tenth of a filtered search).
 FILTER_CACHE = 256
+# Longest string or blob a query running a filter may make or read: filter columns hold short
+# values (ids, tags, dates), and an expression that builds more is an attack or a mistake.
+FILTER_MAX_LENGTH = 4 << 20
+FILTER_TIMEOUT_MS = 5_000  # the default of query_timeout_ms
+# Virtual machine steps between looks at the clock (each look ~0.1 us; 1000 steps ~10-50 us).
+PROGRESS_STEPS = 1_000
 
 
 class _NotBoolean(Exception):
@@ -67,6 +79,7 @@ def _as_bool(value: Any) -> Any:
 class CompiledFilter:
     sql: str
     params: tuple[Any, ...]
+    timeout_ms: int = FILTER_TIMEOUT_MS
 
 
 def _distances_ip(query: np.ndarray, blobs: list[bytes], dim: int) -> np.ndarray:
@@ -196,20 +209,20 @@ class Sidecar:
             yield rowids, vectors
 
     # filters -----------------------------------------------------------------------------------
-    def compile_filter(self, sql: str, params: list[Any]) -> CompiledFilter:
+    def compile_filter(self, sql: str, params: list[Any], timeout_ms: int = FILTER_TIMEOUT_MS) -> CompiledFilter:
         """The checked filter; one that passed before is not checked again (the columns it may read
         are this sidecar's, fixed for its life). Keys carry each parameter's type: 1, 1.0 and True
         are equal in Python but bind differently."""
-        key = (sql, *((type(p), p) for p in params))
+        key = (sql, timeout_ms, *((type(p), p) for p in params))
         compiled = self._filters.get(key)
         if compiled is None:
-            compiled = self._compile_filter(sql, params)
+            compiled = self._compile_filter(sql, params, timeout_ms)
             if len(self._filters) >= FILTER_CACHE:
                 self._filters.clear()
             self._filters[key] = compiled
         return compiled
 
-    def _compile_filter(self, sql: str, params: list[Any]) -> CompiledFilter:
+    def _compile_filter(self, sql: str, params: list[Any], timeout_ms: int) -> CompiledFilter:
         if not sql.strip():
             raise ApiError(400, "invalid_filter", "filter.sql is empty")
         if "\x00" in sql:
@@ -256,10 +269,10 @@ class Sidecar:
                     raise ApiError(400, "invalid_filter", f"filter.sql may only read filter columns, not {what!r}")
                 if action.action == apsw.SQLITE_FUNCTION and (action.function_name or "").lower() not in SAFE_FUNCTIONS:
                     raise ApiError(400, "invalid_filter", f"filter.sql may not call function {action.function_name!r}")
-        compiled = CompiledFilter(sql=sql, params=tuple(params))
+        compiled = CompiledFilter(sql=sql, params=tuple(params), timeout_ms=timeout_ms)
         # A non-boolean expression shows on the first rows; checking a few here rejects it even when
         # the rows a query reaches would not happen to reveal it.
-        self._run(conn, f"SELECT _edgenode_bool(({sql}\n)) FROM filt LIMIT 16", compiled.params)
+        self._run(conn, f"SELECT _edgenode_bool(({sql}\n)) FROM filt LIMIT 16", compiled.params, compiled)
         return compiled
 
     @staticmethod
@@ -276,25 +289,59 @@ class Sidecar:
         # _edgenode_bool copy then rejects non-boolean values on the rows that pass.
         return f"(({flt.sql}\n)) AND _edgenode_bool(({flt.sql}\n))", flt.params * 2
 
-    def _run(self, conn: apsw.Connection, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    @staticmethod
+    @contextlib.contextmanager
+    def _bounded(conn: apsw.Connection, flt: CompiledFilter | None) -> Iterator[None]:
+        """The filter's bounds on `conn` for one query (readers are per thread: nothing else runs on it)."""
+        if flt is None:
+            yield
+            return
+        deadline = time.monotonic() + flt.timeout_ms / 1000
+        previous = conn.limit(apsw.SQLITE_LIMIT_LENGTH, FILTER_MAX_LENGTH)
+        conn.set_progress_handler(lambda: time.monotonic() > deadline, PROGRESS_STEPS)
         try:
-            return conn.execute(sql, params).fetchall()
+            yield
+        finally:
+            conn.set_progress_handler(None)
+            conn.limit(apsw.SQLITE_LIMIT_LENGTH, previous)
+
+    def _run(
+        self, conn: apsw.Connection, sql: str, params: tuple[Any, ...], flt: CompiledFilter | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Rows of `sql`; with `flt`, a query that runs that filter, under its bounds."""
+        try:
+            with self._bounded(conn, flt):
+                return conn.execute(sql, params).fetchall()
+        except apsw.InterruptError as exc:
+            ms = flt.timeout_ms if flt is not None else FILTER_TIMEOUT_MS
+            raise ApiError(
+                400,
+                "invalid_filter",
+                f"the filter ran longer than query_timeout_ms={ms}; use a simpler expression "
+                "(or raise --query-timeout-ms)",
+            ) from exc
+        except apsw.TooBigError as exc:
+            raise ApiError(
+                400,
+                "invalid_filter",
+                f"the filter made or read a value longer than {FILTER_MAX_LENGTH} bytes, the most a filter may "
+                "handle (string or blob too big); build smaller values",
+            ) from exc
         except apsw.Error as exc:
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, _NotBoolean):
                 raise ApiError(400, "invalid_filter", str(cause)) from exc
-            # TooBigError: the filter built a string or blob past SQLite's length limit (printf('%.*c', n, ...)).
-            if isinstance(exc, apsw.SQLError | apsw.MismatchError | apsw.RangeError | apsw.TooBigError):
+            if isinstance(exc, apsw.SQLError | apsw.MismatchError | apsw.RangeError):
                 raise ApiError(400, "invalid_filter", f"filter failed: {exc}") from exc
             raise
         except _NotBoolean as exc:
             raise ApiError(400, "invalid_filter", str(exc)) from exc
 
-    def _accepted(self, sql: str, params: tuple[Any, ...]) -> list[int]:
+    def _accepted(self, sql: str, params: tuple[Any, ...], flt: CompiledFilter) -> list[int]:
         """Rowids of `SELECT rowid, (<filter>) FROM filt WHERE (<filter>) ...`: the rows the filter
         accepts, each checked to have given 1 exactly (what _edgenode_bool checks inside SQLite, here
         without a Python call per row: a sixth of a 1% filter scan)."""
-        rows = self._run(self._reader(), sql, params)
+        rows = self._run(self._reader(), sql, params, flt)
         for _, value in rows:
             if type(value) is not int or value != 1:
                 raise ApiError(400, "invalid_filter", _as_bool_message(value))
@@ -307,12 +354,12 @@ class Sidecar:
         ids = ",".join(str(int(r)) for r in rowids)
         expr = f"({flt.sql}\n)"
         sql = f"SELECT rowid, {expr} FROM filt WHERE rowid IN ({ids}) AND {expr}"
-        return set(self._accepted(sql, flt.params * 2))
+        return set(self._accepted(sql, flt.params * 2, flt))
 
     def matching_rowids(self, flt: CompiledFilter, limit: int) -> list[int]:
         """Rowids the filter accepts, no more than `limit` (a bounded scan: short when the filter is broad)."""
         expr = f"({flt.sql}\n)"
-        return self._accepted(f"SELECT rowid, {expr} FROM filt WHERE {expr} LIMIT ?", (*flt.params * 2, limit))
+        return self._accepted(f"SELECT rowid, {expr} FROM filt WHERE {expr} LIMIT ?", (*flt.params * 2, limit), flt)
 
     def search_rowids(self, query: np.ndarray, k: int, rowids: list[int]) -> tuple[list[int], list[float], int]:
         """Exact top-k among the given rowids (those a filter accepted)."""
@@ -346,7 +393,7 @@ class Sidecar:
             prefix = f"WITH m(r) AS MATERIALIZED (SELECT rowid FROM filt WHERE {where}) "
             source = "m CROSS JOIN vec v ON v.rowid = m.r"
         if self.spec.metric == "ip":
-            rows = self._run(conn, f"{prefix}SELECT v.rowid, v.embedding FROM {source}", params)
+            rows = self._run(conn, f"{prefix}SELECT v.rowid, v.embedding FROM {source}", params, flt)
             if not rows:
                 return [], [], 0
             dist = _distances_ip(query, [r[1] for r in rows], self.spec.dim)
@@ -357,5 +404,6 @@ class Sidecar:
             f"{prefix}SELECT v.rowid, {_DIST_SQL[self.spec.metric]} AS d, count(*) OVER () FROM {source} "
             "ORDER BY d LIMIT ?",
             (*params, blob, k),
+            flt,
         )
         return [r[0] for r in rows], [float(r[1]) for r in rows], (rows[0][2] if rows else 0)

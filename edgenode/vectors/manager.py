@@ -34,6 +34,7 @@ from edgenode.vectors.apply import Applier
 from edgenode.vectors.builds import Builder
 from edgenode.vectors.changes import ChangeConsumer
 from edgenode.vectors.collections import DatabaseLike, load_definitions, rename_statements, renamed_away
+from edgenode.vectors.exact import FILTER_TIMEOUT_MS
 from edgenode.vectors.models import (
     CollectionInfo,
     CollectionSpec,
@@ -100,6 +101,7 @@ class VectorManager(Component):
         compact_retain: int = 10_000,
         build_threads: int | None = None,
         build_checkpoint_rows: int = 50_000,
+        filter_timeout_ms: int = FILTER_TIMEOUT_MS,
     ) -> None:
         self.db = RetryingReads(db)
         self.root = Path(data_dir) / "vectors"
@@ -118,7 +120,7 @@ class VectorManager(Component):
             compact_threshold=compact_threshold,
             compact_retain=compact_retain,
         )
-        self.searcher = Searcher(self.registry.get, self.db, planner or PlannerSettings())
+        self.searcher = Searcher(self.registry.get, self.db, planner or PlannerSettings(), filter_timeout_ms)
         self._feed_floor = _FeedFloor(self.registry)  # held here: the feed keeps consumers weakly
         self._listening = False
         self._waiting_for_db: str | None = None

@@ -17,6 +17,7 @@ import numpy as np
 
 from edgenode.api.errors import ApiError
 from edgenode.vectors.collections import DatabaseLike, table_columns
+from edgenode.vectors.exact import FILTER_TIMEOUT_MS
 from edgenode.vectors.models import (
     MAX_BATCH,
     MAX_EF,
@@ -37,10 +38,17 @@ INLINE_MAX_EF = 256
 
 
 class Searcher:
-    def __init__(self, get: Callable[[str], Collection], db: DatabaseLike, planner: PlannerSettings) -> None:
+    def __init__(
+        self,
+        get: Callable[[str], Collection],
+        db: DatabaseLike,
+        planner: PlannerSettings,
+        filter_timeout_ms: int = FILTER_TIMEOUT_MS,
+    ) -> None:
         self.get = get
         self.db = db
         self.planner = planner
+        self.filter_timeout_ms = filter_timeout_ms
 
     def _queries(self, c: Collection, req: SearchRequest) -> tuple[np.ndarray, bool]:
         """The request's vectors as one float32 matrix (values are checked by `_check_values`)."""
@@ -175,7 +183,7 @@ class Searcher:
         with c.swap.shared():
             if c.index is None or c.sidecar is None:
                 raise ApiError(503, "collection_not_ready", f"collection {c.name!r} is being replaced")
-            compiled = c.sidecar.compile_filter(flt.sql, flt.params) if flt else None
+            compiled = c.sidecar.compile_filter(flt.sql, flt.params, self.filter_timeout_ms) if flt else None
             return search_many(c.index, c.sidecar, c.spec.metric, queries, k, compiled, mode, ef, self.planner)
 
     async def _run(
