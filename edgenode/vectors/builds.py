@@ -10,9 +10,11 @@ as for any build.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import time
+from collections.abc import Awaitable
 
 from edgenode import feed
 from edgenode.vectors import files
@@ -159,7 +161,7 @@ class Builder:
                 since_checkpoint += len(rows)
                 c.progress = min(done / max(total, done), 0.999) if total else 0.999
                 if since_checkpoint >= self.checkpoint_rows:
-                    await asyncio.to_thread(files.checkpoint_build, c, gen, index, position, last, done)
+                    await _uncancelled(asyncio.to_thread(files.checkpoint_build, c, gen, index, position, last, done))
                     since_checkpoint = 0
             if position < await feed.compacted_through(self.db):
                 # Another node compacted the feed past where this build began: the changes since
@@ -233,3 +235,16 @@ class Builder:
             await asyncio.to_thread(c.index.save, index_path, c.definition.uid, c.position)
             c.dirty = 0
             c.last_save = time.monotonic()
+
+
+async def _uncancelled(work: Awaitable[None]) -> None:
+    """Await `work` to its end even when cancelled (then re-raise): a stop during a checkpoint would
+    otherwise return while its thread still rewrites the index under the note of the last one,
+    leaving no usable checkpoint for the next start (it then builds from scratch)."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
