@@ -179,6 +179,47 @@ def test_a_changed_definition_is_rebuilt_and_the_same_one_is_not(tmp_path: Path)
     run(main())
 
 
+def test_a_write_landing_while_a_new_collection_turns_ready_is_applied_without_another_write(tmp_path: Path) -> None:
+    """A change committed after a build's last read of the feed's head, but before the collection
+    turned ready, was skipped by the change listener and applied by nobody until the next write (a
+    write right after a table rename, while its collections rebuilt, stayed unsearchable)."""
+
+    async def main() -> None:
+        db = await open_db(tmp_path)
+        await db.write([("CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT, emb F32_BLOB(4))", [])])
+        base = clustered(4000, 4)
+
+        def insert(i: int) -> tuple[str, list]:
+            return ("INSERT INTO notes(id, body, emb) VALUES (?, ?, ?)", [i, f"common n{i}", blob(base[i])])
+
+        async def write_until(ready: Callable[[], bool], i: int) -> int:
+            """One write at a time (each awaits the change listeners) up to the moment it is ready."""
+            while not ready():
+                await db.write([insert(i)])
+                i += 1
+            return i
+
+        await db.write([insert(i) for i in range(2000)])
+        vectors = VectorManager(db, tmp_path)
+        text = TextManager(db, tmp_path, vectors=vectors)
+        await vectors.start()
+        await text.start()
+        await text.put_collection("notes", NOTES)
+        n = await write_until(lambda: text.get("notes").state == "ready", 2000)
+        await text.wait_ready()
+        # No write since it turned ready: the last ones landed while it did.
+        assert text.get("notes").size == n and await _hits(text, f"n{n - 1}") == [n - 1]
+        await vectors.put_collection("emb", CollectionSpec(table="notes", column="emb", dim=4))
+        n = await write_until(lambda: vectors.get("emb").state == "ready", n)
+        await vectors.wait_ready()
+        assert vectors.get("emb").info().size == n
+        await text.stop()
+        await vectors.stop()
+        await db.stop()
+
+    run(main())
+
+
 def test_the_query_lexer_names_the_character_fts5_cannot_read() -> None:
     assert [t.text for t in tokens('title:"a ""b""" AND (c* OR ^d) NOT e')] == [
         "title", ":", '"a ""b"""', "AND", "(", "c", "*", "OR", "^", "d", ")", "NOT", "e",

@@ -382,6 +382,7 @@ class TextManager(Component):
                 c.size = await asyncio.to_thread(index.count)
                 c.gen, c.index, c.position = gen, index, position
                 c.state, c.error, c.failures, c.progress, c.loaded_from_disk = "ready", None, 0, 1.0, True
+            await self._catch_up_once_ready(c)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -491,10 +492,24 @@ class TextManager(Component):
                 c.state, c.error, c.progress, c.failures = "ready", None, 1.0, 0
                 c.builds += 1
                 c.build_seconds = round(time.monotonic() - started, 3)
+            await self._catch_up_once_ready(c)
             return True
         finally:
             if index is not None:
                 index.close()
+
+    async def _catch_up_once_ready(self, c: TextCollection) -> None:
+        """Apply what was committed since the open or build last read the feed's head. `on_change`
+        skips a collection that is not ready yet, so a write landing between that read and the
+        collection turning ready was seen by nobody: no later wake-up would apply it until some
+        other write came (a write right after a rename, while the renamed table's collections
+        rebuild, stayed unsearchable). Reading the head again now that it is ready closes the gap:
+        a change `on_change` skipped was committed before this read."""
+        try:
+            await self._apply(c)
+        except Exception as exc:  # as in on_change: the next change retries
+            log.exception("applying the change feed to text collection %s failed", c.name)
+            c.error = f"{type(exc).__name__}: {exc}"
 
     def _swap(self, c: TextCollection, index: TextIndex) -> None:
         with c.swap.exclusive():

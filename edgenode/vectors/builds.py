@@ -71,6 +71,7 @@ class Builder:
                 c.gen, c.sidecar, c.index, c.position = gen, sidecar, index, position
                 c.state, c.error, c.failures = "ready", None, 0
                 c.progress = 1.0
+            await self.catch_up_once_ready(c)
             if c.dirty:
                 await self.save(c)
         except asyncio.CancelledError:
@@ -185,11 +186,32 @@ class Builder:
                 c.builds += 1
                 c.build_seconds = round(time.monotonic() - started, 3)
                 c.dirty += 1
+            await self.catch_up_once_ready(c)
             await self.save(c)
             return True
         finally:
             if sidecar is not None:
                 sidecar.close()
+
+    async def catch_up_once_ready(self, c: Collection) -> None:
+        """Apply what was committed since the open or build last read the feed's head. The change
+        consumer skips a collection that is not ready yet, so a write landing between that read and
+        the collection turning ready was seen by nobody until some other write came (a write right
+        after a rename, while the renamed table's collections rebuild, stayed unsearchable).
+        Reading the head again now that it is ready closes the gap. A feed compacted past the
+        position is left to the consumer's next apply, which rebuilds."""
+        try:
+            async with c.apply_lock:
+                if c.index is None or c.sidecar is None:
+                    return
+                if c.position < await feed.compacted_through(self.db):
+                    return
+                c.position = await self.applier.apply_range(c, c.sidecar, c.index, c.position)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # as in the consumer: the next change retries
+            log.exception("applying the change feed to %s failed", c.name)
+            c.error = f"{type(exc).__name__}: {exc}"
 
     def _failed(self, c: Collection, exc: Exception) -> None:
         """State "error", and another attempt later: the database may only be briefly unavailable."""
